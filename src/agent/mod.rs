@@ -1,0 +1,7 @@
+//! The agent runners: acpx for sessions, `claude -p` for one-shot runs. The only module that
+//! spawns processes.
+
+pub mod acpx;
+pub mod process;
+
+pub use acpx::{Acpx, AcpxError, TurnOutput};

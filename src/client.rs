@@ -1,0 +1,267 @@
+//! A typed NATS client of the wire contract: what the sidecar, the tests, the benchmarks and
+//! Rust apps use to talk to the workers.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, RequestErrorKind};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind};
+use crate::wire::{self, subject};
+
+/// Time allowed for requests that run no agent.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Added to a turn's or run's own timeout, for the worker to report it.
+pub const AGENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+/// Creating a session starts an agent session through acpx.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The worker answered with an error of the contract.
+    #[error("{0}")]
+    Api(Error),
+    #[error("no worker is available")]
+    NoResponders,
+    #[error("the request timed out")]
+    TimedOut,
+    #[error("nats: {0}")]
+    Transport(String),
+    #[error("unexpected reply: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The contract kind of this failure, as the sidecar reports it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::Api(e) => e.kind,
+            ClientError::NoResponders => ErrorKind::AtCapacity,
+            ClientError::TimedOut => ErrorKind::Timeout,
+            ClientError::Transport(_) => ErrorKind::AtCapacity,
+            ClientError::Decode(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// A reply as it came: the error status from the headers (if any) and the body.
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    pub status: Option<u16>,
+    pub body: Bytes,
+}
+
+impl RawReply {
+    /// The typed reply, or the contract error it carries.
+    pub fn parse<T: DeserializeOwned>(self) -> Result<T, ClientError> {
+        if self.status.is_some() {
+            let body: wire::ErrorBody = serde_json::from_slice(&self.body).map_err(|e| {
+                ClientError::Decode(format!("error reply without a valid body: {e}"))
+            })?;
+            return Err(ClientError::Api(body.into()));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ForgeClient {
+    nats: async_nats::Client,
+    token: Option<String>,
+    /// The timeout a turn or run gets when its request names none (the workers' default).
+    pub default_agent_timeout: Duration,
+}
+
+impl ForgeClient {
+    pub fn new(nats: async_nats::Client, token: Option<String>) -> ForgeClient {
+        ForgeClient {
+            nats,
+            token,
+            default_agent_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// The same connection, another token.
+    pub fn with_token(&self, token: Option<String>) -> ForgeClient {
+        ForgeClient {
+            token,
+            ..self.clone()
+        }
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// Sends `body` to `subject` with a bearer token, and returns the reply as it came.
+    pub async fn raw(
+        &self,
+        subject: &str,
+        token: Option<&str>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<RawReply, ClientError> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token {
+            headers.insert(wire::AUTHORIZATION, format!("Bearer {token}").as_str());
+        }
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(body)
+            .timeout(Some(timeout));
+        let message = self
+            .nats
+            .send_request(subject.to_string(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => ClientError::NoResponders,
+                RequestErrorKind::TimedOut => ClientError::TimedOut,
+                RequestErrorKind::MaxPayloadExceeded => ClientError::Api(Error::payload_too_large(
+                    "the request is larger than the NATS server's max_payload",
+                )),
+                _ => ClientError::Transport(e.to_string()),
+            })?;
+        let status = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(wire::ERROR_CODE_HEADER))
+            .map(|v| v.as_str().parse::<u16>().unwrap_or(500));
+        Ok(RawReply {
+            status,
+            body: message.payload,
+        })
+    }
+
+    /// A typed request with this client's token.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.raw(subject, self.token.as_deref(), body.into(), timeout)
+            .await?
+            .parse()
+    }
+
+    /// How long to wait for a turn or run that asked for `timeout_secs`.
+    pub fn agent_timeout(&self, timeout_secs: Option<u64>) -> Duration {
+        timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(self.default_agent_timeout)
+            + AGENT_TIMEOUT_MARGIN
+    }
+
+    pub async fn create_session(
+        &self,
+        req: &wire::CreateSession,
+    ) -> Result<wire::Session, ClientError> {
+        self.call(subject::SESSION_CREATE, req, CREATE_TIMEOUT)
+            .await
+    }
+
+    pub async fn turn(&self, req: &wire::TurnRequest) -> Result<wire::Turn, ClientError> {
+        let timeout = self.agent_timeout(req.timeout_secs);
+        self.call(subject::SESSION_TURN, req, timeout).await
+    }
+
+    pub async fn close_session(
+        &self,
+        session_id: &str,
+    ) -> Result<wire::SessionClosed, ClientError> {
+        let req = wire::SessionRef {
+            session_id: session_id.into(),
+        };
+        self.call(subject::SESSION_CLOSE, &req, CREATE_TIMEOUT)
+            .await
+    }
+
+    pub async fn get_session(&self, session_id: &str) -> Result<wire::Session, ClientError> {
+        let req = wire::SessionRef {
+            session_id: session_id.into(),
+        };
+        self.call(subject::SESSION_GET, &req, CONTROL_TIMEOUT).await
+    }
+
+    pub async fn list_sessions(&self) -> Result<wire::SessionList, ClientError> {
+        self.call(subject::SESSION_LIST, &wire::Empty {}, CONTROL_TIMEOUT)
+            .await
+    }
+
+    pub async fn run(&self, req: &wire::RunRequest) -> Result<wire::Run, ClientError> {
+        let timeout = self.agent_timeout(req.timeout_secs);
+        self.call(subject::RUN, req, timeout).await
+    }
+
+    pub async fn create_token(
+        &self,
+        app: &str,
+        admin: bool,
+    ) -> Result<wire::TokenCreated, ClientError> {
+        let req = wire::TokenCreate {
+            app: app.into(),
+            admin,
+        };
+        self.call(subject::TOKEN_CREATE, &req, CONTROL_TIMEOUT)
+            .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<wire::TokenList, ClientError> {
+        self.call(subject::TOKEN_LIST, &wire::Empty {}, CONTROL_TIMEOUT)
+            .await
+    }
+
+    pub async fn revoke_token(&self, token_id: &str) -> Result<wire::TokenRevoked, ClientError> {
+        let req = wire::TokenRevoke {
+            token_id: token_id.into(),
+        };
+        self.call(subject::TOKEN_REVOKE, &req, CONTROL_TIMEOUT)
+            .await
+    }
+
+    pub async fn health(&self) -> Result<wire::Health, ClientError> {
+        self.call(subject::HEALTH, &wire::Empty {}, CONTROL_TIMEOUT)
+            .await
+    }
+
+    /// The ids of the workers that answer `$SRV.PING.clawdforge` within `wait`.
+    pub async fn ping_workers(&self, wait: Duration) -> Result<Vec<String>, ClientError> {
+        let inbox = self.nats.new_inbox();
+        let mut replies = self
+            .nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.nats
+            .publish_with_reply(
+                format!("$SRV.PING.{}", wire::SERVICE_NAME),
+                inbox,
+                Bytes::new(),
+            )
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let mut ids = Vec::new();
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                msg = replies.next() => match msg {
+                    Some(msg) => {
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.payload) {
+                            if let Some(id) = v["id"].as_str() {
+                                ids.push(id.to_string());
+                            }
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,520 @@
+//! Configuration: built-in defaults, then a TOML file, then the environment.
+//!
+//! Every key can be set in the environment as `CLAWDFORGE_<KEY>`; the old Python service's
+//! variable names (`DB_PATH`, `ACPX_BIN`, …) keep working as aliases. A bad value stops startup
+//! with a message naming the variable (or the file) it came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The default config file, read when it exists and no other file is named.
+pub const DEFAULT_CONFIG_FILE: &str = "config/clawdforge.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// A token that is always an admin (a root override for bootstrapping).
+    pub admin_bootstrap_token: Option<String>,
+
+    pub nats_url: String,
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    pub nats_token: Option<String>,
+    pub nats_creds_file: Option<PathBuf>,
+
+    pub db_path: PathBuf,
+    /// Keep prompt and output text in the ledger; when false only sizes and SHA-256 hashes.
+    pub ledger_keep_text: bool,
+
+    pub acpx_bin: String,
+    /// Root of the sessions' working directories: `<acpx_sessions_cwd>/<session_id>`.
+    pub acpx_sessions_cwd: PathBuf,
+    /// The default agent: a bare word names an acpx built-in agent, anything else is the command
+    /// line of a custom ACP agent.
+    pub acpx_agent: String,
+    /// Seconds an idle agent process is kept warm by acpx (`--ttl`; 0 keeps it forever).
+    pub acpx_ttl_secs: u64,
+    /// Further agents a request may name: name → built-in name or command line.
+    pub agents: BTreeMap<String, String>,
+
+    pub max_live_sessions: u64,
+    pub session_ttl_secs: u64,
+    pub session_hard_ttl_secs: u64,
+    pub sweep_interval_secs: u64,
+    /// Turns this worker runs at once; more wait in a queue of `max_queued_turns`.
+    pub max_concurrent_turns: usize,
+    pub max_queued_turns: usize,
+
+    pub claude_bin: String,
+    pub runs_dir: PathBuf,
+    pub default_model: String,
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
+
+    pub max_prompt_bytes: usize,
+    pub max_files: usize,
+    pub max_files_bytes: usize,
+
+    pub bind_host: String,
+    pub bind_port: u16,
+    pub allow_cidrs: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin_bootstrap_token: None,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_creds_file: None,
+            db_path: "data/clawdforge.db".into(),
+            ledger_keep_text: true,
+            acpx_bin: "acpx".into(),
+            acpx_sessions_cwd: "data/acpx-cwds".into(),
+            acpx_agent: "claude".into(),
+            acpx_ttl_secs: 300,
+            agents: BTreeMap::new(),
+            max_live_sessions: 32,
+            session_ttl_secs: 3600,
+            session_hard_ttl_secs: 86400,
+            sweep_interval_secs: 60,
+            max_concurrent_turns: 8,
+            max_queued_turns: 64,
+            claude_bin: "claude".into(),
+            runs_dir: "data/runs".into(),
+            default_model: "sonnet".into(),
+            default_timeout_secs: 120,
+            max_timeout_secs: 1800,
+            max_prompt_bytes: 256 * 1024,
+            max_files: 32,
+            max_files_bytes: 512 * 1024,
+            bind_host: "0.0.0.0".into(),
+            bind_port: 8800,
+            allow_cidrs: String::new(),
+        }
+    }
+}
+
+/// Environment variables and the key each sets. `CLAWDFORGE_<KEY>` works for every key; these are
+/// the old service's names (and the short names the README uses), kept as aliases.
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("ADMIN_BOOTSTRAP_TOKEN", "admin_bootstrap_token"),
+    ("NATS_URL", "nats_url"),
+    ("NATS_USER", "nats_user"),
+    ("NATS_PASSWORD", "nats_password"),
+    ("NATS_TOKEN", "nats_token"),
+    ("NATS_CREDS", "nats_creds_file"),
+    ("DB_PATH", "db_path"),
+    ("ACPX_BIN", "acpx_bin"),
+    ("ACPX_SESSIONS_CWD", "acpx_sessions_cwd"),
+    ("ACPX_AGENT", "acpx_agent"),
+    ("CLAUDE_BIN", "claude_bin"),
+    ("RUNS_DIR", "runs_dir"),
+    ("DEFAULT_MODEL", "default_model"),
+    ("DEFAULT_TIMEOUT_SECS", "default_timeout_secs"),
+    ("BIND_HOST", "bind_host"),
+    ("BIND_PORT", "bind_port"),
+    ("ALLOW_CIDRS", "allow_cidrs"),
+];
+
+/// The keys that can be set from the environment (`agents` is a table: TOML only).
+pub fn env_keys() -> Vec<&'static str> {
+    vec![
+        "admin_bootstrap_token",
+        "nats_url",
+        "nats_user",
+        "nats_password",
+        "nats_token",
+        "nats_creds_file",
+        "db_path",
+        "ledger_keep_text",
+        "acpx_bin",
+        "acpx_sessions_cwd",
+        "acpx_agent",
+        "acpx_ttl_secs",
+        "max_live_sessions",
+        "session_ttl_secs",
+        "session_hard_ttl_secs",
+        "sweep_interval_secs",
+        "max_concurrent_turns",
+        "max_queued_turns",
+        "claude_bin",
+        "runs_dir",
+        "default_model",
+        "default_timeout_secs",
+        "max_timeout_secs",
+        "max_prompt_bytes",
+        "max_files",
+        "max_files_bytes",
+        "bind_host",
+        "bind_port",
+        "allow_cidrs",
+    ]
+}
+
+/// The environment variable names that set `key`, the prefixed one first.
+pub fn env_names(key: &str) -> Vec<String> {
+    let mut names = vec![format!("CLAWDFORGE_{}", key.to_ascii_uppercase())];
+    names.extend(
+        ENV_ALIASES
+            .iter()
+            .filter(|(_, k)| *k == key)
+            .map(|(env, _)| env.to_string()),
+    );
+    names
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+/// How a named agent is started by acpx.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentCommand {
+    /// An acpx built-in agent (`claude`, `codex`, …).
+    Builtin(String),
+    /// The command line of a custom ACP agent, passed to acpx as `--agent`.
+    Custom(String),
+}
+
+impl AgentCommand {
+    pub fn parse(spec: &str) -> Result<AgentCommand, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err("is empty".into());
+        }
+        if spec
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            Ok(AgentCommand::Builtin(spec.to_string()))
+        } else {
+            Ok(AgentCommand::Custom(spec.to_string()))
+        }
+    }
+
+    /// The string stored in the ledger, from which the command is parsed again.
+    pub fn spec(&self) -> &str {
+        match self {
+            AgentCommand::Builtin(s) | AgentCommand::Custom(s) => s,
+        }
+    }
+}
+
+/// The name the default agent goes by in requests and replies.
+pub fn default_agent_name(cmd: &AgentCommand) -> String {
+    match cmd {
+        AgentCommand::Builtin(name) => name.clone(),
+        AgentCommand::Custom(_) => "default".into(),
+    }
+}
+
+fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+impl Config {
+    /// Loads defaults → `file` (or `CLAWDFORGE_CONFIG`, or `config/clawdforge.toml` when it
+    /// exists) → environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let named = file.map(Path::to_path_buf).or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == "CLAWDFORGE_CONFIG")
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match &named {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new(DEFAULT_CONFIG_FILE).is_file() {
+                    figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+                }
+            }
+        }
+        // Aliases first, so that the CLAWDFORGE_ name wins when both are set.
+        let mut from_env: Vec<(String, String, String)> = Vec::new();
+        for key in env_keys() {
+            for name in env_names(key).into_iter().rev() {
+                if let Some((_, value)) = env.iter().find(|(k, _)| *k == name) {
+                    from_env.push((key.to_string(), name, value.clone()));
+                }
+            }
+        }
+        for (key, _, value) in &from_env {
+            figment = figment.merge(Serialized::default(key, env_value(key, value)));
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            let key = e.path.first().cloned().unwrap_or_default();
+            let source = from_env
+                .iter()
+                .rev()
+                .find(|(k, _, _)| *k == key)
+                .map(|(_, name, _)| format!("environment variable {name}"))
+                .or_else(|| {
+                    named
+                        .as_ref()
+                        .map(|p| format!("config file {}", p.display()))
+                })
+                .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string());
+            let key_part = if key.is_empty() {
+                String::new()
+            } else {
+                format!(" (key `{key}`)")
+            };
+            ConfigError(format!("bad value in {source}{key_part}: {}", e.kind))
+        })?;
+        config.validate(&from_env)?;
+        Ok(config)
+    }
+
+    fn validate(&self, from_env: &[(String, String, String)]) -> Result<(), ConfigError> {
+        let source = |key: &str| {
+            from_env
+                .iter()
+                .rev()
+                .find(|(k, _, _)| k == key)
+                .map(|(_, name, _)| name.clone())
+                .unwrap_or_else(|| format!("`{key}`"))
+        };
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{}: {why}", source(key))));
+        if let Err(why) = AgentCommand::parse(&self.acpx_agent) {
+            return bad("acpx_agent", &why);
+        }
+        for (name, spec) in &self.agents {
+            if !valid_agent_name(name) {
+                return Err(ConfigError(format!(
+                    "agents.{name}: an agent name is 1-64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+            if let Err(why) = AgentCommand::parse(spec) {
+                return Err(ConfigError(format!("agents.{name}: {why}")));
+            }
+        }
+        if !(self.nats_url.contains("://") || self.nats_url.contains(':')) {
+            return bad("nats_url", "expected a URL such as nats://127.0.0.1:4222");
+        }
+        for (key, value) in [
+            ("max_live_sessions", self.max_live_sessions as usize),
+            ("max_concurrent_turns", self.max_concurrent_turns),
+            ("default_timeout_secs", self.default_timeout_secs as usize),
+            ("max_timeout_secs", self.max_timeout_secs as usize),
+            ("sweep_interval_secs", self.sweep_interval_secs as usize),
+            ("max_prompt_bytes", self.max_prompt_bytes),
+        ] {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
+        }
+        if self.default_timeout_secs > self.max_timeout_secs {
+            return bad("default_timeout_secs", "must not exceed max_timeout_secs");
+        }
+        if self.acpx_bin.trim().is_empty() {
+            return bad("acpx_bin", "is empty");
+        }
+        if self.claude_bin.trim().is_empty() {
+            return bad("claude_bin", "is empty");
+        }
+        Ok(())
+    }
+
+    /// The default agent and every configured named agent: name → command.
+    pub fn agent_table(&self) -> (String, BTreeMap<String, AgentCommand>) {
+        let default = AgentCommand::parse(&self.acpx_agent).expect("validated at load");
+        let default_name = default_agent_name(&default);
+        let mut table: BTreeMap<String, AgentCommand> = self
+            .agents
+            .iter()
+            .map(|(name, spec)| {
+                (
+                    name.clone(),
+                    AgentCommand::parse(spec).expect("validated at load"),
+                )
+            })
+            .collect();
+        table.insert(default_name.clone(), default);
+        (default_name, table)
+    }
+}
+
+/// Environment values are strings. A key whose default is a number or a boolean gets the value
+/// parsed as one, so that figment type-checks it; every other key takes the string as it is.
+fn env_value(key: &str, raw: &str) -> figment::value::Value {
+    use figment::value::Value;
+    let defaults = serde_json::to_value(Config::default()).expect("config serializes");
+    let typed = matches!(
+        defaults.get(key),
+        Some(serde_json::Value::Number(_) | serde_json::Value::Bool(_))
+    );
+    if typed {
+        let Ok(v) = raw.trim().parse::<Value>();
+        if !matches!(v, Value::Dict(..) | Value::Array(..)) {
+            return v;
+        }
+    }
+    Value::from(raw.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_hold_without_file_or_env() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.max_live_sessions, 32);
+        assert_eq!(c.default_model, "sonnet");
+        assert_eq!(c.default_timeout_secs, 120);
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn old_service_names_work() {
+        let c = Config::load_from(
+            None,
+            &env(&[
+                ("DB_PATH", "/data/clawdforge.db"),
+                ("CLAWDFORGE_MAX_LIVE_SESSIONS", "5"),
+                ("ACPX_BIN", "/usr/bin/acpx"),
+                ("ADMIN_BOOTSTRAP_TOKEN", "root"),
+                ("BIND_PORT", "9000"),
+                ("DEFAULT_MODEL", "opus"),
+                ("ALLOW_CIDRS", "10.0.0.0/8,192.168.1.0/24"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.db_path, PathBuf::from("/data/clawdforge.db"));
+        assert_eq!(c.max_live_sessions, 5);
+        assert_eq!(c.acpx_bin, "/usr/bin/acpx");
+        assert_eq!(c.admin_bootstrap_token.as_deref(), Some("root"));
+        assert_eq!(c.bind_port, 9000);
+        assert_eq!(c.default_model, "opus");
+        assert_eq!(c.allow_cidrs, "10.0.0.0/8,192.168.1.0/24");
+    }
+
+    #[test]
+    fn prefixed_name_wins_over_alias() {
+        let c = Config::load_from(
+            None,
+            &env(&[("DB_PATH", "/a.db"), ("CLAWDFORGE_DB_PATH", "/b.db")]),
+        )
+        .unwrap();
+        assert_eq!(c.db_path, PathBuf::from("/b.db"));
+    }
+
+    #[test]
+    fn numeric_looking_strings_stay_strings() {
+        let c = Config::load_from(
+            None,
+            &env(&[
+                ("ADMIN_BOOTSTRAP_TOKEN", "12345"),
+                ("DEFAULT_MODEL", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.admin_bootstrap_token.as_deref(), Some("12345"));
+        assert_eq!(c.default_model, "true");
+    }
+
+    #[test]
+    fn bad_value_names_the_variable() {
+        let err = Config::load_from(None, &env(&[("CLAWDFORGE_MAX_LIVE_SESSIONS", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLAWDFORGE_MAX_LIVE_SESSIONS"), "{err}");
+        let err = Config::load_from(None, &env(&[("BIND_PORT", "99999")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BIND_PORT"), "{err}");
+        let err = Config::load_from(None, &env(&[("DEFAULT_TIMEOUT_SECS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DEFAULT_TIMEOUT_SECS"), "{err}");
+        let err = Config::load_from(None, &env(&[("ACPX_AGENT", "  ")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ACPX_AGENT"), "{err}");
+    }
+
+    #[test]
+    fn toml_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "max_live_sessions = 7\ndefault_model = \"haiku\"\n[agents]\necho = \"node /x/agent.mjs\"\ncodex = \"codex\"\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), &env(&[("DEFAULT_MODEL", "opus")])).unwrap();
+        assert_eq!(c.max_live_sessions, 7);
+        assert_eq!(c.default_model, "opus");
+        let (default, table) = c.agent_table();
+        assert_eq!(default, "claude");
+        assert_eq!(table["claude"], AgentCommand::Builtin("claude".into()));
+        assert_eq!(table["codex"], AgentCommand::Builtin("codex".into()));
+        assert_eq!(
+            table["echo"],
+            AgentCommand::Custom("node /x/agent.mjs".into())
+        );
+    }
+
+    #[test]
+    fn unknown_toml_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "max_live_sesions = 7\n").unwrap();
+        let err = Config::load_from(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("max_live_sesions"), "{err}");
+    }
+
+    #[test]
+    fn missing_named_file_is_an_error() {
+        let err = Config::load_from(Some(Path::new("/nonexistent/c.toml")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/c.toml"), "{err}");
+    }
+
+    #[test]
+    fn custom_default_agent_is_named_default() {
+        let c =
+            Config::load_from(None, &env(&[("ACPX_AGENT", "node /x/agent.mjs --fast")])).unwrap();
+        let (default, table) = c.agent_table();
+        assert_eq!(default, "default");
+        assert_eq!(
+            table["default"],
+            AgentCommand::Custom("node /x/agent.mjs --fast".into())
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Bounds on concurrent work: a number of slots, and a bounded queue in front of them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{Error, Result};
+
+pub struct Limiter {
+    what: &'static str,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Limiter {
+    pub fn new(what: &'static str, slots: usize, max_waiting: usize) -> Limiter {
+        Limiter {
+            what,
+            slots: Arc::new(Semaphore::new(slots)),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+        }
+    }
+
+    /// A slot: at once if one is free, after a wait in the queue if not, `at_capacity` when the
+    /// queue is full too.
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::at_capacity(format!(
+                "this worker is running its limit of {}; its queue is full",
+                self.what
+            )));
+        }
+        let _waiting = Waiting(&self.waiting);
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::at_capacity("the worker is shutting down"))
+    }
+
+    /// Slots in use.
+    pub fn busy(&self, total: usize) -> usize {
+        total - self.slots.available_permits()
+    }
+
+    /// Stops handing out slots: waiting and later callers get `at_capacity`.
+    pub fn close(&self) {
+        self.slots.close();
+    }
+}
+
+/// One async lock per key, so that turns of one session never interleave in this process.
+#[derive(Default)]
+pub struct KeyedLocks {
+    locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(lock) = locks.get(key).and_then(Weak::upgrade) {
+                lock
+            } else {
+                locks.retain(|_, w| w.strong_count() > 0);
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                locks.insert(key.to_string(), Arc::downgrade(&lock));
+                lock
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn queue_then_at_capacity() {
+        let l = Arc::new(Limiter::new("turns", 1, 1));
+        let first = l.acquire().await.unwrap();
+        let l2 = l.clone();
+        let queued = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = l.acquire().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::AtCapacity);
+        drop(first);
+        queued.await.unwrap().unwrap();
+        assert!(l.acquire().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn keyed_locks_serialise_one_key_only() {
+        let locks = KeyedLocks::default();
+        let a = locks.lock("a").await;
+        let b = tokio::time::timeout(Duration::from_millis(100), locks.lock("b")).await;
+        assert!(b.is_ok(), "another key is not blocked");
+        let again = tokio::time::timeout(Duration::from_millis(100), locks.lock("a")).await;
+        assert!(again.is_err(), "the same key waits");
+        drop(a);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), locks.lock("a"))
+                .await
+                .is_ok()
+        );
+    }
+}

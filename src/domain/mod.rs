@@ -1,0 +1,195 @@
+//! The Forge service: tokens, sessions and runs. The only business logic; it knows nothing of
+//! subjects, status codes or JSON framing.
+
+pub mod files;
+pub mod limits;
+pub mod types;
+
+mod sessions;
+mod tokens;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use crate::agent::Acpx;
+use crate::config::{AgentCommand, Config};
+use crate::error::{Error, Result};
+use crate::ledger::Ledger;
+use crate::wire;
+
+pub use tokens::Caller;
+
+/// The crate version, reported by health and the NATS service.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a probe of the agent CLIs stays fresh for health.
+const TOOL_PROBE_TTL: Duration = Duration::from_secs(30);
+
+/// The settings the domain needs, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub worker_id: String,
+    pub admin_bootstrap_token: Option<String>,
+    pub ledger_keep_text: bool,
+    pub sessions_root: PathBuf,
+    pub default_agent: String,
+    pub agents: BTreeMap<String, AgentCommand>,
+    pub max_live_sessions: u64,
+    pub max_concurrent_turns: usize,
+    pub max_queued_turns: usize,
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
+    pub max_prompt_bytes: usize,
+    pub max_files: usize,
+    pub max_files_bytes: usize,
+    pub claude_bin: String,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config, worker_id: String) -> Settings {
+        let (default_agent, agents) = config.agent_table();
+        Settings {
+            worker_id,
+            admin_bootstrap_token: config
+                .admin_bootstrap_token
+                .clone()
+                .filter(|t| !t.is_empty()),
+            ledger_keep_text: config.ledger_keep_text,
+            sessions_root: config.acpx_sessions_cwd.clone(),
+            default_agent,
+            agents,
+            max_live_sessions: config.max_live_sessions,
+            max_concurrent_turns: config.max_concurrent_turns,
+            max_queued_turns: config.max_queued_turns,
+            default_timeout_secs: config.default_timeout_secs,
+            max_timeout_secs: config.max_timeout_secs,
+            max_prompt_bytes: config.max_prompt_bytes,
+            max_files: config.max_files,
+            max_files_bytes: config.max_files_bytes,
+            claude_bin: config.claude_bin.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct ToolProbe {
+    at: Option<Instant>,
+    acpx_version: Option<String>,
+    claude_present: bool,
+}
+
+/// The service. Cheap to share: wrap it in an `Arc`.
+pub struct Forge {
+    settings: Settings,
+    ledger: Ledger,
+    acpx: Acpx,
+    turns: limits::Limiter,
+    session_locks: limits::KeyedLocks,
+    probe: Mutex<ToolProbe>,
+}
+
+impl Forge {
+    /// Builds the service; creates the sessions' root directory.
+    pub fn new(mut settings: Settings, ledger: Ledger, acpx: Acpx) -> std::io::Result<Arc<Forge>> {
+        std::fs::create_dir_all(&settings.sessions_root)?;
+        settings.sessions_root = std::fs::canonicalize(&settings.sessions_root)?;
+        Ok(Arc::new(Forge {
+            turns: limits::Limiter::new(
+                "concurrent turns",
+                settings.max_concurrent_turns,
+                settings.max_queued_turns,
+            ),
+            settings,
+            ledger,
+            acpx,
+            session_locks: limits::KeyedLocks::default(),
+            probe: Mutex::new(ToolProbe::default()),
+        }))
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.settings.worker_id
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Warns when the bootstrap token overrides tokens that exist in the ledger.
+    pub async fn startup_checks(&self) -> Result<()> {
+        if self.settings.admin_bootstrap_token.is_some() {
+            let active = self
+                .ledger
+                .active_token_count()
+                .await
+                .map_err(Error::internal)?;
+            if active > 0 {
+                tracing::warn!(
+                    active_tokens = active,
+                    "ADMIN_BOOTSTRAP_TOKEN is set while the ledger holds tokens; it stays a root \
+                     override until it is unset"
+                );
+            }
+        }
+        let probe = self.tool_probe().await;
+        if probe.acpx_version.is_none() {
+            tracing::warn!(
+                acpx = self.acpx.bin(),
+                "acpx is not available: sessions will fail"
+            );
+        }
+        Ok(())
+    }
+
+    async fn tool_probe(&self) -> ToolProbe {
+        let mut probe = self.probe.lock().await;
+        if probe.at.is_none_or(|at| at.elapsed() > TOOL_PROBE_TTL) {
+            probe.acpx_version = self.acpx.version().await.ok();
+            probe.claude_present = on_path(&self.settings.claude_bin);
+            probe.at = Some(Instant::now());
+        }
+        probe.clone()
+    }
+
+    pub async fn health(&self) -> wire::Health {
+        let probe = self.tool_probe().await;
+        let open = self.ledger.open_session_count().await;
+        if let Err(e) = &open {
+            tracing::error!(error = %e, "health: ledger unreadable");
+        }
+        wire::Health {
+            ok: open.is_ok() && probe.acpx_version.is_some(),
+            version: VERSION.to_string(),
+            worker_id: self.settings.worker_id.clone(),
+            acpx_present: probe.acpx_version.is_some(),
+            acpx_version: probe.acpx_version,
+            claude_present: probe.claude_present,
+            open_sessions: open.unwrap_or(0),
+        }
+    }
+}
+
+/// Whether `bin` names an executable file, directly or on PATH.
+fn on_path(bin: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if bin.contains('/') {
+        return executable(std::path::Path::new(bin));
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| executable(&dir.join(bin))))
+        .unwrap_or(false)
+}
+
+/// Now, as the ledger and the wire write it: RFC 3339 UTC with milliseconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,370 @@
+//! Multi-turn sessions through acpx.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::files;
+use super::types::{timeout_secs, Prompt, SessionId};
+use super::{now, Caller, Forge};
+use crate::agent::AcpxError;
+use crate::config::AgentCommand;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ledger::{
+    BeginTurn, CloseOutcome, CreateOutcome, EventDetail, Recorded, SessionEvent, SessionRow,
+};
+use crate::wire;
+
+impl From<AcpxError> for Error {
+    fn from(e: AcpxError) -> Error {
+        match e {
+            AcpxError::Timeout => Error::timeout("the agent did not finish within the timeout"),
+            AcpxError::Spawn { .. } => {
+                tracing::error!(error = %e, "acpx could not be started");
+                Error::agent("the agent runner (acpx) is not available on this worker")
+            }
+            other => Error::agent(other.to_string()),
+        }
+    }
+}
+
+fn session_reply(row: SessionRow) -> wire::Session {
+    wire::Session {
+        status: if row.open {
+            wire::SessionStatus::Open
+        } else {
+            wire::SessionStatus::Closed
+        },
+        session_id: row.session_id,
+        app: row.app,
+        agent: row.agent,
+        created_at: row.created_at,
+        last_turn_at: row.last_turn_at,
+        closed_at: row.closed_at,
+        turns: row.turns,
+    }
+}
+
+impl Forge {
+    /// The session `id` if it exists and belongs to `caller`; `not_found` otherwise.
+    async fn owned_session(&self, caller: &Caller, id: &SessionId) -> Result<SessionRow> {
+        match self
+            .ledger
+            .session(id.as_string())
+            .await
+            .map_err(Error::internal)?
+        {
+            Some(row) if row.app == caller.app => Ok(row),
+            _ => Err(Error::not_found("no such session")),
+        }
+    }
+
+    fn agent_command(&self, row: &SessionRow) -> Result<AgentCommand> {
+        AgentCommand::parse(&row.agent_command).map_err(Error::internal)
+    }
+
+    pub async fn create_session(
+        &self,
+        token: Option<&str>,
+        req: wire::CreateSession,
+    ) -> Result<wire::Session> {
+        let caller = self.authenticate(token).await?;
+        let agent_name = req
+            .agent
+            .unwrap_or_else(|| self.settings.default_agent.clone());
+        let command = self
+            .settings
+            .agents
+            .get(&agent_name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::bad_request(format!(
+                    "unknown agent {agent_name:?}; configured agents: {}",
+                    self.settings
+                        .agents
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        let attachments = files::decode(
+            &req.files,
+            self.settings.max_files,
+            self.settings.max_files_bytes,
+        )?;
+
+        let id = SessionId::new();
+        let cwd = self.settings.sessions_root.join(id.as_string());
+        let pending: Vec<String> = attachments
+            .iter()
+            .map(|a| cwd.join(a.name.as_str()).to_string_lossy().into_owned())
+            .collect();
+        let row = SessionRow {
+            session_id: id.as_string(),
+            app: caller.app.clone(),
+            agent: agent_name,
+            agent_command: command.spec().to_string(),
+            cwd: cwd.to_string_lossy().into_owned(),
+            open: true,
+            created_at: now(),
+            last_turn_at: None,
+            closed_at: None,
+            turns: 0,
+            pending_files: pending,
+        };
+        let created = self
+            .ledger
+            .create_session(
+                row.clone(),
+                self.settings.worker_id.clone(),
+                self.settings.max_live_sessions,
+            )
+            .await
+            .map_err(Error::internal)?;
+        if let CreateOutcome::AtCapacity { open } = created {
+            return Err(Error::at_capacity(format!(
+                "{open} sessions are open; the limit is {}",
+                self.settings.max_live_sessions
+            )));
+        }
+
+        let started = async {
+            tokio::fs::create_dir_all(&cwd)
+                .await
+                .map_err(Error::internal)?;
+            files::write(&cwd, attachments)
+                .await
+                .map_err(Error::internal)?;
+            self.acpx
+                .new_session(&command, &cwd, &row.session_id)
+                .await
+                .map_err(Error::from)
+        }
+        .await;
+        if let Err(err) = started {
+            // Nothing half-made stays behind: the session is closed with the reason.
+            let detail = EventDetail {
+                outcome: "create_failed".into(),
+                error: Some(err.message.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = self
+                .ledger
+                .close_session(
+                    row.session_id.clone(),
+                    row.app.clone(),
+                    SessionEvent::Close,
+                    now(),
+                    self.settings.worker_id.clone(),
+                    detail,
+                )
+                .await
+            {
+                tracing::error!(session = %row.session_id, error = %e, "could not record a failed create");
+            }
+            let _ = tokio::fs::remove_dir_all(&cwd).await;
+            tracing::warn!(session = %row.session_id, error = %err, "session create failed");
+            return Err(err);
+        }
+        tracing::info!(session = %row.session_id, app = %row.app, agent = %row.agent, "session created");
+        Ok(session_reply(row))
+    }
+
+    pub async fn get_session(
+        &self,
+        token: Option<&str>,
+        req: wire::SessionRef,
+    ) -> Result<wire::Session> {
+        let caller = self.authenticate(token).await?;
+        let id = SessionId::parse(&req.session_id)?;
+        Ok(session_reply(self.owned_session(&caller, &id).await?))
+    }
+
+    pub async fn list_sessions(
+        &self,
+        token: Option<&str>,
+        _req: wire::Empty,
+    ) -> Result<wire::SessionList> {
+        let caller = self.authenticate(token).await?;
+        let rows = self
+            .ledger
+            .sessions_of(caller.app)
+            .await
+            .map_err(Error::internal)?;
+        Ok(wire::SessionList {
+            sessions: rows.into_iter().map(session_reply).collect(),
+        })
+    }
+
+    pub async fn close_session(
+        &self,
+        token: Option<&str>,
+        req: wire::SessionRef,
+    ) -> Result<wire::SessionClosed> {
+        let caller = self.authenticate(token).await?;
+        let id = SessionId::parse(&req.session_id)?;
+        let row = self.owned_session(&caller, &id).await?;
+        let closed = |already_closed| wire::SessionClosed {
+            session_id: id.as_string(),
+            closed: true,
+            already_closed,
+        };
+        if !row.open {
+            return Ok(closed(true));
+        }
+        // The ledger is the truth: a session acpx fails to close is closed all the same, and
+        // its agent process ends with acpx's idle TTL.
+        let command = self.agent_command(&row)?;
+        let acpx_result = self
+            .acpx
+            .close_session(&command, Path::new(&row.cwd), &row.session_id)
+            .await;
+        if let Err(e) = &acpx_result {
+            tracing::warn!(session = %row.session_id, error = %e, "acpx close failed");
+        }
+        let detail = EventDetail {
+            outcome: "ok".into(),
+            error: acpx_result.err().map(|e| e.to_string()),
+            ..Default::default()
+        };
+        let outcome = self
+            .ledger
+            .close_session(
+                row.session_id.clone(),
+                caller.app,
+                SessionEvent::Close,
+                now(),
+                self.settings.worker_id.clone(),
+                detail,
+            )
+            .await
+            .map_err(Error::internal)?;
+        match outcome {
+            CloseOutcome::Closed => {
+                tracing::info!(session = %row.session_id, "session closed");
+                Ok(closed(false))
+            }
+            CloseOutcome::AlreadyClosed => Ok(closed(true)),
+            CloseOutcome::NotFound => Err(Error::not_found("no such session")),
+        }
+    }
+
+    pub async fn turn(&self, token: Option<&str>, req: wire::TurnRequest) -> Result<wire::Turn> {
+        let caller = self.authenticate(token).await?;
+        let id = SessionId::parse(&req.session_id)?;
+        let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
+        let timeout = timeout_secs(
+            req.timeout_secs,
+            self.settings.default_timeout_secs,
+            self.settings.max_timeout_secs,
+        )?;
+        let attachments = files::decode(
+            &req.files,
+            self.settings.max_files,
+            self.settings.max_files_bytes,
+        )?;
+        let row = self.owned_session(&caller, &id).await?;
+        if !row.open {
+            return Err(Error::conflict("the session is closed"));
+        }
+        let command = self.agent_command(&row)?;
+
+        let _session = self.session_locks.lock(&row.session_id).await;
+        let _slot = self.turns.acquire().await?;
+
+        let cwd = Path::new(&row.cwd);
+        let written = files::write(cwd, attachments)
+            .await
+            .map_err(Error::internal)?;
+        let begun = self
+            .ledger
+            .begin_turn(
+                row.session_id.clone(),
+                caller.app.clone(),
+                now(),
+                self.settings.worker_id.clone(),
+                Recorded::of(prompt.as_str(), self.settings.ledger_keep_text),
+            )
+            .await
+            .map_err(Error::internal)?;
+        let (turn, event_id, mut listed) = match begun {
+            BeginTurn::Started {
+                turn,
+                event_id,
+                pending_files,
+            } => (turn, event_id, pending_files),
+            BeginTurn::NotFound => return Err(Error::not_found("no such session")),
+            BeginTurn::Closed => return Err(Error::conflict("the session is closed")),
+        };
+        for p in written {
+            let p = p.to_string_lossy().into_owned();
+            if !listed.contains(&p) {
+                listed.push(p);
+            }
+        }
+        let text = files::with_header(&listed, prompt.as_str());
+
+        let started = Instant::now();
+        let timeout_d = std::time::Duration::from_secs(timeout);
+        let mut result = self
+            .acpx
+            .prompt(&command, cwd, &row.session_id, &text, timeout_d)
+            .await;
+        if result == Err(AcpxError::NoSession) {
+            // acpx lost its record (its state directory was wiped): bring it back and retry.
+            tracing::warn!(session = %row.session_id, "acpx had no record of the session; re-creating it");
+            result = match self
+                .acpx
+                .ensure_session(&command, cwd, &row.session_id)
+                .await
+            {
+                Ok(()) => {
+                    self.acpx
+                        .prompt(&command, cwd, &row.session_id, &text, timeout_d)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let result = result.map_err(Error::from);
+        let detail = match &result {
+            Ok(out) => EventDetail {
+                outcome: "ok".into(),
+                turn: Some(turn),
+                stop_reason: Some(out.stop_reason.clone()),
+                duration_ms: Some(duration_ms),
+                output: Some(Recorded::of(&out.output, self.settings.ledger_keep_text)),
+                ..Default::default()
+            },
+            Err(err) => EventDetail {
+                outcome: err.kind.code().to_string(),
+                turn: Some(turn),
+                duration_ms: Some(duration_ms),
+                error: Some(err.message.clone()),
+                ..Default::default()
+            },
+        };
+        self.ledger
+            .finish_turn(row.session_id.clone(), event_id, now(), detail)
+            .await
+            .map_err(Error::internal)?;
+        match result {
+            Ok(out) => Ok(wire::Turn {
+                session_id: row.session_id,
+                turn,
+                output: out.output,
+                stop_reason: out.stop_reason,
+                duration_ms,
+            }),
+            Err(err) => {
+                if err.kind != ErrorKind::Timeout {
+                    tracing::warn!(session = %row.session_id, turn, error = %err, "turn failed");
+                } else {
+                    tracing::info!(session = %row.session_id, turn, "turn timed out");
+                }
+                Err(err)
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Values parsed at the edge: once one of these exists, it is valid.
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// A session's id: a UUID, in its lowercase hyphenated form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(Uuid);
+
+impl SessionId {
+    pub fn new() -> SessionId {
+        SessionId(Uuid::new_v4())
+    }
+
+    pub fn parse(s: &str) -> Result<SessionId> {
+        Uuid::try_parse(s).map(SessionId).map_err(|_| {
+            Error::bad_request(format!("invalid session_id {:?}: expected a UUID", clip(s)))
+        })
+    }
+
+    pub fn as_string(&self) -> String {
+        self.0.hyphenated().to_string()
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        SessionId::new()
+    }
+}
+
+/// A token's id: a UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenId(Uuid);
+
+impl TokenId {
+    pub fn new() -> TokenId {
+        TokenId(Uuid::new_v4())
+    }
+
+    pub fn parse(s: &str) -> Result<TokenId> {
+        Uuid::try_parse(s).map(TokenId).map_err(|_| {
+            Error::bad_request(format!("invalid token_id {:?}: expected a UUID", clip(s)))
+        })
+    }
+
+    pub fn as_string(&self) -> String {
+        self.0.hyphenated().to_string()
+    }
+}
+
+impl Default for TokenId {
+    fn default() -> Self {
+        TokenId::new()
+    }
+}
+
+/// The name of an app: 1-64 letters, digits, '-', '_' or '.'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppName(String);
+
+impl AppName {
+    pub fn parse(s: &str) -> Result<AppName> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(AppName(s.to_string()))
+        } else {
+            Err(Error::bad_request(format!(
+                "invalid app {:?}: 1-64 letters, digits, '-', '_' or '.'",
+                clip(s)
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An attached file's name: a plain name, never a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileName(String);
+
+impl FileName {
+    pub fn parse(s: &str) -> Result<FileName> {
+        let bad = s.is_empty()
+            || s.len() > 255
+            || s == "."
+            || s == ".."
+            || s.contains("..")
+            || s.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+        if bad {
+            Err(Error::bad_request(format!(
+                "invalid file name {:?}: a plain name, without '/', '\\\\' or '..'",
+                clip(s)
+            )))
+        } else {
+            Ok(FileName(s.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A prompt: not blank, at most the configured size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt(String);
+
+impl Prompt {
+    pub fn parse(s: String, max_bytes: usize) -> Result<Prompt> {
+        if s.trim().is_empty() {
+            return Err(Error::bad_request("prompt is empty"));
+        }
+        if s.len() > max_bytes {
+            return Err(Error::payload_too_large(format!(
+                "prompt is {} bytes; the limit is {max_bytes}",
+                s.len()
+            )));
+        }
+        if s.contains('\0') {
+            return Err(Error::bad_request("prompt contains a NUL character"));
+        }
+        Ok(Prompt(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Seconds a turn or run may take: 1 up to the configured maximum.
+pub fn timeout_secs(requested: Option<u64>, default: u64, max: u64) -> Result<u64> {
+    match requested {
+        None => Ok(default),
+        Some(0) => Err(Error::bad_request("timeout_secs must be at least 1")),
+        Some(t) if t > max => Err(Error::bad_request(format!(
+            "timeout_secs {t} exceeds the maximum of {max}"
+        ))),
+        Some(t) => Ok(t),
+    }
+}
+
+/// A value quoted in an error message, cut short.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(80).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn session_ids() {
+        let id = SessionId::new();
+        assert_eq!(SessionId::parse(&id.as_string()).unwrap(), id);
+        for bad in ["", "abc", "../etc", "00000000-0000-0000-0000-00000000000g"] {
+            assert_eq!(
+                SessionId::parse(bad).unwrap_err().kind,
+                ErrorKind::BadRequest
+            );
+        }
+    }
+
+    #[test]
+    fn file_names() {
+        for ok in ["notes.md", "a", "x.y.z", "with space.txt", ".hidden"] {
+            assert!(FileName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/etc/passwd",
+            "a\\b",
+            "x..y",
+            "a\0b",
+            "a\nb",
+        ] {
+            assert_eq!(
+                FileName::parse(bad).unwrap_err().kind,
+                ErrorKind::BadRequest,
+                "{bad:?}"
+            );
+        }
+        assert!(FileName::parse(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn app_names() {
+        assert!(AppName::parse("photo-app_1.0").is_ok());
+        for bad in ["", "a b", "ä", &"x".repeat(65)] {
+            assert!(AppName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prompts() {
+        assert!(Prompt::parse("hi".into(), 10).is_ok());
+        assert_eq!(
+            Prompt::parse("  \n".into(), 10).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            Prompt::parse("x".repeat(11), 10).unwrap_err().kind,
+            ErrorKind::PayloadTooLarge
+        );
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(timeout_secs(None, 120, 600).unwrap(), 120);
+        assert_eq!(timeout_secs(Some(5), 120, 600).unwrap(), 5);
+        assert!(timeout_secs(Some(0), 120, 600).is_err());
+        assert!(timeout_secs(Some(601), 120, 600).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The one error type of the domain, and the stable table that maps each kind to its wire code
+//! and status. Both transports use this table; nothing else decides a status.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The error kinds of the wire contract (subjects.md). Their names and statuses never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    AgentError,
+    AtCapacity,
+    Timeout,
+    Internal,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::BadRequest,
+        ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::AgentError,
+        ErrorKind::AtCapacity,
+        ErrorKind::Timeout,
+        ErrorKind::Internal,
+    ];
+
+    /// The HTTP status, also sent as `Nats-Service-Error-Code` over NATS.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::Internal => 500,
+            ErrorKind::AgentError => 502,
+            ErrorKind::AtCapacity => 503,
+            ErrorKind::Timeout => 504,
+        }
+    }
+
+    /// The `code` string of the error body.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::AgentError => "agent_error",
+            ErrorKind::AtCapacity => "at_capacity",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    pub fn from_status(status: u16) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.status() == status)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// An error of the contract: a kind and a message that is safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Unauthorized, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Forbidden, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Conflict, message)
+    }
+
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::PayloadTooLarge, message)
+    }
+
+    pub fn agent(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::AgentError, message)
+    }
+
+    pub fn at_capacity(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::AtCapacity, message)
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Timeout, message)
+    }
+
+    /// An internal failure: the cause goes to the log, the caller sees a generic message.
+    pub fn internal(cause: impl fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Error::new(ErrorKind::Internal, "internal error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses_round_trip() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_code(kind.code()), Some(kind));
+            assert_eq!(ErrorKind::from_status(kind.status()), Some(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.code()));
+        }
+    }
+
+    #[test]
+    fn table_matches_contract() {
+        let table: Vec<(&str, u16)> = ErrorKind::ALL
+            .iter()
+            .map(|k| (k.code(), k.status()))
+            .collect();
+        assert_eq!(
+            table,
+            vec![
+                ("bad_request", 400),
+                ("unauthorized", 401),
+                ("forbidden", 403),
+                ("not_found", 404),
+                ("conflict", 409),
+                ("payload_too_large", 413),
+                ("agent_error", 502),
+                ("at_capacity", 503),
+                ("timeout", 504),
+                ("internal", 500),
+            ]
+        );
+    }
+}

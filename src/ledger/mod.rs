@@ -1,0 +1,638 @@
+//! The SQLite ledger: every token, session, turn and run. The only module that imports rusqlite.
+//!
+//! Several worker processes share one ledger file: WAL mode, a busy timeout, and writes that
+//! must see a consistent count (the live-session cap, a turn's number) run in `BEGIN IMMEDIATE`
+//! transactions, so that they serialise across processes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite_migration::{Migrations, M};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger migration: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("ledger: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("ledger: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("ledger task failed: {0}")]
+    Task(String),
+}
+
+pub type LedgerResult<T> = Result<T, LedgerError>;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("migrations.sql"))])
+}
+
+/// A handle on the ledger; cheap to clone. Calls run on tokio's blocking pool.
+#[derive(Clone)]
+pub struct Ledger {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// Text as the ledger keeps it: the text itself unless only sizes and hashes are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub text: Option<String>,
+    pub bytes: i64,
+    pub sha256: String,
+}
+
+impl Recorded {
+    pub fn of(text: &str, keep_text: bool) -> Recorded {
+        Recorded {
+            text: keep_text.then(|| text.to_string()),
+            bytes: text.len() as i64,
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub token_id: String,
+    pub app: String,
+    pub admin: bool,
+    pub token_hash: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub app: String,
+    pub agent: String,
+    pub agent_command: String,
+    pub cwd: String,
+    pub open: bool,
+    pub created_at: String,
+    pub last_turn_at: Option<String>,
+    pub closed_at: Option<String>,
+    pub turns: u64,
+    /// Files attached at create, not yet listed ahead of a turn.
+    pub pending_files: Vec<String>,
+}
+
+/// What a session event row says, beyond its session, kind and time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventDetail {
+    pub outcome: String,
+    pub turn: Option<u64>,
+    pub stop_reason: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub prompt: Option<Recorded>,
+    pub output: Option<Recorded>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    Create,
+    Turn,
+    Close,
+    SweepClose,
+    HardDelete,
+}
+
+impl SessionEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEvent::Create => "create",
+            SessionEvent::Turn => "turn",
+            SessionEvent::Close => "close",
+            SessionEvent::SweepClose => "sweep_close",
+            SessionEvent::HardDelete => "hard_delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// The live-session cap is reached; nothing was written.
+    AtCapacity {
+        open: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginTurn {
+    Started {
+        turn: u64,
+        event_id: i64,
+        /// Files attached at create, to list ahead of this (the first) turn.
+        pending_files: Vec<String>,
+    },
+    NotFound,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseOutcome {
+    Closed,
+    AlreadyClosed,
+    NotFound,
+}
+
+/// A row of `session_events`, as the audit trail shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: i64,
+    pub session_id: String,
+    pub app: String,
+    pub event: String,
+    pub at: String,
+    pub worker_id: String,
+    pub turn: Option<u64>,
+    pub outcome: String,
+    pub stop_reason: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub prompt: Option<String>,
+    pub prompt_bytes: Option<i64>,
+    pub prompt_sha256: Option<String>,
+    pub output: Option<String>,
+    pub output_bytes: Option<i64>,
+    pub output_sha256: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> LedgerResult<Ledger> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        let open_err = |source| LedgerError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.set_transaction_behavior(TransactionBehavior::Immediate);
+        // Workers starting together race to migrate: whoever loses sees the new version and
+        // has nothing left to do.
+        let migrations = migrations();
+        let mut attempt = 0;
+        loop {
+            match migrations.to_latest(&mut conn) {
+                Ok(()) => break,
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "ledger migration raced; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Ledger {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T, F>(&self, f: F) -> LedgerResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> LedgerResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| LedgerError::Task(e.to_string()))?
+    }
+
+    // ---- tokens ----
+
+    pub async fn insert_token(&self, row: TokenRow) -> LedgerResult<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO tokens (token_id, app, admin, token_hash, created_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    row.token_id,
+                    row.app,
+                    row.admin,
+                    row.token_hash,
+                    row.created_at,
+                    row.revoked_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn token_by_hash(&self, hash: String) -> LedgerResult<Option<TokenRow>> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT token_id, app, admin, token_hash, created_at, revoked_at
+                 FROM tokens WHERE token_hash = ?1",
+                [hash],
+                token_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn list_tokens(&self) -> LedgerResult<Vec<TokenRow>> {
+        self.call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT token_id, app, admin, token_hash, created_at, revoked_at
+                 FROM tokens ORDER BY created_at, token_id",
+            )?;
+            let rows = stmt.query_map([], token_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Revokes a token. `None` when there is no such token; the first revocation time is kept.
+    pub async fn revoke_token(&self, token_id: String, at: String) -> LedgerResult<Option<()>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM tokens WHERE token_id = ?1",
+                    [&token_id],
+                    |_| Ok(()),
+                )
+                .optional()?;
+            if exists.is_some() {
+                tx.execute(
+                    "UPDATE tokens SET revoked_at = ?2 WHERE token_id = ?1 AND revoked_at IS NULL",
+                    params![token_id, at],
+                )?;
+            }
+            tx.commit()?;
+            Ok(exists)
+        })
+        .await
+    }
+
+    pub async fn active_token_count(&self) -> LedgerResult<u64> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await
+    }
+
+    // ---- sessions ----
+
+    /// Inserts an open session and its `create` event, unless `cap` sessions are already open.
+    pub async fn create_session(
+        &self,
+        row: SessionRow,
+        worker_id: String,
+        cap: u64,
+    ) -> LedgerResult<CreateOutcome> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let open: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM sessions WHERE status = 'open'",
+                [],
+                |r| r.get(0),
+            )?;
+            if open as u64 >= cap {
+                return Ok(CreateOutcome::AtCapacity { open: open as u64 });
+            }
+            tx.execute(
+                "INSERT INTO sessions (session_id, app, agent, agent_command, cwd, status,
+                                       created_at, last_turn_at, closed_at, turns, pending_files)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, NULL, NULL, 0, ?7)",
+                params![
+                    row.session_id,
+                    row.app,
+                    row.agent,
+                    row.agent_command,
+                    row.cwd,
+                    row.created_at,
+                    files_json(&row.pending_files),
+                ],
+            )?;
+            insert_event(
+                &tx,
+                &row.session_id,
+                &row.app,
+                SessionEvent::Create,
+                &row.created_at,
+                &worker_id,
+                &EventDetail {
+                    outcome: "ok".into(),
+                    ..Default::default()
+                },
+            )?;
+            tx.commit()?;
+            Ok(CreateOutcome::Created)
+        })
+        .await
+    }
+
+    pub async fn session(&self, session_id: String) -> LedgerResult<Option<SessionRow>> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("{SESSION_SELECT} WHERE session_id = ?1"),
+                [session_id],
+                session_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The sessions of one app, newest first.
+    pub async fn sessions_of(&self, app: String) -> LedgerResult<Vec<SessionRow>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "{SESSION_SELECT} WHERE app = ?1 ORDER BY created_at DESC, session_id"
+            ))?;
+            let rows = stmt.query_map([app], session_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn open_session_count(&self) -> LedgerResult<u64> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM sessions WHERE status = 'open'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await
+    }
+
+    /// Numbers a new turn and records it as running, if the session is open and `app`'s.
+    pub async fn begin_turn(
+        &self,
+        session_id: String,
+        app: String,
+        at: String,
+        worker_id: String,
+        prompt: Recorded,
+    ) -> LedgerResult<BeginTurn> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let found: Option<(String, String, i64, Option<String>)> = tx
+                .query_row(
+                    "SELECT app, status, turns, pending_files FROM sessions WHERE session_id = ?1",
+                    [&session_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let (turns, pending) = match found {
+                Some((owner, ..)) if owner != app => return Ok(BeginTurn::NotFound),
+                None => return Ok(BeginTurn::NotFound),
+                Some((_, status, ..)) if status != "open" => return Ok(BeginTurn::Closed),
+                Some((_, _, turns, pending)) => (turns as u64 + 1, parse_files(pending)),
+            };
+            tx.execute(
+                "UPDATE sessions SET turns = ?2, last_turn_at = ?3, pending_files = NULL
+                 WHERE session_id = ?1",
+                params![session_id, turns as i64, at],
+            )?;
+            let event_id = insert_event(
+                &tx,
+                &session_id,
+                &app,
+                SessionEvent::Turn,
+                &at,
+                &worker_id,
+                &EventDetail {
+                    outcome: "running".into(),
+                    turn: Some(turns),
+                    prompt: Some(prompt),
+                    ..Default::default()
+                },
+            )?;
+            tx.commit()?;
+            Ok(BeginTurn::Started {
+                turn: turns,
+                event_id,
+                pending_files: pending,
+            })
+        })
+        .await
+    }
+
+    /// Records how a turn ended, and moves the session's `last_turn_at` to its end.
+    pub async fn finish_turn(
+        &self,
+        session_id: String,
+        event_id: i64,
+        at: String,
+        detail: EventDetail,
+    ) -> LedgerResult<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let output = detail.output.as_ref();
+            tx.execute(
+                "UPDATE session_events SET outcome = ?2, stop_reason = ?3, duration_ms = ?4,
+                        output = ?5, output_bytes = ?6, output_sha256 = ?7, error = ?8
+                 WHERE id = ?1",
+                params![
+                    event_id,
+                    detail.outcome,
+                    detail.stop_reason,
+                    detail.duration_ms.map(|d| d as i64),
+                    output.and_then(|o| o.text.clone()),
+                    output.map(|o| o.bytes),
+                    output.map(|o| o.sha256.clone()),
+                    detail.error,
+                ],
+            )?;
+            tx.execute(
+                "UPDATE sessions SET last_turn_at = ?2 WHERE session_id = ?1",
+                params![session_id, at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Closes an open session of `app` and records `event` (close or sweep_close).
+    pub async fn close_session(
+        &self,
+        session_id: String,
+        app: String,
+        event: SessionEvent,
+        at: String,
+        worker_id: String,
+        detail: EventDetail,
+    ) -> LedgerResult<CloseOutcome> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let status: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT app, status FROM sessions WHERE session_id = ?1",
+                    [&session_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match status {
+                None => return Ok(CloseOutcome::NotFound),
+                Some((owner, _)) if owner != app => return Ok(CloseOutcome::NotFound),
+                Some((_, status)) if status != "open" => return Ok(CloseOutcome::AlreadyClosed),
+                Some(_) => {}
+            }
+            tx.execute(
+                "UPDATE sessions SET status = 'closed', closed_at = ?2 WHERE session_id = ?1",
+                params![session_id, at],
+            )?;
+            insert_event(&tx, &session_id, &app, event, &at, &worker_id, &detail)?;
+            tx.commit()?;
+            Ok(CloseOutcome::Closed)
+        })
+        .await
+    }
+
+    /// The audit trail of one session, oldest first.
+    pub async fn events_of(&self, session_id: String) -> LedgerResult<Vec<EventRow>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, session_id, app, event, at, worker_id, turn, outcome, stop_reason,
+                        duration_ms, prompt, prompt_bytes, prompt_sha256, output, output_bytes,
+                        output_sha256, error
+                 FROM session_events WHERE session_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([session_id], |r| {
+                Ok(EventRow {
+                    id: r.get(0)?,
+                    session_id: r.get(1)?,
+                    app: r.get(2)?,
+                    event: r.get(3)?,
+                    at: r.get(4)?,
+                    worker_id: r.get(5)?,
+                    turn: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+                    outcome: r.get(7)?,
+                    stop_reason: r.get(8)?,
+                    duration_ms: r.get::<_, Option<i64>>(9)?.map(|d| d as u64),
+                    prompt: r.get(10)?,
+                    prompt_bytes: r.get(11)?,
+                    prompt_sha256: r.get(12)?,
+                    output: r.get(13)?,
+                    output_bytes: r.get(14)?,
+                    output_sha256: r.get(15)?,
+                    error: r.get(16)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
+
+const SESSION_SELECT: &str = "SELECT session_id, app, agent, agent_command, cwd, status,
+        created_at, last_turn_at, closed_at, turns, pending_files FROM sessions";
+
+fn files_json(files: &[String]) -> Option<String> {
+    (!files.is_empty()).then(|| serde_json::to_string(files).expect("strings serialize"))
+}
+
+fn parse_files(json: Option<String>) -> Vec<String> {
+    json.and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_default()
+}
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        session_id: r.get(0)?,
+        app: r.get(1)?,
+        agent: r.get(2)?,
+        agent_command: r.get(3)?,
+        cwd: r.get(4)?,
+        open: r.get::<_, String>(5)? == "open",
+        created_at: r.get(6)?,
+        last_turn_at: r.get(7)?,
+        closed_at: r.get(8)?,
+        turns: r.get::<_, i64>(9)? as u64,
+        pending_files: parse_files(r.get(10)?),
+    })
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        token_id: r.get(0)?,
+        app: r.get(1)?,
+        admin: r.get(2)?,
+        token_hash: r.get(3)?,
+        created_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    session_id: &str,
+    app: &str,
+    event: SessionEvent,
+    at: &str,
+    worker_id: &str,
+    d: &EventDetail,
+) -> rusqlite::Result<i64> {
+    let prompt = d.prompt.as_ref();
+    let output = d.output.as_ref();
+    tx.execute(
+        "INSERT INTO session_events (session_id, app, event, at, worker_id, turn, outcome,
+                stop_reason, duration_ms, prompt, prompt_bytes, prompt_sha256, output,
+                output_bytes, output_sha256, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            session_id,
+            app,
+            event.as_str(),
+            at,
+            worker_id,
+            d.turn.map(|t| t as i64),
+            d.outcome,
+            d.stop_reason,
+            d.duration_ms.map(|t| t as i64),
+            prompt.and_then(|p| p.text.clone()),
+            prompt.map(|p| p.bytes),
+            prompt.map(|p| p.sha256.clone()),
+            output.and_then(|o| o.text.clone()),
+            output.map(|o| o.bytes),
+            output.map(|o| o.sha256.clone()),
+            d.error,
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+#[cfg(test)]
+mod tests;

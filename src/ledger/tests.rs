@@ -1,0 +1,290 @@
+use super::*;
+
+fn ledger() -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(&dir.path().join("sub/ledger.db")).unwrap();
+    (dir, ledger)
+}
+
+fn session(id: &str, app: &str) -> SessionRow {
+    SessionRow {
+        session_id: id.into(),
+        app: app.into(),
+        agent: "echo".into(),
+        agent_command: "node agent.mjs".into(),
+        cwd: format!("/tmp/{id}"),
+        open: true,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        last_turn_at: None,
+        closed_at: None,
+        turns: 0,
+        pending_files: vec!["/tmp/a.md".into()],
+    }
+}
+
+#[tokio::test]
+async fn cap_counts_open_sessions_only() {
+    let (_d, l) = ledger();
+    let w = "w1".to_string();
+    assert_eq!(
+        l.create_session(session("s1", "a"), w.clone(), 2)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        l.create_session(session("s2", "a"), w.clone(), 2)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        l.create_session(session("s3", "b"), w.clone(), 2)
+            .await
+            .unwrap(),
+        CreateOutcome::AtCapacity { open: 2 }
+    );
+    assert!(l.session("s3".into()).await.unwrap().is_none());
+    let closed = l
+        .close_session(
+            "s1".into(),
+            "a".into(),
+            SessionEvent::Close,
+            "t".into(),
+            w.clone(),
+            EventDetail {
+                outcome: "ok".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(closed, CloseOutcome::Closed);
+    assert_eq!(
+        l.create_session(session("s3", "b"), w, 2).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(l.open_session_count().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn turns_are_numbered_and_recorded() {
+    let (_d, l) = ledger();
+    l.create_session(session("s1", "a"), "w".into(), 10)
+        .await
+        .unwrap();
+    let first = l
+        .begin_turn(
+            "s1".into(),
+            "a".into(),
+            "t1".into(),
+            "w".into(),
+            Recorded::of("hello", true),
+        )
+        .await
+        .unwrap();
+    let BeginTurn::Started {
+        turn,
+        event_id,
+        pending_files,
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!(turn, 1);
+    assert_eq!(pending_files, vec!["/tmp/a.md".to_string()]);
+    l.finish_turn(
+        "s1".into(),
+        event_id,
+        "t2".into(),
+        EventDetail {
+            outcome: "ok".into(),
+            turn: Some(1),
+            stop_reason: Some("end_turn".into()),
+            duration_ms: Some(12),
+            output: Some(Recorded::of("echo: hello", false)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let second = l
+        .begin_turn(
+            "s1".into(),
+            "a".into(),
+            "t3".into(),
+            "w".into(),
+            Recorded::of("again", true),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(second, BeginTurn::Started { turn: 2, ref pending_files, .. } if pending_files.is_empty()),
+        "{second:?}"
+    );
+    let other_app = l
+        .begin_turn(
+            "s1".into(),
+            "b".into(),
+            "t".into(),
+            "w".into(),
+            Recorded::of("x", true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other_app, BeginTurn::NotFound);
+
+    let events = l.events_of("s1".into()).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["create", "turn", "turn"]);
+    let t1 = &events[1];
+    assert_eq!(t1.outcome, "ok");
+    assert_eq!(t1.prompt.as_deref(), Some("hello"));
+    assert_eq!(
+        t1.output, None,
+        "only the hash is kept when keep_text is off"
+    );
+    assert_eq!(t1.output_bytes, Some(11));
+    assert_eq!(
+        t1.output_sha256.as_deref(),
+        Some(Recorded::of("echo: hello", true).sha256.as_str())
+    );
+    assert_eq!(events[2].outcome, "running");
+    let row = l.session("s1".into()).await.unwrap().unwrap();
+    assert_eq!(row.turns, 2);
+    assert_eq!(row.last_turn_at.as_deref(), Some("t3"));
+}
+
+#[tokio::test]
+async fn closing_twice_and_turning_a_closed_session() {
+    let (_d, l) = ledger();
+    l.create_session(session("s1", "a"), "w".into(), 10)
+        .await
+        .unwrap();
+    let close = |app: &str| {
+        l.close_session(
+            "s1".into(),
+            app.into(),
+            SessionEvent::Close,
+            "t".into(),
+            "w".into(),
+            EventDetail {
+                outcome: "ok".into(),
+                ..Default::default()
+            },
+        )
+    };
+    assert_eq!(close("b").await.unwrap(), CloseOutcome::NotFound);
+    assert_eq!(close("a").await.unwrap(), CloseOutcome::Closed);
+    assert_eq!(close("a").await.unwrap(), CloseOutcome::AlreadyClosed);
+    let turn = l
+        .begin_turn(
+            "s1".into(),
+            "a".into(),
+            "t".into(),
+            "w".into(),
+            Recorded::of("x", true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(turn, BeginTurn::Closed);
+    let events = l.events_of("s1".into()).await.unwrap();
+    assert_eq!(events.len(), 2, "one create, one close: {events:?}");
+}
+
+#[tokio::test]
+async fn tokens_revoke_once() {
+    let (_d, l) = ledger();
+    l.insert_token(TokenRow {
+        token_id: "t1".into(),
+        app: "a".into(),
+        admin: false,
+        token_hash: "h1".into(),
+        created_at: "c".into(),
+        revoked_at: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(l.active_token_count().await.unwrap(), 1);
+    assert_eq!(
+        l.revoke_token("t1".into(), "r1".into()).await.unwrap(),
+        Some(())
+    );
+    assert_eq!(
+        l.revoke_token("t1".into(), "r2".into()).await.unwrap(),
+        Some(())
+    );
+    assert_eq!(
+        l.revoke_token("nope".into(), "r".into()).await.unwrap(),
+        None
+    );
+    let row = l.token_by_hash("h1".into()).await.unwrap().unwrap();
+    assert_eq!(row.revoked_at.as_deref(), Some("r1"));
+    assert_eq!(l.active_token_count().await.unwrap(), 0);
+}
+
+#[test]
+fn event_kinds_match_the_schema() {
+    let sql = include_str!("migrations.sql");
+    for e in [
+        SessionEvent::Create,
+        SessionEvent::Turn,
+        SessionEvent::Close,
+        SessionEvent::SweepClose,
+        SessionEvent::HardDelete,
+    ] {
+        assert!(sql.contains(&format!("'{}'", e.as_str())), "{}", e.as_str());
+    }
+}
+
+#[test]
+fn two_processes_worth_of_connections_share_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || Ledger::open(&path).map(|_| ()))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = Ledger::open(&path).unwrap();
+    let b = Ledger::open(&path).unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let l = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                l.create_session(session(&format!("s{i}"), "a"), "w".into(), 15)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            if t.await.unwrap() == CreateOutcome::Created {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 15, "the cap holds across connections");
+        assert_eq!(a.open_session_count().await.unwrap(), 15);
+    });
+}
+
+#[test]
+fn recorded_hashes() {
+    let r = Recorded::of("abc", false);
+    assert_eq!(r.text, None);
+    assert_eq!(r.bytes, 3);
+    assert_eq!(
+        r.sha256,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(Recorded::of("abc", true).text.as_deref(), Some("abc"));
+}

@@ -1,0 +1,156 @@
+//! The worker's NATS endpoints: decode → domain → encode. Served with the async-nats service
+//! API as service `clawdforge`, every endpoint in queue group `forge`.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use async_nats::service::{Request, ServiceExt};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use serde::Serialize;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{Forge, VERSION};
+use crate::error::{Error, Result};
+use crate::wire::{self, decode, subject};
+
+/// Every subject the worker serves.
+pub const SUBJECTS: [&str; 9] = [
+    subject::SESSION_CREATE,
+    subject::SESSION_TURN,
+    subject::SESSION_CLOSE,
+    subject::SESSION_GET,
+    subject::SESSION_LIST,
+    subject::TOKEN_CREATE,
+    subject::TOKEN_LIST,
+    subject::TOKEN_REVOKE,
+    subject::HEALTH,
+];
+
+/// A running service: its endpoints feed `tracker` one task per request.
+pub struct Worker {
+    service: async_nats::service::Service,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    pub tracker: TaskTracker,
+}
+
+/// Registers the service and starts serving every subject this worker implements.
+pub async fn start(
+    client: async_nats::Client,
+    forge: Arc<Forge>,
+    subjects: &[&str],
+) -> std::result::Result<Worker, async_nats::Error> {
+    let metadata = HashMap::from([("worker_id".to_string(), forge.worker_id().to_string())]);
+    let service = client
+        .service_builder()
+        .description("clawdforge: coding agents over NATS")
+        .queue_group(wire::QUEUE_GROUP)
+        .metadata(metadata)
+        .start(wire::SERVICE_NAME, VERSION)
+        .await?;
+    let tracker = TaskTracker::new();
+    let mut loops = Vec::new();
+    for &subject in subjects {
+        let mut endpoint = service.endpoint(subject).await?;
+        let forge = forge.clone();
+        let tracker = tracker.clone();
+        loops.push(tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let forge = forge.clone();
+                tracker.spawn(handle(forge, request));
+            }
+        }));
+    }
+    Ok(Worker {
+        service,
+        loops,
+        tracker,
+    })
+}
+
+impl Worker {
+    /// Stops taking requests; requests already taken go on in `tracker`.
+    pub async fn stop_intake(self) -> TaskTracker {
+        if let Err(e) = self.service.stop().await {
+            tracing::warn!(error = %e, "stopping the NATS service");
+        }
+        for l in self.loops {
+            l.abort();
+        }
+        self.tracker.close();
+        self.tracker
+    }
+}
+
+async fn handle(forge: Arc<Forge>, request: Request) {
+    if request.message.reply.is_none() {
+        tracing::debug!(subject = %request.message.subject, "message without a reply subject ignored");
+        return;
+    }
+    let subject = request.message.subject.to_string();
+    let headers = request.message.headers.as_ref();
+    let auth = headers
+        .and_then(|h| {
+            h.get(wire::AUTHORIZATION)
+                .or_else(|| h.get("authorization"))
+        })
+        .map(|v| v.as_str().to_string());
+    let token = wire::bearer(auth.as_deref());
+    let body = &request.message.payload;
+    let result = AssertUnwindSafe(dispatch(&forge, &subject, token, body))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(Error::internal(format!("handler for {subject} panicked"))));
+    let sent = match result {
+        Ok(reply) => request.respond(Ok(reply)).await,
+        Err(err) => {
+            let (headers, body) = error_reply(&err);
+            request.respond_with_headers(Ok(body), headers).await
+        }
+    };
+    if let Err(e) = sent {
+        tracing::warn!(subject, error = %e, "could not send the reply");
+    }
+}
+
+/// The headers and JSON body of an error reply.
+pub fn error_reply(err: &Error) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        wire::ERROR_CODE_HEADER,
+        err.kind.status().to_string().as_str(),
+    );
+    // Header values cannot hold line breaks.
+    let message: String = err
+        .message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    headers.insert(wire::ERROR_HEADER, message.as_str());
+    let body = serde_json::to_vec(&wire::ErrorBody::from(err)).expect("error body serializes");
+    (headers, body.into())
+}
+
+fn encode<T: Serialize>(result: Result<T>) -> Result<Bytes> {
+    result.map(|v| serde_json::to_vec(&v).expect("reply serializes").into())
+}
+
+async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]) -> Result<Bytes> {
+    match subject {
+        subject::SESSION_CREATE => encode(forge.create_session(token, decode(body)?).await),
+        subject::SESSION_TURN => encode(forge.turn(token, decode(body)?).await),
+        subject::SESSION_CLOSE => encode(forge.close_session(token, decode(body)?).await),
+        subject::SESSION_GET => encode(forge.get_session(token, decode(body)?).await),
+        subject::SESSION_LIST => encode(forge.list_sessions(token, decode(body)?).await),
+        subject::TOKEN_CREATE => encode(forge.create_token(token, decode(body)?).await),
+        subject::TOKEN_LIST => encode(forge.list_tokens(token, decode(body)?).await),
+        subject::TOKEN_REVOKE => encode(forge.revoke_token(token, decode(body)?).await),
+        subject::HEALTH => {
+            let wire::Empty {} = decode(body)?;
+            encode(Ok(forge.health().await))
+        }
+        other => Err(Error::not_found(format!("no such subject {other}"))),
+    }
+}

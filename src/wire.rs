@@ -1,0 +1,302 @@
+//! The serde types of the wire contract (subjects.md), shared by the worker, the sidecar and the
+//! client. Requests reject unknown fields; replies are plain data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind};
+
+/// NATS subjects of the contract.
+pub mod subject {
+    pub const SESSION_CREATE: &str = "forge.session.create";
+    pub const SESSION_TURN: &str = "forge.session.turn";
+    pub const SESSION_CLOSE: &str = "forge.session.close";
+    pub const SESSION_GET: &str = "forge.session.get";
+    pub const SESSION_LIST: &str = "forge.session.list";
+    pub const RUN: &str = "forge.run";
+    pub const TOKEN_CREATE: &str = "forge.admin.token.create";
+    pub const TOKEN_LIST: &str = "forge.admin.token.list";
+    pub const TOKEN_REVOKE: &str = "forge.admin.token.revoke";
+    pub const HEALTH: &str = "forge.health";
+}
+
+/// The NATS micro service name and queue group.
+pub const SERVICE_NAME: &str = "clawdforge";
+pub const QUEUE_GROUP: &str = "forge";
+
+pub const AUTHORIZATION: &str = "Authorization";
+pub const ERROR_HEADER: &str = "Nats-Service-Error";
+pub const ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+
+/// An attached file: a plain name and its content in standard base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpload {
+    pub name: String,
+    pub content_base64: String,
+}
+
+/// A request with no fields: `{}` (an empty body is read as `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileUpload>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnRequest {
+    pub session_id: String,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileUpload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `forge.session.close` and `forge.session.get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRef {
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileUpload>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    pub app: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRevoke {
+    pub token_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Open,
+    Closed,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Open => "open",
+            SessionStatus::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub session_id: String,
+    pub app: String,
+    pub agent: String,
+    pub status: SessionStatus,
+    pub created_at: String,
+    pub last_turn_at: Option<String>,
+    pub closed_at: Option<String>,
+    pub turns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    pub sessions: Vec<Session>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub session_id: String,
+    pub turn: u64,
+    pub output: String,
+    pub stop_reason: String,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClosed {
+    pub session_id: String,
+    pub closed: bool,
+    pub already_closed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub run_id: String,
+    pub ok: bool,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub model: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub cost_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token_id: String,
+    pub app: String,
+    pub admin: bool,
+    pub token: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub token_id: String,
+    pub app: String,
+    pub admin: bool,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub token_id: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub version: String,
+    pub worker_id: String,
+    pub acpx_present: bool,
+    pub acpx_version: Option<String>,
+    pub claude_present: bool,
+    pub open_sessions: u64,
+}
+
+/// The body of every error reply: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorKind,
+    pub message: String,
+}
+
+impl From<&Error> for ErrorBody {
+    fn from(err: &Error) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: err.kind,
+                message: err.message.clone(),
+            },
+        }
+    }
+}
+
+impl From<ErrorBody> for Error {
+    fn from(body: ErrorBody) -> Self {
+        Error::new(body.error.code, body.error.message)
+    }
+}
+
+/// Decodes a request body. An empty body reads as `{}`; anything that is not the expected JSON
+/// object is `bad_request`, with serde's reason.
+pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("invalid request body: {e}")))
+}
+
+/// Reads the bearer token out of an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let value = header?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rejects_unknown_fields() {
+        let err = decode::<SessionRef>(br#"{"session_id":"x","extra":1}"#).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadRequest);
+        assert!(err.message.contains("extra"), "{}", err.message);
+    }
+
+    #[test]
+    fn decode_reads_empty_body_as_empty_object() {
+        assert_eq!(decode::<Empty>(b"").unwrap(), Empty {});
+        assert_eq!(
+            decode::<CreateSession>(b" \n").unwrap(),
+            CreateSession::default()
+        );
+        assert!(decode::<SessionRef>(b"").is_err());
+    }
+
+    #[test]
+    fn decode_rejects_garbage() {
+        for body in [
+            &b"\xff\xfe"[..],
+            b"[1,2]",
+            b"null",
+            b"{\"session_id\":5}",
+            b"{",
+        ] {
+            let err = decode::<SessionRef>(body).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::BadRequest);
+        }
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(Some("abc")), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let body = ErrorBody::from(&Error::not_found("no such session"));
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"error": {"code": "not_found", "message": "no such session"}})
+        );
+    }
+}
