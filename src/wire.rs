@@ -226,10 +226,16 @@ impl From<ErrorBody> for Error {
 /// Decodes a request body. An empty body reads as `{}`; anything that is not the expected JSON
 /// object is `bad_request`, with serde's reason.
 pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let body: &[u8] = match first {
+        None => b"{}",
+        Some(b'{') => body,
+        // serde reads a struct from a JSON array too; the contract wants an object.
+        Some(_) => {
+            return Err(Error::bad_request(
+                "invalid request body: expected a JSON object",
+            ))
+        }
     };
     serde_json::from_slice(body)
         .map_err(|e| Error::bad_request(format!("invalid request body: {e}")))

@@ -265,7 +265,7 @@ impl Acpx {
                     .map_err(|_| AcpxError::BadOutput("acpx did not exit".into()))?
                     .map_err(|e| AcpxError::BadOutput(e.to_string()))?;
                 let stderr = stderr_task.await.unwrap_or_default();
-                Err(stream.failure(status, &stderr))
+                stream.finish(status, &stderr)
             }
             Err(e) => {
                 process::kill_group(pid);
@@ -351,6 +351,7 @@ pub struct PromptStream {
     prompt_id: Option<Value>,
     output: String,
     truncated: bool,
+    cancelled: Option<TurnOutput>,
     errors: Vec<(Option<String>, String)>,
 }
 
@@ -367,10 +368,20 @@ impl PromptStream {
             if v.get("id") == Some(id) && v.get("method").is_none() {
                 if let Some(result) = v.get("result") {
                     let stop_reason = result["stopReason"].as_str().unwrap_or("end_turn");
-                    return Some(Ok(TurnOutput {
-                        output: std::mem::take(&mut self.output),
+                    let mut output = std::mem::take(&mut self.output);
+                    if self.truncated {
+                        output.push_str("\n[output truncated]");
+                    }
+                    let done = TurnOutput {
+                        output,
                         stop_reason: stop_reason.to_string(),
-                    }));
+                    };
+                    if stop_reason == "cancelled" {
+                        // acpx's own timeout cancels the turn too: only the exit tells.
+                        self.cancelled = Some(done);
+                        return None;
+                    }
+                    return Some(Ok(done));
                 }
                 if v.get("error").is_some() {
                     let message = error_message(&v).unwrap_or_default();
@@ -399,6 +410,14 @@ impl PromptStream {
             self.errors.push((code, message));
         }
         None
+    }
+
+    /// How the turn ended, once acpx has exited: a cancelled turn, or why there was no result.
+    pub fn finish(&mut self, status: ExitStatus, stderr: &str) -> Result<TurnOutput, AcpxError> {
+        match self.cancelled.take() {
+            Some(done) if status.success() && self.errors.is_empty() => Ok(done),
+            _ => Err(self.failure(status, stderr)),
+        }
     }
 
     /// Why acpx ended without the turn's response.
@@ -458,6 +477,24 @@ mod tests {
                 output: "echo: hi".into(),
                 stop_reason: "end_turn".into()
             }))
+        );
+    }
+
+    #[test]
+    fn a_cancelled_turn_waits_for_the_exit_code() {
+        let text = r#"{"jsonrpc":"2.0","id":3,"method":"session/prompt","params":{}}
+{"jsonrpc":"2.0","id":3,"result":{"stopReason":"cancelled"}}
+"#;
+        let (mut s, done) = run_fixture(text);
+        assert!(done.is_none());
+        assert_eq!(
+            s.finish(ExitStatus::from_raw(3 << 8), ""),
+            Err(AcpxError::Timeout)
+        );
+        let (mut s, _) = run_fixture(text);
+        assert_eq!(
+            s.finish(ExitStatus::from_raw(0), "").unwrap().stop_reason,
+            "cancelled"
         );
     }
 

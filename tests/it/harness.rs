@@ -1,0 +1,318 @@
+//! Starts the real things for a test: its own nats-server, worker processes on a temp ledger
+//! with their own HOME, the real acpx driving the test ACP agent. Everything it started is
+//! ended when the harness drops, acpx's detached queue owners included.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clawdforge::client::ForgeClient;
+
+pub const ROOT_TOKEN: &str = "root-secret-for-tests";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tool installed by scripts/setup-tools.sh. A missing tool fails the test, loudly.
+pub fn tool(name: &str) -> PathBuf {
+    let path = repo().join(".tools/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup-tools.sh (the README's test command, scripts/test.sh, does)",
+        path.display()
+    );
+    path
+}
+
+pub fn agent_command(extra: &str) -> String {
+    format!(
+        "{} {}{extra}",
+        tool("node").display(),
+        repo().join("tests/fixtures/acp-agent.mjs").display()
+    )
+}
+
+pub struct Nats {
+    child: Child,
+    pub url: String,
+    port_dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        Self::start_on(None)
+    }
+
+    /// Starts nats-server on `port`, or on a free port it picks.
+    pub fn start_on(port: Option<u16>) -> Nats {
+        let port_dir = tempfile::tempdir().unwrap();
+        let port_arg = port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into());
+        let child = Command::new(tool("nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "--ports_file_dir"])
+            .arg(port_dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        let ports_file = port_dir
+            .path()
+            .join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports_file) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    if let Some(url) = v["nats"][0].as_str() {
+                        break url.to_string();
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Nats {
+            child,
+            url,
+            port_dir,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.port_dir;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct WorkerProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// A test deployment: nats-server, workers, a temp data directory, an admin client.
+pub struct Forge {
+    pub nats: Nats,
+    pub dir: tempfile::TempDir,
+    pub workers: Vec<WorkerProcess>,
+    pub env: Vec<(String, String)>,
+    pub admin: ForgeClient,
+}
+
+pub struct Options {
+    pub workers: usize,
+    pub env: Vec<(String, String)>,
+    pub config_toml: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: 1,
+            env: Vec::new(),
+            config_toml: None,
+        }
+    }
+}
+
+impl Forge {
+    pub async fn start() -> Forge {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Forge {
+        let nats = Nats::start();
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let path = |p: &str| dir.path().join(p).to_string_lossy().into_owned();
+        let mut env: Vec<(String, String)> = vec![
+            ("HOME".into(), home.to_string_lossy().into_owned()),
+            ("NATS_URL".into(), nats.url.clone()),
+            ("DB_PATH".into(), path("data/ledger.db")),
+            ("ACPX_SESSIONS_CWD".into(), path("data/sessions")),
+            ("RUNS_DIR".into(), path("data/runs")),
+            (
+                "ACPX_BIN".into(),
+                tool("acpx").to_string_lossy().into_owned(),
+            ),
+            ("ACPX_AGENT".into(), agent_command("")),
+            ("ADMIN_BOOTSTRAP_TOKEN".into(), ROOT_TOKEN.into()),
+            ("CLAWDFORGE_ACPX_TTL_SECS".into(), "120".into()),
+            ("CLAUDE_BIN".into(), path("no-claude-here")),
+            ("RUST_LOG".into(), "info,clawdforge=debug".into()),
+        ];
+        if let Some(toml) = &opts.config_toml {
+            let file = dir.path().join("clawdforge.toml");
+            std::fs::write(&file, toml).unwrap();
+            env.push((
+                "CLAWDFORGE_CONFIG".into(),
+                file.to_string_lossy().into_owned(),
+            ));
+        }
+        for (k, v) in opts.env {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v));
+        }
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let admin = ForgeClient::new(client, Some(ROOT_TOKEN.into()));
+        let mut forge = Forge {
+            nats,
+            dir,
+            workers: Vec::new(),
+            env,
+            admin,
+        };
+        for _ in 0..opts.workers {
+            forge.spawn_worker(&[]);
+        }
+        forge.wait_for_workers(opts.workers).await;
+        forge
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.dir.path().join("data/ledger.db")
+    }
+
+    pub fn sessions_root(&self) -> PathBuf {
+        self.dir.path().join("data/sessions")
+    }
+
+    /// Starts one more worker process with the harness's environment plus `extra`.
+    pub fn spawn_worker(&mut self, extra: &[(&str, &str)]) -> usize {
+        let n = self.workers.len();
+        let log = self.dir.path().join(format!("worker-{n}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawdforge"));
+        cmd.arg("worker")
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting the worker");
+        self.workers.push(WorkerProcess { child, log });
+        n
+    }
+
+    /// Waits until `n` workers answer `$SRV.PING`.
+    pub async fn wait_for_workers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ids = self
+                .admin
+                .ping_workers(Duration::from_millis(200))
+                .await
+                .unwrap_or_default();
+            if ids.len() >= n {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} of {n} workers answered; logs:\n{}",
+                    ids.len(),
+                    self.logs()
+                );
+            }
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            let mut text = String::new();
+            if let Ok(mut f) = std::fs::File::open(&w.log) {
+                let _ = f.read_to_string(&mut text);
+            }
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            out.push_str(&format!("--- worker {i} ---\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// A client with a fresh app token.
+    pub async fn app(&self, app: &str) -> ForgeClient {
+        let created = self.admin.create_token(app, false).await.unwrap();
+        self.admin.with_token(Some(created.token))
+    }
+
+    /// Opens the ledger read-only for assertions.
+    pub fn ledger(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open_with_flags(
+            self.ledger_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+
+    pub fn kill_worker(&mut self, n: usize) {
+        let _ = self.workers[n].child.kill();
+        let _ = self.workers[n].child.wait();
+    }
+}
+
+impl Drop for Forge {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for w in &mut self.workers {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+        kill_by_home(&self.home());
+    }
+}
+
+/// Kills every process whose environment has HOME=`home`: acpx's queue owners and the agents
+/// they started, which detach from the worker.
+pub fn kill_by_home(home: &Path) {
+    let needle = format!("HOME={}", home.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}

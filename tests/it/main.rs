@@ -1,0 +1,7 @@
+//! Integration tests: real nats-server, real worker processes, real acpx, the test ACP agent.
+
+mod harness;
+mod input;
+mod sessions;
+mod tokens;
+mod workers;

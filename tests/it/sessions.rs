@@ -1,0 +1,377 @@
+use std::time::Duration;
+
+use base64::Engine;
+use clawdforge::client::ClientError;
+use clawdforge::error::ErrorKind;
+use clawdforge::wire::{CreateSession, FileUpload, SessionStatus, TurnRequest};
+
+use crate::harness::{Forge, Options};
+
+pub fn kind<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorKind {
+    match r {
+        Err(ClientError::Api(e)) => e.kind,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+pub fn turn(session_id: &str, prompt: &str) -> TurnRequest {
+    TurnRequest {
+        session_id: session_id.into(),
+        prompt: prompt.into(),
+        files: vec![],
+        timeout_secs: None,
+    }
+}
+
+pub fn file(name: &str, content: &str) -> FileUpload {
+    FileUpload {
+        name: name.into(),
+        content_base64: base64::engine::general_purpose::STANDARD.encode(content),
+    }
+}
+
+#[tokio::test]
+async fn a_session_from_create_to_close() {
+    let forge = Forge::start().await;
+    let app = forge.app("notes").await;
+
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    assert_eq!(s.app, "notes");
+    assert_eq!(s.agent, "default");
+    assert_eq!(s.status, SessionStatus::Open);
+    assert_eq!(s.turns, 0);
+    assert!(s.last_turn_at.is_none() && s.closed_at.is_none());
+    assert!(
+        forge.sessions_root().join(&s.session_id).is_dir(),
+        "the session has its own directory"
+    );
+
+    let t1 = app.turn(&turn(&s.session_id, "hello there")).await.unwrap();
+    assert_eq!(t1.output, "echo: hello there");
+    assert_eq!(t1.turn, 1);
+    assert_eq!(t1.stop_reason, "end_turn");
+    assert_eq!(t1.session_id, s.session_id);
+    let t2 = app
+        .turn(&turn(&s.session_id, "second #count"))
+        .await
+        .unwrap();
+    assert!(
+        t2.output.starts_with("echo: second #count [n=2 pid="),
+        "{}",
+        t2.output
+    );
+    assert_eq!(t2.turn, 2);
+
+    let got = app.get_session(&s.session_id).await.unwrap();
+    assert_eq!(got.turns, 2);
+    assert!(got.last_turn_at.is_some());
+    assert_eq!(got.status, SessionStatus::Open);
+
+    let listed = app.list_sessions().await.unwrap();
+    assert_eq!(listed.sessions.len(), 1);
+    assert_eq!(listed.sessions[0].session_id, s.session_id);
+
+    let closed = app.close_session(&s.session_id).await.unwrap();
+    assert!(closed.closed && !closed.already_closed);
+    let again = app.close_session(&s.session_id).await.unwrap();
+    assert!(again.closed && again.already_closed);
+
+    let got = app.get_session(&s.session_id).await.unwrap();
+    assert_eq!(got.status, SessionStatus::Closed);
+    assert!(got.closed_at.is_some());
+    assert_eq!(
+        kind(app.turn(&turn(&s.session_id, "too late")).await),
+        ErrorKind::Conflict
+    );
+
+    let ledger = forge.ledger();
+    let events: Vec<(String, String, Option<i64>, Option<String>, Option<String>)> = ledger
+        .prepare(
+            "SELECT event, outcome, turn, prompt, output FROM session_events
+             WHERE session_id = ?1 ORDER BY id",
+        )
+        .unwrap()
+        .query_map([&s.session_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![
+            ("create".into(), "ok".into(), None, None, None),
+            (
+                "turn".into(),
+                "ok".into(),
+                Some(1),
+                Some("hello there".into()),
+                Some("echo: hello there".into())
+            ),
+            (
+                "turn".into(),
+                "ok".into(),
+                Some(2),
+                Some("second #count".into()),
+                Some(t2.output.clone())
+            ),
+            ("close".into(), "ok".into(), None, None, None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sessions_of_other_apps_do_not_exist() {
+    let forge = Forge::start().await;
+    let a = forge.app("app-a").await;
+    let b = forge.app("app-b").await;
+    let s = a.create_session(&CreateSession::default()).await.unwrap();
+
+    assert_eq!(
+        kind(b.get_session(&s.session_id).await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(b.turn(&turn(&s.session_id, "hi")).await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(b.close_session(&s.session_id).await),
+        ErrorKind::NotFound
+    );
+    assert!(b.list_sessions().await.unwrap().sessions.is_empty());
+    // An id that exists nowhere gives the same answer.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(kind(a.get_session(&unknown).await), ErrorKind::NotFound);
+    // And the owner's session is untouched.
+    let got = a.get_session(&s.session_id).await.unwrap();
+    assert_eq!(got.status, SessionStatus::Open);
+    assert_eq!(got.turns, 0);
+}
+
+#[tokio::test]
+async fn the_live_session_cap_holds() {
+    let forge = Forge::start_with(Options {
+        env: vec![("CLAWDFORGE_MAX_LIVE_SESSIONS".into(), "2".into())],
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("capped").await;
+    let s1 = app.create_session(&CreateSession::default()).await.unwrap();
+    let _s2 = app.create_session(&CreateSession::default()).await.unwrap();
+    assert_eq!(
+        kind(app.create_session(&CreateSession::default()).await),
+        ErrorKind::AtCapacity
+    );
+    app.close_session(&s1.session_id).await.unwrap();
+    app.create_session(&CreateSession::default()).await.unwrap();
+    let open: i64 = forge
+        .ledger()
+        .query_row(
+            "SELECT COUNT(*) FROM sessions WHERE status = 'open'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 2);
+}
+
+#[tokio::test]
+async fn a_crash_fails_one_turn_and_the_next_one_works() {
+    let forge = Forge::start().await;
+    let app = forge.app("crashy").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let first = app
+        .turn(&turn(&s.session_id, "warm up #count"))
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(app.turn(&turn(&s.session_id, "#crash")).await),
+        ErrorKind::AgentError
+    );
+    let after = app
+        .turn(&turn(&s.session_id, "after #count"))
+        .await
+        .unwrap();
+    assert!(
+        after.output.starts_with("echo: after #count [n=1 pid="),
+        "a new agent process: {}",
+        after.output
+    );
+    assert_ne!(
+        first.output.split("pid=").nth(1),
+        after.output.split("pid=").nth(1)
+    );
+    assert_eq!(after.turn, 3);
+    let outcome: String = forge
+        .ledger()
+        .query_row(
+            "SELECT outcome FROM session_events WHERE session_id = ?1 AND turn = 2",
+            [&s.session_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(outcome, "agent_error");
+}
+
+#[tokio::test]
+async fn a_hung_turn_times_out_is_cancelled_and_the_next_one_works() {
+    let forge = Forge::start().await;
+    let app = forge.app("hangs").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let mut hang = turn(&s.session_id, "#hang");
+    hang.timeout_secs = Some(2);
+    assert_eq!(kind(app.turn(&hang).await), ErrorKind::Timeout);
+    let after = app
+        .turn(&turn(&s.session_id, "still there?"))
+        .await
+        .unwrap();
+    assert_eq!(after.output, "echo: still there?");
+    let (outcome, duration): (String, i64) = forge
+        .ledger()
+        .query_row(
+            "SELECT outcome, duration_ms FROM session_events WHERE session_id = ?1 AND turn = 1",
+            [&s.session_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(outcome, "timeout");
+    assert!(duration >= 2000, "{duration}");
+}
+
+#[tokio::test]
+async fn files_land_in_the_session_directory_and_are_listed_ahead_of_the_prompt() {
+    let forge = Forge::start().await;
+    let app = forge.app("files").await;
+    let s = app
+        .create_session(&CreateSession {
+            agent: None,
+            files: vec![file("notes.md", "from create")],
+        })
+        .await
+        .unwrap();
+    let mut req = turn(&s.session_id, "read them #cat");
+    req.files = vec![file("data.txt", "from turn")];
+    let t = app.turn(&req).await.unwrap();
+    let dir = forge
+        .sessions_root()
+        .join(&s.session_id)
+        .canonicalize()
+        .unwrap();
+    let notes = dir.join("notes.md");
+    let data = dir.join("data.txt");
+    assert!(
+        t.output.starts_with(&format!(
+            "echo: [Attached files]\n- {}\n- {}\n\nread them #cat",
+            notes.display(),
+            data.display()
+        )),
+        "{}",
+        t.output
+    );
+    assert!(
+        t.output.contains("from create") && t.output.contains("from turn"),
+        "{}",
+        t.output
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "from create");
+    // The next turn lists only what it brings itself.
+    let t2 = app.turn(&turn(&s.session_id, "plain")).await.unwrap();
+    assert_eq!(t2.output, "echo: plain");
+}
+
+#[tokio::test]
+async fn named_agents_come_from_the_config_only() {
+    let forge = Forge::start_with(Options {
+        config_toml: Some(format!(
+            "[agents]\necho = \"{}\"\n",
+            crate::harness::agent_command(" --named")
+        )),
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("named").await;
+    let s = app
+        .create_session(&CreateSession {
+            agent: Some("echo".into()),
+            files: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.agent, "echo");
+    let t = app.turn(&turn(&s.session_id, "hi")).await.unwrap();
+    assert_eq!(t.output, "echo: hi");
+    for bad in ["nope", "node /bin/sh", ""] {
+        assert_eq!(
+            kind(
+                app.create_session(&CreateSession {
+                    agent: Some(bad.into()),
+                    files: vec![],
+                })
+                .await
+            ),
+            ErrorKind::BadRequest,
+            "{bad:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn turns_of_one_session_queue_and_sessions_run_in_parallel() {
+    let forge = Forge::start().await;
+    let app = forge.app("parallel").await;
+    let a = app.create_session(&CreateSession::default()).await.unwrap();
+    let b = app.create_session(&CreateSession::default()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (r1, r2, r3) = (
+        turn(&a.session_id, "one #sleep=1500"),
+        turn(&a.session_id, "two #sleep=1500"),
+        turn(&b.session_id, "other #sleep=1500"),
+    );
+    let (a1, a2, b1) = tokio::join!(app.turn(&r1), app.turn(&r2), app.turn(&r3));
+    let (a1, a2, b1) = (a1.unwrap(), a2.unwrap(), b1.unwrap());
+    let mut numbers = [a1.turn, a2.turn];
+    numbers.sort();
+    assert_eq!(numbers, [1, 2]);
+    assert_eq!(b1.turn, 1);
+    assert!(a1.output.ends_with("#sleep=1500") && a2.output.ends_with("#sleep=1500"));
+    // Both turns of `a` ran, one after the other: at least two sleeps.
+    assert!(started.elapsed() >= Duration::from_millis(3000));
+}
+
+#[tokio::test]
+async fn beyond_the_concurrency_limit_and_its_queue_turns_get_at_capacity() {
+    let forge = Forge::start_with(Options {
+        env: vec![
+            ("CLAWDFORGE_MAX_CONCURRENT_TURNS".into(), "1".into()),
+            ("CLAWDFORGE_MAX_QUEUED_TURNS".into(), "0".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("busy").await;
+    let a = app.create_session(&CreateSession::default()).await.unwrap();
+    let b = app.create_session(&CreateSession::default()).await.unwrap();
+    let slow = {
+        let app = app.clone();
+        let id = a.session_id.clone();
+        tokio::spawn(async move { app.turn(&turn(&id, "#sleep=3000")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        kind(app.turn(&turn(&b.session_id, "squeeze in")).await),
+        ErrorKind::AtCapacity
+    );
+    slow.await.unwrap().unwrap();
+    app.turn(&turn(&b.session_id, "now")).await.unwrap();
+    // The refused turn left no trace in the ledger.
+    let turns: i64 = forge
+        .ledger()
+        .query_row(
+            "SELECT COUNT(*) FROM session_events WHERE session_id = ?1 AND event = 'turn'",
+            [&b.session_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(turns, 1);
+}
