@@ -96,13 +96,13 @@ impl Acpx {
         Ok(v.rsplit(' ').next().unwrap_or(&v).to_string())
     }
 
-    /// `sessions new --name <name>`: creates the acpx session record.
+    /// `sessions new --name <name>`: creates the acpx session record; returns acpx's record id.
     pub async fn new_session(
         &self,
         agent: &AgentCommand,
         cwd: &Path,
         name: &str,
-    ) -> Result<(), AcpxError> {
+    ) -> Result<Option<String>, AcpxError> {
         let mut args = self.args(agent, cwd, None);
         args.extend([
             "sessions".into(),
@@ -111,11 +111,13 @@ impl Acpx {
             name.into(),
         ]);
         let out = self.run(args).await?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(AcpxError::Agent(failure("sessions new", &out)))
+        if !out.status.success() {
+            return Err(AcpxError::Agent(failure("sessions new", &out)));
         }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v["acpxRecordId"].as_str().map(str::to_string)))
     }
 
     /// `sessions ensure --name <name>`: brings back a record that acpx lost.
@@ -209,16 +211,27 @@ impl Acpx {
     ) -> Result<TurnOutput, AcpxError> {
         let secs = timeout.as_secs().max(1);
         let mut args = self.args(agent, cwd, Some(secs));
+        // The prompt goes in on stdin as ACP content blocks: byte-exact, no argv size limit, and
+        // a prompt that starts with '-' is never read as an option.
         args.extend([
             "prompt".into(),
             "-s".into(),
             name.into(),
-            "--".into(),
-            text.into(),
+            "--file".into(),
+            "-".into(),
         ]);
+        let blocks = serde_json::to_vec(&serde_json::json!([{"type": "text", "text": text}]))
+            .expect("prompt serializes");
         let mut child = process::command(&self.bin, &args)
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| self.spawn_error(e))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let feed = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&blocks).await;
+            let _ = stdin.shutdown().await;
+        });
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -243,7 +256,9 @@ impl Acpx {
             }
         };
         let deadline = timeout + TIMEOUT_SLACK;
-        let outcome = match tokio::time::timeout(deadline, read).await {
+        let outcome = tokio::time::timeout(deadline, read).await;
+        feed.abort();
+        let outcome = match outcome {
             Ok(r) => r,
             Err(_) => {
                 process::kill_group(pid);
@@ -478,6 +493,46 @@ mod tests {
                 stop_reason: "end_turn".into()
             }))
         );
+    }
+
+    fn fixture(name: &str) -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/acpx/");
+        std::fs::read_to_string(format!("{path}{name}")).unwrap()
+    }
+
+    #[test]
+    fn recorded_acpx_runs() {
+        let ok = |out: &str| {
+            Some(Ok(TurnOutput {
+                output: out.into(),
+                stop_reason: "end_turn".into(),
+            }))
+        };
+        assert_eq!(
+            run_fixture(&fixture("prompt-ok.ndjson")).1,
+            ok("echo: hello")
+        );
+        assert_eq!(
+            run_fixture(&fixture("prompt-warm.ndjson")).1,
+            ok("echo: second turn")
+        );
+        let exit = |code: i32| ExitStatus::from_raw(code << 8);
+        let (mut s, done) = run_fixture(&fixture("prompt-crash.ndjson"));
+        assert!(done.is_none());
+        match s.finish(exit(1), "") {
+            Err(AcpxError::Agent(m)) => assert!(m.contains("disconnected"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let (mut s, done) = run_fixture(&fixture("prompt-timeout.ndjson"));
+        assert!(done.is_none());
+        assert_eq!(s.finish(exit(3), ""), Err(AcpxError::Timeout));
+        let (_, done) = run_fixture(&fixture("prompt-agent-error.ndjson"));
+        assert!(matches!(done, Some(Err(AcpxError::Agent(_)))), "{done:?}");
+        let (mut s, done) = run_fixture(&fixture("prompt-cancelled.ndjson"));
+        assert!(done.is_none());
+        assert_eq!(s.finish(exit(0), "").unwrap().stop_reason, "cancelled");
+        let (s, _) = run_fixture(&fixture("prompt-no-session.ndjson"));
+        assert_eq!(s.failure(exit(4), ""), AcpxError::NoSession);
     }
 
     #[test]

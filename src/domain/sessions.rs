@@ -128,17 +128,24 @@ impl Forge {
             )));
         }
 
-        let started = async {
+        let started: Result<()> = async {
             tokio::fs::create_dir_all(&cwd)
                 .await
                 .map_err(Error::internal)?;
             files::write(&cwd, attachments)
                 .await
                 .map_err(Error::internal)?;
-            self.acpx
+            let record = self
+                .acpx
                 .new_session(&command, &cwd, &row.session_id)
-                .await
-                .map_err(Error::from)
+                .await?;
+            if let Some(record) = record {
+                self.ledger
+                    .set_acpx_record_id(row.session_id.clone(), record)
+                    .await
+                    .map_err(Error::internal)?;
+            }
+            Ok(())
         }
         .await;
         if let Err(err) = started {

@@ -92,7 +92,9 @@ impl FileName {
             || s == "."
             || s == ".."
             || s.contains("..")
-            || s.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+            || s.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+            // acpx reads a per-directory config from the session's working directory.
+            || s.starts_with(".acpxrc");
         if bad {
             Err(Error::bad_request(format!(
                 "invalid file name {:?}: a plain name, without '/', '\\\\' or '..'",
@@ -188,6 +190,7 @@ mod tests {
             "x..y",
             "a\0b",
             "a\nb",
+            ".acpxrc.json",
         ] {
             assert_eq!(
                 FileName::parse(bad).unwrap_err().kind,

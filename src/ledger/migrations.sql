@@ -20,7 +20,9 @@ CREATE TABLE sessions (
     closed_at     TEXT,
     turns         INTEGER NOT NULL DEFAULT 0,
     -- JSON array of the paths of files attached at create, listed ahead of the first turn.
-    pending_files TEXT
+    pending_files TEXT,
+    -- acpx's own id for the session record (its file name under ~/.acpx/sessions).
+    acpx_record_id TEXT
 );
 CREATE INDEX sessions_by_app ON sessions (app, created_at);
 CREATE INDEX sessions_by_status ON sessions (status);

@@ -385,6 +385,21 @@ impl Ledger {
         .await
     }
 
+    pub async fn set_acpx_record_id(
+        &self,
+        session_id: String,
+        record_id: String,
+    ) -> LedgerResult<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sessions SET acpx_record_id = ?2 WHERE session_id = ?1",
+                params![session_id, record_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn open_session_count(&self) -> LedgerResult<u64> {
         self.call(|c| {
             Ok(c.query_row(

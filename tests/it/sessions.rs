@@ -375,3 +375,17 @@ async fn beyond_the_concurrency_limit_and_its_queue_turns_get_at_capacity() {
         .unwrap();
     assert_eq!(turns, 1);
 }
+
+#[tokio::test]
+async fn a_large_prompt_arrives_byte_exact() {
+    let forge = Forge::start().await;
+    let app = forge.app("big").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let mut prompt = String::from("--not-an-option \"quoted\" [brackets] ünïcödé\n");
+    while prompt.len() < 200_000 {
+        prompt.push_str("line of text with tabs\tand spaces  \n");
+    }
+    let t = app.turn(&turn(&s.session_id, &prompt)).await.unwrap();
+    assert_eq!(t.output.len(), prompt.len() + "echo: ".len());
+    assert_eq!(t.output, format!("echo: {prompt}"));
+}

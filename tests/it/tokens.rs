@@ -164,3 +164,26 @@ async fn health_needs_no_token_and_ping_finds_the_worker() {
     assert_eq!(ping["name"], "clawdforge");
     assert_eq!(ping["metadata"]["worker_id"], health.worker_id.as_str());
 }
+
+/// A client nobody here wrote: nats-py, driven from the contract alone.
+#[tokio::test]
+async fn a_python_nats_client_can_use_the_contract() {
+    let forge = Forge::start().await;
+    let out = tokio::process::Command::new(crate::harness::tool("python"))
+        .arg(crate::harness::repo().join("tests/clients/contract_check.py"))
+        .arg(&forge.nats.url)
+        .arg(crate::harness::ROOT_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok   turn 2: 'echo: second question'"),
+        "{stdout}"
+    );
+}
