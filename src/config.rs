@@ -54,6 +54,17 @@ pub struct Config {
     pub default_model: String,
     pub default_timeout_secs: u64,
     pub max_timeout_secs: u64,
+    /// `--permission-mode` for one-shot runs (e.g. `acceptEdits`, `bypassPermissions`).
+    pub claude_permission_mode: Option<String>,
+    /// `--allowedTools` for one-shot runs, comma-separated.
+    pub claude_allowed_tools: Option<String>,
+    /// `--max-turns` for one-shot runs.
+    pub claude_max_turns: Option<u32>,
+    /// Runs this worker runs at once; more wait in a queue of `max_queued_runs`.
+    pub max_concurrent_runs: usize,
+    pub max_queued_runs: usize,
+    /// Seconds a run's staging directory is kept after the run.
+    pub runs_retention_secs: u64,
 
     pub max_prompt_bytes: usize,
     pub max_files: usize,
@@ -61,7 +72,12 @@ pub struct Config {
 
     pub bind_host: String,
     pub bind_port: u16,
+    /// Comma-separated CIDRs the sidecar answers (loopback always).
     pub allow_cidrs: String,
+    /// Comma-separated CIDRs of proxies whose X-Forwarded-For the sidecar believes.
+    pub trusted_proxies: String,
+    /// Largest HTTP request body the sidecar accepts.
+    pub max_request_bytes: usize,
 }
 
 impl Default for Config {
@@ -91,12 +107,20 @@ impl Default for Config {
             default_model: "sonnet".into(),
             default_timeout_secs: 120,
             max_timeout_secs: 1800,
+            claude_permission_mode: None,
+            claude_allowed_tools: None,
+            claude_max_turns: None,
+            max_concurrent_runs: 4,
+            max_queued_runs: 16,
+            runs_retention_secs: 86400,
             max_prompt_bytes: 256 * 1024,
             max_files: 32,
             max_files_bytes: 512 * 1024,
             bind_host: "0.0.0.0".into(),
             bind_port: 8800,
             allow_cidrs: String::new(),
+            trusted_proxies: String::new(),
+            max_request_bytes: 1024 * 1024,
         }
     }
 }
@@ -149,12 +173,20 @@ pub fn env_keys() -> Vec<&'static str> {
         "default_model",
         "default_timeout_secs",
         "max_timeout_secs",
+        "claude_permission_mode",
+        "claude_allowed_tools",
+        "claude_max_turns",
+        "max_concurrent_runs",
+        "max_queued_runs",
+        "runs_retention_secs",
         "max_prompt_bytes",
         "max_files",
         "max_files_bytes",
         "bind_host",
         "bind_port",
         "allow_cidrs",
+        "trusted_proxies",
+        "max_request_bytes",
     ]
 }
 
@@ -324,6 +356,7 @@ impl Config {
             ("max_timeout_secs", self.max_timeout_secs as usize),
             ("sweep_interval_secs", self.sweep_interval_secs as usize),
             ("max_prompt_bytes", self.max_prompt_bytes),
+            ("max_concurrent_runs", self.max_concurrent_runs),
         ] {
             if value == 0 {
                 return bad(key, "must be greater than 0");
@@ -504,6 +537,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/c.toml"), "{err}");
+    }
+
+    #[test]
+    fn every_field_can_be_set_from_the_environment() {
+        let fields = serde_json::to_value(Config::default()).unwrap();
+        let mut keys: Vec<&str> = fields
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "agents")
+            .collect();
+        keys.sort();
+        let mut listed = env_keys();
+        listed.sort();
+        assert_eq!(keys, listed);
     }
 
     #[test]
