@@ -346,8 +346,8 @@ impl Config {
                 return Err(ConfigError(format!("agents.{name}: {why}")));
             }
         }
-        if !(self.nats_url.contains("://") || self.nats_url.contains(':')) {
-            return bad("nats_url", "expected a URL such as nats://127.0.0.1:4222");
+        if let Err(why) = self.nats_servers() {
+            return bad("nats_url", &why);
         }
         for (key, value) in [
             ("max_live_sessions", self.max_live_sessions as usize),
@@ -372,6 +372,25 @@ impl Config {
             return bad("claude_bin", "is empty");
         }
         Ok(())
+    }
+
+    /// The NATS servers of `nats_url`: one URL, or several separated by commas.
+    pub fn nats_servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        let urls: Vec<&str> = self
+            .nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err("is empty".into());
+        }
+        urls.into_iter()
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| format!("{u:?} is not a NATS URL: {e}"))
+            })
+            .collect()
     }
 
     /// The default agent and every configured named agent: name → command.
@@ -553,6 +572,43 @@ mod tests {
         let mut listed = env_keys();
         listed.sort();
         assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn nats_url_takes_several_servers() {
+        let c =
+            Config::load_from(None, &env(&[("NATS_URL", "nats://a:4222, nats://b:4223")])).unwrap();
+        assert_eq!(c.nats_servers().unwrap().len(), 2);
+        let err = Config::load_from(None, &env(&[("NATS_URL", "http://[bad")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NATS_URL"), "{err}");
+    }
+
+    #[test]
+    fn readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        for key in env_keys().into_iter().chain(["agents"]) {
+            let row = format!("| `{key}` |");
+            assert!(
+                readme.contains(&row),
+                "README's configuration table lacks {key}"
+            );
+            for name in env_names(key).into_iter().skip(1) {
+                assert!(
+                    readme.contains(&format!("{row} `{name}` |")),
+                    "README's row of {key} lacks its variable {name}"
+                );
+            }
+        }
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        for line in readme.lines().filter(|l| l.starts_with("| `")) {
+            let key = line.split('`').nth(1).unwrap();
+            assert!(
+                defaults.get(key).is_some(),
+                "README documents `{key}`, which is no config key"
+            );
+        }
     }
 
     #[test]
