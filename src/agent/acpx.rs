@@ -313,6 +313,33 @@ impl Acpx {
         }
     }
 
+    /// Removes acpx's on-disk record of a closed session (`$HOME/.acpx/sessions/<id>.json` and
+    /// its event log). acpx itself can only prune all closed sessions of an agent at once.
+    pub fn delete_record(&self, record_id: &str) -> std::io::Result<usize> {
+        let Some(home) = std::env::var_os("HOME") else {
+            return Ok(0);
+        };
+        let dir = Path::new(&home).join(".acpx/sessions");
+        let name = encode_uri_component(record_id);
+        let stream_prefix = format!("{name}.stream.");
+        let mut removed = 0;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            if file == format!("{name}.json") || file.starts_with(&stream_prefix) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn spawn_error(&self, e: std::io::Error) -> AcpxError {
         AcpxError::Spawn {
             bin: self.bin.clone(),
@@ -335,6 +362,19 @@ fn failure(what: &str, out: &std::process::Output) -> String {
         "acpx {what} exited with {}: {message}",
         exit_text(out.status)
     )
+}
+
+/// JavaScript's `encodeURIComponent`, which acpx uses for its record file names.
+fn encode_uri_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn exit_text(status: ExitStatus) -> String {
@@ -533,6 +573,13 @@ mod tests {
         assert_eq!(s.finish(exit(0), "").unwrap().stop_reason, "cancelled");
         let (s, _) = run_fixture(&fixture("prompt-no-session.ndjson"));
         assert_eq!(s.failure(exit(4), ""), AcpxError::NoSession);
+    }
+
+    #[test]
+    fn record_file_names_are_uri_encoded() {
+        assert_eq!(encode_uri_component("test-1_a.b"), "test-1_a.b");
+        assert_eq!(encode_uri_component("a/b c"), "a%2Fb%20c");
+        assert_eq!(encode_uri_component("ü"), "%C3%BC");
     }
 
     #[test]

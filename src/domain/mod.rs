@@ -6,6 +6,7 @@ pub mod limits;
 pub mod types;
 
 mod sessions;
+mod sweeper;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,9 @@ pub struct Settings {
     pub default_agent: String,
     pub agents: BTreeMap<String, AgentCommand>,
     pub max_live_sessions: u64,
+    pub session_ttl_secs: u64,
+    pub session_hard_ttl_secs: u64,
+    pub sweep_interval_secs: u64,
     pub max_concurrent_turns: usize,
     pub max_queued_turns: usize,
     pub default_timeout_secs: u64,
@@ -63,6 +67,9 @@ impl Settings {
             default_agent,
             agents,
             max_live_sessions: config.max_live_sessions,
+            session_ttl_secs: config.session_ttl_secs,
+            session_hard_ttl_secs: config.session_hard_ttl_secs,
+            sweep_interval_secs: config.sweep_interval_secs,
             max_concurrent_turns: config.max_concurrent_turns,
             max_queued_turns: config.max_queued_turns,
             default_timeout_secs: config.default_timeout_secs,
@@ -191,5 +198,14 @@ fn on_path(bin: &str) -> bool {
 
 /// Now, as the ledger and the wire write it: RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    timestamp(chrono::Utc::now())
+}
+
+/// `secs` seconds ago (or ahead, when negative), in the ledger's format.
+pub fn seconds_from_now(secs: i64) -> String {
+    timestamp(chrono::Utc::now() + chrono::Duration::seconds(secs))
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -58,7 +58,7 @@ impl Forge {
         }
     }
 
-    fn agent_command(&self, row: &SessionRow) -> Result<AgentCommand> {
+    pub(super) fn agent_command(&self, row: &SessionRow) -> Result<AgentCommand> {
         AgentCommand::parse(&row.agent_command).map_err(Error::internal)
     }
 

@@ -72,3 +72,19 @@ CREATE TABLE runs (
     stderr_tail    TEXT
 );
 CREATE INDEX runs_by_app ON runs (app, created_at);
+
+-- Workers sharing the ledger: each writes a heartbeat; a turn or run left 'running' by a worker
+-- whose heartbeat stopped is recorded as interrupted.
+CREATE TABLE workers (
+    worker_id     TEXT PRIMARY KEY,
+    started_at    TEXT NOT NULL,
+    heartbeat_at  TEXT NOT NULL,
+    stopped_at    TEXT
+);
+
+-- Named leases, so that one worker at a time does a shared job (the sweeper).
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  TEXT NOT NULL
+);

@@ -572,7 +572,7 @@ impl Ledger {
     }
 }
 
-const SESSION_SELECT: &str = "SELECT session_id, app, agent, agent_command, cwd, status,
+pub(crate) const SESSION_SELECT: &str = "SELECT session_id, app, agent, agent_command, cwd, status,
         created_at, last_turn_at, closed_at, turns, pending_files FROM sessions";
 
 fn files_json(files: &[String]) -> Option<String> {
@@ -584,7 +584,7 @@ fn parse_files(json: Option<String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+pub(crate) fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
     Ok(SessionRow {
         session_id: r.get(0)?,
         app: r.get(1)?,
@@ -611,7 +611,7 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     })
 }
 
-fn insert_event(
+pub(crate) fn insert_event(
     tx: &rusqlite::Transaction<'_>,
     session_id: &str,
     app: &str,
@@ -648,6 +648,8 @@ fn insert_event(
     )?;
     Ok(tx.last_insert_rowid())
 }
+
+mod lifecycle;
 
 #[cfg(test)]
 mod tests;

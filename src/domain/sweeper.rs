@@ -1,0 +1,161 @@
+//! Session lifecycle across every worker on a ledger: heartbeats, the TTL sweep (soft close of
+//! idle sessions, hard delete of long-closed ones), and recording work a dead worker left
+//! running as interrupted. One worker at a time sweeps, under a lease in the ledger.
+
+use std::path::Path;
+
+use super::{now, seconds_from_now, Forge};
+use crate::error::{Error, Result};
+
+/// How often a worker writes its heartbeat.
+pub const HEARTBEAT_SECS: u64 = 10;
+/// A worker silent this long is dead: what it left running is recorded as interrupted.
+pub const DEAD_AFTER_SECS: i64 = 3 * HEARTBEAT_SECS as i64;
+
+const SWEEP_LEASE: &str = "sweeper";
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Whether this worker held the lease and swept.
+    pub swept: bool,
+    pub closed: u64,
+    pub deleted: u64,
+    pub interrupted_turns: u64,
+    pub interrupted_runs: u64,
+}
+
+impl Forge {
+    /// Records that this worker is alive.
+    pub async fn heartbeat(&self) -> Result<()> {
+        self.ledger
+            .heartbeat(self.settings.worker_id.clone(), now())
+            .await
+            .map_err(Error::internal)
+    }
+
+    /// Records that this worker stops; its running turns and runs, if any are left, are
+    /// interrupted.
+    pub async fn stopped(&self, why: &str) -> Result<u64> {
+        let left = self
+            .ledger
+            .interrupt_own(self.settings.worker_id.clone(), why.to_string())
+            .await
+            .map_err(Error::internal)?;
+        self.ledger
+            .worker_stopped(self.settings.worker_id.clone(), now())
+            .await
+            .map_err(Error::internal)?;
+        Ok(left)
+    }
+
+    /// One sweep, if this worker holds the sweep lease.
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        let lease_secs = (2 * self.settings.sweep_interval_secs).max(DEAD_AFTER_SECS as u64) as i64;
+        let held = self
+            .ledger
+            .try_lease(
+                SWEEP_LEASE.into(),
+                self.settings.worker_id.clone(),
+                now(),
+                seconds_from_now(lease_secs),
+            )
+            .await
+            .map_err(Error::internal)?;
+        if !held {
+            return Ok(SweepReport::default());
+        }
+        let mut report = SweepReport {
+            swept: true,
+            ..Default::default()
+        };
+
+        let interrupted = self
+            .ledger
+            .recover_interrupted(seconds_from_now(-DEAD_AFTER_SECS), now())
+            .await
+            .map_err(Error::internal)?;
+        report.interrupted_turns = interrupted.turns;
+        report.interrupted_runs = interrupted.runs;
+        if interrupted.turns + interrupted.runs > 0 {
+            tracing::warn!(
+                turns = interrupted.turns,
+                runs = interrupted.runs,
+                "recorded work of a stopped worker as interrupted"
+            );
+        }
+
+        let idle_before = seconds_from_now(-(self.settings.session_ttl_secs as i64));
+        for row in self
+            .ledger
+            .idle_sessions(idle_before.clone())
+            .await
+            .map_err(Error::internal)?
+        {
+            let closed = self
+                .ledger
+                .sweep_close(
+                    row.session_id.clone(),
+                    idle_before.clone(),
+                    now(),
+                    self.settings.worker_id.clone(),
+                )
+                .await
+                .map_err(Error::internal)?;
+            if !closed {
+                continue;
+            }
+            report.closed += 1;
+            tracing::info!(session = %row.session_id, app = %row.app, "idle session closed");
+            if let Ok(command) = self.agent_command(&row) {
+                if let Err(e) = self
+                    .acpx
+                    .close_session(&command, Path::new(&row.cwd), &row.session_id)
+                    .await
+                {
+                    tracing::warn!(session = %row.session_id, error = %e, "acpx close of a swept session failed");
+                }
+            }
+        }
+
+        let closed_before = seconds_from_now(-(self.settings.session_hard_ttl_secs as i64));
+        for row in self
+            .ledger
+            .expired_sessions(closed_before)
+            .await
+            .map_err(Error::internal)?
+        {
+            let record = self
+                .ledger
+                .acpx_record_id(row.session_id.clone())
+                .await
+                .map_err(Error::internal)?;
+            if let Some(record) = record {
+                if let Err(e) = self.acpx.delete_record(&record) {
+                    tracing::warn!(session = %row.session_id, error = %e, "removing acpx's record failed");
+                }
+            }
+            match tokio::fs::remove_dir_all(&row.cwd).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(session = %row.session_id, error = %e, "removing the session directory failed")
+                }
+            }
+            let deleted = self
+                .ledger
+                .hard_delete(
+                    row.session_id.clone(),
+                    now(),
+                    self.settings.worker_id.clone(),
+                )
+                .await
+                .map_err(Error::internal)?;
+            if deleted {
+                report.deleted += 1;
+                tracing::info!(session = %row.session_id, app = %row.app, "closed session deleted");
+            }
+        }
+        Ok(report)
+    }
+}
