@@ -45,6 +45,11 @@ pub struct Config {
     pub session_ttl_secs: u64,
     pub session_hard_ttl_secs: u64,
     pub sweep_interval_secs: u64,
+    /// How often a worker writes its heartbeat to the ledger; one silent for three times this
+    /// is dead, and the turns and runs it left running are recorded as interrupted.
+    pub worker_heartbeat_secs: u64,
+    /// On SIGTERM/SIGINT, how long in-flight turns and runs may take before they are cancelled.
+    pub shutdown_grace_secs: u64,
     /// Turns this worker runs at once; more wait in a queue of `max_queued_turns`.
     pub max_concurrent_turns: usize,
     pub max_queued_turns: usize,
@@ -100,6 +105,8 @@ impl Default for Config {
             session_ttl_secs: 3600,
             session_hard_ttl_secs: 86400,
             sweep_interval_secs: 60,
+            worker_heartbeat_secs: 10,
+            shutdown_grace_secs: 30,
             max_concurrent_turns: 8,
             max_queued_turns: 64,
             claude_bin: "claude".into(),
@@ -166,6 +173,8 @@ pub fn env_keys() -> Vec<&'static str> {
         "session_ttl_secs",
         "session_hard_ttl_secs",
         "sweep_interval_secs",
+        "worker_heartbeat_secs",
+        "shutdown_grace_secs",
         "max_concurrent_turns",
         "max_queued_turns",
         "claude_bin",
@@ -355,6 +364,7 @@ impl Config {
             ("default_timeout_secs", self.default_timeout_secs as usize),
             ("max_timeout_secs", self.max_timeout_secs as usize),
             ("sweep_interval_secs", self.sweep_interval_secs as usize),
+            ("worker_heartbeat_secs", self.worker_heartbeat_secs as usize),
             ("max_prompt_bytes", self.max_prompt_bytes),
             ("max_concurrent_runs", self.max_concurrent_runs),
         ] {

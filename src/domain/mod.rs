@@ -43,6 +43,7 @@ pub struct Settings {
     pub session_ttl_secs: u64,
     pub session_hard_ttl_secs: u64,
     pub sweep_interval_secs: u64,
+    pub worker_heartbeat_secs: u64,
     pub max_concurrent_turns: usize,
     pub max_queued_turns: usize,
     pub default_timeout_secs: u64,
@@ -70,6 +71,7 @@ impl Settings {
             session_ttl_secs: config.session_ttl_secs,
             session_hard_ttl_secs: config.session_hard_ttl_secs,
             sweep_interval_secs: config.sweep_interval_secs,
+            worker_heartbeat_secs: config.worker_heartbeat_secs,
             max_concurrent_turns: config.max_concurrent_turns,
             max_queued_turns: config.max_queued_turns,
             default_timeout_secs: config.default_timeout_secs,
@@ -96,6 +98,8 @@ pub struct Forge {
     acpx: Acpx,
     turns: limits::Limiter,
     session_locks: limits::KeyedLocks,
+    /// Turns this worker is running: session id → how to cancel them at shutdown.
+    running_turns: std::sync::Mutex<std::collections::HashMap<String, (AgentCommand, PathBuf)>>,
     probe: Mutex<ToolProbe>,
 }
 
@@ -114,6 +118,7 @@ impl Forge {
             ledger,
             acpx,
             session_locks: limits::KeyedLocks::default(),
+            running_turns: Default::default(),
             probe: Mutex::new(ToolProbe::default()),
         }))
     }

@@ -44,7 +44,59 @@ fn session_reply(row: SessionRow) -> wire::Session {
     }
 }
 
+/// A turn in the worker's registry of running turns, for as long as it lives.
+struct RunningTurn<'a> {
+    forge: &'a Forge,
+    session_id: String,
+}
+
+impl<'a> RunningTurn<'a> {
+    fn register(forge: &'a Forge, session_id: &str, command: &AgentCommand, cwd: &Path) -> Self {
+        forge
+            .running_turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session_id.to_string(), (command.clone(), cwd.to_path_buf()));
+        RunningTurn {
+            forge,
+            session_id: session_id.to_string(),
+        }
+    }
+}
+
+impl Drop for RunningTurn<'_> {
+    fn drop(&mut self) {
+        self.forge
+            .running_turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.session_id);
+    }
+}
+
 impl Forge {
+    /// Cancels every turn this worker is running (at shutdown, once the grace period is over).
+    pub async fn cancel_running_turns(&self) -> usize {
+        let running: Vec<(String, (AgentCommand, std::path::PathBuf))> = self
+            .running_turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (session_id, (command, cwd)) in &running {
+            match self.acpx.cancel(command, cwd, session_id).await {
+                Ok(cancelled) => {
+                    tracing::info!(session = %session_id, cancelled, "turn cancelled at shutdown")
+                }
+                Err(e) => {
+                    tracing::warn!(session = %session_id, error = %e, "cancel at shutdown failed")
+                }
+            }
+        }
+        running.len()
+    }
+
     /// The session `id` if it exists and belongs to `caller`; `not_found` otherwise.
     async fn owned_session(&self, caller: &Caller, id: &SessionId) -> Result<SessionRow> {
         match self
@@ -313,6 +365,7 @@ impl Forge {
 
         let started = Instant::now();
         let timeout_d = std::time::Duration::from_secs(timeout);
+        let _running = RunningTurn::register(self, &row.session_id, &command, cwd);
         let mut result = self
             .acpx
             .prompt(&command, cwd, &row.session_id, &text, timeout_d)

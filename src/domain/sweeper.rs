@@ -7,11 +7,6 @@ use std::path::Path;
 use super::{now, seconds_from_now, Forge};
 use crate::error::{Error, Result};
 
-/// How often a worker writes its heartbeat.
-pub const HEARTBEAT_SECS: u64 = 10;
-/// A worker silent this long is dead: what it left running is recorded as interrupted.
-pub const DEAD_AFTER_SECS: i64 = 3 * HEARTBEAT_SECS as i64;
-
 const SWEEP_LEASE: &str = "sweeper";
 
 /// What one sweep did.
@@ -49,9 +44,14 @@ impl Forge {
         Ok(left)
     }
 
+    /// A worker silent this long is dead: what it left running is recorded as interrupted.
+    fn dead_after_secs(&self) -> i64 {
+        3 * self.settings.worker_heartbeat_secs as i64
+    }
+
     /// One sweep, if this worker holds the sweep lease.
     pub async fn sweep(&self) -> Result<SweepReport> {
-        let lease_secs = (2 * self.settings.sweep_interval_secs).max(DEAD_AFTER_SECS as u64) as i64;
+        let lease_secs = (2 * self.settings.sweep_interval_secs as i64).max(self.dead_after_secs());
         let held = self
             .ledger
             .try_lease(
@@ -72,7 +72,7 @@ impl Forge {
 
         let interrupted = self
             .ledger
-            .recover_interrupted(seconds_from_now(-DEAD_AFTER_SECS), now())
+            .recover_interrupted(seconds_from_now(-self.dead_after_secs()), now())
             .await
             .map_err(Error::internal)?;
         report.interrupted_turns = interrupted.turns;
