@@ -2,6 +2,7 @@
 
 mod harness;
 mod input;
+mod lifecycle;
 mod sessions;
 mod tokens;
 mod workers;

@@ -1,0 +1,304 @@
+//! Lifecycle and faults: the TTL sweeper, graceful shutdown, a worker killed mid-turn, NATS
+//! restarts.
+
+use std::time::{Duration, Instant};
+
+use clawdforge::error::ErrorKind;
+use clawdforge::wire::{CreateSession, SessionStatus};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::{Forge, Nats, Options};
+use crate::sessions::{kind, turn};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn wait_until<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn events(forge: &Forge, session_id: &str) -> Vec<(String, String)> {
+    forge
+        .ledger()
+        .prepare("SELECT event, outcome FROM session_events WHERE session_id = ?1 ORDER BY id")
+        .unwrap()
+        .query_map([session_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_then_deleted_and_the_trail_stays() {
+    let forge = Forge::start_with(Options {
+        env: env(&[
+            ("CLAWDFORGE_SESSION_TTL_SECS", "2"),
+            ("CLAWDFORGE_SESSION_HARD_TTL_SECS", "2"),
+            ("CLAWDFORGE_SWEEP_INTERVAL_SECS", "1"),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("sweep").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    app.turn(&turn(&s.session_id, "hello")).await.unwrap();
+    let record_dir = forge.home().join(".acpx/sessions");
+    let records_before = std::fs::read_dir(&record_dir).unwrap().count();
+    assert!(records_before > 0);
+
+    let id = s.session_id.clone();
+    wait_until("the sweep close", Duration::from_secs(20), || {
+        events(&forge, &id).iter().any(|(e, _)| e == "sweep_close")
+    })
+    .await;
+    wait_until("the hard delete", Duration::from_secs(20), || {
+        events(&forge, &id).iter().any(|(e, _)| e == "hard_delete")
+    })
+    .await;
+    assert_eq!(
+        kind(app.get_session(&s.session_id).await),
+        ErrorKind::NotFound
+    );
+    let trail: Vec<String> = events(&forge, &id).into_iter().map(|(e, _)| e).collect();
+    assert_eq!(trail, ["create", "turn", "sweep_close", "hard_delete"]);
+    assert!(!forge.sessions_root().join(&s.session_id).exists());
+    let records_after = std::fs::read_dir(&record_dir).unwrap().count();
+    assert!(
+        records_after < records_before,
+        "acpx's record went too ({records_before} → {records_after} files)"
+    );
+}
+
+#[tokio::test]
+async fn a_session_mid_turn_is_not_swept() {
+    let forge = Forge::start_with(Options {
+        env: env(&[
+            ("CLAWDFORGE_SESSION_TTL_SECS", "1"),
+            ("CLAWDFORGE_SWEEP_INTERVAL_SECS", "1"),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("busy").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let t = app
+        .turn(&turn(&s.session_id, "slow #sleep=4000"))
+        .await
+        .unwrap();
+    assert_eq!(t.output, "echo: slow #sleep=4000");
+    let trail = events(&forge, &s.session_id);
+    assert_eq!(
+        trail[1],
+        ("turn".to_string(), "ok".to_string()),
+        "{trail:?}"
+    );
+    // It is swept afterwards, once idle, never before its turn ended.
+    let id = s.session_id.clone();
+    wait_until("the sweep close", Duration::from_secs(20), || {
+        events(&forge, &id).iter().any(|(e, _)| e == "sweep_close")
+    })
+    .await;
+    let trail = events(&forge, &s.session_id);
+    assert_eq!(trail.len(), 3, "{trail:?}");
+    assert_eq!(
+        app.get_session(&s.session_id).await.unwrap().status,
+        SessionStatus::Closed
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_turn_finish_and_exits_cleanly() {
+    let mut forge = Forge::start().await;
+    let app = forge.app("graceful").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let pending = {
+        let app = app.clone();
+        let id = s.session_id.clone();
+        tokio::spawn(async move { app.turn(&turn(&id, "finishing #sleep=2500")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pid = Pid::from_raw(forge.workers[0].child.id() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    let t = pending.await.unwrap().unwrap();
+    assert_eq!(t.output, "echo: finishing #sleep=2500");
+    let status = forge.workers[0].child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        events(&forge, &s.session_id)[1],
+        ("turn".to_string(), "ok".to_string())
+    );
+    // No worker takes requests now.
+    assert!(app.list_sessions().await.is_err());
+    forge.workers.clear();
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
+    let mut forge = Forge::start_with(Options {
+        env: env(&[("CLAWDFORGE_SHUTDOWN_GRACE_SECS", "1")]),
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("impatient").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let pending = {
+        let app = app.clone();
+        let id = s.session_id.clone();
+        let mut req = turn(&id, "#hang");
+        req.timeout_secs = Some(20);
+        tokio::spawn(async move { app.turn(&req).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    kill(
+        Pid::from_raw(forge.workers[0].child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = forge.workers[0].child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let reply = pending.await.unwrap();
+    // The caller hears about it: the cancelled turn's reply, or nothing (a timeout) if the
+    // worker had to go first. Either way the ledger says what happened.
+    if let Ok(t) = &reply {
+        assert_eq!(t.stop_reason, "cancelled");
+    }
+    let (event, outcome) = events(&forge, &s.session_id)[1].clone();
+    assert_eq!(event, "turn");
+    assert!(outcome == "ok" || outcome == "interrupted", "{outcome}");
+    let running: i64 = forge
+        .ledger()
+        .query_row(
+            "SELECT COUNT(*) FROM session_events WHERE outcome = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(running, 0);
+    forge.workers.clear();
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_turn_leaves_an_interrupted_turn_and_a_usable_session() {
+    let mut forge = Forge::start_with(Options {
+        workers: 1,
+        env: env(&[
+            ("CLAWDFORGE_WORKER_HEARTBEAT_SECS", "1"),
+            ("CLAWDFORGE_SWEEP_INTERVAL_SECS", "1"),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("survivor").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    forge.spawn_worker(&[]);
+    forge.wait_for_workers(2).await;
+    // Send the slow turn to whichever worker takes it, then kill that one.
+    let pending = {
+        let app = app.clone();
+        let id = s.session_id.clone();
+        tokio::spawn(async move { app.turn(&turn(&id, "doomed #sleep=3000")).await })
+    };
+    let id = s.session_id.clone();
+    let mut victim = None;
+    wait_until("the turn to start", Duration::from_secs(10), || {
+        victim = forge
+            .ledger()
+            .query_row(
+                "SELECT worker_id FROM session_events WHERE session_id = ?1 AND outcome = 'running'",
+                [&id],
+                |r| r.get::<_, String>(0),
+            )
+            .ok();
+        victim.is_some()
+    })
+    .await;
+    let victim = victim.unwrap();
+    let logs: Vec<String> = forge
+        .workers
+        .iter()
+        .map(|w| std::fs::read_to_string(&w.log).unwrap_or_default())
+        .collect();
+    let n = logs
+        .iter()
+        .position(|l| l.contains(&victim))
+        .expect("the victim's log names it");
+    forge.kill_worker(n);
+    // The caller would wait for its own timeout: no reply comes from a dead worker.
+    pending.abort();
+
+    wait_until("the interrupted mark", Duration::from_secs(20), || {
+        events(&forge, &id)
+            .iter()
+            .any(|(e, o)| e == "turn" && o == "interrupted")
+    })
+    .await;
+    let next = app.turn(&turn(&s.session_id, "next")).await.unwrap();
+    assert_eq!(next.output, "echo: next");
+    assert_eq!(next.turn, 2);
+    let trail = events(&forge, &s.session_id);
+    assert_eq!(
+        trail,
+        vec![
+            ("create".into(), "ok".into()),
+            ("turn".into(), "interrupted".into()),
+            ("turn".into(), "ok".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn workers_start_before_nats_and_ride_out_a_restart() {
+    // Pick a port, then bring NATS up only after the worker has started.
+    let port = {
+        let probe = Nats::start();
+        probe.port()
+    };
+    let mut forge = Forge::start_with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    forge.nats.stop();
+    let url = format!("nats://127.0.0.1:{port}");
+    forge.env.retain(|(k, _)| k != "NATS_URL");
+    forge.env.push(("NATS_URL".into(), url.clone()));
+    forge.spawn_worker(&[]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    forge.nats = Nats::start_on(Some(port));
+    let client = async_nats::connect(&url).await.unwrap();
+    forge.admin =
+        clawdforge::client::ForgeClient::new(client, Some(crate::harness::ROOT_TOKEN.into()));
+    forge.wait_for_workers(1).await;
+
+    let app = forge.app("restarts").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    app.turn(&turn(&s.session_id, "before")).await.unwrap();
+
+    forge.nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    forge.nats = Nats::start_on(Some(port));
+    forge.wait_for_workers(1).await;
+    let mut after = None;
+    for _ in 0..20 {
+        match app.turn(&turn(&s.session_id, "after")).await {
+            Ok(t) => {
+                after = Some(t);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    let after = after.expect("the session works after NATS came back");
+    assert_eq!(after.output, "echo: after");
+}
