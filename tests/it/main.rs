@@ -1,6 +1,7 @@
 //! Integration tests: real nats-server, real worker processes, real acpx, the test ACP agent.
 
 mod harness;
+mod faults;
 mod input;
 mod lifecycle;
 mod sessions;

@@ -1,0 +1,310 @@
+//! Bad input and faults: a seeded barrage of malformed messages, a locked ledger, a missing
+//! acpx, and concurrent load on three workers.
+
+use std::time::Duration;
+
+use clawdforge::client::ForgeClient;
+use clawdforge::error::ErrorKind;
+use clawdforge::wire::{subject, CreateSession};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{Forge, Options, ROOT_TOKEN};
+use crate::sessions::{kind, turn};
+
+const SUBJECTS: [&str; 10] = [
+    subject::SESSION_CREATE,
+    subject::SESSION_TURN,
+    subject::SESSION_CLOSE,
+    subject::SESSION_GET,
+    subject::SESSION_LIST,
+    subject::RUN,
+    subject::TOKEN_CREATE,
+    subject::TOKEN_LIST,
+    subject::TOKEN_REVOKE,
+    subject::HEALTH,
+];
+
+/// A malformed body: never a valid request for any subject.
+fn bad_body(rng: &mut StdRng, session_id: &str) -> Vec<u8> {
+    let pick = |rng: &mut StdRng, n: usize| rng.random_range(0..n);
+    let hostile_names = [
+        "../../etc/passwd",
+        "/abs",
+        "a/b",
+        "..",
+        "x\\y",
+        "nul\u{0}byte",
+        "",
+        ".acpxrc.json",
+        "line\nbreak",
+    ];
+    match pick(rng, 9) {
+        0 => {
+            let n = rng.random_range(1..512);
+            let mut v: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+            v.insert(0, 0xff);
+            v
+        }
+        1 => {
+            let depth = rng.random_range(100..3000);
+            let mut s = "[".repeat(depth);
+            s.push_str(&"]".repeat(depth));
+            s.into_bytes()
+        }
+        2 => {
+            let depth = rng.random_range(100..3000);
+            let mut s = "{\"zz\":".repeat(depth);
+            s.push('1');
+            s.push_str(&"}".repeat(depth));
+            s.into_bytes()
+        }
+        3 => {
+            let len = rng.random_range(10_000..600_000);
+            format!(
+                "{{\"session_id\": \"{}\", \"prompt\": 5, \"app\": [], \"token_id\": {{}}}}",
+                "x".repeat(len)
+            )
+            .into_bytes()
+        }
+        4 => {
+            let values = ["1", "-3", "[]", "{}", "null", "true", "\"\"", "1e999"];
+            let field = ["session_id", "prompt", "app", "token_id", "agent", "files"][pick(rng, 6)];
+            format!(
+                "{{\"{field}\": {}, \"unknown_{}\": 1}}",
+                values[pick(rng, values.len())],
+                rng.random::<u32>()
+            )
+            .into_bytes()
+        }
+        5 => format!(
+            "{{\"session_id\": \"{session_id}\", \"prompt\": \"hi\", \"files\": [{{\"name\": {}, \"content_base64\": \"aGk=\"}}], \"extra\": 1}}",
+            serde_json::to_string(hostile_names[pick(rng, hostile_names.len())]).unwrap()
+        )
+        .into_bytes(),
+        6 => format!(
+            "{{\"files\": [{{\"name\": {}, \"content_base64\": \"aGk=\"}}], \"session_id\": \"{session_id}\", \"token_id\": \"nope\", \"app\": \"bad app\", \"prompt\": \"\"}}",
+            serde_json::to_string(hostile_names[pick(rng, hostile_names.len())]).unwrap()
+        )
+        .into_bytes(),
+        7 => {
+            let mut s = String::from("{\"session_id\": \"");
+            let n = rng.random_range(1..64);
+            for _ in 0..n {
+                s.push(char::from(rng.random_range(0x21u8..0x7e)));
+            }
+            s.push_str("\", \"bogus\": true}");
+            s.into_bytes()
+        }
+        _ => {
+            let texts = ["{", "}", "\"str\"", "42", "{\"a\":1,}", "{'single': 1}", "[{}]", "nul\u{0}"];
+            texts[pick(rng, texts.len())].as_bytes().to_vec()
+        }
+    }
+}
+
+fn headers(rng: &mut StdRng, app_token: &str) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    match rng.random_range(0..7) {
+        0 => {}
+        1 => h.insert("Authorization", format!("Bearer {app_token}").as_str()),
+        2 => h.insert("Authorization", format!("Bearer {ROOT_TOKEN}").as_str()),
+        3 => h.insert("Authorization", "Bearer "),
+        4 => h.insert("Authorization", "Basic Zm9vOmJhcg=="),
+        5 => h.insert(
+            "Authorization",
+            "Bearer cf_forged_token_xxxxxxxxxxxxxxxxxxxxx",
+        ),
+        _ => h.insert("X-Garbage", "\u{7f}\u{1}"),
+    }
+    h
+}
+
+fn ledger_counts(forge: &Forge) -> (i64, i64, i64, i64) {
+    let l = forge.ledger();
+    let count = |table: &str| {
+        l.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    (
+        count("tokens"),
+        count("sessions"),
+        count("session_events"),
+        count("runs"),
+    )
+}
+
+#[tokio::test]
+async fn hundreds_of_malformed_messages_get_contract_errors_and_change_nothing() {
+    let mut forge = Forge::start().await;
+    let created = forge.admin.create_token("target", false).await.unwrap();
+    let app = forge.admin.with_token(Some(created.token.clone()));
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let before = ledger_counts(&forge);
+    let nats = forge.admin.nats().clone();
+
+    let mut rng = StdRng::seed_from_u64(0x5eed_f0a6e);
+    let mut sent = 0;
+    for round in 0..40 {
+        for subject in SUBJECTS {
+            let body = bad_body(&mut rng, &s.session_id);
+            let h = headers(&mut rng, &created.token);
+            let reply = tokio::time::timeout(
+                Duration::from_secs(30),
+                nats.request_with_headers(subject.to_string(), h, body.clone().into()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("no reply in time: round {round} {subject}"))
+            .unwrap_or_else(|e| panic!("round {round} {subject}: {e}"));
+            let status = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Service-Error-Code"))
+                .map(|v| v.as_str().to_string());
+            let shown = String::from_utf8_lossy(&body[..body.len().min(120)]).to_string();
+            let status =
+                status.unwrap_or_else(|| panic!("round {round} {subject}: success for {shown:?}"));
+            assert!(
+                ["400", "401", "403", "404", "413"].contains(&status.as_str()),
+                "round {round} {subject}: status {status} for {shown:?}"
+            );
+            let body: serde_json::Value = serde_json::from_slice(&reply.payload)
+                .unwrap_or_else(|e| panic!("round {round} {subject}: body not JSON: {e}"));
+            let code = body["error"]["code"].as_str().unwrap();
+            assert_eq!(
+                ErrorKind::from_code(code).map(|k| k.status().to_string()),
+                Some(status.clone())
+            );
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 400);
+    assert_eq!(
+        ledger_counts(&forge),
+        before,
+        "the ledger holds nothing of them"
+    );
+    assert!(
+        forge.workers[0].child.try_wait().unwrap().is_none(),
+        "the worker lives"
+    );
+    // And it still works.
+    let t = app.turn(&turn(&s.session_id, "still fine")).await.unwrap();
+    assert_eq!(t.output, "echo: still fine");
+    let _ = &mut forge;
+}
+
+#[tokio::test]
+async fn a_ledger_locked_by_another_process_delays_requests_without_losing_them() {
+    let forge = Forge::start().await;
+    let app = forge.app("locked").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let path = forge.ledger_path();
+    // Another process (here: a thread with its own connection) holds the write lock.
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        c.execute_batch("COMMIT").unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let t = app.turn(&turn(&s.session_id, "patience")).await.unwrap();
+    assert_eq!(t.output, "echo: patience");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2000),
+        "it waited for the lock"
+    );
+    holder.join().unwrap();
+    let got = app.get_session(&s.session_id).await.unwrap();
+    assert_eq!(got.turns, 1);
+}
+
+#[tokio::test]
+async fn a_missing_acpx_shows_in_health_and_answers_agent_error() {
+    let forge = Forge::start_with(Options {
+        env: vec![("ACPX_BIN".into(), "/nonexistent/acpx".into())],
+        ..Default::default()
+    })
+    .await;
+    let health = forge.admin.health().await.unwrap();
+    assert!(!health.ok && !health.acpx_present && health.acpx_version.is_none());
+    let app = forge.app("no-acpx").await;
+    assert_eq!(
+        kind(app.create_session(&CreateSession::default()).await),
+        ErrorKind::AgentError
+    );
+    // Nothing stays open.
+    assert_eq!(forge.admin.health().await.unwrap().open_sessions, 0);
+}
+
+#[tokio::test]
+async fn three_workers_fifty_sessions_twenty_clients() {
+    let forge = Forge::start_with(Options {
+        workers: 3,
+        env: vec![
+            ("CLAWDFORGE_MAX_LIVE_SESSIONS".into(), "64".into()),
+            ("CLAWDFORGE_ACPX_TTL_SECS".into(), "30".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("load").await;
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(20));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let app: ForgeClient = app.clone();
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let _client = sem.acquire_owned().await.unwrap();
+            let s = app.create_session(&CreateSession::default()).await?;
+            for n in 1..=2 {
+                let prompt = format!("session {i} turn {n}");
+                let t = app.turn(&turn(&s.session_id, &prompt)).await?;
+                assert_eq!(t.output, format!("echo: {prompt}"));
+                assert_eq!(t.turn, n);
+            }
+            let closed = app.close_session(&s.session_id).await?;
+            assert!(!closed.already_closed);
+            Ok::<String, clawdforge::client::ClientError>(s.session_id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().expect("every request answered correctly"));
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 50);
+
+    let l = forge.ledger();
+    let q = |sql: &str| -> i64 { l.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(q("SELECT COUNT(*) FROM sessions WHERE app = 'load'"), 50);
+    assert_eq!(
+        q("SELECT COUNT(*) FROM sessions WHERE app = 'load' AND status = 'closed' AND turns = 2"),
+        50
+    );
+    assert_eq!(
+        q("SELECT COUNT(*) FROM session_events WHERE app = 'load' AND event = 'create'"),
+        50
+    );
+    assert_eq!(q("SELECT COUNT(*) FROM session_events WHERE app = 'load' AND event = 'turn' AND outcome = 'ok'"), 100);
+    assert_eq!(
+        q("SELECT COUNT(*) FROM session_events WHERE app = 'load' AND event = 'close'"),
+        50
+    );
+    assert_eq!(
+        q("SELECT COUNT(*) FROM session_events WHERE app = 'load'"),
+        200
+    );
+    assert_eq!(
+        q("SELECT COUNT(*) FROM (SELECT session_id, turn FROM session_events WHERE event = 'turn' GROUP BY session_id, turn HAVING COUNT(*) > 1)"),
+        0,
+        "no turn recorded twice"
+    );
+    let workers = q("SELECT COUNT(DISTINCT worker_id) FROM session_events WHERE app = 'load'");
+    assert!(
+        workers >= 2,
+        "the queue group spread the work ({workers} workers)"
+    );
+}
