@@ -422,15 +422,20 @@ impl Config {
     }
 }
 
-/// Environment values are strings. A key whose default is a number or a boolean gets the value
-/// parsed as one, so that figment type-checks it; every other key takes the string as it is.
+/// Optional keys that hold a number: their default (none) does not tell their type.
+const OPTIONAL_NUMBER_KEYS: &[&str] = &["claude_max_turns"];
+
+/// Environment values are strings. A key whose default is a number or a boolean (or that is an
+/// optional number) gets the value parsed as one, so that figment type-checks it; every other
+/// key takes the string as it is.
 fn env_value(key: &str, raw: &str) -> figment::value::Value {
     use figment::value::Value;
     let defaults = serde_json::to_value(Config::default()).expect("config serializes");
-    let typed = matches!(
-        defaults.get(key),
-        Some(serde_json::Value::Number(_) | serde_json::Value::Bool(_))
-    );
+    let typed = OPTIONAL_NUMBER_KEYS.contains(&key)
+        || matches!(
+            defaults.get(key),
+            Some(serde_json::Value::Number(_) | serde_json::Value::Bool(_))
+        );
     if typed {
         let Ok(v) = raw.trim().parse::<Value>();
         if !matches!(v, Value::Dict(..) | Value::Array(..)) {
@@ -483,6 +488,16 @@ mod tests {
         assert_eq!(c.bind_port, 9000);
         assert_eq!(c.default_model, "opus");
         assert_eq!(c.allow_cidrs, "10.0.0.0/8,192.168.1.0/24");
+    }
+
+    #[test]
+    fn optional_numbers_from_the_environment() {
+        let c = Config::load_from(None, &env(&[("CLAWDFORGE_CLAUDE_MAX_TURNS", "3")])).unwrap();
+        assert_eq!(c.claude_max_turns, Some(3));
+        let err = Config::load_from(None, &env(&[("CLAWDFORGE_CLAUDE_MAX_TURNS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLAWDFORGE_CLAUDE_MAX_TURNS"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! spawns processes.
 
 pub mod acpx;
+pub mod claude;
 pub mod process;
 
 pub use acpx::{Acpx, AcpxError, TurnOutput};
+pub use claude::{Claude, ClaudeError, ClaudeOptions, ClaudeResult, RunOutput};

@@ -5,6 +5,7 @@ pub mod files;
 pub mod limits;
 pub mod types;
 
+mod runs;
 mod sessions;
 mod sweeper;
 mod tokens;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::agent::Acpx;
+use crate::agent::{Acpx, Claude, ClaudeOptions};
 use crate::config::{AgentCommand, Config};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
@@ -52,6 +53,15 @@ pub struct Settings {
     pub max_files: usize,
     pub max_files_bytes: usize,
     pub claude_bin: String,
+    pub claude_permission_mode: Option<String>,
+    pub claude_allowed_tools: Option<String>,
+    pub claude_max_turns: Option<u32>,
+    pub default_model: String,
+    /// Root of the runs' staging directories: `<runs_root>/<run_id>`.
+    pub runs_root: PathBuf,
+    pub max_concurrent_runs: usize,
+    pub max_queued_runs: usize,
+    pub runs_retention_secs: u64,
 }
 
 impl Settings {
@@ -80,6 +90,14 @@ impl Settings {
             max_files: config.max_files,
             max_files_bytes: config.max_files_bytes,
             claude_bin: config.claude_bin.clone(),
+            claude_permission_mode: config.claude_permission_mode.clone(),
+            claude_allowed_tools: config.claude_allowed_tools.clone(),
+            claude_max_turns: config.claude_max_turns,
+            default_model: config.default_model.clone(),
+            runs_root: config.runs_dir.clone(),
+            max_concurrent_runs: config.max_concurrent_runs,
+            max_queued_runs: config.max_queued_runs,
+            runs_retention_secs: config.runs_retention_secs,
         }
     }
 }
@@ -96,7 +114,9 @@ pub struct Forge {
     settings: Settings,
     ledger: Ledger,
     acpx: Acpx,
+    claude: Claude,
     turns: limits::Limiter,
+    runs: limits::Limiter,
     session_locks: limits::KeyedLocks,
     /// Turns this worker is running: session id → how to cancel them at shutdown.
     running_turns: std::sync::Mutex<std::collections::HashMap<String, (AgentCommand, PathBuf)>>,
@@ -104,16 +124,32 @@ pub struct Forge {
 }
 
 impl Forge {
-    /// Builds the service; creates the sessions' root directory.
+    /// Builds the service; creates the sessions' and the runs' root directories.
     pub fn new(mut settings: Settings, ledger: Ledger, acpx: Acpx) -> std::io::Result<Arc<Forge>> {
         std::fs::create_dir_all(&settings.sessions_root)?;
         settings.sessions_root = std::fs::canonicalize(&settings.sessions_root)?;
+        std::fs::create_dir_all(&settings.runs_root)?;
+        settings.runs_root = std::fs::canonicalize(&settings.runs_root)?;
+        let claude = Claude::new(
+            settings.claude_bin.clone(),
+            ClaudeOptions {
+                permission_mode: settings.claude_permission_mode.clone(),
+                allowed_tools: settings.claude_allowed_tools.clone(),
+                max_turns: settings.claude_max_turns,
+            },
+        );
         Ok(Arc::new(Forge {
             turns: limits::Limiter::new(
                 "concurrent turns",
                 settings.max_concurrent_turns,
                 settings.max_queued_turns,
             ),
+            runs: limits::Limiter::new(
+                "concurrent runs",
+                settings.max_concurrent_runs,
+                settings.max_queued_runs,
+            ),
+            claude,
             settings,
             ledger,
             acpx,

@@ -1,6 +1,7 @@
-//! Session lifecycle across every worker on a ledger: heartbeats, the TTL sweep (soft close of
-//! idle sessions, hard delete of long-closed ones), and recording work a dead worker left
-//! running as interrupted. One worker at a time sweeps, under a lease in the ledger.
+//! Lifecycle across every worker on a ledger: heartbeats; the sweep, which soft-closes idle
+//! sessions, hard-deletes long-closed ones, removes runs' staging directories past their
+//! retention, and records work a dead worker left running as interrupted. One worker at a time
+//! sweeps, under a lease in the ledger.
 
 use std::path::Path;
 
@@ -16,6 +17,8 @@ pub struct SweepReport {
     pub swept: bool,
     pub closed: u64,
     pub deleted: u64,
+    /// Staging directories of runs past their retention.
+    pub runs_removed: u64,
     pub interrupted_turns: u64,
     pub interrupted_runs: u64,
 }
@@ -156,6 +159,7 @@ impl Forge {
                 tracing::info!(session = %row.session_id, app = %row.app, "closed session deleted");
             }
         }
+        report.runs_removed = self.sweep_runs().await?;
         Ok(report)
     }
 }

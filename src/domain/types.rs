@@ -30,6 +30,61 @@ impl Default for SessionId {
     }
 }
 
+/// A run's id: a UUID, in its lowercase hyphenated form; also the name of its staging directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RunId(Uuid);
+
+impl RunId {
+    pub fn new() -> RunId {
+        RunId(Uuid::new_v4())
+    }
+
+    pub fn parse(s: &str) -> Result<RunId> {
+        Uuid::try_parse(s).map(RunId).map_err(|_| {
+            Error::bad_request(format!("invalid run_id {:?}: expected a UUID", clip(s)))
+        })
+    }
+
+    pub fn as_string(&self) -> String {
+        self.0.hyphenated().to_string()
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        RunId::new()
+    }
+}
+
+/// A model name as `claude --model` takes it: an alias (`sonnet`) or a full name, up to 200
+/// letters, digits and `-_.:/@[]`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model(String);
+
+impl Model {
+    pub fn parse(s: &str) -> Result<Model> {
+        let ok = !s.is_empty()
+            && s.len() <= 200
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(c, '-' | '_' | '.' | ':' | '/' | '@' | '[' | ']')
+            });
+        if ok {
+            Ok(Model(s.to_string()))
+        } else {
+            Err(Error::bad_request(format!(
+                "invalid model {:?}: a model name or alias, letters, digits and -_.:/@[]",
+                clip(s)
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A token's id: a UUID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenId(Uuid);
@@ -170,6 +225,33 @@ mod tests {
             assert_eq!(
                 SessionId::parse(bad).unwrap_err().kind,
                 ErrorKind::BadRequest
+            );
+        }
+    }
+
+    #[test]
+    fn run_ids() {
+        let id = RunId::new();
+        assert_eq!(RunId::parse(&id.as_string()).unwrap(), id);
+        assert_eq!(RunId::parse("x").unwrap_err().kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn models() {
+        for ok in [
+            "sonnet",
+            "claude-sonnet-4-5-20250929",
+            "claude-opus-4-6[1m]",
+            "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            "claude-3-5-sonnet@20240620",
+        ] {
+            assert_eq!(Model::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "-p", "--help", "a b", "x;y", "ä", &"m".repeat(201)] {
+            assert_eq!(
+                Model::parse(bad).unwrap_err().kind,
+                ErrorKind::BadRequest,
+                "{bad:?}"
             );
         }
     }

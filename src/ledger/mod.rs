@@ -649,6 +649,176 @@ pub(crate) fn insert_event(
     Ok(tx.last_insert_rowid())
 }
 
+/// A row of `runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub run_id: String,
+    pub app: String,
+    pub model: String,
+    pub outcome: String,
+    pub worker_id: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub prompt: Recorded,
+    pub result: Option<Recorded>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub cost_usd: Option<f64>,
+    pub stderr_tail: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunEnd {
+    pub outcome: String,
+    pub result: Option<Recorded>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<u64>,
+    pub cost_usd: Option<f64>,
+    pub stderr_tail: Option<String>,
+}
+
+impl Ledger {
+    // ---- runs ----
+
+    /// Records a run as `running`, before its process starts: a crash leaves the row behind.
+    pub async fn begin_run(
+        &self,
+        run_id: String,
+        app: String,
+        model: String,
+        worker_id: String,
+        created_at: String,
+        prompt: Recorded,
+    ) -> LedgerResult<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO runs (run_id, app, model, outcome, worker_id, created_at, prompt,
+                                   prompt_bytes, prompt_sha256)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    run_id,
+                    app,
+                    model,
+                    worker_id,
+                    created_at,
+                    prompt.text,
+                    prompt.bytes,
+                    prompt.sha256
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records how a run ended.
+    pub async fn finish_run(
+        &self,
+        run_id: String,
+        finished_at: String,
+        end: RunEnd,
+    ) -> LedgerResult<()> {
+        self.call(move |c| {
+            let result = end.result.as_ref();
+            c.execute(
+                "UPDATE runs SET outcome = ?2, finished_at = ?3, result = ?4, result_bytes = ?5,
+                        result_sha256 = ?6, error = ?7, exit_code = ?8, duration_ms = ?9,
+                        cost_usd = ?10, stderr_tail = ?11
+                 WHERE run_id = ?1",
+                params![
+                    run_id,
+                    end.outcome,
+                    finished_at,
+                    result.and_then(|r| r.text.clone()),
+                    result.map(|r| r.bytes),
+                    result.map(|r| r.sha256.clone()),
+                    end.error,
+                    end.exit_code,
+                    end.duration_ms.map(|d| d as i64),
+                    end.cost_usd,
+                    end.stderr_tail,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn run(&self, run_id: String) -> LedgerResult<Option<RunRow>> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT run_id, app, model, outcome, worker_id, created_at, finished_at, prompt,
+                        prompt_bytes, prompt_sha256, result, result_bytes, result_sha256, error,
+                        exit_code, duration_ms, cost_usd, stderr_tail
+                 FROM runs WHERE run_id = ?1",
+                [run_id],
+                run_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The end time of each of `run_ids` the ledger knows: `None` for a run with none (still
+    /// running, or cut short). Runs the ledger does not know are left out.
+    pub async fn runs_finished_at(
+        &self,
+        run_ids: Vec<String>,
+    ) -> LedgerResult<std::collections::HashMap<String, Option<String>>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT finished_at FROM runs WHERE run_id = ?1")?;
+            let mut out = std::collections::HashMap::new();
+            for id in run_ids {
+                if let Some(at) = stmt
+                    .query_row([&id], |r| r.get::<_, Option<String>>(0))
+                    .optional()?
+                {
+                    out.insert(id, at);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    let result = match (
+        r.get::<_, Option<i64>>(11)?,
+        r.get::<_, Option<String>>(12)?,
+    ) {
+        (Some(bytes), Some(sha256)) => Some(Recorded {
+            text: r.get(10)?,
+            bytes,
+            sha256,
+        }),
+        _ => None,
+    };
+    Ok(RunRow {
+        run_id: r.get(0)?,
+        app: r.get(1)?,
+        model: r.get(2)?,
+        outcome: r.get(3)?,
+        worker_id: r.get(4)?,
+        created_at: r.get(5)?,
+        finished_at: r.get(6)?,
+        prompt: Recorded {
+            text: r.get(7)?,
+            bytes: r.get(8)?,
+            sha256: r.get(9)?,
+        },
+        result,
+        error: r.get(13)?,
+        exit_code: r.get(14)?,
+        duration_ms: r.get::<_, Option<i64>>(15)?.map(|d| d as u64),
+        cost_usd: r.get(16)?,
+        stderr_tail: r.get(17)?,
+    })
+}
+
 mod lifecycle;
 
 #[cfg(test)]

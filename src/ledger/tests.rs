@@ -288,3 +288,130 @@ fn recorded_hashes() {
     );
     assert_eq!(Recorded::of("abc", true).text.as_deref(), Some("abc"));
 }
+
+#[tokio::test]
+async fn a_run_is_recorded_as_running_then_as_it_ended() {
+    let (_d, l) = ledger();
+    l.begin_run(
+        "r1".into(),
+        "a".into(),
+        "sonnet".into(),
+        "w1".into(),
+        "2026-01-01T00:00:00.000Z".into(),
+        Recorded::of("hello", true),
+    )
+    .await
+    .unwrap();
+    let running = l.run("r1".into()).await.unwrap().unwrap();
+    assert_eq!(running.outcome, "running");
+    assert_eq!(running.app, "a");
+    assert_eq!(running.model, "sonnet");
+    assert_eq!(running.worker_id, "w1");
+    assert_eq!(running.prompt, Recorded::of("hello", true));
+    assert_eq!(running.finished_at, None);
+    assert_eq!(running.result, None);
+    assert_eq!(running.exit_code, None);
+
+    l.finish_run(
+        "r1".into(),
+        "2026-01-01T00:00:02.000Z".into(),
+        RunEnd {
+            outcome: "ok".into(),
+            result: Some(Recorded::of("hi there", true)),
+            exit_code: Some(0),
+            duration_ms: Some(2000),
+            cost_usd: Some(0.0123),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let done = l.run("r1".into()).await.unwrap().unwrap();
+    assert_eq!(done.outcome, "ok");
+    assert_eq!(
+        done.finished_at.as_deref(),
+        Some("2026-01-01T00:00:02.000Z")
+    );
+    assert_eq!(done.result, Some(Recorded::of("hi there", true)));
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(done.duration_ms, Some(2000));
+    assert_eq!(done.cost_usd, Some(0.0123));
+    assert_eq!(done.error, None);
+    assert_eq!(done.stderr_tail, None);
+    assert!(l.run("nope".into()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_failed_run_keeps_its_error_and_stderr_and_hashes_only_when_asked() {
+    let (_d, l) = ledger();
+    l.begin_run(
+        "r2".into(),
+        "a".into(),
+        "opus".into(),
+        "w1".into(),
+        "t0".into(),
+        Recorded::of("secret prompt", false),
+    )
+    .await
+    .unwrap();
+    l.finish_run(
+        "r2".into(),
+        "t1".into(),
+        RunEnd {
+            outcome: "agent_error".into(),
+            error: Some("claude exited with code 3: boom".into()),
+            exit_code: Some(3),
+            duration_ms: Some(15),
+            stderr_tail: Some("boom".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let row = l.run("r2".into()).await.unwrap().unwrap();
+    assert_eq!(row.prompt.text, None);
+    assert_eq!(row.prompt.bytes, 13);
+    assert_eq!(
+        row.prompt.sha256,
+        Recorded::of("secret prompt", true).sha256
+    );
+    assert_eq!(row.outcome, "agent_error");
+    assert_eq!(row.exit_code, Some(3));
+    assert_eq!(row.stderr_tail.as_deref(), Some("boom"));
+    assert_eq!(row.result, None);
+    assert_eq!(row.cost_usd, None);
+}
+
+#[tokio::test]
+async fn end_times_of_known_runs() {
+    let (_d, l) = ledger();
+    for id in ["r1", "r2"] {
+        l.begin_run(
+            id.into(),
+            "a".into(),
+            "m".into(),
+            "w".into(),
+            "t0".into(),
+            Recorded::of("p", true),
+        )
+        .await
+        .unwrap();
+    }
+    l.finish_run(
+        "r1".into(),
+        "t9".into(),
+        RunEnd {
+            outcome: "ok".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ends = l
+        .runs_finished_at(vec!["r1".into(), "r2".into(), "r3".into()])
+        .await
+        .unwrap();
+    assert_eq!(ends.len(), 2);
+    assert_eq!(ends["r1"].as_deref(), Some("t9"));
+    assert_eq!(ends["r2"], None);
+}

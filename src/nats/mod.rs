@@ -17,12 +17,13 @@ use crate::error::{Error, Result};
 use crate::wire::{self, decode, subject};
 
 /// Every subject the worker serves.
-pub const SUBJECTS: [&str; 9] = [
+pub const SUBJECTS: [&str; 10] = [
     subject::SESSION_CREATE,
     subject::SESSION_TURN,
     subject::SESSION_CLOSE,
     subject::SESSION_GET,
     subject::SESSION_LIST,
+    subject::RUN,
     subject::TOKEN_CREATE,
     subject::TOKEN_LIST,
     subject::TOKEN_REVOKE,
@@ -144,6 +145,7 @@ async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]
         subject::SESSION_CLOSE => encode(forge.close_session(token, decode(body)?).await),
         subject::SESSION_GET => encode(forge.get_session(token, decode(body)?).await),
         subject::SESSION_LIST => encode(forge.list_sessions(token, decode(body)?).await),
+        subject::RUN => encode(forge.run(token, decode(body)?).await),
         subject::TOKEN_CREATE => encode(forge.create_token(token, decode(body)?).await),
         subject::TOKEN_LIST => encode(forge.list_tokens(token, decode(body)?).await),
         subject::TOKEN_REVOKE => encode(forge.revoke_token(token, decode(body)?).await),

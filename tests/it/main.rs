@@ -4,6 +4,7 @@ mod harness;
 mod faults;
 mod input;
 mod lifecycle;
+mod runs;
 mod sessions;
 mod tokens;
 mod workers;

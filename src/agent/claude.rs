@@ -1,0 +1,676 @@
+//! One-shot runs through `claude -p … --output-format json`.
+//!
+//! The prompt goes last, after `--`, so a prompt that starts with '-' is never read as an
+//! option. Linux caps one argv string at 128 KiB (MAX_ARG_STRLEN): a larger prompt goes in on
+//! stdin instead, which `claude -p` reads when no prompt is given.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::process::{self, read_bounded, read_tail};
+
+/// Prompts longer than this go in on stdin rather than as an argument.
+pub const ARGV_PROMPT_MAX: usize = 100 * 1024;
+/// Longest stdout we accept: the one result object.
+const MAX_STDOUT: usize = 16 * 1024 * 1024;
+/// How much of stderr is kept for error messages and the ledger.
+const STDERR_TAIL: usize = 4096;
+/// Longest error message taken from the agent's own output.
+const MAX_MESSAGE: usize = 500;
+/// Time allowed, after the process group is killed, for it to be reaped and its pipes to close.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClaudeError {
+    #[error("cannot start {bin}: {reason}")]
+    Spawn { bin: String, reason: String },
+    #[error("the run did not finish within its timeout")]
+    Timeout { stderr: String },
+    #[error("claude exited with {}: {message}", exit_text(*.exit_code))]
+    Failed {
+        /// `None` when a signal ended it.
+        exit_code: Option<i32>,
+        message: String,
+        stderr: String,
+        cost_usd: Option<f64>,
+    },
+    #[error("unexpected claude output: {reason}")]
+    BadOutput {
+        exit_code: Option<i32>,
+        reason: String,
+        stderr: String,
+    },
+}
+
+impl ClaudeError {
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            ClaudeError::Failed { exit_code, .. } | ClaudeError::BadOutput { exit_code, .. } => {
+                *exit_code
+            }
+            ClaudeError::Spawn { .. } | ClaudeError::Timeout { .. } => None,
+        }
+    }
+
+    /// The tail of the process's stderr, when it ran.
+    pub fn stderr(&self) -> Option<&str> {
+        match self {
+            ClaudeError::Timeout { stderr }
+            | ClaudeError::Failed { stderr, .. }
+            | ClaudeError::BadOutput { stderr, .. } => Some(stderr),
+            ClaudeError::Spawn { .. } => None,
+        }
+    }
+
+    pub fn cost_usd(&self) -> Option<f64> {
+        match self {
+            ClaudeError::Failed { cost_usd, .. } => *cost_usd,
+            _ => None,
+        }
+    }
+}
+
+/// The result object `claude -p --output-format json` prints, as far as a run needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaudeResult {
+    pub subtype: Option<String>,
+    pub is_error: bool,
+    pub result: Option<String>,
+    pub errors: Vec<String>,
+    pub cost_usd: Option<f64>,
+}
+
+impl ClaudeResult {
+    /// Reads the result object out of claude's stdout: the one JSON object, or the last
+    /// `result` element of an array (what `--verbose` prints), or the last line that is one.
+    pub fn parse(stdout: &[u8]) -> Result<ClaudeResult, String> {
+        let text = std::str::from_utf8(stdout).map_err(|_| "output is not UTF-8".to_string())?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("no output".into());
+        }
+        let found = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(items)) => items.into_iter().rev().find(is_result),
+            Ok(v) => Some(v),
+            Err(_) => text
+                .lines()
+                .rev()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(is_result),
+        };
+        let Some(v) = found else {
+            return Err(format!("not a JSON result object: {}", clip(text, 200)));
+        };
+        Self::from_value(&v)
+    }
+
+    fn from_value(v: &Value) -> Result<ClaudeResult, String> {
+        if !v.is_object() {
+            return Err(format!(
+                "expected a JSON object, got {}",
+                clip(&v.to_string(), 200)
+            ));
+        }
+        if v["type"] != "result" {
+            return Err(format!(
+                "expected an object of type \"result\", got type {}",
+                clip(&v["type"].to_string(), 80)
+            ));
+        }
+        let is_error = v["is_error"]
+            .as_bool()
+            .ok_or("the result object has no boolean is_error")?;
+        let text_field = |name: &str| match &v[name] {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s.clone())),
+            other => Err(format!(
+                "{name} is not a string: {}",
+                clip(&other.to_string(), 80)
+            )),
+        };
+        let errors = match &v["errors"] {
+            Value::Array(items) => items
+                .iter()
+                .map(|e| match e {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(ClaudeResult {
+            subtype: text_field("subtype")?,
+            is_error,
+            result: text_field("result")?,
+            errors,
+            cost_usd: v["total_cost_usd"].as_f64(),
+        })
+    }
+
+    /// Whether the result says the run failed: `is_error` (which can be true with subtype
+    /// "success"), or an `error_*` subtype.
+    pub fn failed(&self) -> bool {
+        self.is_error
+            || self
+                .subtype
+                .as_deref()
+                .is_some_and(|s| s.starts_with("error"))
+    }
+
+    /// A short message saying why the run failed, from the result's own words.
+    pub fn error_message(&self) -> String {
+        let subtype = self.subtype.as_deref().unwrap_or("unknown");
+        let detail = if !self.errors.is_empty() {
+            self.errors.join("; ")
+        } else {
+            self.result
+                .clone()
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| "no details".into())
+        };
+        clip(
+            &format!("the agent reported an error ({subtype}): {detail}"),
+            MAX_MESSAGE,
+        )
+    }
+}
+
+fn is_result(v: &Value) -> bool {
+    v["type"] == "result"
+}
+
+/// Options for unattended runs, from the configuration only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaudeOptions {
+    pub permission_mode: Option<String>,
+    pub allowed_tools: Option<String>,
+    pub max_turns: Option<u32>,
+}
+
+/// How the prompt reaches claude.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptVia {
+    Argv,
+    Stdin,
+}
+
+/// A finished run: the process exited 0 and printed a result object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutput {
+    pub result: ClaudeResult,
+    /// The tail of stderr.
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Claude {
+    bin: String,
+    options: ClaudeOptions,
+}
+
+impl Claude {
+    pub fn new(bin: impl Into<String>, options: ClaudeOptions) -> Claude {
+        Claude {
+            bin: bin.into(),
+            options,
+        }
+    }
+
+    pub fn bin(&self) -> &str {
+        &self.bin
+    }
+
+    /// The arguments of one run, and how the prompt is passed.
+    pub fn args(&self, model: &str, prompt: &str) -> (Vec<String>, PromptVia) {
+        let mut args: Vec<String> = vec![
+            "-p".into(),
+            "--output-format".into(),
+            "json".into(),
+            "--model".into(),
+            model.into(),
+        ];
+        let o = &self.options;
+        if let Some(mode) = non_blank(&o.permission_mode) {
+            args.extend(["--permission-mode".into(), mode.into()]);
+        }
+        if let Some(tools) = non_blank(&o.allowed_tools) {
+            args.extend(["--allowedTools".into(), tools.into()]);
+        }
+        if let Some(turns) = o.max_turns {
+            args.extend(["--max-turns".into(), turns.to_string()]);
+        }
+        if prompt.len() > ARGV_PROMPT_MAX {
+            return (args, PromptVia::Stdin);
+        }
+        args.extend(["--".into(), prompt.into()]);
+        (args, PromptVia::Argv)
+    }
+
+    /// Runs `claude -p` in `cwd`. Past `timeout` the process and everything it started (its
+    /// process group) is killed.
+    pub async fn run(
+        &self,
+        cwd: &Path,
+        model: &str,
+        prompt: &str,
+        timeout: Duration,
+    ) -> Result<RunOutput, ClaudeError> {
+        let (args, via) = self.args(model, prompt);
+        let mut cmd = process::command(&self.bin, &args);
+        cmd.current_dir(cwd);
+        if via == PromptVia::Stdin {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().map_err(|e| ClaudeError::Spawn {
+            bin: self.bin.clone(),
+            reason: e.to_string(),
+        })?;
+        let pid = child.id();
+        let _group = GroupGuard(pid);
+        let feed = child.stdin.take().map(|mut stdin| {
+            let text = prompt.as_bytes().to_vec();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // claude may exit without reading it all; its exit status tells the story.
+                let _ = stdin.write_all(&text).await;
+                let _ = stdin.shutdown().await;
+            })
+        });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut stdout_task = tokio::spawn(read_bounded(stdout, MAX_STDOUT));
+        let mut stderr_task = tokio::spawn(read_tail(stderr, STDERR_TAIL));
+
+        // The pipes close once every process holding them is gone; the child is reaped last, so
+        // a timeout finds its process group still there to kill.
+        let finished = tokio::time::timeout(timeout, async {
+            let out = (&mut stdout_task).await.unwrap_or(None);
+            let err = (&mut stderr_task).await.unwrap_or_default();
+            (out, err, child.wait().await)
+        })
+        .await;
+        if let Some(feed) = feed {
+            feed.abort();
+        }
+        let (stdout, stderr, status) = match finished {
+            Ok(done) => done,
+            Err(_) => {
+                process::kill_group(pid);
+                let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
+                stdout_task.abort();
+                let stderr = tokio::time::timeout(REAP_TIMEOUT, stderr_task)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                return Err(ClaudeError::Timeout { stderr });
+            }
+        };
+        let status = status.map_err(|e| ClaudeError::BadOutput {
+            exit_code: None,
+            reason: format!("waiting for claude: {e}"),
+            stderr: stderr.clone(),
+        })?;
+        let exit_code = status.code();
+        let parsed = match &stdout {
+            Some(out) => ClaudeResult::parse(out),
+            None => Err(format!("output over {MAX_STDOUT} bytes")),
+        };
+        if !status.success() {
+            let message = match &parsed {
+                Ok(r) if r.failed() => r.error_message(),
+                _ => match last_line(&stderr) {
+                    "" => "no error message".to_string(),
+                    line => clip(line, MAX_MESSAGE),
+                },
+            };
+            return Err(ClaudeError::Failed {
+                exit_code,
+                message,
+                stderr,
+                cost_usd: parsed.ok().and_then(|r| r.cost_usd),
+            });
+        }
+        match parsed {
+            Ok(result) => Ok(RunOutput { result, stderr }),
+            Err(reason) => Err(ClaudeError::BadOutput {
+                exit_code,
+                reason,
+                stderr,
+            }),
+        }
+    }
+}
+
+/// Kills a run's process group when the run ends, however it ends: on a timeout, when the
+/// caller drops the run (the worker shutting down), and after a normal exit, for anything it
+/// left running in the background. A group's id stays taken while any member lives, so this
+/// reaches no other process unless the PID space wraps around in between.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        process::kill_group(self.0);
+    }
+}
+
+fn non_blank(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("code {c}"),
+        None => "a signal".into(),
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClaudeResult, String> {
+        ClaudeResult::parse(text.as_bytes())
+    }
+
+    #[test]
+    fn a_successful_result() {
+        let r = parse(
+            r#"{"type":"result","subtype":"success","is_error":false,"duration_ms":2150,
+                "num_turns":1,"result":"4","session_id":"s","total_cost_usd":0.0421,
+                "usage":{"input_tokens":3},"permission_denials":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            ClaudeResult {
+                subtype: Some("success".into()),
+                is_error: false,
+                result: Some("4".into()),
+                errors: vec![],
+                cost_usd: Some(0.0421),
+            }
+        );
+        assert!(!r.failed());
+    }
+
+    #[test]
+    fn is_error_with_subtype_success_is_a_failure() {
+        let r = parse(
+            r#"{"type":"result","subtype":"success","is_error":true,
+                "result":"API Error: 529 overloaded","total_cost_usd":0}"#,
+        )
+        .unwrap();
+        assert!(r.failed());
+        assert_eq!(
+            r.error_message(),
+            "the agent reported an error (success): API Error: 529 overloaded"
+        );
+    }
+
+    #[test]
+    fn error_subtypes_are_failures_and_name_their_errors() {
+        let r = parse(
+            r#"{"type":"result","subtype":"error_during_execution","is_error":true,
+                "errors":["tool failed","then another"],"total_cost_usd":0.5}"#,
+        )
+        .unwrap();
+        assert!(r.failed());
+        assert_eq!(r.result, None);
+        assert_eq!(r.cost_usd, Some(0.5));
+        assert_eq!(
+            r.error_message(),
+            "the agent reported an error (error_during_execution): tool failed; then another"
+        );
+        let r = parse(r#"{"type":"result","subtype":"error_max_turns","is_error":false}"#).unwrap();
+        assert!(r.failed());
+        assert!(r.error_message().contains("error_max_turns"));
+        assert!(r.error_message().contains("no details"));
+    }
+
+    #[test]
+    fn verbose_arrays_and_extra_lines_yield_the_last_result() {
+        let array = r#"[{"type":"system","subtype":"init"},
+            {"type":"assistant","message":{}},
+            {"type":"result","subtype":"success","is_error":false,"result":"done"}]"#;
+        assert_eq!(parse(array).unwrap().result.as_deref(), Some("done"));
+        let lines = "warning: something\n{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"ok\"}\n";
+        assert_eq!(parse(lines).unwrap().result.as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn anything_else_is_bad_output() {
+        for bad in [
+            "",
+            "   \n",
+            "not json",
+            "[1,2]",
+            "42",
+            r#"{"type":"assistant"}"#,
+            r#"{"type":"result","subtype":"success"}"#,
+            r#"{"type":"result","is_error":"no"}"#,
+            r#"{"type":"result","is_error":false,"result":5}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(ClaudeResult::parse(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn the_prompt_goes_last_after_a_double_dash() {
+        let claude = Claude::new(
+            "claude",
+            ClaudeOptions {
+                permission_mode: Some("acceptEdits".into()),
+                allowed_tools: Some("Read,Edit".into()),
+                max_turns: Some(3),
+            },
+        );
+        let (args, via) = claude.args("opus", "--help me");
+        assert_eq!(via, PromptVia::Argv);
+        assert_eq!(
+            args,
+            [
+                "-p",
+                "--output-format",
+                "json",
+                "--model",
+                "opus",
+                "--permission-mode",
+                "acceptEdits",
+                "--allowedTools",
+                "Read,Edit",
+                "--max-turns",
+                "3",
+                "--",
+                "--help me"
+            ]
+        );
+        let plain = Claude::new("claude", ClaudeOptions::default());
+        let (args, _) = plain.args("sonnet", "hi");
+        assert_eq!(
+            args,
+            [
+                "-p",
+                "--output-format",
+                "json",
+                "--model",
+                "sonnet",
+                "--",
+                "hi"
+            ]
+        );
+        let blank = Claude::new(
+            "claude",
+            ClaudeOptions {
+                permission_mode: Some(" ".into()),
+                ..Default::default()
+            },
+        );
+        assert!(!blank
+            .args("sonnet", "hi")
+            .0
+            .contains(&"--permission-mode".to_string()));
+    }
+
+    #[test]
+    fn a_long_prompt_goes_on_stdin() {
+        let claude = Claude::new("claude", ClaudeOptions::default());
+        let (args, via) = claude.args("sonnet", &"x".repeat(ARGV_PROMPT_MAX));
+        assert_eq!(via, PromptVia::Argv);
+        assert_eq!(args.len(), 7);
+        let (args, via) = claude.args("sonnet", &"x".repeat(ARGV_PROMPT_MAX + 1));
+        assert_eq!(via, PromptVia::Stdin);
+        assert_eq!(args, ["-p", "--output-format", "json", "--model", "sonnet"]);
+    }
+
+    /// A `claude` made of a shell script, in a fresh directory that is also the run's cwd.
+    fn script(body: &str) -> (tempfile::TempDir, Claude) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("claude");
+        std::fs::write(&bin, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let claude = Claude::new(bin.to_string_lossy(), ClaudeOptions::default());
+        (dir, claude)
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn the_prompt_arrives_whole_by_argv_or_stdin() {
+        // Answers with where it ran, how the prompt came and how long it was.
+        let (dir, claude) = script(
+            r#"if [ "$6" = "--" ]; then p="$7"; via=argv; else p="$(cat)"; via=stdin; fi
+printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s","total_cost_usd":0.25}' "$(pwd)" "$via" "${#p}""#,
+        );
+        let cwd = std::fs::canonicalize(dir.path()).unwrap();
+        for (len, via) in [
+            (10, "argv"),
+            (ARGV_PROMPT_MAX + 1, "stdin"),
+            (300_000, "stdin"),
+        ] {
+            let out = claude
+                .run(&cwd, "sonnet", &"y".repeat(len), 10 * SECOND)
+                .await
+                .unwrap();
+            assert_eq!(
+                out.result.result.unwrap(),
+                format!("{} {via} {len}", cwd.display())
+            );
+            assert_eq!(out.result.cost_usd, Some(0.25));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_exit_names_the_code_and_keeps_stderr() {
+        let (dir, claude) = script("echo starting >&2; echo 'it broke' >&2; exit 3");
+        let err = claude
+            .run(dir.path(), "sonnet", "hi", 10 * SECOND)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), Some(3));
+        assert_eq!(err.stderr(), Some("starting\nit broke"));
+        assert_eq!(err.to_string(), "claude exited with code 3: it broke");
+
+        let (dir, claude) = script(
+            r#"echo '{"type":"result","subtype":"error_max_turns","is_error":true,"total_cost_usd":1.5}'; exit 1"#,
+        );
+        let err = claude
+            .run(dir.path(), "sonnet", "hi", 10 * SECOND)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("error_max_turns"), "{err}");
+        assert_eq!(err.cost_usd(), Some(1.5));
+
+        let (dir, claude) = script("echo not json");
+        let err = claude
+            .run(dir.path(), "sonnet", "hi", 10 * SECOND)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClaudeError::BadOutput {
+                    exit_code: Some(0),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_cannot_be_started() {
+        let claude = Claude::new("/nonexistent/claude", ClaudeOptions::default());
+        let err = claude
+            .run(Path::new("/"), "sonnet", "hi", SECOND)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClaudeError::Spawn { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_group() {
+        let (dir, claude) = script("echo waiting >&2; sleep 300 & echo $! > child.pid; wait");
+        let started = std::time::Instant::now();
+        let err = claude
+            .run(dir.path(), "sonnet", "hi", Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < 10 * SECOND);
+        assert_eq!(
+            err,
+            ClaudeError::Timeout {
+                stderr: "waiting".into()
+            }
+        );
+        let pid = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
+        assert!(
+            gone(pid.trim().parse().unwrap()).await,
+            "the background child survived"
+        );
+    }
+
+    /// Whether `pid` has ended (it may linger as a zombie until its new parent reaps it).
+    async fn gone(pid: u32) -> bool {
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+            if stat.map(|s| s.contains(") Z")).unwrap_or(true) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[test]
+    fn messages_are_clipped_on_char_boundaries() {
+        assert_eq!(clip("héllo", 2), "h…");
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(last_line("a\nb\n\n  "), "b");
+    }
+}

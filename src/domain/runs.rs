@@ -1,0 +1,310 @@
+//! One-shot runs through `claude -p`, each in a fresh staging directory.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::files;
+use super::types::{timeout_secs, Model, Prompt, RunId};
+use super::{now, seconds_from_now, Forge};
+use crate::agent::{ClaudeError, RunOutput};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ledger::{Recorded, RunEnd};
+use crate::wire;
+
+/// Slack on top of the longest timeout before a staging directory without a recorded end is
+/// taken for abandoned.
+const RUN_REAP_SLACK_SECS: u64 = 60;
+
+impl From<&ClaudeError> for Error {
+    fn from(e: &ClaudeError) -> Error {
+        match e {
+            ClaudeError::Timeout { .. } => {
+                Error::timeout("the run did not finish within its timeout")
+            }
+            ClaudeError::Spawn { .. } => {
+                tracing::error!(error = %e, "claude could not be started");
+                Error::agent("the agent CLI (claude) is not available on this worker")
+            }
+            other => Error::agent(other.to_string()),
+        }
+    }
+}
+
+impl Forge {
+    pub async fn run(&self, token: Option<&str>, req: wire::RunRequest) -> Result<wire::Run> {
+        let caller = self.authenticate(token).await?;
+        let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
+        let model = Model::parse(req.model.as_deref().unwrap_or(&self.settings.default_model))?;
+        let timeout = timeout_secs(
+            req.timeout_secs,
+            self.settings.default_timeout_secs,
+            self.settings.max_timeout_secs,
+        )?;
+        let attachments = files::decode(
+            &req.files,
+            self.settings.max_files,
+            self.settings.max_files_bytes,
+        )?;
+
+        let _slot = self.runs.acquire().await?;
+
+        let id = RunId::new().as_string();
+        let dir = self.settings.runs_root.join(&id);
+        self.ledger
+            .begin_run(
+                id.clone(),
+                caller.app.clone(),
+                model.as_str().to_string(),
+                self.settings.worker_id.clone(),
+                now(),
+                Recorded::of(prompt.as_str(), self.settings.ledger_keep_text),
+            )
+            .await
+            .map_err(Error::internal)?;
+
+        let started = Instant::now();
+        let outcome = match stage(&dir, attachments).await {
+            Ok(paths) => {
+                let text = files::with_header(&paths, prompt.as_str());
+                let ran = self
+                    .claude
+                    .run(&dir, model.as_str(), &text, Duration::from_secs(timeout))
+                    .await;
+                Ran::Claude(ran)
+            }
+            Err(e) => Ran::Staging(e),
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+
+        let keep = self.settings.ledger_keep_text;
+        let (reply, end) = match outcome {
+            Ran::Claude(Ok(RunOutput { result, stderr })) => {
+                let failed = result.failed();
+                let error = failed.then(|| result.error_message());
+                let end = RunEnd {
+                    outcome: if failed { "error_result" } else { "ok" }.into(),
+                    result: result.result.as_deref().map(|r| Recorded::of(r, keep)),
+                    error: error.clone(),
+                    exit_code: Some(0),
+                    duration_ms: Some(duration_ms),
+                    cost_usd: result.cost_usd,
+                    stderr_tail: failed.then_some(stderr).filter(|s| !s.is_empty()),
+                };
+                let run = wire::Run {
+                    run_id: id.clone(),
+                    ok: !failed,
+                    result: result.result,
+                    error,
+                    model: model.as_str().to_string(),
+                    exit_code: Some(0),
+                    duration_ms,
+                    cost_usd: result.cost_usd,
+                };
+                (Ok(run), end)
+            }
+            Ran::Claude(Err(e)) => {
+                let err = Error::from(&e);
+                let end = RunEnd {
+                    outcome: err.kind.code().to_string(),
+                    error: Some(e.to_string()),
+                    exit_code: e.exit_code(),
+                    duration_ms: Some(duration_ms),
+                    cost_usd: e.cost_usd(),
+                    stderr_tail: e.stderr().filter(|s| !s.is_empty()).map(str::to_string),
+                    ..Default::default()
+                };
+                (Err(err), end)
+            }
+            Ran::Staging(e) => {
+                let end = RunEnd {
+                    outcome: ErrorKind::Internal.code().to_string(),
+                    error: Some(format!("staging the run: {e}")),
+                    duration_ms: Some(duration_ms),
+                    ..Default::default()
+                };
+                (Err(Error::internal(format!("staging run {id}: {e}"))), end)
+            }
+        };
+        let outcome = end.outcome.clone();
+        self.ledger
+            .finish_run(id.clone(), now(), end)
+            .await
+            .map_err(Error::internal)?;
+        match &reply {
+            Ok(run) => {
+                tracing::info!(run = %id, app = %caller.app, model = %run.model, ok = run.ok, duration_ms, "run finished")
+            }
+            Err(err) if err.kind == ErrorKind::Timeout => {
+                tracing::info!(run = %id, app = %caller.app, "run timed out")
+            }
+            Err(err) => {
+                tracing::warn!(run = %id, app = %caller.app, outcome, error = %err, "run failed")
+            }
+        }
+        reply
+    }
+
+    /// Removes the staging directories of runs that ended more than `runs_retention_secs` ago.
+    /// A directory whose run has no recorded end (the worker died, or the ledger has no row) goes
+    /// once it is that old and older than any run can last. Returns how many were removed.
+    pub async fn sweep_runs(&self) -> Result<u64> {
+        let root = &self.settings.runs_root;
+        let retention = self.settings.runs_retention_secs;
+        let cutoff = seconds_from_now(-(retention as i64));
+        let abandoned_after = Duration::from_secs(
+            retention.max(self.settings.max_timeout_secs + RUN_REAP_SLACK_SECS),
+        );
+
+        let mut dirs = Vec::new();
+        let mut entries = match tokio::fs::read_dir(root).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::internal(format!("reading {}: {e}", root.display()))),
+        };
+        while let Some(entry) = entries.next_entry().await.map_err(Error::internal)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if RunId::parse(&name).is_ok() && entry.file_type().await.is_ok_and(|t| t.is_dir()) {
+                dirs.push(name);
+            }
+        }
+        if dirs.is_empty() {
+            return Ok(0);
+        }
+        let ends = self
+            .ledger
+            .runs_finished_at(dirs.clone())
+            .await
+            .map_err(Error::internal)?;
+
+        let mut removed = 0;
+        for name in dirs {
+            let path = root.join(&name);
+            let expired = match ends.get(&name) {
+                Some(Some(finished_at)) => *finished_at < cutoff,
+                _ => older_than(&path, abandoned_after).await,
+            };
+            if !expired {
+                continue;
+            }
+            match tokio::fs::remove_dir_all(&path).await {
+                Ok(()) => removed += 1,
+                // Another worker sharing the directory got there first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(run = %name, error = %e, "could not remove a run's staging directory")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed expired run staging directories");
+        }
+        Ok(removed)
+    }
+}
+
+enum Ran {
+    Claude(std::result::Result<RunOutput, ClaudeError>),
+    Staging(std::io::Error),
+}
+
+/// Creates the run's staging directory and writes the attachments into it; returns their
+/// absolute paths.
+async fn stage(dir: &Path, attachments: Vec<files::Attachment>) -> std::io::Result<Vec<String>> {
+    tokio::fs::create_dir_all(dir).await?;
+    let written = files::write(dir, attachments).await?;
+    Ok(written
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect())
+}
+
+async fn older_than(path: &Path, age: Duration) -> bool {
+    let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified());
+    match modified {
+        Ok(t) => SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|elapsed| elapsed > age),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::Acpx;
+    use crate::config::Config;
+    use crate::domain::Settings;
+    use crate::ledger::Ledger;
+
+    fn forge(dir: &Path) -> std::sync::Arc<Forge> {
+        let config = Config {
+            db_path: dir.join("ledger.db"),
+            acpx_sessions_cwd: dir.join("sessions"),
+            runs_dir: dir.join("runs"),
+            runs_retention_secs: 3600,
+            max_timeout_secs: 60,
+            ..Config::default()
+        };
+        let ledger = Ledger::open(&config.db_path).unwrap();
+        Forge::new(
+            Settings::from_config(&config, "w1".into()),
+            ledger,
+            Acpx::new("acpx", 0),
+        )
+        .unwrap()
+    }
+
+    async fn record(forge: &Forge, id: &str, finished_at: Option<String>) {
+        let l = forge.ledger();
+        l.begin_run(
+            id.into(),
+            "a".into(),
+            "sonnet".into(),
+            "w1".into(),
+            seconds_from_now(-8000),
+            Recorded::of("p", true),
+        )
+        .await
+        .unwrap();
+        if let Some(at) = finished_at {
+            let end = RunEnd {
+                outcome: "ok".into(),
+                ..Default::default()
+            };
+            l.finish_run(id.into(), at, end).await.unwrap();
+        }
+    }
+
+    fn age(path: &Path, secs: u64) {
+        let t = SystemTime::now() - Duration::from_secs(secs);
+        std::fs::File::open(path).unwrap().set_modified(t).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_only_expired_staging_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let forge = forge(tmp.path());
+        let root = forge.settings.runs_root.clone();
+        let ids: Vec<String> = (0..5).map(|_| RunId::new().as_string()).collect();
+        for id in &ids {
+            std::fs::create_dir(root.join(id)).unwrap();
+            std::fs::write(root.join(id).join("notes.md"), "x").unwrap();
+        }
+        // Ended two hours ago; ended just now; still running (an old directory all the same).
+        record(&forge, &ids[0], Some(seconds_from_now(-7200))).await;
+        record(&forge, &ids[1], Some(now())).await;
+        record(&forge, &ids[2], None).await;
+        age(&root.join(&ids[2]), 600);
+        // No row at all: one abandoned long ago, one just made.
+        age(&root.join(&ids[3]), 7200);
+        std::fs::create_dir(root.join("not-a-run")).unwrap();
+        age(&root.join("not-a-run"), 7200);
+
+        assert_eq!(forge.sweep_runs().await.unwrap(), 2);
+        let left = |i: usize| root.join(&ids[i]).exists();
+        assert!(!left(0) && !left(3), "expired directories are gone");
+        assert!(left(1) && left(2) && left(4), "the rest stay");
+        assert!(root.join("not-a-run").exists());
+        assert_eq!(forge.sweep_runs().await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,505 @@
+//! One-shot runs (`forge.run`) against the stand-in `claude` of tests/fixtures.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clawdforge::client::ForgeClient;
+use clawdforge::error::ErrorKind;
+use clawdforge::wire::{subject, Run, RunRequest};
+
+use crate::harness::{repo, tool, Forge, Options};
+use crate::sessions::{file, kind};
+
+const COST: f64 = 0.0123;
+
+/// The harness's environment for runs: the stand-in as CLAUDE_BIN, and the project's Node
+/// first on PATH for its `#!/usr/bin/env node`.
+fn claude_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let node_dir = tool("node").parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        node_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let stand_in = repo().join("tests/fixtures/claude");
+    let mut env = vec![
+        (
+            "CLAUDE_BIN".to_string(),
+            stand_in.to_string_lossy().into_owned(),
+        ),
+        ("PATH".to_string(), path),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+async fn start(extra: &[(&str, &str)]) -> Forge {
+    Forge::start_with(Options {
+        env: claude_env(extra),
+        ..Default::default()
+    })
+    .await
+}
+
+fn run(prompt: &str) -> RunRequest {
+    RunRequest {
+        prompt: prompt.into(),
+        model: None,
+        timeout_secs: None,
+        files: vec![],
+    }
+}
+
+fn runs_root(forge: &Forge) -> PathBuf {
+    std::fs::canonicalize(forge.dir.path().join("data/runs")).unwrap()
+}
+
+/// What the stand-in wrote about its invocation into the run's staging directory.
+fn stand_in_record(forge: &Forge, run_id: &str) -> serde_json::Value {
+    let path = runs_root(forge).join(run_id).join("claude-stand-in.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), forge.logs()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The only run of `app` in the ledger.
+fn only_run_of(forge: &Forge, app: &str) -> RunRow {
+    let ledger = forge.ledger();
+    let mut stmt = ledger
+        .prepare(
+            "SELECT run_id, app, model, outcome, worker_id, created_at, finished_at, prompt,
+                    prompt_bytes, prompt_sha256, result, result_bytes, error, exit_code,
+                    duration_ms, cost_usd, stderr_tail
+             FROM runs WHERE app = ?1",
+        )
+        .unwrap();
+    let rows: Vec<RunRow> = stmt
+        .query_map([app], |r| {
+            Ok(RunRow {
+                run_id: r.get(0)?,
+                app: r.get(1)?,
+                model: r.get(2)?,
+                outcome: r.get(3)?,
+                worker_id: r.get(4)?,
+                created_at: r.get(5)?,
+                finished_at: r.get(6)?,
+                prompt: r.get(7)?,
+                prompt_bytes: r.get(8)?,
+                prompt_sha256: r.get(9)?,
+                result: r.get(10)?,
+                result_bytes: r.get(11)?,
+                error: r.get(12)?,
+                exit_code: r.get(13)?,
+                duration_ms: r.get(14)?,
+                cost_usd: r.get(15)?,
+                stderr_tail: r.get(16)?,
+            })
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 1, "runs of {app}: {rows:?}");
+    rows.into_iter().next().unwrap()
+}
+
+#[derive(Debug)]
+#[allow(dead_code)]
+struct RunRow {
+    run_id: String,
+    app: String,
+    model: String,
+    outcome: String,
+    worker_id: String,
+    created_at: String,
+    finished_at: Option<String>,
+    prompt: Option<String>,
+    prompt_bytes: i64,
+    prompt_sha256: String,
+    result: Option<String>,
+    result_bytes: Option<i64>,
+    error: Option<String>,
+    exit_code: Option<i32>,
+    duration_ms: Option<i64>,
+    cost_usd: Option<f64>,
+    stderr_tail: Option<String>,
+}
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Whether `pid` has ended (it may linger as a zombie until its new parent reaps it).
+async fn gone(pid: i64) -> bool {
+    for _ in 0..100 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        if stat.map(|s| s.contains(") Z")).unwrap_or(true) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn wait_for_running_runs(forge: &Forge, n: i64) {
+    for _ in 0..500 {
+        let running: i64 = forge
+            .ledger()
+            .query_row(
+                "SELECT COUNT(*) FROM runs WHERE outcome = 'running'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        if running >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{n} runs never showed as running\n{}", forge.logs());
+}
+
+#[tokio::test]
+async fn a_run_answers_with_the_result_and_is_recorded() {
+    let forge = start(&[]).await;
+    let app = forge.app("oneshot").await;
+
+    let r = app.run(&run("what is 2 + 2?")).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.result.as_deref(), Some("what is 2 + 2?"));
+    assert_eq!(r.error, None);
+    assert_eq!(
+        r.model, "sonnet",
+        "DEFAULT_MODEL when the request names none"
+    );
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.cost_usd, Some(COST));
+    assert!(uuid::Uuid::try_parse(&r.run_id).is_ok(), "{}", r.run_id);
+
+    let record = stand_in_record(&forge, &r.run_id);
+    assert_eq!(record["model"], "sonnet");
+    assert_eq!(record["prompt_via"], "argv");
+    assert_eq!(record["options"], serde_json::json!({}));
+    assert_eq!(
+        record["cwd"].as_str().unwrap(),
+        runs_root(&forge).join(&r.run_id).to_str().unwrap(),
+        "claude runs in the run's own staging directory"
+    );
+
+    let row = only_run_of(&forge, "oneshot");
+    assert_eq!(row.run_id, r.run_id);
+    assert_eq!(row.model, "sonnet");
+    assert_eq!(row.outcome, "ok");
+    assert_eq!(row.prompt.as_deref(), Some("what is 2 + 2?"));
+    assert_eq!(row.prompt_sha256, sha256("what is 2 + 2?"));
+    assert_eq!(row.result.as_deref(), Some("what is 2 + 2?"));
+    assert_eq!(row.exit_code, Some(0));
+    assert_eq!(row.duration_ms, Some(r.duration_ms as i64));
+    assert_eq!(row.cost_usd, Some(COST));
+    assert_eq!(row.error, None);
+    assert_eq!(row.stderr_tail, None);
+    assert!(row.finished_at.unwrap() >= row.created_at);
+    assert!(!row.worker_id.is_empty());
+
+    // A second run gets a directory of its own.
+    let r2 = app.run(&run("again")).await.unwrap();
+    assert_ne!(r2.run_id, r.run_id);
+    assert!(runs_root(&forge).join(&r2.run_id).is_dir());
+}
+
+#[tokio::test]
+async fn the_command_line_model_options_and_a_prompt_that_looks_like_an_option() {
+    let forge = start(&[
+        ("CLAWDFORGE_CLAUDE_PERMISSION_MODE", "acceptEdits"),
+        ("CLAWDFORGE_CLAUDE_ALLOWED_TOOLS", "Read,Edit"),
+        ("CLAWDFORGE_CLAUDE_MAX_TURNS", "3"),
+    ])
+    .await;
+    let app = forge.app("cli").await;
+
+    let prompt = "--help -p \"quoted\" 'single' $HOME `tick` \\ back\nline two\ttab ✓";
+    let r = app
+        .run(&RunRequest {
+            model: Some("opus".into()),
+            ..run(prompt)
+        })
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.result.as_deref(),
+        Some(prompt),
+        "the prompt arrives byte-exact"
+    );
+    assert_eq!(r.model, "opus");
+    let record = stand_in_record(&forge, &r.run_id);
+    assert_eq!(record["model"], "opus");
+    assert_eq!(
+        record["argv"],
+        serde_json::json!([
+            "-p",
+            "--output-format",
+            "json",
+            "--model",
+            "opus",
+            "--permission-mode",
+            "acceptEdits",
+            "--allowedTools",
+            "Read,Edit",
+            "--max-turns",
+            "3",
+            "--",
+            prompt
+        ])
+    );
+
+    for bad in ["-p", "--model", "a b", ""] {
+        let req = RunRequest {
+            model: Some(bad.into()),
+            ..run("hi")
+        };
+        assert_eq!(kind(app.run(&req).await), ErrorKind::BadRequest, "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_prompt_too_long_for_argv_goes_on_stdin() {
+    let forge = start(&[]).await;
+    let app = forge.app("big").await;
+    let prompt = format!("{}\nend ✓", "0123456789abcdef".repeat(150 * 1024 / 16));
+    let r = app.run(&run(&prompt)).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.result.as_deref(), Some(prompt.as_str()));
+    let record = stand_in_record(&forge, &r.run_id);
+    assert_eq!(record["prompt_via"], "stdin");
+    assert_eq!(
+        record["argv"],
+        serde_json::json!(["-p", "--output-format", "json", "--model", "sonnet"])
+    );
+}
+
+#[tokio::test]
+async fn files_are_staged_and_listed_ahead_of_the_prompt() {
+    let forge = start(&[("CLAWDFORGE_LEDGER_KEEP_TEXT", "false")]).await;
+    let app = forge.app("files").await;
+    let r = app
+        .run(&RunRequest {
+            files: vec![
+                file("notes.md", "# notes\n"),
+                file("data.json", "{\"a\":1}"),
+            ],
+            ..run("summarise these")
+        })
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    let dir = runs_root(&forge).join(&r.run_id);
+    let notes = dir.join("notes.md");
+    let data = dir.join("data.json");
+    let expected = format!(
+        "[Attached files]\n- {}\n- {}\n\nsummarise these",
+        notes.display(),
+        data.display()
+    );
+    assert_eq!(r.result.as_deref(), Some(expected.as_str()));
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "# notes\n");
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "{\"a\":1}");
+
+    // With ledger_keep_text off, the ledger holds sizes and hashes: of the prompt as sent.
+    let row = only_run_of(&forge, "files");
+    assert_eq!(row.prompt, None);
+    assert_eq!(row.prompt_bytes, "summarise these".len() as i64);
+    assert_eq!(row.prompt_sha256, sha256("summarise these"));
+    assert_eq!(row.result, None);
+    assert_eq!(row.result_bytes, Some(expected.len() as i64));
+
+    // Bad names are refused before anything is staged or recorded.
+    let staged = std::fs::read_dir(runs_root(&forge)).unwrap().count();
+    for bad in ["../escape.md", "a/b.md", "..", "", "/etc/passwd", "x\ny"] {
+        let req = RunRequest {
+            files: vec![file(bad, "x")],
+            ..run("hi")
+        };
+        assert_eq!(kind(app.run(&req).await), ErrorKind::BadRequest, "{bad:?}");
+    }
+    let twice = RunRequest {
+        files: vec![file("a.md", "1"), file("a.md", "2")],
+        ..run("hi")
+    };
+    assert_eq!(kind(app.run(&twice).await), ErrorKind::BadRequest);
+    assert_eq!(
+        std::fs::read_dir(runs_root(&forge)).unwrap().count(),
+        staged
+    );
+    only_run_of(&forge, "files");
+    assert!(!forge.dir.path().join("data/escape.md").exists());
+}
+
+#[tokio::test]
+async fn every_failure_kind_answers_and_is_recorded() {
+    let forge = start(&[]).await;
+
+    // A non-zero exit: agent_error, with the exit code and stderr in the ledger.
+    let app = forge.app("exit").await;
+    let err = app.run(&run("fail please #exit=3")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AgentError, "{err}");
+    assert!(err.to_string().contains("code 3"), "{err}");
+    let row = only_run_of(&forge, "exit");
+    assert_eq!(row.outcome, "agent_error");
+    assert_eq!(row.exit_code, Some(3));
+    assert!(row.finished_at.is_some());
+    assert!(row.error.unwrap().contains("code 3"));
+    let tail = row.stderr_tail.unwrap();
+    assert!(tail.contains("failing with code 3 as asked"), "{tail}");
+
+    // Output that is not the result JSON: agent_error, although the exit was 0.
+    let app = forge.app("garbage").await;
+    let err = app.run(&run("#garbage")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AgentError, "{err}");
+    let row = only_run_of(&forge, "garbage");
+    assert_eq!(row.outcome, "agent_error");
+    assert_eq!(row.exit_code, Some(0));
+    assert!(row.error.unwrap().contains("unexpected claude output"));
+
+    // is_error with subtype "success": a Run that is not ok, with the agent's words.
+    let app = forge.app("refused").await;
+    let r = app.run(&run("#error-result")).await.unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.result.as_deref(), Some("stand-in: the model refused"));
+    let error = r.error.clone().unwrap();
+    assert!(error.contains("the model refused"), "{error}");
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.cost_usd, Some(COST));
+    let row = only_run_of(&forge, "refused");
+    assert_eq!(row.outcome, "error_result");
+    assert_eq!(row.error, Some(error));
+    assert_eq!(row.result.as_deref(), Some("stand-in: the model refused"));
+    assert_eq!(row.cost_usd, Some(COST));
+
+    // An error subtype without a result text.
+    let app = forge.app("tool-failed").await;
+    let r = app.run(&run("#error-during-execution")).await.unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.result, None);
+    let error = r.error.unwrap();
+    assert!(error.contains("error_during_execution"), "{error}");
+    assert!(error.contains("a tool failed"), "{error}");
+    assert_eq!(only_run_of(&forge, "tool-failed").outcome, "error_result");
+
+    // A timeout: the reply says so, the ledger too.
+    let app = forge.app("slow").await;
+    let req = RunRequest {
+        timeout_secs: Some(1),
+        ..run("#sleep=20000")
+    };
+    assert_eq!(kind(app.run(&req).await), ErrorKind::Timeout);
+    let row = only_run_of(&forge, "slow");
+    assert_eq!(row.outcome, "timeout");
+    assert_eq!(row.exit_code, None);
+    assert!(row.duration_ms.unwrap() >= 1000);
+}
+
+#[tokio::test]
+async fn a_timeout_leaves_no_process_behind() {
+    let forge = start(&[]).await;
+    let app = forge.app("hang").await;
+    let req = RunRequest {
+        timeout_secs: Some(2),
+        ..run("start a child and hang #spawn-hang")
+    };
+    assert_eq!(kind(app.run(&req).await), ErrorKind::Timeout);
+    let row = only_run_of(&forge, "hang");
+    assert_eq!(row.outcome, "timeout");
+    let dir = runs_root(&forge).join(&row.run_id);
+    let claude_pid = stand_in_record(&forge, &row.run_id)["pid"]
+        .as_i64()
+        .unwrap();
+    let child_pid: i64 = std::fs::read_to_string(dir.join("child.pid"))
+        .expect("the stand-in's child wrote its pid")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(gone(claude_pid).await, "claude ({claude_pid}) survived");
+    assert!(gone(child_pid).await, "its child ({child_pid}) survived");
+}
+
+#[tokio::test]
+async fn runs_queue_beyond_their_bound_then_answer_at_capacity() {
+    let forge = start(&[
+        ("CLAWDFORGE_MAX_CONCURRENT_RUNS", "1"),
+        ("CLAWDFORGE_MAX_QUEUED_RUNS", "1"),
+    ])
+    .await;
+    let app = forge.app("busy").await;
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { app.run(&run("first #sleep=1500")).await })
+    };
+    wait_for_running_runs(&forge, 1).await;
+    // One of these waits in the queue, the other finds it full.
+    let (second, third) = (run("second"), run("third"));
+    let (a, b) = tokio::join!(app.run(&second), app.run(&third));
+    let first = first.await.unwrap().unwrap();
+    assert!(first.ok);
+    let (ok, refused): (Vec<_>, Vec<_>) = [a, b].into_iter().partition(Result::is_ok);
+    assert_eq!(ok.len(), 1, "{ok:?} {refused:?}");
+    assert_eq!(
+        kind(refused.into_iter().next().unwrap()),
+        ErrorKind::AtCapacity
+    );
+    let queued: Run = ok.into_iter().next().unwrap().unwrap();
+    assert!(queued.ok);
+}
+
+#[tokio::test]
+async fn requests_are_checked_before_anything_runs() {
+    // The default harness points CLAUDE_BIN at nothing.
+    let forge = Forge::start().await;
+    let app = forge.app("checks").await;
+
+    let anonymous: ForgeClient = app.with_token(None);
+    assert_eq!(
+        kind(anonymous.run(&run("hi")).await),
+        ErrorKind::Unauthorized
+    );
+    assert_eq!(kind(app.run(&run("  \n")).await), ErrorKind::BadRequest);
+    let huge = "x".repeat(256 * 1024 + 1);
+    assert_eq!(kind(app.run(&run(&huge)).await), ErrorKind::PayloadTooLarge);
+    for t in [0, 1801] {
+        let req = RunRequest {
+            timeout_secs: Some(t),
+            ..run("hi")
+        };
+        assert_eq!(kind(app.run(&req).await), ErrorKind::BadRequest, "{t}");
+    }
+    let token = forge.admin.create_token("raw", false).await.unwrap().token;
+    for body in [
+        &br#"{"prompt": "hi", "extra": 1}"#[..],
+        br#"{"model": "sonnet"}"#,
+        br#"{"prompt": 5}"#,
+        b"[]",
+    ] {
+        let reply = forge
+            .admin
+            .raw(
+                subject::RUN,
+                Some(&token),
+                body.to_vec().into(),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, Some(400), "{}", String::from_utf8_lossy(body));
+    }
+    let none: i64 = forge
+        .ledger()
+        .query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(none, 0, "refused requests leave no run behind");
+
+    // A worker without the claude CLI: agent_error, recorded.
+    let err = app.run(&run("hi")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AgentError);
+    assert!(err.to_string().contains("not available"), "{err}");
+    assert_eq!(only_run_of(&forge, "checks").outcome, "agent_error");
+}
