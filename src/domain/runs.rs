@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::files;
 use super::types::{timeout_secs, Model, Prompt, RunId};
-use super::{now, seconds_from_now, Forge};
+use super::{now, seconds_from_now, Caller, Forge};
 use crate::agent::{ClaudeError, RunOutput};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{Recorded, RunEnd};
@@ -31,8 +31,7 @@ impl From<&ClaudeError> for Error {
 }
 
 impl Forge {
-    pub async fn run(&self, token: Option<&str>, req: wire::RunRequest) -> Result<wire::Run> {
-        let caller = self.authenticate(token).await?;
+    pub async fn run(&self, caller: &Caller, req: wire::RunRequest) -> Result<wire::Run> {
         let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
         let model = Model::parse(req.model.as_deref().unwrap_or(&self.settings.default_model))?;
         let timeout = timeout_secs(

@@ -116,10 +116,9 @@ impl Forge {
 
     pub async fn create_session(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         req: wire::CreateSession,
     ) -> Result<wire::Session> {
-        let caller = self.authenticate(token).await?;
         let agent_name = req
             .agent
             .unwrap_or_else(|| self.settings.default_agent.clone());
@@ -231,23 +230,21 @@ impl Forge {
 
     pub async fn get_session(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         req: wire::SessionRef,
     ) -> Result<wire::Session> {
-        let caller = self.authenticate(token).await?;
         let id = SessionId::parse(&req.session_id)?;
-        Ok(session_reply(self.owned_session(&caller, &id).await?))
+        Ok(session_reply(self.owned_session(caller, &id).await?))
     }
 
     pub async fn list_sessions(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         _req: wire::Empty,
     ) -> Result<wire::SessionList> {
-        let caller = self.authenticate(token).await?;
         let rows = self
             .ledger
-            .sessions_of(caller.app)
+            .sessions_of(caller.app.clone())
             .await
             .map_err(Error::internal)?;
         Ok(wire::SessionList {
@@ -257,12 +254,11 @@ impl Forge {
 
     pub async fn close_session(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         req: wire::SessionRef,
     ) -> Result<wire::SessionClosed> {
-        let caller = self.authenticate(token).await?;
         let id = SessionId::parse(&req.session_id)?;
-        let row = self.owned_session(&caller, &id).await?;
+        let row = self.owned_session(caller, &id).await?;
         let closed = |already_closed| wire::SessionClosed {
             session_id: id.as_string(),
             closed: true,
@@ -290,7 +286,7 @@ impl Forge {
             .ledger
             .close_session(
                 row.session_id.clone(),
-                caller.app,
+                caller.app.clone(),
                 SessionEvent::Close,
                 now(),
                 self.settings.worker_id.clone(),
@@ -308,8 +304,7 @@ impl Forge {
         }
     }
 
-    pub async fn turn(&self, token: Option<&str>, req: wire::TurnRequest) -> Result<wire::Turn> {
-        let caller = self.authenticate(token).await?;
+    pub async fn turn(&self, caller: &Caller, req: wire::TurnRequest) -> Result<wire::Turn> {
         let id = SessionId::parse(&req.session_id)?;
         let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
         let timeout = timeout_secs(
@@ -322,7 +317,7 @@ impl Forge {
             self.settings.max_files,
             self.settings.max_files_bytes,
         )?;
-        let row = self.owned_session(&caller, &id).await?;
+        let row = self.owned_session(caller, &id).await?;
         if !row.open {
             return Err(Error::conflict("the session is closed"));
         }

@@ -71,20 +71,20 @@ impl Forge {
         }
     }
 
-    async fn authenticate_admin(&self, token: Option<&str>) -> Result<Caller> {
-        let caller = self.authenticate(token).await?;
-        if !caller.admin {
-            return Err(Error::forbidden("this needs an admin token"));
+    fn require_admin(caller: &Caller) -> Result<()> {
+        if caller.admin {
+            Ok(())
+        } else {
+            Err(Error::forbidden("this needs an admin token"))
         }
-        Ok(caller)
     }
 
     pub async fn create_token(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         req: wire::TokenCreate,
     ) -> Result<wire::TokenCreated> {
-        self.authenticate_admin(token).await?;
+        Self::require_admin(caller)?;
         let app = AppName::parse(&req.app)?;
         let secret = mint();
         let row = TokenRow {
@@ -111,10 +111,10 @@ impl Forge {
 
     pub async fn list_tokens(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         _req: wire::Empty,
     ) -> Result<wire::TokenList> {
-        self.authenticate_admin(token).await?;
+        Self::require_admin(caller)?;
         let rows = self.ledger.list_tokens().await.map_err(Error::internal)?;
         Ok(wire::TokenList {
             tokens: rows
@@ -132,10 +132,10 @@ impl Forge {
 
     pub async fn revoke_token(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         req: wire::TokenRevoke,
     ) -> Result<wire::TokenRevoked> {
-        self.authenticate_admin(token).await?;
+        Self::require_admin(caller)?;
         let id = TokenId::parse(&req.token_id)?;
         let found = self
             .ledger

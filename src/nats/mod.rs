@@ -138,21 +138,24 @@ fn encode<T: Serialize>(result: Result<T>) -> Result<Bytes> {
     result.map(|v| serde_json::to_vec(&v).expect("reply serializes").into())
 }
 
+/// Authenticates (every subject but health), then decodes the body and calls the domain: an
+/// unauthenticated caller learns nothing, not even whether its body was well-formed.
 async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]) -> Result<Bytes> {
+    if subject == subject::HEALTH {
+        let wire::Empty {} = decode(body)?;
+        return encode(Ok(forge.health().await));
+    }
+    let caller = &forge.authenticate(token).await?;
     match subject {
-        subject::SESSION_CREATE => encode(forge.create_session(token, decode(body)?).await),
-        subject::SESSION_TURN => encode(forge.turn(token, decode(body)?).await),
-        subject::SESSION_CLOSE => encode(forge.close_session(token, decode(body)?).await),
-        subject::SESSION_GET => encode(forge.get_session(token, decode(body)?).await),
-        subject::SESSION_LIST => encode(forge.list_sessions(token, decode(body)?).await),
-        subject::RUN => encode(forge.run(token, decode(body)?).await),
-        subject::TOKEN_CREATE => encode(forge.create_token(token, decode(body)?).await),
-        subject::TOKEN_LIST => encode(forge.list_tokens(token, decode(body)?).await),
-        subject::TOKEN_REVOKE => encode(forge.revoke_token(token, decode(body)?).await),
-        subject::HEALTH => {
-            let wire::Empty {} = decode(body)?;
-            encode(Ok(forge.health().await))
-        }
+        subject::SESSION_CREATE => encode(forge.create_session(caller, decode(body)?).await),
+        subject::SESSION_TURN => encode(forge.turn(caller, decode(body)?).await),
+        subject::SESSION_CLOSE => encode(forge.close_session(caller, decode(body)?).await),
+        subject::SESSION_GET => encode(forge.get_session(caller, decode(body)?).await),
+        subject::SESSION_LIST => encode(forge.list_sessions(caller, decode(body)?).await),
+        subject::RUN => encode(forge.run(caller, decode(body)?).await),
+        subject::TOKEN_CREATE => encode(forge.create_token(caller, decode(body)?).await),
+        subject::TOKEN_LIST => encode(forge.list_tokens(caller, decode(body)?).await),
+        subject::TOKEN_REVOKE => encode(forge.revoke_token(caller, decode(body)?).await),
         other => Err(Error::not_found(format!("no such subject {other}"))),
     }
 }

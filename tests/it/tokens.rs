@@ -98,6 +98,16 @@ async fn missing_unknown_and_revoked_tokens_are_unauthorized() {
     let h = reply.headers.unwrap();
     assert_eq!(h.get("Nats-Service-Error-Code").unwrap().as_str(), "401");
 
+    // The token is checked first: without one, a malformed body is still unauthorized.
+    let reply = forge
+        .admin
+        .nats()
+        .request(subject::SESSION_CREATE, "{not json".into())
+        .await
+        .unwrap();
+    let h = reply.headers.unwrap();
+    assert_eq!(h.get("Nats-Service-Error-Code").unwrap().as_str(), "401");
+
     // Revocation holds at once.
     let app = forge.app("short-lived").await;
     app.list_sessions().await.unwrap();
