@@ -1,15 +1,18 @@
 //! The composition root: builds the ledger, the agent runners and the service, connects to NATS,
-//! and shuts down in order.
+//! starts the worker and the sidecar, and shuts down in order.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::Acpx;
+use crate::client::ForgeClient;
 use crate::config::Config;
 use crate::domain::{Forge, Settings};
+use crate::http;
 use crate::ledger::Ledger;
 
 /// Connects to NATS with the configured credentials. Retries in the background when the server
@@ -74,42 +77,187 @@ pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<A
     Ok(forge)
 }
 
-/// Runs a worker until `shutdown` completes, then drains: no new requests; in-flight turns and
-/// runs get `shutdown_grace_secs`, then are cancelled and recorded as interrupted.
-pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Sends what is still buffered. A flush waits for the server, so it is bounded: with NATS gone,
+/// shutdown must not wait for its return.
+async fn flush(client: &async_nats::Client) {
+    if tokio::time::timeout(Duration::from_secs(5), client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS did not take the last messages in time");
+    }
+}
+
+/// A worker serving the NATS subjects, with its background jobs.
+struct RunningWorker {
+    forge: Arc<Forge>,
+    client: async_nats::Client,
+    worker: crate::nats::Worker,
+    background: tokio::task::JoinHandle<()>,
+    grace: Duration,
+}
+
+async fn start_worker(config: &Config) -> anyhow::Result<RunningWorker> {
     let id = worker_id();
-    let forge = build_forge(&config, id.clone()).await?;
-    let client = connect_nats(&config, &format!("clawdforge-worker {id}")).await?;
+    let forge = build_forge(config, id.clone()).await?;
+    let client = connect_nats(config, &format!("clawdforge-worker {id}")).await?;
     let worker = crate::nats::start(client.clone(), forge.clone(), &crate::nats::SUBJECTS)
         .await
         .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
-    let background = spawn_lifecycle(&config, forge.clone());
+    let background = spawn_lifecycle(config, forge.clone());
     tracing::info!(worker_id = %id, nats = %config.nats_url, ledger = %config.db_path.display(), "worker ready");
+    Ok(RunningWorker {
+        forge,
+        client,
+        worker,
+        background,
+        grace: Duration::from_secs(config.shutdown_grace_secs),
+    })
+}
+
+impl RunningWorker {
+    /// Drains: no new requests; in-flight turns and runs get the grace period, then are cancelled
+    /// and recorded as interrupted.
+    async fn stop(self) {
+        let RunningWorker {
+            forge,
+            client,
+            worker,
+            background,
+            grace,
+        } = self;
+        let tracker = worker.stop_intake().await;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            let cancelled = forge.cancel_running_turns().await;
+            tracing::warn!(
+                in_flight = tracker.len(),
+                cancelled,
+                "grace period over; cancelling what is left"
+            );
+            // A cancelled turn answers within a moment; give the replies a chance to go out.
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+        background.abort();
+        match forge
+            .stopped("the worker shut down before this finished")
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(interrupted = n, "recorded unfinished work as interrupted"),
+            Err(e) => tracing::error!(error = %e, "recording the shutdown"),
+        }
+        flush(&client).await;
+        tracing::info!("worker stopped");
+    }
+}
+
+/// Runs a worker until `shutdown` completes, then drains: no new requests; in-flight turns and
+/// runs get `shutdown_grace_secs`, then are cancelled and recorded as interrupted.
+pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let worker = start_worker(&config).await?;
     shutdown.await;
     tracing::info!("shutting down: no new requests");
-    let tracker = worker.stop_intake().await;
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        let cancelled = forge.cancel_running_turns().await;
-        tracing::warn!(
-            in_flight = tracker.len(),
-            cancelled,
-            "grace period over; cancelling what is left"
-        );
-        // A cancelled turn answers within a moment; give the replies a chance to go out.
-        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    }
-    background.abort();
-    match forge
-        .stopped("the worker shut down before this finished")
+    worker.stop().await;
+    Ok(())
+}
+
+/// The sidecar's settings; a bad CIDR stops startup here, naming its setting.
+fn sidecar_settings(config: &Config) -> anyhow::Result<http::Settings> {
+    Ok(http::Settings::from_config(config)?)
+}
+
+async fn bind_sidecar(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((config.bind_host.as_str(), config.bind_port))
         .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(interrupted = n, "recorded unfinished work as interrupted"),
-        Err(e) => tracing::error!(error = %e, "recording the shutdown"),
+        .with_context(|| {
+            format!(
+                "binding the sidecar to {}:{} (BIND_HOST, BIND_PORT)",
+                config.bind_host, config.bind_port
+            )
+        })
+}
+
+/// The sidecar serving HTTP in a task of its own.
+struct RunningSidecar {
+    client: async_nats::Client,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+async fn start_sidecar(
+    config: &Config,
+    settings: http::Settings,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<RunningSidecar> {
+    let addr = listener.local_addr()?;
+    let nats = connect_nats(config, "clawdforge-sidecar").await?;
+    let mut client = ForgeClient::new(nats.clone(), None);
+    client.default_agent_timeout = Duration::from_secs(config.default_timeout_secs);
+    let router = http::router(http::Sidecar::new(client, settings));
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        router,
+        stop.clone().cancelled_owned(),
+    ));
+    tracing::info!(%addr, nats = %config.nats_url, "sidecar ready");
+    Ok(RunningSidecar {
+        client: nats,
+        stop,
+        server,
+        // The workers' grace, and time for the replies of what they cancel then.
+        grace: Duration::from_secs(config.shutdown_grace_secs) + Duration::from_secs(10),
+    })
+}
+
+impl RunningSidecar {
+    /// Takes no new connections; the requests in flight get the grace period.
+    async fn stop(self) {
+        self.stop.cancel();
+        let mut server = self.server;
+        match tokio::time::timeout(self.grace, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
+            Err(_) => {
+                tracing::warn!("grace period over; abandoning in-flight HTTP requests");
+                server.abort();
+            }
+        }
+        flush(&self.client).await;
+        tracing::info!("sidecar stopped");
     }
-    let _ = client.flush().await;
-    tracing::info!("worker stopped");
+}
+
+/// Runs the sidecar until `shutdown` completes, then lets the requests in flight finish within
+/// the grace period.
+pub async fn run_sidecar(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let settings = sidecar_settings(&config)?;
+    let listener = bind_sidecar(&config).await?;
+    let sidecar = start_sidecar(&config, settings, listener).await?;
+    shutdown.await;
+    tracing::info!("shutting down: no new requests");
+    sidecar.stop().await;
+    Ok(())
+}
+
+/// Runs a worker and a sidecar in one process, talking to each other over NATS as separate
+/// processes would; on `shutdown` both stop taking requests and drain together.
+pub async fn run_serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let settings = sidecar_settings(&config)?;
+    let listener = bind_sidecar(&config).await?;
+    let worker = start_worker(&config).await?;
+    let sidecar = match start_sidecar(&config, settings, listener).await {
+        Ok(sidecar) => sidecar,
+        Err(e) => {
+            worker.stop().await;
+            return Err(e);
+        }
+    };
+    shutdown.await;
+    tracing::info!("shutting down: no new requests");
+    tokio::join!(sidecar.stop(), worker.stop());
     Ok(())
 }
 
@@ -131,8 +279,13 @@ fn spawn_lifecycle(config: &Config, forge: Arc<Forge>) -> tokio::task::JoinHandl
                 }
                 _ = sweeps.tick() => {
                     match forge.sweep().await {
-                        Ok(r) if r.closed + r.deleted > 0 => {
-                            tracing::info!(closed = r.closed, deleted = r.deleted, "sweep");
+                        Ok(r) if r.closed + r.deleted + r.runs_removed > 0 => {
+                            tracing::info!(
+                                closed = r.closed,
+                                deleted = r.deleted,
+                                runs_removed = r.runs_removed,
+                                "sweep"
+                            );
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "sweep failed"),

@@ -104,9 +104,23 @@ impl ForgeClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<RawReply, ClientError> {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        self.forward(subject, authorization.as_deref(), body, timeout)
+            .await
+    }
+
+    /// Sends `body` to `subject` with an `Authorization` header value as the caller gave it
+    /// (what the sidecar does), and returns the reply as it came.
+    pub async fn forward(
+        &self,
+        subject: &str,
+        authorization: Option<&str>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<RawReply, ClientError> {
         let mut headers = HeaderMap::new();
-        if let Some(token) = token {
-            headers.insert(wire::AUTHORIZATION, format!("Bearer {token}").as_str());
+        if let Some(value) = authorization {
+            headers.insert(wire::AUTHORIZATION, value);
         }
         let request = async_nats::Request::new()
             .headers(headers)
@@ -153,7 +167,7 @@ impl ForgeClient {
         timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(self.default_agent_timeout)
-            + AGENT_TIMEOUT_MARGIN
+            .saturating_add(AGENT_TIMEOUT_MARGIN)
     }
 
     pub async fn create_session(

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod ledger;
 pub mod nats;
 pub mod wire;

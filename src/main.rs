@@ -22,6 +22,11 @@ struct Cli {
 enum Command {
     /// Serve the NATS subjects: run agents and keep the ledger.
     Worker,
+    /// Serve the HTTP endpoints (BIND_HOST:BIND_PORT), forwarding each request to the workers
+    /// over NATS.
+    Sidecar,
+    /// Worker and sidecar in one process (still talking over NATS).
+    Serve,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Worker => {
                 clawdforge::app::run_worker(config, clawdforge::app::shutdown_signal()).await
+            }
+            Command::Sidecar => {
+                clawdforge::app::run_sidecar(config, clawdforge::app::shutdown_signal()).await
+            }
+            Command::Serve => {
+                clawdforge::app::run_serve(config, clawdforge::app::shutdown_signal()).await
             }
         }
     });

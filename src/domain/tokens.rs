@@ -109,11 +109,7 @@ impl Forge {
         })
     }
 
-    pub async fn list_tokens(
-        &self,
-        caller: &Caller,
-        _req: wire::Empty,
-    ) -> Result<wire::TokenList> {
+    pub async fn list_tokens(&self, caller: &Caller, _req: wire::Empty) -> Result<wire::TokenList> {
         Self::require_admin(caller)?;
         let rows = self.ledger.list_tokens().await.map_err(Error::internal)?;
         Ok(wire::TokenList {

@@ -316,3 +316,139 @@ pub fn kill_by_home(home: &Path) {
         }
     }
 }
+
+/// A port that was free a moment ago on `host`.
+pub fn free_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP client that goes straight to the address it is given, whatever proxy the
+/// environment names.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// A `clawdforge sidecar` or `clawdforge serve` process; killed when dropped.
+pub struct HttpProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl HttpProcess {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (at most `wait`) for the process to exit.
+    pub fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HttpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- {} ---", self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Forge {
+    /// Starts `clawdforge <command>` (`sidecar` or `serve`) with the harness's environment,
+    /// BIND_HOST=127.0.0.1 (unless `extra` names another) and a free BIND_PORT, plus `extra`;
+    /// returns once it answers `/healthz` (with any status).
+    pub async fn spawn_http(&self, command: &str, extra: &[(&str, &str)]) -> HttpProcess {
+        let host = extra
+            .iter()
+            .find(|(k, _)| *k == "BIND_HOST")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port = free_port(&host);
+        let log = self.dir.path().join(format!("{command}-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawdforge"));
+        cmd.arg(command)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("BIND_HOST", &host)
+            .env("BIND_PORT", port.to_string());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting clawdforge");
+        let url_host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let mut process = HttpProcess {
+            child,
+            base: format!("http://{url_host}:{port}"),
+            log,
+        };
+        let client = http_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = client
+                .get(process.url("/healthz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if answer.is_ok() {
+                return process;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!(
+                    "clawdforge {command} exited with {status}:\n{}",
+                    process.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clawdforge {command} did not answer /healthz:\n{}",
+                process.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Integration tests: real nats-server, real worker processes, real acpx, the test ACP agent.
 
-mod harness;
 mod faults;
+mod harness;
+mod http;
 mod input;
 mod lifecycle;
 mod runs;

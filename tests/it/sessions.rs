@@ -84,8 +84,9 @@ async fn a_session_from_create_to_close() {
         ErrorKind::Conflict
     );
 
+    type EventRow = (String, String, Option<i64>, Option<String>, Option<String>);
     let ledger = forge.ledger();
-    let events: Vec<(String, String, Option<i64>, Option<String>, Option<String>)> = ledger
+    let events: Vec<EventRow> = ledger
         .prepare(
             "SELECT event, outcome, turn, prompt, output FROM session_events
              WHERE session_id = ?1 ORDER BY id",

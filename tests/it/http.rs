@@ -1,0 +1,1291 @@
+//! The sidecar: every route against real workers, the same answers as over NATS, the allowlist,
+//! multipart forms, /healthz, and `clawdforge serve`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use base64::Engine;
+use clawdforge::client::ForgeClient;
+use clawdforge::http::{self, Access, Settings, Sidecar};
+use clawdforge::wire::subject;
+use futures::StreamExt;
+use reqwest::multipart::{Form, Part};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::harness::{http_client, Forge, HttpProcess, Options, ROOT_TOKEN};
+
+/// The status and JSON body of an answer.
+type Answer = (u16, Value);
+
+async fn send(
+    sidecar: &HttpProcess,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Answer {
+    let mut request = http_client().request(method, sidecar.url(path));
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        request = request.header("Content-Type", "application/json").body(b);
+    }
+    let response = request.send().await.expect("an HTTP answer");
+    answer(response).await
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+async fn get(sidecar: &HttpProcess, path: &str, token: Option<&str>) -> Answer {
+    send(sidecar, Method::GET, path, token, None).await
+}
+
+async fn post(sidecar: &HttpProcess, path: &str, token: Option<&str>, body: &str) -> Answer {
+    send(
+        sidecar,
+        Method::POST,
+        path,
+        token,
+        Some(body.as_bytes().to_vec()),
+    )
+    .await
+}
+
+async fn delete(sidecar: &HttpProcess, path: &str, token: Option<&str>) -> Answer {
+    send(sidecar, Method::DELETE, path, token, None).await
+}
+
+/// The same request over NATS: 200 or the reply's error status, and its body.
+async fn nats(forge: &Forge, subject: &str, token: Option<&str>, body: &str) -> Answer {
+    let reply = forge
+        .admin
+        .raw(
+            subject,
+            token,
+            body.as_bytes().to_vec().into(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("a NATS reply");
+    let body = serde_json::from_slice(&reply.body).expect("a JSON reply");
+    (reply.status.unwrap_or(200), body)
+}
+
+/// serde's position in a message depends on the bytes around it, which the sidecar may add to
+/// (the turn's session id): compare without it.
+fn without_position(mut a: Answer) -> Answer {
+    if let Some(Value::String(m)) = a.1.pointer_mut("/error/message") {
+        if let Some(at) = m.find(" at line ") {
+            m.truncate(at);
+        }
+    }
+    a
+}
+
+fn code(a: &Answer) -> &str {
+    a.1["error"]["code"].as_str().unwrap_or("")
+}
+
+fn assert_error(a: &Answer, status: u16, kind: &str) {
+    assert_eq!((a.0, code(a)), (status, kind), "{a:?}");
+    assert!(a.1["error"]["message"].is_string(), "{a:?}");
+}
+
+/// A session's JSON without what differs between two sessions.
+fn shape(mut v: Value, drop: &[&str]) -> Value {
+    for key in drop {
+        v.as_object_mut().unwrap().remove(*key);
+    }
+    v
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn every_route_over_http_answers_as_nats_does() {
+    let forge = Forge::start().await;
+    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    let root = Some(ROOT_TOKEN);
+
+    // Tokens.
+    let created = post(&sidecar, "/admin/tokens", root, r#"{"app": "web"}"#).await;
+    assert_eq!(created.0, 200, "{created:?}");
+    assert_eq!(created.1["app"], "web");
+    assert_eq!(created.1["admin"], false);
+    let over_nats = nats(&forge, subject::TOKEN_CREATE, root, r#"{"app": "other"}"#).await;
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&created.1), keys(&over_nats.1));
+    let token = created.1["token"].as_str().unwrap().to_string();
+    let token_id = created.1["token_id"].as_str().unwrap().to_string();
+    let app = Some(token.as_str());
+    assert_eq!(
+        get(&sidecar, "/admin/tokens", root).await,
+        nats(&forge, subject::TOKEN_LIST, root, "{}").await
+    );
+
+    // Sessions.
+    let s1 = post(&sidecar, "/sessions", app, "{}").await;
+    assert_eq!(s1.0, 200, "{s1:?}");
+    let id1 = s1.1["session_id"].as_str().unwrap().to_string();
+    let s2 = nats(&forge, subject::SESSION_CREATE, app, "{}").await;
+    let id2 = s2.1["session_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        shape(s1.1.clone(), &["session_id", "created_at"]),
+        shape(s2.1, &["session_id", "created_at"])
+    );
+    let ref1 = json!({ "session_id": id1 }).to_string();
+    assert_eq!(
+        get(&sidecar, &format!("/sessions/{id1}"), app).await,
+        nats(&forge, subject::SESSION_GET, app, &ref1).await
+    );
+    assert_eq!(
+        get(&sidecar, "/sessions", app).await,
+        nats(&forge, subject::SESSION_LIST, app, "{}").await
+    );
+
+    // Turns: the id from the path, or the same id in the body too.
+    let t1 = post(
+        &sidecar,
+        &format!("/sessions/{id1}/turn"),
+        app,
+        r#"{"prompt": "hello"}"#,
+    )
+    .await;
+    assert_eq!(t1.0, 200, "{t1:?}");
+    assert_eq!(t1.1["session_id"], id1.as_str());
+    let t2 = nats(
+        &forge,
+        subject::SESSION_TURN,
+        app,
+        &json!({ "session_id": id2, "prompt": "hello" }).to_string(),
+    )
+    .await;
+    assert_eq!(
+        shape(t1.1, &["session_id", "duration_ms"]),
+        shape(t2.1, &["session_id", "duration_ms"])
+    );
+    let again = post(
+        &sidecar,
+        &format!("/sessions/{id1}/turn"),
+        app,
+        &json!({ "session_id": id1, "prompt": "again" }).to_string(),
+    )
+    .await;
+    assert_eq!((again.0, &again.1["turn"]), (200, &json!(2)), "{again:?}");
+
+    // A form with a file, as legacy callers upload them.
+    let form = Form::new().text("prompt", "read it #cat").part(
+        "files",
+        Part::bytes(b"from a form".to_vec()).file_name("notes.md"),
+    );
+    let t3 = answer(
+        http_client()
+            .post(sidecar.url(&format!("/sessions/{id1}/turn")))
+            .bearer_auth(&token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(t3.0, 200, "{t3:?}");
+    let output = t3.1["output"].as_str().unwrap();
+    assert!(
+        output.starts_with("echo: [Attached files]\n- ") && output.contains("from a form"),
+        "{output}"
+    );
+    assert!(forge.sessions_root().join(&id1).join("notes.md").is_file());
+
+    // Close, and close again.
+    let c1 = delete(&sidecar, &format!("/sessions/{id1}"), app).await;
+    assert_eq!(
+        c1,
+        (
+            200,
+            json!({ "session_id": id1, "closed": true, "already_closed": false })
+        )
+    );
+    let c2 = nats(
+        &forge,
+        subject::SESSION_CLOSE,
+        app,
+        &json!({ "session_id": id2 }).to_string(),
+    )
+    .await;
+    assert_eq!(shape(c1.1, &["session_id"]), shape(c2.1, &["session_id"]));
+    assert_eq!(
+        delete(&sidecar, &format!("/sessions/{id1}"), app).await,
+        nats(&forge, subject::SESSION_CLOSE, app, &ref1).await
+    );
+    assert_eq!(
+        get(&sidecar, &format!("/sessions/{id1}"), app).await,
+        nats(&forge, subject::SESSION_GET, app, &ref1).await
+    );
+
+    // Revoke.
+    let revoked = delete(&sidecar, &format!("/admin/tokens/{token_id}"), root).await;
+    assert_eq!(
+        revoked,
+        (200, json!({ "token_id": token_id, "revoked": true }))
+    );
+    assert_eq!(
+        delete(&sidecar, &format!("/admin/tokens/{token_id}"), root).await,
+        nats(
+            &forge,
+            subject::TOKEN_REVOKE,
+            root,
+            &json!({ "token_id": token_id }).to_string()
+        )
+        .await
+    );
+    assert_eq!(
+        get(&sidecar, "/admin/tokens", root).await,
+        nats(&forge, subject::TOKEN_LIST, root, "{}").await
+    );
+    assert_error(&get(&sidecar, "/sessions", app).await, 401, "unauthorized");
+
+    // Health: the worker's, and what the sidecar sees.
+    let (status, health) = get(&sidecar, "/healthz", None).await;
+    assert_eq!(status, 200, "{health}");
+    let (_, worker) = nats(&forge, subject::HEALTH, None, "{}").await;
+    let mut expected = worker.as_object().unwrap().clone();
+    expected.insert("nats_connected".into(), json!(true));
+    expected.insert("workers".into(), json!(1));
+    assert_eq!(health, Value::Object(expected));
+    assert_eq!(health["ok"], true);
+
+    // The description of it all.
+    let (status, doc) = get(&sidecar, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    for (method, path, _) in http::ROUTES {
+        assert!(
+            doc["paths"][path][method.to_ascii_lowercase()].is_object(),
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn errors_over_http_are_the_errors_over_nats() {
+    let forge = Forge::start_with(Options {
+        env: vec![("CLAWDFORGE_MAX_PROMPT_BYTES".into(), "1000".into())],
+        ..Default::default()
+    })
+    .await;
+    let sidecar = forge
+        .spawn_http("sidecar", &[("CLAWDFORGE_MAX_REQUEST_BYTES", "5000")])
+        .await;
+    let root = Some(ROOT_TOKEN);
+    let a = forge
+        .admin
+        .create_token("app-a", false)
+        .await
+        .unwrap()
+        .token;
+    let b = forge
+        .admin
+        .create_token("app-b", false)
+        .await
+        .unwrap()
+        .token;
+    let (a, b) = (Some(a.as_str()), Some(b.as_str()));
+    let sid = nats(&forge, subject::SESSION_CREATE, a, "{}").await.1["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let closed = nats(&forge, subject::SESSION_CREATE, a, "{}").await.1["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    nats(
+        &forge,
+        subject::SESSION_CLOSE,
+        a,
+        &json!({ "session_id": closed }).to_string(),
+    )
+    .await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let long_prompt = "x".repeat(2000);
+
+    struct Case {
+        kind: &'static str,
+        method: Method,
+        path: String,
+        token: Option<String>,
+        body: Option<String>,
+        subject: &'static str,
+        nats_body: String,
+    }
+    let case = |kind: &'static str,
+                method: Method,
+                path: &str,
+                token: Option<&str>,
+                body: Option<&str>,
+                subject: &'static str,
+                nats_body: &str| Case {
+        kind,
+        method,
+        path: path.to_string(),
+        token: token.map(str::to_string),
+        body: body.map(str::to_string),
+        subject,
+        nats_body: nats_body.to_string(),
+    };
+    let turn_path = format!("/sessions/{sid}/turn");
+    let with_sid = |rest: &str| format!(r#"{{"session_id": "{sid}", {rest}}}"#);
+    let cases = vec![
+        // No token, an unknown one, a malformed header.
+        case(
+            "unauthorized",
+            Method::GET,
+            "/sessions",
+            None,
+            None,
+            subject::SESSION_LIST,
+            "{}",
+        ),
+        case(
+            "unauthorized",
+            Method::POST,
+            "/sessions",
+            Some("nope"),
+            Some("{}"),
+            subject::SESSION_CREATE,
+            "{}",
+        ),
+        case(
+            "unauthorized",
+            Method::GET,
+            "/admin/tokens",
+            None,
+            None,
+            subject::TOKEN_LIST,
+            "{}",
+        ),
+        case(
+            "unauthorized",
+            Method::POST,
+            &turn_path,
+            None,
+            Some(r#"{"prompt": "hi"}"#),
+            subject::SESSION_TURN,
+            &with_sid(r#""prompt": "hi""#),
+        ),
+        // An app token on admin routes.
+        case(
+            "forbidden",
+            Method::GET,
+            "/admin/tokens",
+            a,
+            None,
+            subject::TOKEN_LIST,
+            "{}",
+        ),
+        case(
+            "forbidden",
+            Method::POST,
+            "/admin/tokens",
+            a,
+            Some(r#"{"app": "x"}"#),
+            subject::TOKEN_CREATE,
+            r#"{"app": "x"}"#,
+        ),
+        case(
+            "forbidden",
+            Method::DELETE,
+            &format!("/admin/tokens/{unknown}"),
+            a,
+            None,
+            subject::TOKEN_REVOKE,
+            &json!({ "token_id": unknown }).to_string(),
+        ),
+        // Malformed or unexpected bodies and ids.
+        case(
+            "bad_request",
+            Method::POST,
+            "/sessions",
+            a,
+            Some("{not json"),
+            subject::SESSION_CREATE,
+            "{not json",
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            "/sessions",
+            a,
+            Some("[]"),
+            subject::SESSION_CREATE,
+            "[]",
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            "/sessions",
+            a,
+            Some(r#"{"surprise": true}"#),
+            subject::SESSION_CREATE,
+            r#"{"surprise": true}"#,
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            "/sessions",
+            a,
+            Some(r#"{"agent": "nope"}"#),
+            subject::SESSION_CREATE,
+            r#"{"agent": "nope"}"#,
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            "/admin/tokens",
+            root,
+            Some(r#"{"app": 5}"#),
+            subject::TOKEN_CREATE,
+            r#"{"app": 5}"#,
+        ),
+        case(
+            "bad_request",
+            Method::GET,
+            "/sessions/not-a-uuid",
+            a,
+            None,
+            subject::SESSION_GET,
+            r#"{"session_id": "not-a-uuid"}"#,
+        ),
+        case(
+            "bad_request",
+            Method::DELETE,
+            "/sessions/..%2F..%2Fetc",
+            a,
+            None,
+            subject::SESSION_CLOSE,
+            r#"{"session_id": "../../etc"}"#,
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            &turn_path,
+            a,
+            Some("{not json"),
+            subject::SESSION_TURN,
+            "{not json",
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            &turn_path,
+            a,
+            Some(""),
+            subject::SESSION_TURN,
+            &format!(r#"{{"session_id": "{sid}"}}"#),
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            &turn_path,
+            a,
+            Some(r#"{"prompt": "hi", "model": "x"}"#),
+            subject::SESSION_TURN,
+            &with_sid(r#""prompt": "hi", "model": "x""#),
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            &turn_path,
+            a,
+            Some(r#"{"prompt": "   "}"#),
+            subject::SESSION_TURN,
+            &with_sid(r#""prompt": "   ""#),
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            &turn_path,
+            a,
+            Some(r#"{"prompt": "hi", "timeout_secs": 0}"#),
+            subject::SESSION_TURN,
+            &with_sid(r#""prompt": "hi", "timeout_secs": 0"#),
+        ),
+        // Unknown, or another app's.
+        case(
+            "not_found",
+            Method::GET,
+            &format!("/sessions/{unknown}"),
+            a,
+            None,
+            subject::SESSION_GET,
+            &json!({ "session_id": unknown }).to_string(),
+        ),
+        case(
+            "not_found",
+            Method::GET,
+            &format!("/sessions/{sid}"),
+            b,
+            None,
+            subject::SESSION_GET,
+            &json!({ "session_id": sid }).to_string(),
+        ),
+        case(
+            "not_found",
+            Method::DELETE,
+            &format!("/sessions/{sid}"),
+            b,
+            None,
+            subject::SESSION_CLOSE,
+            &json!({ "session_id": sid }).to_string(),
+        ),
+        case(
+            "not_found",
+            Method::POST,
+            &turn_path,
+            b,
+            Some(r#"{"prompt": "hi"}"#),
+            subject::SESSION_TURN,
+            &with_sid(r#""prompt": "hi""#),
+        ),
+        case(
+            "not_found",
+            Method::DELETE,
+            &format!("/admin/tokens/{unknown}"),
+            root,
+            None,
+            subject::TOKEN_REVOKE,
+            &json!({ "token_id": unknown }).to_string(),
+        ),
+        // A closed session.
+        case(
+            "conflict",
+            Method::POST,
+            &format!("/sessions/{closed}/turn"),
+            a,
+            Some(r#"{"prompt": "hi"}"#),
+            subject::SESSION_TURN,
+            &json!({ "session_id": closed, "prompt": "hi" }).to_string(),
+        ),
+        // A prompt over the workers' limit (the body is within the sidecar's).
+        case(
+            "payload_too_large",
+            Method::POST,
+            &turn_path,
+            a,
+            Some(&json!({ "prompt": long_prompt }).to_string()),
+            subject::SESSION_TURN,
+            &json!({ "session_id": sid, "prompt": long_prompt }).to_string(),
+        ),
+        // The agent crashes; the agent hangs past the turn's timeout.
+        case(
+            "agent_error",
+            Method::POST,
+            &turn_path,
+            a,
+            Some(r##"{"prompt": "#crash"}"##),
+            subject::SESSION_TURN,
+            &with_sid(r##""prompt": "#crash""##),
+        ),
+        case(
+            "timeout",
+            Method::POST,
+            &turn_path,
+            a,
+            Some(r##"{"prompt": "#hang", "timeout_secs": 2}"##),
+            subject::SESSION_TURN,
+            &with_sid(r##""prompt": "#hang", "timeout_secs": 2"##),
+        ),
+        // Runs.
+        case(
+            "unauthorized",
+            Method::POST,
+            "/run",
+            None,
+            Some(r#"{"prompt": "hi"}"#),
+            subject::RUN,
+            r#"{"prompt": "hi"}"#,
+        ),
+        case(
+            "bad_request",
+            Method::POST,
+            "/run",
+            a,
+            Some(r#"{"prompt": "hi", "extra": 1}"#),
+            subject::RUN,
+            r#"{"prompt": "hi", "extra": 1}"#,
+        ),
+    ];
+
+    for c in cases {
+        let over_http = send(
+            &sidecar,
+            c.method.clone(),
+            &c.path,
+            c.token.as_deref(),
+            c.body.map(String::into_bytes),
+        )
+        .await;
+        let over_nats = nats(&forge, c.subject, c.token.as_deref(), &c.nats_body).await;
+        let label = format!("{} {} ({})", c.method, c.path, c.kind);
+        assert_eq!(code(&over_http), c.kind, "{label}: {over_http:?}");
+        assert_eq!(
+            without_position(over_http),
+            without_position(over_nats),
+            "{label}"
+        );
+    }
+
+    // What only the sidecar decides.
+    let differs = post(
+        &sidecar,
+        &turn_path,
+        a,
+        &json!({ "session_id": unknown, "prompt": "hi" }).to_string(),
+    )
+    .await;
+    assert_error(&differs, 400, "bad_request");
+    let too_big = post(&sidecar, "/sessions", a, &"x".repeat(6000)).await;
+    assert_eq!(
+        too_big,
+        (
+            413,
+            json!({"error": {"code": "payload_too_large", "message": "the request body is larger than 5000 bytes"}})
+        )
+    );
+    let no_route = get(&sidecar, "/nowhere", a).await;
+    assert_eq!(
+        no_route,
+        (
+            404,
+            json!({"error": {"code": "not_found", "message": "no route for GET /nowhere"}})
+        )
+    );
+    let wrong_method = send(&sidecar, Method::PUT, "/sessions", a, None).await;
+    assert_eq!(wrong_method.0, 405);
+}
+
+#[tokio::test]
+async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers() {
+    let mut forge = Forge::start_with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let mut sidecar = forge.spawn_http("sidecar", &[]).await;
+    let none = |connected: bool, workers: u64| {
+        json!({
+            "ok": false, "version": null, "worker_id": null, "acpx_present": null,
+            "acpx_version": null, "claude_present": null, "open_sessions": null,
+            "nats_connected": connected, "workers": workers
+        })
+    };
+    assert_eq!(get(&sidecar, "/healthz", None).await, (503, none(true, 0)));
+    let no_worker = json!({"error": {"code": "at_capacity", "message": "no worker available"}});
+    assert_eq!(
+        post(&sidecar, "/sessions", Some(ROOT_TOKEN), "{}").await,
+        (503, no_worker.clone())
+    );
+    assert_eq!(
+        get(&sidecar, "/admin/tokens", Some(ROOT_TOKEN)).await,
+        (503, no_worker)
+    );
+
+    forge.spawn_worker(&[]);
+    forge.spawn_worker(&[]);
+    forge.wait_for_workers(2).await;
+    let (status, health) = get(&sidecar, "/healthz", None).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["workers"], 2);
+    assert_eq!(health["ok"], true);
+    assert_eq!(health["nats_connected"], true);
+    assert!(health["worker_id"].is_string() && health["version"].is_string());
+    assert_eq!(health["open_sessions"], 0);
+
+    forge.nats.stop();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = get(&sidecar, "/healthz", None).await;
+        if answer == (503, none(false, 0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        get(&sidecar, "/sessions", Some(ROOT_TOKEN)).await,
+        (
+            503,
+            json!({"error": {"code": "at_capacity", "message": "NATS is not reachable"}})
+        )
+    );
+    // With NATS gone, shutdown still ends.
+    let status = sidecar
+        .terminate(Duration::from_secs(20))
+        .expect("the sidecar stops on SIGTERM without NATS");
+    assert!(status.success(), "{status}");
+}
+
+/// Answers every `forge.>` request in place of a worker: the body it got (as JSON when it is,
+/// else as text) and its Authorization header; `forge.session.create` gets a conflict.
+async fn stand_in_worker(nats: async_nats::Client) -> tokio::task::JoinHandle<()> {
+    let mut requests = nats.subscribe("forge.>").await.unwrap();
+    nats.flush().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(msg) = requests.next().await {
+            let Some(reply) = msg.reply.clone() else {
+                continue;
+            };
+            if msg.subject.as_str() == subject::SESSION_CREATE {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Service-Error-Code", "409");
+                headers.insert("Nats-Service-Error", "already there");
+                let body = json!({"error": {"code": "conflict", "message": "already there"}});
+                let _ = nats
+                    .publish_with_headers(reply, headers, body.to_string().into())
+                    .await;
+                continue;
+            }
+            let body = serde_json::from_slice::<Value>(&msg.payload).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&msg.payload).into_owned())
+            });
+            let authorization = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Authorization"))
+                .map(|v| v.as_str().to_string());
+            let echo = json!({
+                "subject": msg.subject.as_str(),
+                "body": body,
+                "raw": String::from_utf8_lossy(&msg.payload),
+                "authorization": authorization,
+            });
+            let _ = nats.publish(reply, echo.to_string().into()).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn forms_and_bodies_reach_nats_as_the_contract_json() {
+    let forge = Forge::start_with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let sidecar = forge
+        .spawn_http("sidecar", &[("CLAWDFORGE_MAX_REQUEST_BYTES", "4000")])
+        .await;
+    let worker = stand_in_worker(forge.admin.nats().clone()).await;
+    let client = http_client();
+    let sid = uuid::Uuid::new_v4().to_string();
+    let turn_url = sidecar.url(&format!("/sessions/{sid}/turn"));
+    let form_post = |url: String, form: Form| {
+        let client = client.clone();
+        async move {
+            answer(
+                client
+                    .post(url)
+                    .header("Authorization", "Bearer tok")
+                    .multipart(form)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+
+    // A run with two files.
+    let form = Form::new()
+        .text("prompt", "summarise")
+        .text("model", "haiku")
+        .text("timeout_secs", "30")
+        .part("files", Part::bytes(b"alpha".to_vec()).file_name("a.txt"))
+        .part("upload", Part::bytes(vec![0, 255, 1]).file_name("b.bin"));
+    let (status, echo) = form_post(sidecar.url("/run"), form).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["subject"], subject::RUN);
+    assert_eq!(echo["authorization"], "Bearer tok");
+    assert_eq!(
+        echo["body"],
+        json!({
+            "prompt": "summarise",
+            "model": "haiku",
+            "timeout_secs": 30,
+            "files": [
+                {"name": "a.txt", "content_base64": b64(b"alpha")},
+                {"name": "b.bin", "content_base64": b64(&[0, 255, 1])},
+            ]
+        })
+    );
+    // Unfilled inputs are left out; what is not a number stays text, for the worker to judge.
+    let form = Form::new()
+        .text("prompt", "x")
+        .text("model", "")
+        .part("files", Part::bytes(Vec::new()).file_name(""));
+    let (_, echo) = form_post(sidecar.url("/run"), form).await;
+    assert_eq!(echo["body"], json!({"prompt": "x"}));
+    let form = Form::new().text("prompt", "x").text("timeout_secs", "soon");
+    let (_, echo) = form_post(sidecar.url("/run"), form).await;
+    assert_eq!(echo["body"], json!({"prompt": "x", "timeout_secs": "soon"}));
+
+    // A turn: the session comes from the path.
+    let form = Form::new()
+        .text("prompt", "look")
+        .text("timeout_secs", "5")
+        .part("files", Part::bytes(b"data".to_vec()).file_name("d.csv"));
+    let (status, echo) = form_post(turn_url.clone(), form).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["subject"], subject::SESSION_TURN);
+    assert_eq!(
+        echo["body"],
+        json!({
+            "session_id": sid,
+            "prompt": "look",
+            "timeout_secs": 5,
+            "files": [{"name": "d.csv", "content_base64": b64(b"data")}]
+        })
+    );
+    let form = Form::new()
+        .text("prompt", "x")
+        .text("session_id", sid.clone());
+    let (status, echo) = form_post(turn_url.clone(), form).await;
+    assert_eq!((status, &echo["body"]["session_id"]), (200, &json!(sid)));
+    let form = Form::new().text("prompt", "x").text("session_id", "other");
+    assert_error(&form_post(turn_url.clone(), form).await, 400, "bad_request");
+    let form = Form::new().text("prompt", "x").text("prompt", "y");
+    assert_error(&form_post(turn_url.clone(), form).await, 400, "bad_request");
+    let form = Form::new()
+        .text("prompt", "x")
+        .part("files", Part::bytes(vec![7; 5000]).file_name("big.bin"));
+    assert_error(
+        &form_post(sidecar.url("/run"), form).await,
+        413,
+        "payload_too_large",
+    );
+
+    // JSON bodies go on byte for byte; the turn's only gains its session id.
+    let raw = r#"{ "prompt" : "x" ,"timeout_secs":5 }"#;
+    let (_, echo) = post(&sidecar, "/run", Some("tok"), raw).await;
+    assert_eq!(echo["raw"], raw);
+    let (_, echo) = post(&sidecar, &format!("/sessions/{sid}/turn"), Some("tok"), raw).await;
+    assert_eq!(
+        echo["raw"],
+        format!(r#"{{"session_id":"{sid}", "prompt" : "x" ,"timeout_secs":5 }}"#)
+    );
+    let (_, echo) = get(&sidecar, &format!("/sessions/{sid}"), Some("tok")).await;
+    assert_eq!(
+        (&echo["subject"], &echo["body"]),
+        (&json!(subject::SESSION_GET), &json!({ "session_id": sid }))
+    );
+    let (_, echo) = delete(&sidecar, "/admin/tokens/t-1", Some("tok")).await;
+    assert_eq!(
+        (&echo["subject"], &echo["body"]),
+        (&json!(subject::TOKEN_REVOKE), &json!({"token_id": "t-1"}))
+    );
+    let (_, echo) = get(&sidecar, "/sessions", Some("tok")).await;
+    assert_eq!(echo["body"], json!({}));
+
+    // The Authorization header goes on as it came.
+    let (_, echo) = answer(
+        client
+            .get(sidecar.url("/sessions"))
+            .header("Authorization", "Basic Zm9vOmJhcg==")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(echo["authorization"], "Basic Zm9vOmJhcg==");
+    let (_, echo) = get(&sidecar, "/sessions", None).await;
+    assert_eq!(echo["authorization"], Value::Null);
+
+    // An error reply keeps its status and body.
+    assert_eq!(
+        post(&sidecar, "/sessions", Some("tok"), "{}").await,
+        (
+            409,
+            json!({"error": {"code": "conflict", "message": "already there"}})
+        )
+    );
+    worker.abort();
+}
+
+/// The sidecar in this process, as a client at `peer` reaches it.
+fn in_process(forge: &Forge, access: Access, peer: &str) -> axum::Router {
+    let sidecar = Sidecar::new(
+        ForgeClient::new(forge.admin.nats().clone(), None),
+        Settings {
+            access,
+            max_request_bytes: 1 << 20,
+        },
+    );
+    let peer: SocketAddr = peer.parse().unwrap();
+    http::router(sidecar).layer(MockConnectInfo(peer))
+}
+
+async fn call(router: axum::Router, path: &str, token: &str, forwarded: &[&str]) -> Answer {
+    let mut request =
+        axum::http::Request::get(path).header("Authorization", format!("Bearer {token}"));
+    for f in forwarded {
+        request = request.header("X-Forwarded-For", *f);
+    }
+    let response = router
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn the_allowlist_decides_by_peer_and_believes_only_trusted_proxies() {
+    let forge = Forge::start().await;
+    let token = forge.admin.create_token("lan", false).await.unwrap().token;
+    let access = Access::parse(
+        "10.0.0.0/8, 2001:db8::/32",
+        "ALLOW_CIDRS",
+        "192.168.0.1, fd00::/8",
+        "TRUSTED_PROXIES",
+    )
+    .unwrap();
+    let allowed = (200, json!({"sessions": []}));
+    let denied = |ip: &str| {
+        (
+            403,
+            json!({"error": {"code": "forbidden", "message": format!("client address {ip} is not allowed")}}),
+        )
+    };
+    let cases: Vec<(&str, Vec<&str>, Answer)> = vec![
+        // Direct peers, IPv4 and IPv6; loopback always.
+        ("10.1.2.3:5000", vec![], allowed.clone()),
+        ("192.0.2.7:5000", vec![], denied("192.0.2.7")),
+        ("[2001:db8::5]:5000", vec![], allowed.clone()),
+        ("[2001:db9::5]:5000", vec![], denied("2001:db9::5")),
+        ("[::ffff:10.1.2.3]:5000", vec![], allowed.clone()),
+        ("127.0.0.1:5000", vec![], allowed.clone()),
+        ("[::1]:5000", vec![], allowed.clone()),
+        // X-Forwarded-For from a peer that is no trusted proxy counts for nothing.
+        ("192.0.2.7:5000", vec!["10.1.2.3"], denied("192.0.2.7")),
+        ("10.1.2.3:5000", vec!["192.0.2.7"], allowed.clone()),
+        // From a trusted proxy: the right-most entry that is not a trusted proxy.
+        ("192.168.0.1:443", vec!["10.1.2.3"], allowed.clone()),
+        ("192.168.0.1:443", vec!["192.0.2.7"], denied("192.0.2.7")),
+        (
+            "192.168.0.1:443",
+            vec!["10.1.2.3, 192.0.2.7"],
+            denied("192.0.2.7"),
+        ),
+        (
+            "192.168.0.1:443",
+            vec!["192.0.2.7", "10.1.2.3, fd00::2"],
+            allowed.clone(),
+        ),
+        ("192.168.0.1:443", vec![], denied("192.168.0.1")),
+        ("[fd00::1]:443", vec!["2001:db8::9"], allowed.clone()),
+        (
+            "[fd00::1]:443",
+            vec!["[2001:db9::9]:1234"],
+            denied("2001:db9::9"),
+        ),
+    ];
+    for (peer, forwarded, expected) in cases {
+        let router = in_process(&forge, access.clone(), peer);
+        assert_eq!(
+            call(router, "/sessions", &token, &forwarded).await,
+            expected,
+            "{peer} {forwarded:?}"
+        );
+    }
+    let garbage = call(
+        in_process(&forge, access.clone(), "192.168.0.1:443"),
+        "/sessions",
+        &token,
+        &["not-an-address"],
+    )
+    .await;
+    assert_error(&garbage, 403, "forbidden");
+    // Every route is behind it, /healthz and unknown paths too.
+    for path in ["/healthz", "/openapi.json", "/admin/tokens", "/nowhere"] {
+        let answer = call(
+            in_process(&forge, access.clone(), "192.0.2.7:5000"),
+            path,
+            &token,
+            &[],
+        )
+        .await;
+        assert_eq!(answer, denied("192.0.2.7"), "{path}");
+    }
+    // With an empty list, loopback only.
+    let loopback_only = Access::default();
+    let outside = call(
+        in_process(&forge, loopback_only.clone(), "10.1.2.3:5000"),
+        "/sessions",
+        &token,
+        &[],
+    )
+    .await;
+    assert_eq!(outside, denied("10.1.2.3"));
+    let inside = call(
+        in_process(&forge, loopback_only, "[::1]:5000"),
+        "/sessions",
+        &token,
+        &[],
+    )
+    .await;
+    assert_eq!(inside, allowed);
+}
+
+#[tokio::test]
+async fn loopback_is_allowed_over_real_sockets() {
+    let forge = Forge::start().await;
+    let token = forge
+        .admin
+        .create_token("local", false)
+        .await
+        .unwrap()
+        .token;
+    let secret = token.as_str();
+    let token = Some(secret);
+    let listed = (200, json!({"sessions": []}));
+
+    let v4 = forge.spawn_http("sidecar", &[]).await;
+    assert_eq!(get(&v4, "/healthz", None).await.0, 200);
+    assert_eq!(get(&v4, "/sessions", token).await, listed);
+
+    let v6 = forge
+        .spawn_http(
+            "sidecar",
+            &[("BIND_HOST", "::1"), ("ALLOW_CIDRS", "10.0.0.0/8")],
+        )
+        .await;
+    assert!(v6.base.starts_with("http://[::1]:"));
+    assert_eq!(get(&v6, "/sessions", token).await, listed);
+
+    // Behind a proxy on loopback: X-Forwarded-For decides.
+    let proxied = forge
+        .spawn_http(
+            "sidecar",
+            &[
+                ("ALLOW_CIDRS", "10.0.0.0/8"),
+                ("CLAWDFORGE_TRUSTED_PROXIES", "127.0.0.1/32"),
+            ],
+        )
+        .await;
+    let via = |xff: &'static str| {
+        let request = http_client()
+            .get(proxied.url("/sessions"))
+            .bearer_auth(secret)
+            .header("X-Forwarded-For", xff);
+        async move { answer(request.send().await.unwrap()).await }
+    };
+    assert_eq!(via("10.9.8.7").await, listed);
+    assert_error(&via("192.0.2.1").await, 403, "forbidden");
+    assert_error(&via("10.9.8.7, 192.0.2.1").await, 403, "forbidden");
+    // No header: the proxy (loopback) is the client.
+    assert_eq!(get(&proxied, "/sessions", token).await, listed);
+}
+
+#[test]
+fn a_bad_cidr_stops_startup_and_names_its_setting() {
+    for (command, var, value, named) in [
+        (
+            "sidecar",
+            "ALLOW_CIDRS",
+            "10.0.0.0/8,10.0.0.0/33",
+            "ALLOW_CIDRS",
+        ),
+        (
+            "serve",
+            "ALLOW_CIDRS",
+            "10.0.0.0/8,not-a-network",
+            "ALLOW_CIDRS",
+        ),
+        (
+            "sidecar",
+            "CLAWDFORGE_TRUSTED_PROXIES",
+            "fd00::/200",
+            "TRUSTED_PROXIES",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clawdforge"))
+            .arg(command)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NATS_URL", "nats://127.0.0.1:9")
+            .env("DB_PATH", dir.path().join("ledger.db"))
+            .env("BIND_HOST", "127.0.0.1")
+            .env(
+                "BIND_PORT",
+                crate::harness::free_port("127.0.0.1").to_string(),
+            )
+            .env(var, value)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("clawdforge {command} with {var}={value} kept running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains(value.rsplit(',').next().unwrap()),
+            "{command} {var}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_is_a_worker_and_a_sidecar_in_one_process() {
+    let forge = Forge::start_with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let mut serve = forge.spawn_http("serve", &[]).await;
+    forge.wait_for_workers(1).await;
+    let (status, health) = get(&serve, "/healthz", None).await;
+    assert_eq!((status, &health["workers"]), (200, &json!(1)), "{health}");
+
+    let token = forge
+        .admin
+        .create_token("one-box", false)
+        .await
+        .unwrap()
+        .token;
+    let app = Some(token.as_str());
+    let (status, session) = post(&serve, "/sessions", app, "{}").await;
+    assert_eq!(status, 200, "{session}");
+    let id = session["session_id"].as_str().unwrap().to_string();
+    let (status, turn) = post(
+        &serve,
+        &format!("/sessions/{id}/turn"),
+        app,
+        r#"{"prompt": "hi"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, &turn["output"]),
+        (200, &json!("echo: hi")),
+        "{turn}"
+    );
+    // The same session over NATS, from the worker inside `serve`.
+    let over_nats = forge
+        .admin
+        .with_token(Some(token.clone()))
+        .get_session(&id)
+        .await
+        .unwrap();
+    assert_eq!(over_nats.turns, 1);
+
+    let status = serve
+        .terminate(Duration::from_secs(40))
+        .expect("serve stops on SIGTERM");
+    assert!(status.success(), "{status}:\n{}", serve.log_text());
+    let log = serve.log_text();
+    assert!(
+        log.contains("sidecar stopped") && log.contains("worker stopped"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn runs_over_http_answer_as_over_nats_and_take_forms() {
+    // The stand-in `claude` of tests/fixtures, with the project's Node first on PATH.
+    let node_dir = crate::harness::tool("node").parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        node_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let stand_in = crate::harness::repo().join("tests/fixtures/claude");
+    let forge = Forge::start_with(Options {
+        env: vec![
+            ("CLAUDE_BIN".into(), stand_in.to_string_lossy().into_owned()),
+            ("PATH".into(), path),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    let token = forge
+        .admin
+        .create_token("runner", false)
+        .await
+        .unwrap()
+        .token;
+    let app = Some(token.as_str());
+
+    let over_http = post(&sidecar, "/run", app, r#"{"prompt": "hello"}"#).await;
+    assert_eq!(over_http.0, 200, "{over_http:?}");
+    assert_eq!(over_http.1["result"], "hello");
+    assert_eq!(over_http.1["ok"], true);
+    let over_nats = nats(&forge, subject::RUN, app, r#"{"prompt": "hello"}"#).await;
+    assert_eq!(
+        shape(over_http.1, &["run_id", "duration_ms"]),
+        shape(over_nats.1, &["run_id", "duration_ms"])
+    );
+
+    let form = Form::new()
+        .text("prompt", "summarise")
+        .text("model", "haiku")
+        .text("timeout_secs", "60")
+        .part(
+            "files",
+            Part::bytes(b"# notes\n".to_vec()).file_name("notes.md"),
+        );
+    let (status, run) = answer(
+        http_client()
+            .post(sidecar.url("/run"))
+            .bearer_auth(&token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!((&run["ok"], &run["model"]), (&json!(true), &json!("haiku")));
+    let result = run["result"].as_str().unwrap();
+    assert!(
+        result.starts_with("[Attached files]\n- ") && result.ends_with("notes.md\n\nsummarise"),
+        "{result}"
+    );
+    let staged = forge
+        .dir
+        .path()
+        .join("data/runs")
+        .join(run["run_id"].as_str().unwrap())
+        .join("notes.md");
+    assert_eq!(std::fs::read_to_string(staged).unwrap(), "# notes\n");
+}
