@@ -3,7 +3,8 @@
 //! directly, HTTP against NATS, one worker against two, and a worker's memory.
 //!
 //! Run: `cargo bench --bench gateway` (needs the tools of scripts/setup-tools.sh). Prints a
-//! table and writes it to `bench-results/<version>-<time>.md`.
+//! table and writes it to `bench-results/<version>-<time>.md`. `-- --quick` takes fewer
+//! samples; `-- --control-only` stops after the control operations.
 
 #[allow(dead_code)]
 #[path = "../tests/it/harness.rs"]
@@ -351,6 +352,12 @@ async fn main() {
         }
     );
 
+    if args.iter().any(|a| a == "--control-only") {
+        let _ = echo.kill();
+        let _ = echo.wait();
+        return;
+    }
+
     // --- create + close with the test agent, vs acpx doing the same directly ---
     let k = if quick { 3 } else { 8 };
     let mut gw = Vec::new();
@@ -408,12 +415,15 @@ async fn main() {
 
     // --- a warm turn: the gateway vs acpx prompt directly ---
     app.turn(&turn(&sid, "warm up")).await.unwrap();
-    let mut gw_turns = Vec::new();
+    // Back to back, a turn waits in acpx's queue for the previous acpx client's idle second;
+    // spaced, it does not, and compares with a direct run that starts on an idle session.
+    let mut back_to_back = Vec::new();
     for i in 0..turns_n {
         let t = Instant::now();
         app.turn(&turn(&sid, &format!("turn {i}"))).await.unwrap();
-        gw_turns.push(t.elapsed());
+        back_to_back.push(t.elapsed());
     }
+    let back_to_back = Stats::new(back_to_back);
     let direct_cwd = scratch.join("turns");
     std::fs::create_dir_all(&direct_cwd).unwrap();
     let made = std::process::Command::new(harness::tool("acpx"))
@@ -438,9 +448,17 @@ async fn main() {
         .unwrap();
     assert!(made.status.success());
     acpx_direct(&forge, &direct_cwd, "direct", "warm up");
+    let mut gw_turns = Vec::new();
     let mut to_result = Vec::new();
     let mut to_exit = Vec::new();
+    // Interleaved, so that both see the same machine.
     for i in 0..turns_n {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let t = Instant::now();
+        app.turn(&turn(&sid, &format!("spaced turn {i}")))
+            .await
+            .unwrap();
+        gw_turns.push(t.elapsed());
         let (r, e) = acpx_direct(&forge, &direct_cwd, "direct", &format!("turn {i}"));
         to_result.push(r);
         to_exit.push(e);
@@ -451,17 +469,17 @@ async fn main() {
         Stats::new(to_exit),
     );
     report.row(
-        "turn p50 (warm)",
+        "turn p50 (warm, spaced)",
         "acpx prompt: result line",
         ms(to_result.p50()),
         ms(gw_turns.p50()),
         "ms",
     );
     report.row(
-        "turn p50 (warm)",
+        "turn p50 (warm, back to back)",
         "acpx prompt: process exit",
         ms(to_exit.p50()),
-        ms(gw_turns.p50()),
+        ms(back_to_back.p50()),
         "ms",
     );
     println!(

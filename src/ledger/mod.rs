@@ -42,8 +42,16 @@ fn migrations() -> Migrations<'static> {
 #[derive(Clone)]
 pub struct Ledger {
     conn: Arc<Mutex<Connection>>,
+    /// A second connection for the quick indexed reads of the request path (token, session,
+    /// counts). In WAL mode readers do not wait for writers, so these run inline on the caller's
+    /// thread instead of hopping to the blocking pool; a read that does meet a lock (rare: WAL
+    /// recovery, checkpoints) gives up quickly and is retried on the blocking pool.
+    reader: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
+
+/// How long an inline read may wait for a lock before it moves to the blocking pool.
+const INLINE_READ_BUSY: Duration = Duration::from_millis(50);
 
 /// Text as the ledger keeps it: the text itself unless only sizes and hashes are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,8 +214,14 @@ impl Ledger {
                 Err(e) => return Err(e.into()),
             }
         }
+        let reader = Connection::open(path).map_err(open_err)?;
+        reader.busy_timeout(INLINE_READ_BUSY).map_err(open_err)?;
+        reader
+            .pragma_update(None, "query_only", true)
+            .map_err(open_err)?;
         Ok(Ledger {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
         })
     }
@@ -228,6 +242,30 @@ impl Ledger {
         })
         .await
         .map_err(|e| LedgerError::Task(e.to_string()))?
+    }
+
+    /// A quick read: inline on the reader connection, or on the blocking pool when the
+    /// database is busy.
+    async fn read<T, F>(&self, f: F) -> LedgerResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> LedgerResult<T> + Send + 'static,
+    {
+        let inline = {
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&reader)
+        };
+        match inline {
+            Err(LedgerError::Sql(rusqlite::Error::SqliteFailure(e, _)))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                self.call(move |c| f(c)).await
+            }
+            other => other,
+        }
     }
 
     // ---- tokens ----
@@ -252,13 +290,12 @@ impl Ledger {
     }
 
     pub async fn token_by_hash(&self, hash: String) -> LedgerResult<Option<TokenRow>> {
-        self.call(move |c| {
-            Ok(c.query_row(
+        self.read(move |c| {
+            Ok(c.prepare_cached(
                 "SELECT token_id, app, admin, token_hash, created_at, revoked_at
                  FROM tokens WHERE token_hash = ?1",
-                [hash],
-                token_row,
-            )
+            )?
+            .query_row([&hash], token_row)
             .optional()?)
         })
         .await
@@ -362,24 +399,23 @@ impl Ledger {
     }
 
     pub async fn session(&self, session_id: String) -> LedgerResult<Option<SessionRow>> {
-        self.call(move |c| {
-            Ok(c.query_row(
-                &format!("{SESSION_SELECT} WHERE session_id = ?1"),
-                [session_id],
-                session_row,
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached(&format!("{SESSION_SELECT} WHERE session_id = ?1"))?
+                    .query_row([&session_id], session_row)
+                    .optional()?,
             )
-            .optional()?)
         })
         .await
     }
 
     /// The sessions of one app, newest first.
     pub async fn sessions_of(&self, app: String) -> LedgerResult<Vec<SessionRow>> {
-        self.call(move |c| {
-            let mut stmt = c.prepare(&format!(
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
                 "{SESSION_SELECT} WHERE app = ?1 ORDER BY created_at DESC, session_id"
             ))?;
-            let rows = stmt.query_map([app], session_row)?;
+            let rows = stmt.query_map([&app], session_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -401,12 +437,11 @@ impl Ledger {
     }
 
     pub async fn open_session_count(&self) -> LedgerResult<u64> {
-        self.call(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*) FROM sessions WHERE status = 'open'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )? as u64)
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT COUNT(*) FROM sessions WHERE status = 'open'")?
+                    .query_row([], |r| r.get::<_, i64>(0))? as u64,
+            )
         })
         .await
     }
