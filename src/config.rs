@@ -627,7 +627,12 @@ mod tests {
             }
         }
         let defaults = serde_json::to_value(Config::default()).unwrap();
-        for line in readme.lines().filter(|l| l.starts_with("| `")) {
+        let table = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a Configuration section");
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
             let key = line.split('`').nth(1).unwrap();
             assert!(
                 defaults.get(key).is_some(),
