@@ -194,24 +194,27 @@ impl Ledger {
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.set_transaction_behavior(TransactionBehavior::Immediate);
-        // Workers starting together race to migrate: whoever loses sees the new version and
-        // has nothing left to do.
+        // Workers starting together race to switch the file to WAL (which SQLite answers with
+        // "busy" without waiting) and to migrate: whoever loses tries again and finds the work
+        // done.
         let migrations = migrations();
         let mut attempt = 0;
         loop {
-            match migrations.to_latest(&mut conn) {
+            let step = conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .map_err(LedgerError::from)
+                .and_then(|()| migrations.to_latest(&mut conn).map_err(LedgerError::from));
+            match step {
                 Ok(()) => break,
-                Err(e) if attempt < 50 => {
+                Err(e) if attempt < 100 => {
                     attempt += 1;
-                    tracing::debug!(error = %e, "ledger migration raced; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
+                    tracing::debug!(error = %e, "ledger set-up raced; retrying");
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         let reader = Connection::open(path).map_err(open_err)?;

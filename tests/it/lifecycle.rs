@@ -302,3 +302,46 @@ async fn workers_start_before_nats_and_ride_out_a_restart() {
     let after = after.expect("the session works after NATS came back");
     assert_eq!(after.output, "echo: after");
 }
+
+#[tokio::test]
+async fn a_turn_that_ends_while_nats_is_down_is_still_recorded() {
+    let mut forge = Forge::start().await;
+    let port = forge.nats.port();
+    let app = forge.app("outage").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let pending = {
+        let app = app.clone();
+        let id = s.session_id.clone();
+        let mut req = turn(&id, "through the outage #sleep=2500");
+        req.timeout_secs = Some(10);
+        tokio::spawn(async move { app.turn(&req).await })
+    };
+    let id = s.session_id.clone();
+    wait_until("the turn to start", Duration::from_secs(10), || {
+        events(&forge, &id)
+            .iter()
+            .any(|(e, o)| e == "turn" && o == "running")
+    })
+    .await;
+    forge.nats.stop();
+    wait_until("the turn to be recorded", Duration::from_secs(20), || {
+        events(&forge, &id)
+            .iter()
+            .any(|(e, o)| e == "turn" && o == "ok")
+    })
+    .await;
+    pending.abort();
+    forge.nats = Nats::start_on(Some(port));
+    forge.wait_for_workers(1).await;
+    let got = app.get_session(&s.session_id).await.unwrap();
+    assert_eq!(got.turns, 1);
+    let output: String = forge
+        .ledger()
+        .query_row(
+            "SELECT output FROM session_events WHERE session_id = ?1 AND event = 'turn'",
+            [&s.session_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(output, "echo: through the outage #sleep=2500");
+}
