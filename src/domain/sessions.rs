@@ -199,6 +199,14 @@ impl Forge {
             Ok(())
         }
         .await;
+        let (outcome, error) = match &started {
+            Ok(()) => ("ok".to_string(), None),
+            Err(e) => (e.kind.code().to_string(), Some(e.message.clone())),
+        };
+        self.ledger
+            .finish_create(row.session_id.clone(), outcome, error)
+            .await
+            .map_err(Error::internal)?;
         if let Err(err) = started {
             // Nothing half-made stays behind: the session is closed with the reason.
             let detail = EventDetail {

@@ -307,6 +307,11 @@ mod tests {
                 CreateOutcome::Created
             );
         }
+        // A session whose create is still under way is never idle.
+        assert!(l.idle_sessions("t05".into()).await.unwrap().is_empty());
+        for id in ["old", "busy", "fresh"] {
+            l.finish_create(id.into(), "ok".into(), None).await.unwrap();
+        }
         let begun = l
             .begin_turn(
                 "busy".into(),
@@ -372,6 +377,9 @@ mod tests {
         l.create_session(session("s2", "t01"), "dead".into(), 10)
             .await
             .unwrap();
+        for s in ["s1", "s2"] {
+            l.finish_create(s.into(), "ok".into(), None).await.unwrap();
+        }
         l.heartbeat("alive".into(), "t10".into()).await.unwrap();
         l.heartbeat("dead".into(), "t02".into()).await.unwrap();
         for (s, w) in [("s1", "alive"), ("s2", "dead")] {

@@ -352,7 +352,8 @@ impl Ledger {
 
     // ---- sessions ----
 
-    /// Inserts an open session and its `create` event, unless `cap` sessions are already open.
+    /// Inserts an open session and its `create` event (`running` until [`Ledger::finish_create`]),
+    /// unless `cap` sessions are already open.
     pub async fn create_session(
         &self,
         row: SessionRow,
@@ -391,7 +392,8 @@ impl Ledger {
                 &row.created_at,
                 &worker_id,
                 &EventDetail {
-                    outcome: "ok".into(),
+                    // Until the agent session exists: the sweep leaves the session alone.
+                    outcome: "running".into(),
                     ..Default::default()
                 },
             )?;
@@ -420,6 +422,24 @@ impl Ledger {
             ))?;
             let rows = stmt.query_map([&app], session_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Records how a create ended (its event was written as `running`).
+    pub async fn finish_create(
+        &self,
+        session_id: String,
+        outcome: String,
+        error: Option<String>,
+    ) -> LedgerResult<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE session_events SET outcome = ?2, error = ?3
+                 WHERE session_id = ?1 AND event = 'create'",
+                params![session_id, outcome, error],
+            )?;
+            Ok(())
         })
         .await
     }

@@ -41,7 +41,8 @@ fn events(forge: &Forge, session_id: &str) -> Vec<(String, String)> {
 async fn idle_sessions_are_closed_then_deleted_and_the_trail_stays() {
     let forge = Forge::start_with(Options {
         env: env(&[
-            ("CLAWDFORGE_SESSION_TTL_SECS", "2"),
+            // Counted from creation too: leave room for a slow create under load.
+            ("CLAWDFORGE_SESSION_TTL_SECS", "5"),
             ("CLAWDFORGE_SESSION_HARD_TTL_SECS", "2"),
             ("CLAWDFORGE_SWEEP_INTERVAL_SECS", "1"),
         ]),
@@ -82,7 +83,7 @@ async fn idle_sessions_are_closed_then_deleted_and_the_trail_stays() {
 async fn a_session_mid_turn_is_not_swept() {
     let forge = Forge::start_with(Options {
         env: env(&[
-            ("CLAWDFORGE_SESSION_TTL_SECS", "1"),
+            ("CLAWDFORGE_SESSION_TTL_SECS", "3"),
             ("CLAWDFORGE_SWEEP_INTERVAL_SECS", "1"),
         ]),
         ..Default::default()
@@ -91,10 +92,10 @@ async fn a_session_mid_turn_is_not_swept() {
     let app = forge.app("busy").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     let t = app
-        .turn(&turn(&s.session_id, "slow #sleep=4000"))
+        .turn(&turn(&s.session_id, "slow #sleep=6000"))
         .await
         .unwrap();
-    assert_eq!(t.output, "echo: slow #sleep=4000");
+    assert_eq!(t.output, "echo: slow #sleep=6000");
     let trail = events(&forge, &s.session_id);
     assert_eq!(
         trail[1],
