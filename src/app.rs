@@ -49,14 +49,18 @@ pub async fn connect_nats(config: &Config, name: &str) -> anyhow::Result<async_n
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))
 }
 
-/// A worker id that names the host, unique per process.
-pub fn worker_id() -> String {
-    let host = nix::unistd::gethostname()
+/// This host's name (in a container: the container's).
+fn hostname() -> String {
+    nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "worker".into());
+        .unwrap_or_else(|| "worker".into())
+}
+
+/// A worker id that names the host, unique per process.
+pub fn worker_id() -> String {
     let short = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}", &short[..8])
+    format!("{}-{}", hostname(), &short[..8])
 }
 
 /// Builds the domain service from the configuration.
@@ -303,5 +307,160 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+// ---- the operator's commands: tokens on the ledger, and the container health check ----
+
+/// Opens the configured ledger for a `clawdforge token` command. Minting may create the ledger
+/// (the first token of a new deployment); listing and revoking need one, so that a mistyped
+/// `DB_PATH` is an error rather than an empty list.
+async fn token_ledger(config: &Config, create: bool) -> anyhow::Result<Ledger> {
+    let path = config.db_path.clone();
+    if !create && !path.is_file() {
+        anyhow::bail!(
+            "no ledger at {} (DB_PATH, or db_path in the config file)",
+            path.display()
+        );
+    }
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open(&path))
+        .await?
+        .with_context(|| format!("opening the ledger {}", config.db_path.display()))?;
+    Ok(ledger)
+}
+
+/// A domain error of a token command, as the operator reads it.
+fn token_error(config: &Config, e: crate::error::Error) -> anyhow::Error {
+    match e.kind {
+        crate::error::ErrorKind::Internal => anyhow::anyhow!(
+            "the ledger {} could not be used (see the log above)",
+            config.db_path.display()
+        ),
+        _ => anyhow::anyhow!("{}", e.message),
+    }
+}
+
+/// `clawdforge token create`: mints a token on the ledger directly, as
+/// `forge.admin.token.create` does. The token is in the answer only.
+pub async fn token_create(
+    config: &Config,
+    app: &str,
+    admin: bool,
+) -> anyhow::Result<crate::wire::TokenCreated> {
+    let ledger = token_ledger(config, true).await?;
+    let req = crate::wire::TokenCreate {
+        app: app.to_string(),
+        admin,
+    };
+    crate::domain::tokens::create(&ledger, req)
+        .await
+        .map_err(|e| token_error(config, e))
+}
+
+/// `clawdforge token list`: every token of the ledger, oldest first.
+pub async fn token_list(config: &Config) -> anyhow::Result<crate::wire::TokenList> {
+    let ledger = token_ledger(config, false).await?;
+    crate::domain::tokens::list(&ledger)
+        .await
+        .map_err(|e| token_error(config, e))
+}
+
+/// `clawdforge token revoke`: revokes a token; every worker refuses it from its next request on.
+pub async fn token_revoke(
+    config: &Config,
+    token_id: &str,
+) -> anyhow::Result<crate::wire::TokenRevoked> {
+    let ledger = token_ledger(config, false).await?;
+    crate::domain::tokens::revoke(&ledger, token_id)
+        .await
+        .map_err(|e| match e.kind {
+            crate::error::ErrorKind::NotFound => anyhow::anyhow!(
+                "no token with id {token_id} in the ledger {}",
+                config.db_path.display()
+            ),
+            _ => token_error(config, e),
+        })
+}
+
+/// How long a health check may take in all.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// `clawdforge healthcheck`: whether this host's worker answers on NATS (`$SRV.PING`, with a
+/// `worker_id` that names this host), or with `http`, whether the sidecar on `BIND_PORT`
+/// answers `GET /healthz` with 200. Answers a line to print on success.
+pub async fn healthcheck(config: &Config, http: bool) -> anyhow::Result<String> {
+    let check = async {
+        if http {
+            healthcheck_http(config).await
+        } else {
+            healthcheck_worker(config).await
+        }
+    };
+    tokio::time::timeout(HEALTHCHECK_TIMEOUT, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {HEALTHCHECK_TIMEOUT:?}"))?
+}
+
+async fn healthcheck_worker(config: &Config) -> anyhow::Result<String> {
+    use futures::StreamExt;
+    let client = connect_nats(config, "clawdforge-healthcheck").await?;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(
+            format!("$SRV.PING.{}", crate::wire::SERVICE_NAME),
+            inbox,
+            bytes::Bytes::new(),
+        )
+        .await?;
+    let prefix = format!("{}-", hostname());
+    let mut others = 0;
+    let window = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(window);
+    loop {
+        tokio::select! {
+            _ = &mut window => break,
+            msg = replies.next() => {
+                let Some(msg) = msg else { break };
+                let info: serde_json::Value =
+                    serde_json::from_slice(&msg.payload).unwrap_or_default();
+                match info["metadata"]["worker_id"].as_str() {
+                    Some(id) if id.starts_with(&prefix) => {
+                        return Ok(format!("worker {id} answers on NATS"));
+                    }
+                    _ => others += 1,
+                }
+            }
+        }
+    }
+    anyhow::bail!(
+        "no worker of host {} answers on NATS ({others} other workers do)",
+        hostname()
+    )
+}
+
+async fn healthcheck_http(config: &Config) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A sidecar bound to every address answers on loopback, which its allowlist always admits.
+    let host = match config.bind_host.as_str() {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "::" | "[::]" => "::1",
+        other => other,
+    };
+    let mut stream = tokio::net::TcpStream::connect((host, config.bind_port))
+        .await
+        .with_context(|| format!("connecting to the sidecar at {host}:{}", config.bind_port))?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.lines().next().unwrap_or_default().to_string();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(format!("sidecar healthy: {body}"))
+    } else {
+        anyhow::bail!("sidecar answered {status:?}: {body}")
     }
 }

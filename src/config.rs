@@ -652,4 +652,82 @@ mod tests {
             AgentCommand::Custom("node /x/agent.mjs --fast".into())
         );
     }
+
+    /// Whether `line` (a comment of config/clawdforge.toml without its `# `) is a setting.
+    fn is_setting(line: &str) -> bool {
+        line.split_once(" = ").is_some_and(|(key, _)| {
+            key.starts_with(|c: char| c.is_ascii_lowercase())
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+    }
+
+    #[test]
+    fn shipped_config_file_shows_every_key_with_its_default() {
+        let text = include_str!("../config/clawdforge.toml");
+        let dir = tempfile::tempdir().unwrap();
+
+        // As shipped, every setting is commented out: its presence changes nothing.
+        let as_is = dir.path().join("as-is.toml");
+        std::fs::write(&as_is, text).unwrap();
+        assert_eq!(
+            Config::load_from(Some(&as_is), &[]).unwrap(),
+            Config::default()
+        );
+
+        // With the `# ` of its settings removed, it loads and shows every key with its default.
+        let mut keys: Vec<String> = Vec::new();
+        let mut unset: Vec<String> = Vec::new();
+        let mut uncommented = String::new();
+        for line in text.lines() {
+            match line.strip_prefix("# ") {
+                Some("[agents]") => {
+                    keys.push("agents".into());
+                    uncommented.push_str("[agents]");
+                }
+                Some(setting) if is_setting(setting) => {
+                    let key = setting.split(" = ").next().unwrap().to_string();
+                    if setting.ends_with("# unset by default") {
+                        unset.push(key.clone());
+                    }
+                    keys.push(key);
+                    uncommented.push_str(setting);
+                }
+                _ => uncommented.push_str(line),
+            }
+            uncommented.push('\n');
+        }
+        let path = dir.path().join("uncommented.toml");
+        std::fs::write(&path, &uncommented).unwrap();
+        let loaded = Config::load_from(Some(&path), &[])
+            .unwrap_or_else(|e| panic!("config/clawdforge.toml, uncommented: {e}"));
+
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut fields: Vec<String> = defaults.as_object().unwrap().keys().cloned().collect();
+        fields.sort();
+        let mut shown = keys.clone();
+        shown.sort();
+        assert_eq!(
+            shown, fields,
+            "config/clawdforge.toml must show every config key once, and no other"
+        );
+
+        let loaded = serde_json::to_value(&loaded).unwrap();
+        for key in &keys {
+            if unset.contains(key) {
+                assert!(
+                    defaults[key].is_null(),
+                    "config/clawdforge.toml marks {key} unset by default, but its default is {}",
+                    defaults[key]
+                );
+            } else {
+                assert_eq!(
+                    loaded[key], defaults[key],
+                    "config/clawdforge.toml shows {key} = {}, but its default is {}",
+                    loaded[key], defaults[key]
+                );
+            }
+        }
+    }
 }

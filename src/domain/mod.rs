@@ -8,7 +8,7 @@ pub mod types;
 mod runs;
 mod sessions;
 mod sweeper;
-mod tokens;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use super::types::{AppName, TokenId};
 use super::{now, Forge};
 use crate::error::{Error, Result};
-use crate::ledger::TokenRow;
+use crate::ledger::{Ledger, TokenRow};
 use crate::wire;
 
 /// The app the bootstrap token acts as.
@@ -85,45 +85,12 @@ impl Forge {
         req: wire::TokenCreate,
     ) -> Result<wire::TokenCreated> {
         Self::require_admin(caller)?;
-        let app = AppName::parse(&req.app)?;
-        let secret = mint();
-        let row = TokenRow {
-            token_id: TokenId::new().as_string(),
-            app: app.as_str().to_string(),
-            admin: req.admin,
-            token_hash: hex::encode(hash(&secret)),
-            created_at: now(),
-            revoked_at: None,
-        };
-        self.ledger
-            .insert_token(row.clone())
-            .await
-            .map_err(Error::internal)?;
-        tracing::info!(token_id = %row.token_id, app = %row.app, admin = row.admin, "token created");
-        Ok(wire::TokenCreated {
-            token_id: row.token_id,
-            app: row.app,
-            admin: row.admin,
-            token: secret,
-            created_at: row.created_at,
-        })
+        create(&self.ledger, req).await
     }
 
     pub async fn list_tokens(&self, caller: &Caller, _req: wire::Empty) -> Result<wire::TokenList> {
         Self::require_admin(caller)?;
-        let rows = self.ledger.list_tokens().await.map_err(Error::internal)?;
-        Ok(wire::TokenList {
-            tokens: rows
-                .into_iter()
-                .map(|r| wire::TokenInfo {
-                    token_id: r.token_id,
-                    app: r.app,
-                    admin: r.admin,
-                    created_at: r.created_at,
-                    revoked_at: r.revoked_at,
-                })
-                .collect(),
-        })
+        list(&self.ledger).await
     }
 
     pub async fn revoke_token(
@@ -132,22 +99,72 @@ impl Forge {
         req: wire::TokenRevoke,
     ) -> Result<wire::TokenRevoked> {
         Self::require_admin(caller)?;
-        let id = TokenId::parse(&req.token_id)?;
-        let found = self
-            .ledger
-            .revoke_token(id.as_string(), now())
-            .await
-            .map_err(Error::internal)?;
-        match found {
-            Some(()) => {
-                tracing::info!(token_id = %id.as_string(), "token revoked");
-                Ok(wire::TokenRevoked {
-                    token_id: id.as_string(),
-                    revoked: true,
-                })
-            }
-            None => Err(Error::not_found("no such token")),
+        revoke(&self.ledger, &req.token_id).await
+    }
+}
+
+// The token operations on a ledger, without a caller: the service calls them for an admin, and
+// the operator's `clawdforge token` command calls them on the ledger file directly.
+
+/// Mints a token for an app. The token is in the answer only; the ledger keeps its hash.
+pub async fn create(ledger: &Ledger, req: wire::TokenCreate) -> Result<wire::TokenCreated> {
+    let app = AppName::parse(&req.app)?;
+    let secret = mint();
+    let row = TokenRow {
+        token_id: TokenId::new().as_string(),
+        app: app.as_str().to_string(),
+        admin: req.admin,
+        token_hash: hex::encode(hash(&secret)),
+        created_at: now(),
+        revoked_at: None,
+    };
+    ledger
+        .insert_token(row.clone())
+        .await
+        .map_err(Error::internal)?;
+    tracing::info!(token_id = %row.token_id, app = %row.app, admin = row.admin, "token created");
+    Ok(wire::TokenCreated {
+        token_id: row.token_id,
+        app: row.app,
+        admin: row.admin,
+        token: secret,
+        created_at: row.created_at,
+    })
+}
+
+/// Every token, revoked ones included, oldest first; never the tokens themselves.
+pub async fn list(ledger: &Ledger) -> Result<wire::TokenList> {
+    let rows = ledger.list_tokens().await.map_err(Error::internal)?;
+    Ok(wire::TokenList {
+        tokens: rows
+            .into_iter()
+            .map(|r| wire::TokenInfo {
+                token_id: r.token_id,
+                app: r.app,
+                admin: r.admin,
+                created_at: r.created_at,
+                revoked_at: r.revoked_at,
+            })
+            .collect(),
+    })
+}
+
+/// Revokes a token; revoking it again answers the same. `not_found` when there is no such token.
+pub async fn revoke(ledger: &Ledger, token_id: &str) -> Result<wire::TokenRevoked> {
+    let id = TokenId::parse(token_id)?;
+    let found = ledger
+        .revoke_token(id.as_string(), now())
+        .await
+        .map_err(Error::internal)?;
+    match found {
+        Some(()) => {
+            tracing::info!(token_id = %id.as_string(), "token revoked");
+            Ok(wire::TokenRevoked {
+                token_id: id.as_string(),
+                revoked: true,
+            })
         }
+        None => Err(Error::not_found("no such token")),
     }
 }
 
@@ -161,5 +178,35 @@ mod tests {
         let b = mint();
         assert_ne!(a, b);
         assert!(a.starts_with("cf_") && a.len() == 46, "{a}");
+    }
+
+    #[tokio::test]
+    async fn tokens_on_a_ledger_without_the_service() {
+        use crate::error::ErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let req = |app: &str| wire::TokenCreate {
+            app: app.into(),
+            admin: false,
+        };
+        let created = create(&ledger, req("notes")).await.unwrap();
+        let row = ledger
+            .token_by_hash(hex::encode(hash(&created.token)))
+            .await
+            .unwrap()
+            .expect("the ledger keeps the token's hash");
+        assert_eq!((row.app.as_str(), row.admin), ("notes", false));
+        assert_ne!(row.token_hash, created.token);
+
+        let listed = list(&ledger).await.unwrap();
+        assert_eq!(listed.tokens.len(), 1);
+        assert_eq!(listed.tokens[0].token_id, created.token_id);
+        revoke(&ledger, &created.token_id).await.unwrap();
+        assert!(list(&ledger).await.unwrap().tokens[0].revoked_at.is_some());
+
+        let unknown = revoke(&ledger, &TokenId::new().as_string()).await;
+        assert_eq!(unknown.unwrap_err().kind, ErrorKind::NotFound);
+        let bad = create(&ledger, req("bad app")).await;
+        assert_eq!(bad.unwrap_err().kind, ErrorKind::BadRequest);
     }
 }

