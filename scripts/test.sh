@@ -17,4 +17,6 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --locked -- --test-threads=2
+# The library's unit tests, then the integration tests (tests/it). The binary has no tests of its
+# own and the crate no doc tests, so neither is run: the last line is the integration tests' count.
+cargo test --locked --lib --test it -- --test-threads=2
