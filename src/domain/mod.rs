@@ -221,6 +221,26 @@ impl Forge {
     }
 }
 
+impl Forge {
+    /// A request's `timeout_secs`, checked against the configured default and maximum.
+    fn timeout_secs(&self, requested: Option<u64>) -> Result<u64> {
+        types::timeout_secs(
+            requested,
+            self.settings.default_timeout_secs,
+            self.settings.max_timeout_secs,
+        )
+    }
+
+    /// A request's attached files, decoded and checked against the configured limits.
+    fn attachments(&self, uploads: &[wire::FileUpload]) -> Result<Vec<files::Attachment>> {
+        files::decode(
+            uploads,
+            self.settings.max_files,
+            self.settings.max_files_bytes,
+        )
+    }
+}
+
 /// Whether `bin` names an executable file, directly or on PATH.
 fn on_path(bin: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;

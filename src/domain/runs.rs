@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::files;
-use super::types::{timeout_secs, Model, Prompt, RunId};
+use super::types::{Model, Prompt, RunId};
 use super::{now, seconds_from_now, Caller, Forge};
 use crate::agent::{ClaudeError, RunOutput};
 use crate::error::{Error, ErrorKind, Result};
@@ -34,16 +34,8 @@ impl Forge {
     pub async fn run(&self, caller: &Caller, req: wire::RunRequest) -> Result<wire::Run> {
         let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
         let model = Model::parse(req.model.as_deref().unwrap_or(&self.settings.default_model))?;
-        let timeout = timeout_secs(
-            req.timeout_secs,
-            self.settings.default_timeout_secs,
-            self.settings.max_timeout_secs,
-        )?;
-        let attachments = files::decode(
-            &req.files,
-            self.settings.max_files,
-            self.settings.max_files_bytes,
-        )?;
+        let timeout = self.timeout_secs(req.timeout_secs)?;
+        let attachments = self.attachments(&req.files)?;
 
         let _slot = self.runs.acquire().await?;
 

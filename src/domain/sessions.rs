@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::files;
-use super::types::{timeout_secs, Prompt, SessionId};
+use super::types::{Prompt, SessionId};
 use super::{now, Caller, Forge};
 use crate::agent::AcpxError;
 use crate::config::AgentCommand;
@@ -138,11 +138,7 @@ impl Forge {
                         .join(", ")
                 ))
             })?;
-        let attachments = files::decode(
-            &req.files,
-            self.settings.max_files,
-            self.settings.max_files_bytes,
-        )?;
+        let attachments = self.attachments(&req.files)?;
 
         let id = SessionId::new();
         let cwd = self.settings.sessions_root.join(id.as_string());
@@ -315,16 +311,8 @@ impl Forge {
     pub async fn turn(&self, caller: &Caller, req: wire::TurnRequest) -> Result<wire::Turn> {
         let id = SessionId::parse(&req.session_id)?;
         let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
-        let timeout = timeout_secs(
-            req.timeout_secs,
-            self.settings.default_timeout_secs,
-            self.settings.max_timeout_secs,
-        )?;
-        let attachments = files::decode(
-            &req.files,
-            self.settings.max_files,
-            self.settings.max_files_bytes,
-        )?;
+        let timeout = self.timeout_secs(req.timeout_secs)?;
+        let attachments = self.attachments(&req.files)?;
         let row = self.owned_session(caller, &id).await?;
         if !row.open {
             return Err(Error::conflict("the session is closed"));
