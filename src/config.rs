@@ -211,6 +211,14 @@ pub fn env_names(key: &str) -> Vec<String> {
     names
 }
 
+/// The environment variables that carry secrets (every name of the keys that hold one).
+pub fn secret_env_names() -> Vec<String> {
+    ["admin_bootstrap_token", "nats_password", "nats_token"]
+        .iter()
+        .flat_map(|key| env_names(key))
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(String);
@@ -370,6 +378,22 @@ impl Config {
         ] {
             if value == 0 {
                 return bad(key, "must be greater than 0");
+            }
+        }
+        // Durations are turned into timestamps; past ten years they overflow or mean nothing.
+        const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+        for (key, value) in [
+            ("session_ttl_secs", self.session_ttl_secs),
+            ("session_hard_ttl_secs", self.session_hard_ttl_secs),
+            ("sweep_interval_secs", self.sweep_interval_secs),
+            ("worker_heartbeat_secs", self.worker_heartbeat_secs),
+            ("shutdown_grace_secs", self.shutdown_grace_secs),
+            ("runs_retention_secs", self.runs_retention_secs),
+            ("max_timeout_secs", self.max_timeout_secs),
+            ("acpx_ttl_secs", self.acpx_ttl_secs),
+        ] {
+            if value > TEN_YEARS {
+                return bad(key, "must be at most ten years (315360000 seconds)");
             }
         }
         if self.default_timeout_secs > self.max_timeout_secs {
@@ -638,6 +662,26 @@ mod tests {
                 defaults.get(key).is_some(),
                 "README documents `{key}`, which is no config key"
             );
+        }
+    }
+
+    #[test]
+    fn durations_are_bounded_and_secrets_are_named() {
+        let err = Config::load_from(
+            None,
+            &env(&[("CLAWDFORGE_SESSION_TTL_SECS", "18446744073709551615")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("CLAWDFORGE_SESSION_TTL_SECS"), "{err}");
+        let secrets = secret_env_names();
+        for name in [
+            "ADMIN_BOOTSTRAP_TOKEN",
+            "CLAWDFORGE_ADMIN_BOOTSTRAP_TOKEN",
+            "NATS_PASSWORD",
+            "NATS_TOKEN",
+        ] {
+            assert!(secrets.iter().any(|s| s == name), "{name}");
         }
     }
 

@@ -87,6 +87,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The agents this process starts inherit its environment and run with --approve-all: the
+    // secrets the config has read must not be there for them to find.
+    for name in clawdforge::config::secret_env_names() {
+        std::env::remove_var(name);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -16,8 +16,9 @@ use crate::config::AgentCommand;
 
 /// Longest stdout line we accept from acpx (one JSON-RPC message).
 const MAX_LINE: usize = 16 * 1024 * 1024;
-/// Longest turn output we collect.
-const MAX_OUTPUT: usize = 8 * 1024 * 1024;
+/// Longest turn output we collect; more is cut, with a note. A reply must fit in one NATS
+/// message (1 MiB by default).
+const MAX_OUTPUT: usize = 768 * 1024;
 /// Time allowed for the quick acpx commands (new, close, cancel, version).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Slack on top of a turn's timeout before we stop waiting for acpx to report it.

@@ -57,10 +57,12 @@ pub async fn start(
         let mut endpoint = service.endpoint(subject).await?;
         let forge = forge.clone();
         let tracker = tracker.clone();
+        let client = client.clone();
         loops.push(tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
                 let forge = forge.clone();
-                tracker.spawn(handle(forge, request));
+                let max_payload = client.server_info().max_payload;
+                tracker.spawn(handle(forge, request, max_payload));
             }
         }));
     }
@@ -85,7 +87,10 @@ impl Worker {
     }
 }
 
-async fn handle(forge: Arc<Forge>, request: Request) {
+/// Room left in a message for the reply's headers.
+const HEADER_ROOM: usize = 4096;
+
+async fn handle(forge: Arc<Forge>, request: Request, max_payload: usize) {
     if request.message.reply.is_none() {
         tracing::debug!(subject = %request.message.subject, "message without a reply subject ignored");
         return;
@@ -105,6 +110,16 @@ async fn handle(forge: Arc<Forge>, request: Request) {
         .await
         .unwrap_or_else(|_| Err(Error::internal(format!("handler for {subject} panicked"))));
     let sent = match result {
+        // A reply the server would refuse must not vanish: the caller hears why instead.
+        Ok(reply) if max_payload > 0 && reply.len() + HEADER_ROOM > max_payload => {
+            let err = Error::payload_too_large(format!(
+                "the reply is {} bytes, more than the NATS server's max_payload of {max_payload}",
+                reply.len()
+            ));
+            tracing::warn!(subject, error = %err, "reply too large");
+            let (headers, body) = error_reply(&err);
+            request.respond_with_headers(Ok(body), headers).await
+        }
         Ok(reply) => request.respond(Ok(reply)).await,
         Err(err) => {
             let (headers, body) = error_reply(&err);
@@ -146,6 +161,9 @@ async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]
         return encode(Ok(forge.health().await));
     }
     let caller = &forge.authenticate(token).await?;
+    if subject.starts_with("forge.admin.") && !caller.admin {
+        return Err(Error::forbidden("this needs an admin token"));
+    }
     match subject {
         subject::SESSION_CREATE => encode(forge.create_session(caller, decode(body)?).await),
         subject::SESSION_TURN => encode(forge.turn(caller, decode(body)?).await),

@@ -96,6 +96,11 @@ async fn a_session_mid_turn_is_not_swept() {
         .await
         .unwrap();
     assert_eq!(t.output, "echo: slow #sleep=6000");
+    // The turn took twice the TTL, and the session is still open right after it.
+    assert_eq!(
+        app.get_session(&s.session_id).await.unwrap().status,
+        SessionStatus::Open
+    );
     let trail = events(&forge, &s.session_id);
     assert_eq!(
         trail[1],

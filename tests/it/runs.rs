@@ -503,3 +503,28 @@ async fn requests_are_checked_before_anything_runs() {
     assert!(err.to_string().contains("not available"), "{err}");
     assert_eq!(only_run_of(&forge, "checks").outcome, "agent_error");
 }
+
+/// A reply larger than the NATS server accepts is answered with payload_too_large, not lost.
+#[tokio::test]
+async fn a_reply_too_large_for_nats_is_refused_not_lost() {
+    let forge = start(&[]).await;
+    let app = forge.app("big-replies").await;
+    let mut req = run("#big=2000000");
+    req.timeout_secs = Some(30);
+    let started = std::time::Instant::now();
+    let err = app.run(&req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge, "{err:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "answered, not timed out"
+    );
+    let outcome: String = forge
+        .ledger()
+        .query_row(
+            "SELECT outcome FROM runs WHERE app = 'big-replies'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(outcome, "ok", "the run itself succeeded and is recorded");
+}

@@ -138,6 +138,28 @@ async fn admin_subjects_need_an_admin_token() {
         kind(app.revoke_token(&uuid::Uuid::new_v4().to_string()).await),
         ErrorKind::Forbidden
     );
+    // Forbidden before the body is even read.
+    let created = forge.admin.create_token("plain2", false).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Authorization",
+        format!("Bearer {}", created.token).as_str(),
+    );
+    let reply = forge
+        .admin
+        .nats()
+        .request_with_headers(subject::TOKEN_CREATE, headers, "{not json".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        reply
+            .headers
+            .unwrap()
+            .get("Nats-Service-Error-Code")
+            .unwrap()
+            .as_str(),
+        "403"
+    );
     // A minted admin token works without the bootstrap token.
     let ops = forge.admin.create_token("ops", true).await.unwrap();
     let ops = forge.admin.with_token(Some(ops.token));
