@@ -402,41 +402,24 @@ pub async fn healthcheck(config: &Config, http: bool) -> anyhow::Result<String> 
 }
 
 async fn healthcheck_worker(config: &Config) -> anyhow::Result<String> {
-    use futures::StreamExt;
-    let client = connect_nats(config, "clawdforge-healthcheck").await?;
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await?;
-    client
-        .publish_with_reply(
-            format!("$SRV.PING.{}", crate::wire::SERVICE_NAME),
-            inbox,
-            bytes::Bytes::new(),
-        )
-        .await?;
+    let client = ForgeClient::new(connect_nats(config, "clawdforge-healthcheck").await?, None);
+    let workers = client
+        .ping_workers(Duration::from_secs(2))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let prefix = format!("{}-", hostname());
-    let mut others = 0;
-    let window = tokio::time::sleep(Duration::from_secs(2));
-    tokio::pin!(window);
-    loop {
-        tokio::select! {
-            _ = &mut window => break,
-            msg = replies.next() => {
-                let Some(msg) = msg else { break };
-                let info: serde_json::Value =
-                    serde_json::from_slice(&msg.payload).unwrap_or_default();
-                match info["metadata"]["worker_id"].as_str() {
-                    Some(id) if id.starts_with(&prefix) => {
-                        return Ok(format!("worker {id} answers on NATS"));
-                    }
-                    _ => others += 1,
-                }
-            }
-        }
+    match workers
+        .iter()
+        .filter_map(|w| w.worker_id.as_deref())
+        .find(|id| id.starts_with(&prefix))
+    {
+        Some(id) => Ok(format!("worker {id} answers on NATS")),
+        None => anyhow::bail!(
+            "no worker of host {} answers on NATS ({} other workers do)",
+            hostname(),
+            workers.len()
+        ),
     }
-    anyhow::bail!(
-        "no worker of host {} answers on NATS ({others} other workers do)",
-        hostname()
-    )
 }
 
 async fn healthcheck_http(config: &Config) -> anyhow::Result<String> {

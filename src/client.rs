@@ -47,6 +47,14 @@ impl ClientError {
     }
 }
 
+/// A worker's answer to `$SRV.PING`: its service instance id and the `worker_id` its health
+/// reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerPing {
+    pub id: String,
+    pub worker_id: Option<String>,
+}
+
 /// A reply as it came: the error status from the headers (if any) and the body.
 #[derive(Debug, Clone)]
 pub struct RawReply {
@@ -242,8 +250,8 @@ impl ForgeClient {
             .await
     }
 
-    /// The ids of the workers that answer `$SRV.PING.clawdforge` within `wait`.
-    pub async fn ping_workers(&self, wait: Duration) -> Result<Vec<String>, ClientError> {
+    /// The workers that answer `$SRV.PING.clawdforge` within `wait`.
+    pub async fn ping_workers(&self, wait: Duration) -> Result<Vec<WorkerPing>, ClientError> {
         let inbox = self.nats.new_inbox();
         let mut replies = self
             .nats
@@ -268,7 +276,10 @@ impl ForgeClient {
                     Some(msg) => {
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.payload) {
                             if let Some(id) = v["id"].as_str() {
-                                ids.push(id.to_string());
+                                ids.push(WorkerPing {
+                                    id: id.to_string(),
+                                    worker_id: v["metadata"]["worker_id"].as_str().map(str::to_string),
+                                });
                             }
                         }
                     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use super::process::{self, read_tail};
+use super::process::{self, exit_text, last_line, read_tail};
 use crate::config::AgentCommand;
 
 /// Longest stdout line we accept from acpx (one JSON-RPC message).
@@ -361,7 +361,7 @@ fn failure(what: &str, out: &std::process::Output) -> String {
         });
     format!(
         "acpx {what} exited with {}: {message}",
-        exit_text(out.status)
+        exit_text(out.status.code())
     )
 }
 
@@ -376,17 +376,6 @@ fn encode_uri_component(s: &str) -> String {
         }
     }
     out
-}
-
-fn exit_text(status: ExitStatus) -> String {
-    match status.code() {
-        Some(c) => format!("code {c}"),
-        None => "a signal".into(),
-    }
-}
-
-fn last_line(s: &str) -> &str {
-    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
 }
 
 /// The message of a JSON-RPC error line, with acpx's code when it gives one.
@@ -495,7 +484,10 @@ impl PromptStream {
             .map(|(_, m)| m.clone())
             .or_else(|| Some(last_line(stderr).to_string()).filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "no result from the agent".into());
-        AcpxError::Agent(format!("acpx exited with {}: {message}", exit_text(status)))
+        AcpxError::Agent(format!(
+            "acpx exited with {}: {message}",
+            exit_text(status.code())
+        ))
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::process::{self, read_bounded, read_tail};
+use super::process::{self, exit_text, last_line, read_bounded, read_tail};
 
 /// Prompts longer than this go in on stdin rather than as an argument.
 pub const ARGV_PROMPT_MAX: usize = 100 * 1024;
@@ -359,21 +359,6 @@ impl Drop for GroupGuard {
 
 fn non_blank(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn exit_text(code: Option<i32>) -> String {
-    match code {
-        Some(c) => format!("code {c}"),
-        None => "a signal".into(),
-    }
-}
-
-fn last_line(s: &str) -> &str {
-    s.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.

@@ -33,6 +33,23 @@ pub fn kill_group(pid: Option<u32>) {
     }
 }
 
+/// How a process ended, for messages: "code N" or "a signal".
+pub fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("code {c}"),
+        None => "a signal".into(),
+    }
+}
+
+/// The last line of `s` that is not blank, trimmed.
+pub fn last_line(s: &str) -> &str {
+    s.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
 /// The last `cap` bytes of a stream, for error messages and the ledger.
 #[derive(Debug)]
 pub struct Tail {

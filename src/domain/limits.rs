@@ -53,16 +53,6 @@ impl Limiter {
             .await
             .map_err(|_| Error::at_capacity("the worker is shutting down"))
     }
-
-    /// Slots in use.
-    pub fn busy(&self, total: usize) -> usize {
-        total - self.slots.available_permits()
-    }
-
-    /// Stops handing out slots: waiting and later callers get `at_capacity`.
-    pub fn close(&self) {
-        self.slots.close();
-    }
 }
 
 /// One async lock per key, so that turns of one session never interleave in this process.

@@ -5,25 +5,12 @@ use std::time::Duration;
 
 use clawdforge::client::ForgeClient;
 use clawdforge::error::ErrorKind;
-use clawdforge::wire::{subject, CreateSession};
+use clawdforge::wire::CreateSession;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::harness::{Forge, Options, ROOT_TOKEN};
 use crate::sessions::{kind, turn};
-
-const SUBJECTS: [&str; 10] = [
-    subject::SESSION_CREATE,
-    subject::SESSION_TURN,
-    subject::SESSION_CLOSE,
-    subject::SESSION_GET,
-    subject::SESSION_LIST,
-    subject::RUN,
-    subject::TOKEN_CREATE,
-    subject::TOKEN_LIST,
-    subject::TOKEN_REVOKE,
-    subject::HEALTH,
-];
 
 /// A malformed body: never a valid request for any subject.
 fn bad_body(rng: &mut StdRng, session_id: &str) -> Vec<u8> {
@@ -146,7 +133,7 @@ async fn hundreds_of_malformed_messages_get_contract_errors_and_change_nothing()
     let mut rng = StdRng::seed_from_u64(0x5eed_f0a6e);
     let mut sent = 0;
     for round in 0..40 {
-        for subject in SUBJECTS {
+        for subject in clawdforge::nats::SUBJECTS {
             let body = bad_body(&mut rng, &s.session_id);
             let h = headers(&mut rng, &created.token);
             let reply = tokio::time::timeout(
