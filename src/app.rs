@@ -198,6 +198,11 @@ async fn start_sidecar(
     let nats = connect_nats(config, "clawdforge-sidecar").await?;
     let mut client = ForgeClient::new(nats.clone(), None);
     client.default_agent_timeout = Duration::from_secs(config.default_timeout_secs);
+    // Serving starts once connected, or after a short wait without NATS: then requests answer
+    // 503 until the connection is made in the background.
+    if !client.wait_connected(Duration::from_secs(5)).await {
+        tracing::warn!(nats = %config.nats_url, "NATS is not reachable yet; serving, and answering 503 until it is");
+    }
     let router = http::router(http::Sidecar::new(client, settings));
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(

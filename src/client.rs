@@ -104,6 +104,23 @@ impl ForgeClient {
         &self.nats
     }
 
+    pub fn connected(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Waits up to `max` for the connection to NATS (being made at start, or after a loss);
+    /// true when connected.
+    pub async fn wait_connected(&self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        while !self.connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Sends `body` to `subject` with a bearer token, and returns the reply as it came.
     pub async fn raw(
         &self,

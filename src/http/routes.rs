@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use async_nats::connection::State as NatsState;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -28,6 +27,9 @@ const NO_RESPONDERS_RETRIES: [Duration; 2] =
 /// How long `/healthz` collects the workers' answers to `$SRV.PING`.
 const PING_WAIT: Duration = Duration::from_millis(250);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a request waits for NATS when the sidecar is not connected (just started, or
+/// reconnecting) before it answers that NATS is not reachable.
+const NATS_CONNECT_WAIT: Duration = Duration::from_secs(3);
 
 const NATS_DOWN: &str = "NATS is not reachable";
 
@@ -35,7 +37,7 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Sidecar {
     fn nats_connected(&self) -> bool {
-        self.client.nats().connection_state() == NatsState::Connected
+        self.client.connected()
     }
 
     /// Sends `body` to `subject` with the caller's `Authorization` header, and maps the reply.
@@ -46,7 +48,9 @@ impl Sidecar {
         body: Bytes,
         timeout: Duration,
     ) -> Response {
-        if !self.nats_connected() {
+        // A request that arrives a moment after start or during a reconnect waits for NATS
+        // rather than failing at once.
+        if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
             return error_response(&Error::at_capacity(NATS_DOWN));
         }
         let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());

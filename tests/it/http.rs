@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::harness::{http_client, Forge, HttpProcess, Options, ROOT_TOKEN};
+use crate::harness::{http_client, Forge, HttpProcess, Nats, Options, ROOT_TOKEN};
 
 /// The status and JSON body of an answer.
 type Answer = (u16, Value);
@@ -716,6 +716,7 @@ async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers(
     assert!(health["worker_id"].is_string() && health["version"].is_string());
     assert_eq!(health["open_sessions"], 0);
 
+    let port = forge.nats.port();
     forge.nats.stop();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -733,6 +734,21 @@ async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers(
             json!({"error": {"code": "at_capacity", "message": "NATS is not reachable"}})
         )
     );
+    // NATS comes back on the same port: the sidecar and the workers reconnect by themselves.
+    forge.nats = Nats::start_on(Some(port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = get(&sidecar, "/admin/tokens", Some(ROOT_TOKEN)).await;
+        if answer.0 == 200 {
+            assert!(answer.1["tokens"].is_array(), "{answer:?}");
+            break;
+        }
+        assert_eq!(answer.0, 503, "{answer:?}");
+        assert!(Instant::now() < deadline, "still {answer:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    forge.nats.stop();
+
     // With NATS gone, shutdown still ends.
     let status = sidecar
         .terminate(Duration::from_secs(20))
