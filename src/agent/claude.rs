@@ -22,6 +22,9 @@ const STDERR_TAIL: usize = 4096;
 const MAX_MESSAGE: usize = 500;
 /// Time allowed, after the process group is killed, for it to be reaped and its pipes to close.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long claude's output pipes may stay open after it exits (held by a process it left in
+/// the background) before that process group is killed.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClaudeError {
@@ -284,12 +287,26 @@ impl Claude {
         let mut stdout_task = tokio::spawn(read_bounded(stdout, MAX_STDOUT));
         let mut stderr_task = tokio::spawn(read_tail(stderr, STDERR_TAIL));
 
-        // The pipes close once every process holding them is gone; the child is reaped last, so
-        // a timeout finds its process group still there to kill.
+        // The run ends when claude exits. Its pipes close then, unless something it started in
+        // the background still holds them: that is killed after a moment, and what claude wrote
+        // is kept. (A group outlives its leader while any member lives, so the kill reaches it.)
         let finished = tokio::time::timeout(timeout, async {
-            let out = (&mut stdout_task).await.unwrap_or(None);
-            let err = (&mut stderr_task).await.unwrap_or_default();
-            (out, err, child.wait().await)
+            let status = child.wait().await;
+            let drained = async {
+                let out = (&mut stdout_task).await.unwrap_or(None);
+                let err = (&mut stderr_task).await.unwrap_or_default();
+                (out, err)
+            };
+            let kill_leftovers = async {
+                tokio::time::sleep(PIPE_GRACE).await;
+                process::kill_group(pid);
+                std::future::pending::<std::convert::Infallible>().await
+            };
+            let (out, err) = tokio::select! {
+                drained = drained => drained,
+                never = kill_leftovers => match never {},
+            };
+            (out, err, status)
         })
         .await;
         if let Some(feed) = feed {

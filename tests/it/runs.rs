@@ -424,6 +424,34 @@ async fn a_timeout_leaves_no_process_behind() {
 }
 
 #[tokio::test]
+async fn a_run_ends_when_claude_exits_and_what_it_left_behind_is_killed() {
+    let forge = start(&[]).await;
+    let app = forge.app("leaves").await;
+    let req = RunRequest {
+        timeout_secs: Some(30),
+        ..run("answer, leaving a child that holds stdout #spawn-exit")
+    };
+    let reply = app
+        .run(&req)
+        .await
+        .expect("the run answers when claude exits");
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(
+        reply.result.as_deref(),
+        Some("answer, leaving a child that holds stdout #spawn-exit")
+    );
+    let row = only_run_of(&forge, "leaves");
+    assert_eq!(row.outcome, "ok");
+    let child_pid: i64 =
+        std::fs::read_to_string(runs_root(&forge).join(&row.run_id).join("child.pid"))
+            .expect("the stand-in's child wrote its pid")
+            .trim()
+            .parse()
+            .unwrap();
+    assert!(gone(child_pid).await, "the child ({child_pid}) survived");
+}
+
+#[tokio::test]
 async fn runs_queue_beyond_their_bound_then_answer_at_capacity() {
     let forge = start(&[
         ("CLAWDFORGE_MAX_CONCURRENT_RUNS", "1"),
