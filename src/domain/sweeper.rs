@@ -37,14 +37,14 @@ impl Forge {
     pub async fn stopped(&self, why: &str) -> Result<u64> {
         let left = self
             .ledger
-            .interrupt_own(self.settings.worker_id.clone(), why.to_string())
+            .interrupt_own(self.settings.worker_id.clone(), now(), why.to_string())
             .await
             .map_err(Error::internal)?;
         self.ledger
             .worker_stopped(self.settings.worker_id.clone(), now())
             .await
             .map_err(Error::internal)?;
-        Ok(left)
+        Ok(left.turns + left.runs)
     }
 
     /// A worker silent this long is dead: what it left running is recorded as interrupted.

@@ -72,47 +72,33 @@ impl Ledger {
     ) -> LedgerResult<Interrupted> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            let dead = "worker_id NOT IN (SELECT worker_id FROM workers
-                          WHERE stopped_at IS NULL AND heartbeat_at >= ?1)";
-            let turns = tx.execute(
-                &format!(
-                    "UPDATE session_events SET outcome = 'interrupted',
-                            error = 'the worker running this turn stopped (recorded at ' || ?2 || ')'
-                     WHERE outcome = 'running' AND {dead}"
-                ),
-                params![stale_before, at],
-            )?;
-            let runs = tx.execute(
-                &format!(
-                    "UPDATE runs SET outcome = 'interrupted', finished_at = ?2,
-                            error = 'the worker running this run stopped'
-                     WHERE outcome = 'running' AND {dead}"
-                ),
-                params![stale_before, at],
+            let done = mark_interrupted(
+                &tx,
+                "worker_id NOT IN (SELECT worker_id FROM workers
+                                   WHERE stopped_at IS NULL AND heartbeat_at >= ?1)",
+                &stale_before,
+                &at,
+                "the worker running it stopped",
             )?;
             tx.commit()?;
-            Ok(Interrupted {
-                turns: turns as u64,
-                runs: runs as u64,
-            })
+            Ok(done)
         })
         .await
     }
 
-    /// Marks this worker's own running turns as interrupted (at shutdown, after the grace).
-    pub async fn interrupt_own(&self, worker_id: String, why: String) -> LedgerResult<u64> {
+    /// Marks this worker's own running turns and runs as interrupted (at shutdown, after the
+    /// grace).
+    pub async fn interrupt_own(
+        &self,
+        worker_id: String,
+        at: String,
+        why: String,
+    ) -> LedgerResult<Interrupted> {
         self.call(move |c| {
-            let turns = c.execute(
-                "UPDATE session_events SET outcome = 'interrupted', error = ?2
-                 WHERE outcome = 'running' AND worker_id = ?1",
-                params![worker_id, why],
-            )?;
-            let runs = c.execute(
-                "UPDATE runs SET outcome = 'interrupted', error = ?2
-                 WHERE outcome = 'running' AND worker_id = ?1",
-                params![worker_id, why],
-            )?;
-            Ok((turns + runs) as u64)
+            let tx = c.transaction()?;
+            let done = mark_interrupted(&tx, "worker_id = ?1", &worker_id, &at, &why)?;
+            tx.commit()?;
+            Ok(done)
         })
         .await
     }
@@ -245,6 +231,35 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// Marks the running turns and runs of the workers `whose` selects (an SQL condition on
+/// `worker_id` with `?1` = `worker`) as interrupted at `at`, giving `why`.
+fn mark_interrupted(
+    tx: &rusqlite::Transaction<'_>,
+    whose: &str,
+    worker: &str,
+    at: &str,
+    why: &str,
+) -> rusqlite::Result<Interrupted> {
+    let turns = tx.execute(
+        &format!(
+            "UPDATE session_events SET outcome = 'interrupted', error = ?3 || ' (recorded at ' || ?2 || ')'
+             WHERE outcome = 'running' AND {whose}"
+        ),
+        params![worker, at, why],
+    )?;
+    let runs = tx.execute(
+        &format!(
+            "UPDATE runs SET outcome = 'interrupted', finished_at = ?2, error = ?3
+             WHERE outcome = 'running' AND {whose}"
+        ),
+        params![worker, at, why],
+    )?;
+    Ok(Interrupted {
+        turns: turns as u64,
+        runs: runs as u64,
+    })
 }
 
 #[cfg(test)]
@@ -393,11 +408,36 @@ mod tests {
             .await
             .unwrap();
         }
+        for (r, w) in [("r1", "alive"), ("r2", "dead")] {
+            l.begin_run(
+                r.into(),
+                "a".into(),
+                "m".into(),
+                w.into(),
+                "t03".into(),
+                Recorded::of("x", true),
+            )
+            .await
+            .unwrap();
+        }
+        let ended = |r: &str| {
+            let l = l.clone();
+            let r = r.to_string();
+            async move {
+                l.runs_finished_at(vec![r.clone()])
+                    .await
+                    .unwrap()
+                    .remove(&r)
+                    .unwrap()
+            }
+        };
         let got = l
             .recover_interrupted("t05".into(), "t11".into())
             .await
             .unwrap();
-        assert_eq!(got, Interrupted { turns: 1, runs: 0 });
+        assert_eq!(got, Interrupted { turns: 1, runs: 1 });
+        assert_eq!(ended("r2").await.as_deref(), Some("t11"));
+        assert_eq!(ended("r1").await, None);
         let outcome = |s: &str| {
             let l = l.clone();
             let s = s.to_string();
@@ -416,11 +456,12 @@ mod tests {
 
         // A worker that stops on purpose interrupts what it leaves.
         assert_eq!(
-            l.interrupt_own("alive".into(), "shutdown".into())
+            l.interrupt_own("alive".into(), "t12".into(), "shutdown".into())
                 .await
                 .unwrap(),
-            1
+            Interrupted { turns: 1, runs: 1 }
         );
         assert_eq!(outcome("s1").await, "interrupted");
+        assert_eq!(ended("r1").await.as_deref(), Some("t12"));
     }
 }
