@@ -132,7 +132,7 @@ impl RunningWorker {
         } = self;
         let tracker = worker.stop_intake().await;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            let cancelled = forge.cancel_running_turns().await;
+            let cancelled = forge.interrupt_in_flight().await;
             tracing::warn!(
                 in_flight = tracker.len(),
                 cancelled,

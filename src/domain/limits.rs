@@ -15,7 +15,9 @@ pub struct Limiter {
     max_waiting: usize,
 }
 
-struct Waiting<'a>(&'a AtomicUsize);
+/// A place in a [`Limiter`]'s queue, given back when dropped.
+#[derive(Debug)]
+pub struct Waiting<'a>(&'a AtomicUsize);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
@@ -33,12 +35,9 @@ impl Limiter {
         }
     }
 
-    /// A slot: at once if one is free, after a wait in the queue if not, `at_capacity` when the
-    /// queue is full too.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
+    /// A place in the queue, for a request that waits for something else first (a session's
+    /// earlier turn); `at_capacity` when the queue is full.
+    pub fn queue_place(&self) -> Result<Waiting<'_>> {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::at_capacity(format!(
@@ -46,7 +45,16 @@ impl Limiter {
                 self.what
             )));
         }
-        let _waiting = Waiting(&self.waiting);
+        Ok(Waiting(&self.waiting))
+    }
+
+    /// A slot: at once if one is free, after a wait in the queue if not, `at_capacity` when the
+    /// queue is full too.
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _waiting = self.queue_place()?;
         self.slots
             .clone()
             .acquire_owned()
@@ -62,19 +70,25 @@ pub struct KeyedLocks {
 }
 
 impl KeyedLocks {
+    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = locks.get(key).and_then(Weak::upgrade) {
+            lock
+        } else {
+            locks.retain(|_, w| w.strong_count() > 0);
+            let lock = Arc::new(tokio::sync::Mutex::new(()));
+            locks.insert(key.to_string(), Arc::downgrade(&lock));
+            lock
+        }
+    }
+
     pub async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(lock) = locks.get(key).and_then(Weak::upgrade) {
-                lock
-            } else {
-                locks.retain(|_, w| w.strong_count() > 0);
-                let lock = Arc::new(tokio::sync::Mutex::new(()));
-                locks.insert(key.to_string(), Arc::downgrade(&lock));
-                lock
-            }
-        };
-        lock.lock_owned().await
+        self.entry(key).lock_owned().await
+    }
+
+    /// The lock if it is free now.
+    pub fn try_lock(&self, key: &str) -> Option<OwnedMutexGuard<()>> {
+        self.entry(key).try_lock_owned().ok()
     }
 }
 
@@ -106,11 +120,23 @@ mod tests {
         assert!(b.is_ok(), "another key is not blocked");
         let again = tokio::time::timeout(Duration::from_millis(100), locks.lock("a")).await;
         assert!(again.is_err(), "the same key waits");
+        assert!(locks.try_lock("a").is_none(), "try_lock does not wait");
         drop(a);
+        assert!(locks.try_lock("a").is_some());
         assert!(
             tokio::time::timeout(Duration::from_millis(100), locks.lock("a"))
                 .await
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn queue_places_count_against_the_queue() {
+        let l = Limiter::new("turns", 1, 2);
+        let a = l.queue_place().unwrap();
+        let _b = l.queue_place().unwrap();
+        assert_eq!(l.queue_place().unwrap_err().kind, ErrorKind::AtCapacity);
+        drop(a);
+        assert!(l.queue_place().is_ok(), "a place given back is free again");
     }
 }

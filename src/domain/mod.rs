@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Acpx, Claude, ClaudeOptions};
 use crate::config::{AgentCommand, Config};
@@ -120,6 +121,8 @@ pub struct Forge {
     session_locks: limits::KeyedLocks,
     /// Turns this worker is running: session id → how to cancel them at shutdown.
     running_turns: std::sync::Mutex<std::collections::HashMap<String, (AgentCommand, PathBuf)>>,
+    /// Cancelled when the shutdown grace is over: queued requests give up, runs are killed.
+    stopping: CancellationToken,
     probe: Mutex<ToolProbe>,
 }
 
@@ -155,6 +158,7 @@ impl Forge {
             acpx,
             session_locks: limits::KeyedLocks::default(),
             running_turns: Default::default(),
+            stopping: CancellationToken::new(),
             probe: Mutex::new(ToolProbe::default()),
         }))
     }
@@ -221,7 +225,38 @@ impl Forge {
     }
 }
 
+/// What a request waiting for its turn hears when the worker stops before it started.
+const SHUT_DOWN_WAITING: &str = "the worker shut down before this request started; send it again";
+
 impl Forge {
+    /// Waits for `admission` (a session's earlier turns, a free slot), for at most `budget`: a
+    /// request's timeout counts from when the worker takes it, so a caller waiting `timeout_secs`
+    /// plus a margin never misses a reply to work that started late. Past the budget the request
+    /// answers `timeout` without having run; at shutdown, `at_capacity`.
+    async fn admit<T>(
+        &self,
+        budget: Duration,
+        admission: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::select! {
+            admitted = tokio::time::timeout(budget, admission) => admitted.unwrap_or_else(|_| {
+                Err(Error::timeout(format!(
+                    "no room to start within the timeout of {} s (earlier requests held this \
+                     worker or this session); it did not run",
+                    budget.as_secs()
+                )))
+            }),
+            _ = self.stopping.cancelled() => Err(Error::at_capacity(SHUT_DOWN_WAITING)),
+        }
+    }
+
+    /// At the end of the shutdown grace: requests still waiting give up, runs are killed, and
+    /// the turns still running are cancelled through acpx. Returns how many turns were running.
+    pub async fn interrupt_in_flight(&self) -> usize {
+        self.stopping.cancel();
+        self.cancel_running_turns().await
+    }
+
     /// A request's `timeout_secs`, checked against the configured default and maximum.
     fn timeout_secs(&self, requested: Option<u64>) -> Result<u64> {
         types::timeout_secs(

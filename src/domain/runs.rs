@@ -37,7 +37,10 @@ impl Forge {
         let timeout = self.timeout_secs(req.timeout_secs)?;
         let attachments = self.attachments(&req.files)?;
 
-        let _slot = self.runs.acquire().await?;
+        // Waiting for a slot is part of the timeout (see `admit`).
+        let received = Instant::now();
+        let budget = Duration::from_secs(timeout);
+        let _slot = self.admit(budget, self.runs.acquire()).await?;
 
         let id = RunId::new().as_string();
         let dir = self.settings.runs_root.join(&id);
@@ -57,11 +60,13 @@ impl Forge {
         let outcome = match stage(&dir, attachments).await {
             Ok(paths) => {
                 let text = files::with_header(&paths, prompt.as_str());
-                let ran = self
-                    .claude
-                    .run(&dir, model.as_str(), &text, Duration::from_secs(timeout))
-                    .await;
-                Ran::Claude(ran)
+                let left = budget.saturating_sub(received.elapsed());
+                // At the end of the shutdown grace the run is dropped, which kills its process
+                // group.
+                tokio::select! {
+                    ran = self.claude.run(&dir, model.as_str(), &text, left) => Ran::Claude(ran),
+                    _ = self.stopping.cancelled() => Ran::Interrupted,
+                }
             }
             Err(e) => Ran::Staging(e),
         };
@@ -105,6 +110,15 @@ impl Forge {
                     ..Default::default()
                 };
                 (Err(err), end)
+            }
+            Ran::Interrupted => {
+                let end = RunEnd {
+                    outcome: "interrupted".into(),
+                    error: Some(SHUT_DOWN_RUNNING.into()),
+                    duration_ms: Some(duration_ms),
+                    ..Default::default()
+                };
+                (Err(Error::at_capacity(SHUT_DOWN_RUNNING)), end)
             }
             Ran::Staging(e) => {
                 let end = RunEnd {
@@ -195,8 +209,13 @@ impl Forge {
 
 enum Ran {
     Claude(std::result::Result<RunOutput, ClaudeError>),
+    /// Killed at the end of the shutdown grace.
+    Interrupted,
     Staging(std::io::Error),
 }
+
+/// Why a run killed at shutdown ended.
+const SHUT_DOWN_RUNNING: &str = "the worker shut down during the run; it was killed";
 
 /// Creates the run's staging directory and writes the attachments into it; returns their
 /// absolute paths.

@@ -14,6 +14,9 @@ use crate::ledger::{
 };
 use crate::wire;
 
+/// Why a turn cancelled at shutdown ended.
+const SHUT_DOWN_RUNNING: &str = "the worker shut down during the turn; it was cancelled";
+
 impl From<AcpxError> for Error {
     fn from(e: AcpxError) -> Error {
         match e {
@@ -76,7 +79,7 @@ impl Drop for RunningTurn<'_> {
 
 impl Forge {
     /// Cancels every turn this worker is running (at shutdown, once the grace period is over).
-    pub async fn cancel_running_turns(&self) -> usize {
+    pub(super) async fn cancel_running_turns(&self) -> usize {
         let running: Vec<(String, (AgentCommand, std::path::PathBuf))> = self
             .running_turns
             .lock()
@@ -319,8 +322,22 @@ impl Forge {
         }
         let command = self.agent_command(&row)?;
 
-        let _session = self.session_locks.lock(&row.session_id).await;
-        let _slot = self.turns.acquire().await?;
+        // Waiting for the session's earlier turns and for a slot is part of the timeout, and
+        // waiting for the session holds a place in the queue too.
+        let received = Instant::now();
+        let budget = std::time::Duration::from_secs(timeout);
+        let (_session, _slot) = self
+            .admit(budget, async {
+                let session = match self.session_locks.try_lock(&row.session_id) {
+                    Some(session) => session,
+                    None => {
+                        let _place = self.turns.queue_place()?;
+                        self.session_locks.lock(&row.session_id).await
+                    }
+                };
+                Ok((session, self.turns.acquire().await?))
+            })
+            .await?;
 
         let cwd = Path::new(&row.cwd);
         let written = files::write(cwd, attachments)
@@ -355,7 +372,7 @@ impl Forge {
         let text = files::with_header(&listed, prompt.as_str());
 
         let started = Instant::now();
-        let timeout_d = std::time::Duration::from_secs(timeout);
+        let timeout_d = budget.saturating_sub(received.elapsed());
         let _running = RunningTurn::register(self, &row.session_id, &command, cwd);
         let mut result = self
             .acpx
@@ -378,8 +395,24 @@ impl Forge {
             };
         }
         let duration_ms = started.elapsed().as_millis() as u64;
+        // Cancelled because the worker is stopping: the caller gets what there is (a turn whose
+        // stop reason says so), the ledger says interrupted.
+        let interrupted = self.stopping.is_cancelled()
+            && !matches!(&result, Ok(out) if out.stop_reason != "cancelled");
         let result = result.map_err(Error::from);
         let detail = match &result {
+            _ if interrupted => EventDetail {
+                outcome: "interrupted".into(),
+                turn: Some(turn),
+                stop_reason: result.as_ref().ok().map(|out| out.stop_reason.clone()),
+                duration_ms: Some(duration_ms),
+                output: result
+                    .as_ref()
+                    .ok()
+                    .map(|out| Recorded::of(&out.output, self.settings.ledger_keep_text)),
+                error: Some(SHUT_DOWN_RUNNING.into()),
+                ..Default::default()
+            },
             Ok(out) => EventDetail {
                 outcome: "ok".into(),
                 turn: Some(turn),
@@ -400,6 +433,10 @@ impl Forge {
             .finish_turn(row.session_id.clone(), event_id, now(), detail)
             .await
             .map_err(Error::internal)?;
+        let result = match result {
+            Err(_) if interrupted => Err(Error::at_capacity(SHUT_DOWN_RUNNING)),
+            other => other,
+        };
         match result {
             Ok(out) => Ok(wire::Turn {
                 session_id: row.session_id,

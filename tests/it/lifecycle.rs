@@ -4,11 +4,12 @@
 use std::time::{Duration, Instant};
 
 use clawdforge::error::ErrorKind;
-use clawdforge::wire::{CreateSession, SessionStatus};
+use clawdforge::wire::{CreateSession, RunRequest, SessionStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::harness::{Forge, Nats, Options};
+use crate::runs::{claude_env, gone, only_run_of, run, stand_in_record, wait_for_running_runs};
 use crate::sessions::{kind, turn};
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -150,20 +151,35 @@ async fn sigterm_lets_the_running_turn_finish_and_exits_cleanly() {
 #[tokio::test]
 async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
     let mut forge = Forge::start_with(Options {
-        env: env(&[("CLAWDFORGE_SHUTDOWN_GRACE_SECS", "1")]),
+        env: claude_env(&[("CLAWDFORGE_SHUTDOWN_GRACE_SECS", "1")]),
         ..Default::default()
     })
     .await;
     let app = forge.app("impatient").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
-    let pending = {
+    let spawn_turn = |prompt: &str| {
         let app = app.clone();
-        let id = s.session_id.clone();
-        let mut req = turn(&id, "#hang");
-        req.timeout_secs = Some(20);
+        let mut req = turn(&s.session_id, prompt);
+        req.timeout_secs = Some(30);
         tokio::spawn(async move { app.turn(&req).await })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hung = spawn_turn("#hang");
+    wait_until("the turn to start", Duration::from_secs(10), || {
+        events(&forge, &s.session_id).len() == 2
+    })
+    .await;
+    // Waits behind the hung turn of its session.
+    let queued = spawn_turn("queued");
+    let long_run = {
+        let app = app.clone();
+        let req = RunRequest {
+            timeout_secs: Some(60),
+            ..run("take your time #sleep=60000")
+        };
+        tokio::spawn(async move { app.run(&req).await })
+    };
+    wait_for_running_runs(&forge, 1).await;
+
     let started = Instant::now();
     kill(
         Pid::from_raw(forge.workers[0].child.id() as i32),
@@ -173,24 +189,29 @@ async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
     let status = forge.workers[0].child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
-    let reply = pending.await.unwrap();
-    // The caller hears about it: the cancelled turn's reply, or nothing (a timeout) if the
-    // worker had to go first. Either way the ledger says what happened.
-    if let Ok(t) = &reply {
+
+    // The queued turn never started and says so; the run was killed and says so.
+    assert_eq!(kind(queued.await.unwrap()), ErrorKind::AtCapacity);
+    assert_eq!(kind(long_run.await.unwrap()), ErrorKind::AtCapacity);
+    // The hung turn was cancelled: its caller gets the turn as it ended, or nothing (a timeout)
+    // if the worker had to go first. Either way the ledger says what happened.
+    if let Ok(t) = hung.await.unwrap() {
         assert_eq!(t.stop_reason, "cancelled");
     }
-    let (event, outcome) = events(&forge, &s.session_id)[1].clone();
-    assert_eq!(event, "turn");
-    assert!(outcome == "ok" || outcome == "interrupted", "{outcome}");
-    let running: i64 = forge
-        .ledger()
-        .query_row(
-            "SELECT COUNT(*) FROM session_events WHERE outcome = 'running'",
-            [],
-            |r| r.get(0),
-        )
+    assert_eq!(
+        events(&forge, &s.session_id),
+        [
+            ("create".to_string(), "ok".to_string()),
+            ("turn".to_string(), "interrupted".to_string())
+        ]
+    );
+    let row = only_run_of(&forge, "impatient");
+    assert_eq!(row.outcome, "interrupted");
+    assert!(row.finished_at.is_some(), "{row:?}");
+    let claude_pid = stand_in_record(&forge, &row.run_id)["pid"]
+        .as_i64()
         .unwrap();
-    assert_eq!(running, 0);
+    assert!(gone(claude_pid).await, "claude ({claude_pid}) survived");
     forge.workers.clear();
 }
 

@@ -14,7 +14,7 @@ const COST: f64 = 0.0123;
 
 /// The harness's environment for runs: the stand-in as CLAUDE_BIN, and the project's Node
 /// first on PATH for its `#!/usr/bin/env node`.
-fn claude_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+pub fn claude_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let node_dir = tool("node").parent().unwrap().to_path_buf();
     let path = format!(
         "{}:{}",
@@ -41,7 +41,7 @@ async fn start(extra: &[(&str, &str)]) -> Forge {
     .await
 }
 
-fn run(prompt: &str) -> RunRequest {
+pub fn run(prompt: &str) -> RunRequest {
     RunRequest {
         prompt: prompt.into(),
         model: None,
@@ -55,7 +55,7 @@ fn runs_root(forge: &Forge) -> PathBuf {
 }
 
 /// What the stand-in wrote about its invocation into the run's staging directory.
-fn stand_in_record(forge: &Forge, run_id: &str) -> serde_json::Value {
+pub fn stand_in_record(forge: &Forge, run_id: &str) -> serde_json::Value {
     let path = runs_root(forge).join(run_id).join("claude-stand-in.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), forge.logs()));
@@ -63,7 +63,7 @@ fn stand_in_record(forge: &Forge, run_id: &str) -> serde_json::Value {
 }
 
 /// The only run of `app` in the ledger.
-fn only_run_of(forge: &Forge, app: &str) -> RunRow {
+pub fn only_run_of(forge: &Forge, app: &str) -> RunRow {
     let ledger = forge.ledger();
     let mut stmt = ledger
         .prepare(
@@ -104,24 +104,24 @@ fn only_run_of(forge: &Forge, app: &str) -> RunRow {
 
 #[derive(Debug)]
 #[allow(dead_code)]
-struct RunRow {
-    run_id: String,
-    app: String,
-    model: String,
-    outcome: String,
-    worker_id: String,
-    created_at: String,
-    finished_at: Option<String>,
-    prompt: Option<String>,
-    prompt_bytes: i64,
-    prompt_sha256: String,
-    result: Option<String>,
-    result_bytes: Option<i64>,
-    error: Option<String>,
-    exit_code: Option<i32>,
-    duration_ms: Option<i64>,
-    cost_usd: Option<f64>,
-    stderr_tail: Option<String>,
+pub struct RunRow {
+    pub run_id: String,
+    pub app: String,
+    pub model: String,
+    pub outcome: String,
+    pub worker_id: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub prompt: Option<String>,
+    pub prompt_bytes: i64,
+    pub prompt_sha256: String,
+    pub result: Option<String>,
+    pub result_bytes: Option<i64>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<i64>,
+    pub cost_usd: Option<f64>,
+    pub stderr_tail: Option<String>,
 }
 
 fn sha256(text: &str) -> String {
@@ -130,7 +130,7 @@ fn sha256(text: &str) -> String {
 }
 
 /// Whether `pid` has ended (it may linger as a zombie until its new parent reaps it).
-async fn gone(pid: i64) -> bool {
+pub async fn gone(pid: i64) -> bool {
     for _ in 0..100 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
         if stat.map(|s| s.contains(") Z")).unwrap_or(true) {
@@ -141,7 +141,7 @@ async fn gone(pid: i64) -> bool {
     false
 }
 
-async fn wait_for_running_runs(forge: &Forge, n: i64) {
+pub async fn wait_for_running_runs(forge: &Forge, n: i64) {
     for _ in 0..500 {
         let running: i64 = forge
             .ledger()

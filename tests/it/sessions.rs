@@ -377,6 +377,74 @@ async fn beyond_the_concurrency_limit_and_its_queue_turns_get_at_capacity() {
     assert_eq!(turns, 1);
 }
 
+/// How many turn events the ledger holds for `session_id`, and how many are running.
+fn turn_events(forge: &Forge, session_id: &str) -> (i64, i64) {
+    forge
+        .ledger()
+        .query_row(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE outcome = 'running')
+             FROM session_events WHERE session_id = ?1 AND event = 'turn'",
+            [session_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout() {
+    let forge = Forge::start_with(Options {
+        env: vec![("CLAWDFORGE_MAX_QUEUED_TURNS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("patient").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let slow = {
+        let app = app.clone();
+        let id = s.session_id.clone();
+        tokio::spawn(async move { app.turn(&turn(&id, "#sleep=6000")).await })
+    };
+    for _ in 0..250 {
+        if turn_events(&forge, &s.session_id).1 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        turn_events(&forge, &s.session_id),
+        (1, 1),
+        "the slow turn runs"
+    );
+
+    // Behind the slow turn, with a timeout shorter than the wait.
+    let waiting = {
+        let app = app.clone();
+        let mut req = turn(&s.session_id, "waits");
+        req.timeout_secs = Some(3);
+        tokio::spawn(async move { app.turn(&req).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The waiting turn holds the queue's one place.
+    assert_eq!(
+        kind(app.turn(&turn(&s.session_id, "no room")).await),
+        ErrorKind::AtCapacity
+    );
+    match waiting.await.unwrap() {
+        Err(ClientError::Api(e)) => {
+            assert_eq!(e.kind, ErrorKind::Timeout);
+            assert!(e.message.contains("did not run"), "{}", e.message);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+
+    let first = slow.await.unwrap().unwrap();
+    assert_eq!(first.turn, 1);
+    let next = app.turn(&turn(&s.session_id, "next")).await.unwrap();
+    assert_eq!((next.turn, next.output.as_str()), (2, "echo: next"));
+    // Neither the turn that timed out waiting nor the refused one left a trace.
+    assert_eq!(turn_events(&forge, &s.session_id), (2, 0));
+}
+
 #[tokio::test]
 async fn a_large_prompt_arrives_byte_exact() {
     let forge = Forge::start().await;
