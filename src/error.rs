@@ -124,8 +124,13 @@ impl Error {
         Error::new(ErrorKind::PayloadTooLarge, message)
     }
 
+    /// An agent's failure. Its text comes from the agent or its CLI (a JSON-RPC message, a
+    /// line of stderr), so it is clipped to [`MAX_AGENT_MESSAGE`] bytes.
     pub fn agent(message: impl Into<String>) -> Self {
-        Error::new(ErrorKind::AgentError, message)
+        Error::new(
+            ErrorKind::AgentError,
+            clip(&message.into(), MAX_AGENT_MESSAGE),
+        )
     }
 
     pub fn at_capacity(message: impl Into<String>) -> Self {
@@ -143,6 +148,21 @@ impl Error {
     }
 }
 
+/// The longest `agent_error` message a caller gets.
+pub const MAX_AGENT_MESSAGE: usize = 1000;
+
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when it was cut.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +175,20 @@ mod tests {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.code()));
         }
+    }
+
+    #[test]
+    fn messages_are_clipped_on_char_boundaries() {
+        assert_eq!(clip("héllo", 2), "h…");
+        assert_eq!(clip("abc", 3), "abc");
+        let long = "é".repeat(MAX_AGENT_MESSAGE);
+        let message = Error::agent(long.as_str()).message;
+        assert!(
+            message.len() <= MAX_AGENT_MESSAGE + "…".len(),
+            "{}",
+            message.len()
+        );
+        assert!(message.ends_with('…') && long.starts_with(message.trim_end_matches('…')));
     }
 
     #[test]

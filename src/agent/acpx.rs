@@ -223,9 +223,10 @@ impl Acpx {
         ]);
         let blocks = serde_json::to_vec(&serde_json::json!([{"type": "text", "text": text}]))
             .expect("prompt serializes");
-        let mut child = process::command(&self.bin, &args)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
+        let mut cmd = process::command(&self.bin, &args);
+        cmd.stdin(std::process::Stdio::piped());
+        let mut child = process::spawn(&mut cmd)
+            .await
             .map_err(|e| self.spawn_error(e))?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let feed = tokio::spawn(async move {
@@ -291,8 +292,8 @@ impl Acpx {
     }
 
     async fn run(&self, args: Vec<String>) -> Result<std::process::Output, AcpxError> {
-        let child = process::command(&self.bin, &args)
-            .spawn()
+        let child = process::spawn(&mut process::command(&self.bin, &args))
+            .await
             .map_err(|e| self.spawn_error(e))?;
         let pid = child.id();
         match tokio::time::timeout(CONTROL_TIMEOUT, child.wait_with_output()).await {

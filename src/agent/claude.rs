@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::process::{self, exit_text, last_line, read_bounded, read_tail};
+use crate::error::clip;
 
 /// Prompts longer than this go in on stdin rather than as an argument.
 pub const ARGV_PROMPT_MAX: usize = 100 * 1024;
@@ -267,10 +268,12 @@ impl Claude {
         if via == PromptVia::Stdin {
             cmd.stdin(Stdio::piped());
         }
-        let mut child = cmd.spawn().map_err(|e| ClaudeError::Spawn {
-            bin: self.bin.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut child = process::spawn(&mut cmd)
+            .await
+            .map_err(|e| ClaudeError::Spawn {
+                bin: self.bin.clone(),
+                reason: e.to_string(),
+            })?;
         let pid = child.id();
         let _group = GroupGuard(pid);
         let feed = child.stdin.take().map(|mut stdin| {
@@ -376,18 +379,6 @@ impl Drop for GroupGuard {
 
 fn non_blank(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
-/// `s` cut to at most `max` bytes, on a character boundary.
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
@@ -667,12 +658,5 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
-    }
-
-    #[test]
-    fn messages_are_clipped_on_char_boundaries() {
-        assert_eq!(clip("héllo", 2), "h…");
-        assert_eq!(clip("abc", 3), "abc");
-        assert_eq!(last_line("a\nb\n\n  "), "b");
     }
 }

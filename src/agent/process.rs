@@ -26,6 +26,22 @@ where
     cmd
 }
 
+/// Starts `cmd`. A program that is open for writing somewhere (being installed or replaced, or
+/// just written by a process that forked meanwhile) fails with "text file busy" for a moment:
+/// that is tried again a few times.
+pub async fn spawn(cmd: &mut Command) -> std::io::Result<tokio::process::Child> {
+    let mut waits = [10u64, 20, 40, 80, 160, 320].into_iter();
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => match waits.next() {
+                Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
 /// Kills a child's whole process group.
 pub fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {

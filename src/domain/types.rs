@@ -4,57 +4,63 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-/// A session's id: a UUID, in its lowercase hyphenated form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(Uuid);
-
-impl SessionId {
-    pub fn new() -> SessionId {
-        SessionId(Uuid::new_v4())
-    }
-
-    pub fn parse(s: &str) -> Result<SessionId> {
-        Uuid::try_parse(s).map(SessionId).map_err(|_| {
-            Error::bad_request(format!("invalid session_id {:?}: expected a UUID", clip(s)))
-        })
-    }
-
-    pub fn as_string(&self) -> String {
-        self.0.hyphenated().to_string()
+/// Parses an id as the contract writes it: a hyphenated UUID (upper case is taken too). Other
+/// forms `uuid` would take (braced, URN, without hyphens) are refused, so that one id has one
+/// spelling on the wire.
+fn parse_uuid(s: &str, field: &str) -> Result<Uuid> {
+    match Uuid::try_parse(s) {
+        Ok(id) if s.len() == uuid::fmt::Hyphenated::LENGTH => Ok(id),
+        _ => Err(Error::bad_request(format!(
+            "invalid {field} {:?}: expected a UUID like 123e4567-e89b-42d3-a456-426614174000",
+            clip(s)
+        ))),
     }
 }
 
-impl Default for SessionId {
-    fn default() -> Self {
-        SessionId::new()
-    }
+/// An id type: a random UUID, written in its lowercase hyphenated form.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub fn new() -> $name {
+                $name(Uuid::new_v4())
+            }
+
+            pub fn parse(s: &str) -> Result<$name> {
+                parse_uuid(s, $field).map($name)
+            }
+
+            pub fn as_string(&self) -> String {
+                self.0.hyphenated().to_string()
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::new()
+            }
+        }
+    };
 }
 
-/// A run's id: a UUID, in its lowercase hyphenated form; also the name of its staging directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RunId(Uuid);
-
-impl RunId {
-    pub fn new() -> RunId {
-        RunId(Uuid::new_v4())
-    }
-
-    pub fn parse(s: &str) -> Result<RunId> {
-        Uuid::try_parse(s).map(RunId).map_err(|_| {
-            Error::bad_request(format!("invalid run_id {:?}: expected a UUID", clip(s)))
-        })
-    }
-
-    pub fn as_string(&self) -> String {
-        self.0.hyphenated().to_string()
-    }
-}
-
-impl Default for RunId {
-    fn default() -> Self {
-        RunId::new()
-    }
-}
+uuid_id!(
+    /// A session's id.
+    SessionId,
+    "session_id"
+);
+uuid_id!(
+    /// A run's id; also the name of its staging directory.
+    RunId,
+    "run_id"
+);
+uuid_id!(
+    /// A token's id.
+    TokenId,
+    "token_id"
+);
 
 /// A model name as `claude --model` takes it: an alias (`sonnet`) or a full name, up to 200
 /// letters, digits and `-_.:/@[]`, starting with a letter or digit.
@@ -82,32 +88,6 @@ impl Model {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-/// A token's id: a UUID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenId(Uuid);
-
-impl TokenId {
-    pub fn new() -> TokenId {
-        TokenId(Uuid::new_v4())
-    }
-
-    pub fn parse(s: &str) -> Result<TokenId> {
-        Uuid::try_parse(s).map(TokenId).map_err(|_| {
-            Error::bad_request(format!("invalid token_id {:?}: expected a UUID", clip(s)))
-        })
-    }
-
-    pub fn as_string(&self) -> String {
-        self.0.hyphenated().to_string()
-    }
-}
-
-impl Default for TokenId {
-    fn default() -> Self {
-        TokenId::new()
     }
 }
 
@@ -204,12 +184,9 @@ pub fn timeout_secs(requested: Option<u64>, default: u64, max: u64) -> Result<u6
 }
 
 /// A value quoted in an error message, cut short.
+/// Input quoted back in an error message, clipped.
 fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(80).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
+    crate::error::clip(s, 80)
 }
 
 #[cfg(test)]
@@ -221,7 +198,24 @@ mod tests {
     fn session_ids() {
         let id = SessionId::new();
         assert_eq!(SessionId::parse(&id.as_string()).unwrap(), id);
-        for bad in ["", "abc", "../etc", "00000000-0000-0000-0000-00000000000g"] {
+        let upper = id.as_string().to_uppercase();
+        assert_eq!(
+            SessionId::parse(&upper).unwrap(),
+            id,
+            "upper case is the same id"
+        );
+        let braced = format!("{{{}}}", id.as_string());
+        let urn = format!("urn:uuid:{}", id.as_string());
+        let simple = id.as_string().replace('-', "");
+        for bad in [
+            "",
+            "abc",
+            "../etc",
+            "00000000-0000-0000-0000-00000000000g",
+            &braced,
+            &urn,
+            &simple,
+        ] {
             assert_eq!(
                 SessionId::parse(bad).unwrap_err().kind,
                 ErrorKind::BadRequest
