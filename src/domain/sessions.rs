@@ -202,10 +202,27 @@ impl Forge {
             Ok(()) => ("ok".to_string(), None),
             Err(e) => (e.kind.code().to_string(), Some(e.message.clone())),
         };
-        self.ledger
+        let finished = self
+            .ledger
             .finish_create(row.session_id.clone(), outcome, error)
-            .await
-            .map_err(Error::internal)?;
+            .await;
+        let started = match (started, finished) {
+            (Err(err), _) => Err(err),
+            (Ok(()), Ok(())) => Ok(()),
+            (Ok(()), Err(e)) => {
+                // The agent session exists but the ledger could not say so: undo it rather than
+                // leave a session open that nothing recorded as made.
+                tracing::error!(session = %row.session_id, error = %e, "could not record a create");
+                if let Err(e) = self
+                    .acpx
+                    .close_session(&command, &cwd, &row.session_id)
+                    .await
+                {
+                    tracing::warn!(session = %row.session_id, error = %e, "acpx close failed");
+                }
+                Err(Error::internal(e))
+            }
+        };
         if let Err(err) = started {
             // Nothing half-made stays behind: the session is closed with the reason.
             let detail = EventDetail {
