@@ -349,6 +349,7 @@ impl Forge {
                     Some(session) => session,
                     None => {
                         let _place = self.turns.queue_place()?;
+                        tracing::debug!(session = %row.session_id, "turn waiting for the session's earlier turn");
                         self.session_locks.lock(&row.session_id).await
                     }
                 };

@@ -254,6 +254,25 @@ impl Forge {
         out
     }
 
+    /// Waits until a worker's log has a line holding every one of `needles`.
+    pub async fn wait_for_log(&self, needles: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for w in &self.workers {
+                let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+                if text.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A client with a fresh app token.
     pub async fn app(&self, app: &str) -> ForgeClient {
         let created = self.admin.create_token(app, false).await.unwrap();

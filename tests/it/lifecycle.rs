@@ -170,6 +170,9 @@ async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
     .await;
     // Waits behind the hung turn of its session.
     let queued = spawn_turn("queued");
+    forge
+        .wait_for_log(&["waiting for the session's earlier turn", &s.session_id])
+        .await;
     let long_run = {
         let app = app.clone();
         let req = RunRequest {

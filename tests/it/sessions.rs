@@ -423,7 +423,9 @@ async fn a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout()
         req.timeout_secs = Some(3);
         tokio::spawn(async move { app.turn(&req).await })
     };
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    forge
+        .wait_for_log(&["waiting for the session's earlier turn", &s.session_id])
+        .await;
     // The waiting turn holds the queue's one place.
     assert_eq!(
         kind(app.turn(&turn(&s.session_id, "no room")).await),
