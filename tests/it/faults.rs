@@ -188,18 +188,19 @@ async fn a_ledger_locked_by_another_process_delays_requests_without_losing_them(
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     let path = forge.ledger_path();
     // Another process (here: a thread with its own connection) holds the write lock.
+    let (locked, is_locked) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
         let c = rusqlite::Connection::open(path).unwrap();
         c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let _ = locked.send(std::time::Instant::now());
         std::thread::sleep(Duration::from_secs(3));
         c.execute_batch("COMMIT").unwrap();
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = std::time::Instant::now();
+    let started = is_locked.recv().expect("the lock is taken");
     let t = app.turn(&turn(&s.session_id, "patience")).await.unwrap();
     assert_eq!(t.output, "echo: patience");
     assert!(
-        started.elapsed() >= Duration::from_millis(2000),
+        started.elapsed() >= Duration::from_secs(3),
         "it waited for the lock"
     );
     holder.join().unwrap();

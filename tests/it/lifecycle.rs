@@ -132,7 +132,10 @@ async fn sigterm_lets_the_running_turn_finish_and_exits_cleanly() {
         let id = s.session_id.clone();
         tokio::spawn(async move { app.turn(&turn(&id, "finishing #sleep=2500")).await })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_until("the turn to start", Duration::from_secs(10), || {
+        events(&forge, &s.session_id).len() == 2
+    })
+    .await;
     let pid = Pid::from_raw(forge.workers[0].child.id() as i32);
     kill(pid, Signal::SIGTERM).unwrap();
     let t = pending.await.unwrap().unwrap();

@@ -358,7 +358,7 @@ async fn beyond_the_concurrency_limit_and_its_queue_turns_get_at_capacity() {
         let id = a.session_id.clone();
         tokio::spawn(async move { app.turn(&turn(&id, "#sleep=3000")).await })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for_running_turn(&forge, &a.session_id).await;
     assert_eq!(
         kind(app.turn(&turn(&b.session_id, "squeeze in")).await),
         ErrorKind::AtCapacity
@@ -390,6 +390,16 @@ fn turn_events(forge: &Forge, session_id: &str) -> (i64, i64) {
         .unwrap()
 }
 
+async fn wait_for_running_turn(forge: &Forge, session_id: &str) {
+    for _ in 0..500 {
+        if turn_events(forge, session_id).1 == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no turn of {session_id} started:\n{}", forge.logs());
+}
+
 #[tokio::test]
 async fn a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout() {
     let forge = Forge::start_with(Options {
@@ -404,17 +414,7 @@ async fn a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout()
         let id = s.session_id.clone();
         tokio::spawn(async move { app.turn(&turn(&id, "#sleep=6000")).await })
     };
-    for _ in 0..250 {
-        if turn_events(&forge, &s.session_id).1 == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        turn_events(&forge, &s.session_id),
-        (1, 1),
-        "the slow turn runs"
-    );
+    wait_for_running_turn(&forge, &s.session_id).await;
 
     // Behind the slow turn, with a timeout shorter than the wait.
     let waiting = {
