@@ -81,6 +81,9 @@ pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<A
     Ok(forge)
 }
 
+/// How long a worker or the sidecar waits at start for NATS before going on without it.
+const NATS_START_WAIT: Duration = Duration::from_secs(5);
+
 /// Sends what is still buffered. A flush waits for the server, so it is bounded: with NATS gone,
 /// shutdown must not wait for its return.
 async fn flush(client: &async_nats::Client) {
@@ -109,6 +112,13 @@ async fn start_worker(config: &Config) -> anyhow::Result<RunningWorker> {
         .await
         .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
     let background = spawn_lifecycle(config, forge.clone());
+    // Ready means subscribed: once connected, a flush makes sure the server has the
+    // subscriptions. Without NATS yet, the worker subscribes when the connection comes.
+    if crate::client::wait_connected(&client, NATS_START_WAIT).await {
+        flush(&client).await;
+    } else {
+        tracing::warn!(nats = %config.nats_url, "NATS is not reachable yet; the worker subscribes once it is");
+    }
     tracing::info!(worker_id = %id, nats = %config.nats_url, ledger = %config.db_path.display(), "worker ready");
     Ok(RunningWorker {
         forge,
@@ -200,7 +210,7 @@ async fn start_sidecar(
     client.default_agent_timeout = Duration::from_secs(config.default_timeout_secs);
     // Serving starts once connected, or after a short wait without NATS: then requests answer
     // 503 until the connection is made in the background.
-    if !client.wait_connected(Duration::from_secs(5)).await {
+    if !client.wait_connected(NATS_START_WAIT).await {
         tracing::warn!(nats = %config.nats_url, "NATS is not reachable yet; serving, and answering 503 until it is");
     }
     let router = http::router(http::Sidecar::new(client, settings));

@@ -83,6 +83,22 @@ pub struct ForgeClient {
     pub default_agent_timeout: Duration,
 }
 
+pub fn is_connected(nats: &async_nats::Client) -> bool {
+    nats.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Waits up to `max` for `nats` to be connected (at start, or after a loss); true when it is.
+pub async fn wait_connected(nats: &async_nats::Client, max: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + max;
+    while !is_connected(nats) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 impl ForgeClient {
     pub fn new(nats: async_nats::Client, token: Option<String>) -> ForgeClient {
         ForgeClient {
@@ -105,20 +121,13 @@ impl ForgeClient {
     }
 
     pub fn connected(&self) -> bool {
-        self.nats.connection_state() == async_nats::connection::State::Connected
+        is_connected(&self.nats)
     }
 
     /// Waits up to `max` for the connection to NATS (being made at start, or after a loss);
     /// true when connected.
     pub async fn wait_connected(&self, max: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + max;
-        while !self.connected() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
+        wait_connected(&self.nats, max).await
     }
 
     /// Sends `body` to `subject` with a bearer token, and returns the reply as it came.
