@@ -225,6 +225,15 @@ impl Forge {
     }
 }
 
+/// A request that could not start within its timeout.
+fn did_not_start(budget: Duration) -> Error {
+    Error::timeout(format!(
+        "no room to start within the timeout of {} s (earlier requests held this worker or this \
+         session); it did not run",
+        budget.as_secs()
+    ))
+}
+
 /// What a request waiting for its turn hears when the worker stops before it started.
 const SHUT_DOWN_WAITING: &str = "the worker shut down before this request started; send it again";
 
@@ -239,13 +248,26 @@ impl Forge {
         admission: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         tokio::select! {
-            admitted = tokio::time::timeout(budget, admission) => admitted.unwrap_or_else(|_| {
-                Err(Error::timeout(format!(
-                    "no room to start within the timeout of {} s (earlier requests held this \
-                     worker or this session); it did not run",
-                    budget.as_secs()
-                )))
-            }),
+            admitted = tokio::time::timeout(budget, admission) => {
+                admitted.unwrap_or_else(|_| Err(did_not_start(budget)))
+            }
+            _ = self.stopping.cancelled() => Err(Error::at_capacity(SHUT_DOWN_WAITING)),
+        }
+    }
+
+    /// Waits `pause` before trying again to start, unless that would take the request past its
+    /// `budget` (counted from `received`) or the worker stops meanwhile.
+    async fn pause_before_retry(
+        &self,
+        pause: Duration,
+        received: Instant,
+        budget: Duration,
+    ) -> Result<()> {
+        if received.elapsed() + pause >= budget {
+            return Err(did_not_start(budget));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => Ok(()),
             _ = self.stopping.cancelled() => Err(Error::at_capacity(SHUT_DOWN_WAITING)),
         }
     }

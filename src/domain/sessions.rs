@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::files;
 use super::types::{Prompt, SessionId};
-use super::{now, Caller, Forge};
+use super::{now, seconds_from_now, Caller, Forge};
 use crate::agent::AcpxError;
 use crate::config::AgentCommand;
 use crate::error::{Error, ErrorKind, Result};
@@ -13,6 +13,9 @@ use crate::ledger::{
     BeginTurn, CloseOutcome, CreateOutcome, EventDetail, Recorded, SessionEvent, SessionRow,
 };
 use crate::wire;
+
+/// How often a turn waiting for another worker's turn of its session looks again.
+const OTHER_WORKER_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why a turn cancelled at shutdown ended.
 const SHUT_DOWN_RUNNING: &str = "the worker shut down during the turn; it was cancelled";
@@ -361,25 +364,41 @@ impl Forge {
         let written = files::write(cwd, attachments)
             .await
             .map_err(Error::internal)?;
-        let begun = self
-            .ledger
-            .begin_turn(
-                row.session_id.clone(),
-                caller.app.clone(),
-                now(),
-                self.settings.worker_id.clone(),
-                Recorded::of(prompt.as_str(), self.settings.ledger_keep_text),
-            )
-            .await
-            .map_err(Error::internal)?;
-        let (turn, event_id, mut listed) = match begun {
-            BeginTurn::Started {
-                turn,
-                event_id,
-                pending_files,
-            } => (turn, event_id, pending_files),
-            BeginTurn::NotFound => return Err(Error::not_found("no such session")),
-            BeginTurn::Closed => return Err(Error::conflict("the session is closed")),
+        // The ledger starts the turn unless another worker is running one of this session;
+        // then this one waits for it, within its timeout. (A ledger call is never abandoned
+        // half-way: it could record a turn that nothing then runs.)
+        let recorded = Recorded::of(prompt.as_str(), self.settings.ledger_keep_text);
+        let mut logged = false;
+        let (turn, event_id, mut listed) = loop {
+            let begun = self
+                .ledger
+                .begin_turn(
+                    row.session_id.clone(),
+                    caller.app.clone(),
+                    now(),
+                    self.settings.worker_id.clone(),
+                    recorded.clone(),
+                    seconds_from_now(-self.dead_after_secs()),
+                )
+                .await
+                .map_err(Error::internal)?;
+            match begun {
+                BeginTurn::Started {
+                    turn,
+                    event_id,
+                    pending_files,
+                } => break (turn, event_id, pending_files),
+                BeginTurn::NotFound => return Err(Error::not_found("no such session")),
+                BeginTurn::Closed => return Err(Error::conflict("the session is closed")),
+                BeginTurn::Busy => {
+                    if !logged {
+                        tracing::debug!(session = %row.session_id, "turn waiting for another worker's turn of the session");
+                        logged = true;
+                    }
+                    self.pause_before_retry(OTHER_WORKER_POLL, received, budget)
+                        .await?;
+                }
+            }
         };
         for p in written {
             let p = p.to_string_lossy().into_owned();

@@ -48,7 +48,7 @@ impl Forge {
     }
 
     /// A worker silent this long is dead: what it left running is recorded as interrupted.
-    fn dead_after_secs(&self) -> i64 {
+    pub(super) fn dead_after_secs(&self) -> i64 {
         3 * self.settings.worker_heartbeat_secs as i64
     }
 

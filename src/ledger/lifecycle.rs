@@ -334,6 +334,7 @@ mod tests {
                 "t02".into(),
                 "w".into(),
                 Recorded::of("x", true),
+                "".into(),
             )
             .await
             .unwrap();
@@ -404,6 +405,7 @@ mod tests {
                 "t03".into(),
                 w.into(),
                 Recorded::of("x", true),
+                "".into(),
             )
             .await
             .unwrap();

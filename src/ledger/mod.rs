@@ -149,6 +149,8 @@ pub enum BeginTurn {
     },
     NotFound,
     Closed,
+    /// A turn of the session is running on another live worker.
+    Busy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,9 +479,22 @@ impl Ledger {
         at: String,
         worker_id: String,
         prompt: Recorded,
+        alive_since: String,
     ) -> LedgerResult<BeginTurn> {
         self.call(move |c| {
             let tx = c.transaction()?;
+            // Another worker's turn of this session is running (and that worker's heartbeat is
+            // no older than `alive_since`): this one waits, so that one session runs one turn
+            // at a time across workers.
+            let busy: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM session_events
+                                WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'
+                                  AND worker_id IN (SELECT worker_id FROM workers
+                                                    WHERE stopped_at IS NULL
+                                                      AND heartbeat_at >= ?2))",
+                params![session_id, alive_since],
+                |r| r.get(0),
+            )?;
             let found: Option<(String, String, i64, Option<String>)> = tx
                 .query_row(
                     "SELECT app, status, turns, pending_files FROM sessions WHERE session_id = ?1",
@@ -491,6 +506,7 @@ impl Ledger {
                 Some((owner, ..)) if owner != app => return Ok(BeginTurn::NotFound),
                 None => return Ok(BeginTurn::NotFound),
                 Some((_, status, ..)) if status != "open" => return Ok(BeginTurn::Closed),
+                Some(_) if busy => return Ok(BeginTurn::Busy),
                 Some((_, _, turns, pending)) => (turns as u64 + 1, parse_files(pending)),
             };
             tx.execute(

@@ -80,6 +80,7 @@ async fn turns_are_numbered_and_recorded() {
             "t1".into(),
             "w".into(),
             Recorded::of("hello", true),
+            "".into(),
         )
         .await
         .unwrap();
@@ -115,6 +116,7 @@ async fn turns_are_numbered_and_recorded() {
             "t3".into(),
             "w".into(),
             Recorded::of("again", true),
+            "".into(),
         )
         .await
         .unwrap();
@@ -129,6 +131,7 @@ async fn turns_are_numbered_and_recorded() {
             "t".into(),
             "w".into(),
             Recorded::of("x", true),
+            "".into(),
         )
         .await
         .unwrap();
@@ -184,6 +187,7 @@ async fn closing_twice_and_turning_a_closed_session() {
             "t".into(),
             "w".into(),
             Recorded::of("x", true),
+            "".into(),
         )
         .await
         .unwrap();
@@ -414,4 +418,53 @@ async fn end_times_of_known_runs() {
     assert_eq!(ends.len(), 2);
     assert_eq!(ends["r1"].as_deref(), Some("t9"));
     assert_eq!(ends["r2"], None);
+}
+
+#[tokio::test]
+async fn a_turn_waits_while_a_live_worker_runs_one_of_its_session() {
+    let (_d, l) = ledger();
+    l.create_session(session("s1", "a"), "w1".into(), 10)
+        .await
+        .unwrap();
+    l.create_session(session("s2", "a"), "w1".into(), 10)
+        .await
+        .unwrap();
+    l.heartbeat("w1".into(), "t5".into()).await.unwrap();
+    let begin = |s: &str, worker: &str, alive_since: &str| {
+        l.begin_turn(
+            s.into(),
+            "a".into(),
+            "t6".into(),
+            worker.into(),
+            Recorded::of("x", true),
+            alive_since.into(),
+        )
+    };
+    assert!(matches!(
+        begin("s1", "w1", "t4").await.unwrap(),
+        BeginTurn::Started { turn: 1, .. }
+    ));
+    // w1's turn of s1 runs: another worker waits for it, and nothing is written meanwhile.
+    assert_eq!(begin("s1", "w2", "t4").await.unwrap(), BeginTurn::Busy);
+    assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 1);
+    assert_eq!(l.events_of("s1".into()).await.unwrap().len(), 2);
+    // Other sessions are not held up.
+    assert!(matches!(
+        begin("s2", "w2", "t4").await.unwrap(),
+        BeginTurn::Started { turn: 1, .. }
+    ));
+    // A worker whose heartbeat is too old, or that stopped, holds nothing.
+    assert!(matches!(
+        begin("s1", "w2", "t9").await.unwrap(),
+        BeginTurn::Started { turn: 2, .. }
+    ));
+    // (w2 never wrote a heartbeat, so its turn 2 holds nothing; w1's turn 1 still does.)
+    assert_eq!(begin("s1", "w3", "t4").await.unwrap(), BeginTurn::Busy);
+    l.worker_stopped("w1".into(), "t7".into()).await.unwrap();
+    assert!(matches!(
+        begin("s1", "w3", "t4").await.unwrap(),
+        BeginTurn::Started { turn: 3, .. }
+    ));
+    l.heartbeat("w3".into(), "t7".into()).await.unwrap();
+    assert_eq!(begin("s1", "w4", "t4").await.unwrap(), BeginTurn::Busy);
 }

@@ -1,6 +1,11 @@
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::CreateSession;
 
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::harness::{Forge, Options};
 use crate::sessions::{kind, turn};
 
@@ -71,4 +76,83 @@ async fn the_cap_and_tokens_hold_across_workers() {
     for _ in 0..6 {
         assert_eq!(kind(app.list_sessions().await), ErrorKind::Unauthorized);
     }
+}
+
+#[tokio::test]
+async fn a_session_runs_one_turn_at_a_time_across_workers() {
+    let mut forge = Forge::start().await;
+    let app = forge.app("one-at-a-time").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let first = {
+        let app = app.clone();
+        let mut req = turn(&s.session_id, "first #sleep=3000");
+        req.timeout_secs = Some(30);
+        tokio::spawn(async move { app.turn(&req).await })
+    };
+    let running = |forge: &Forge| -> i64 {
+        forge
+            .ledger()
+            .query_row(
+                "SELECT COUNT(*) FROM session_events WHERE session_id = ?1 AND outcome = 'running'",
+                [&s.session_id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(&forge) == 0 {
+        assert!(Instant::now() < deadline, "the first turn did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A second worker joins; the first stops taking requests but finishes its turn (it has its
+    // grace period). The next turn can only go to the second worker, which must wait for it.
+    forge.spawn_worker(&[]);
+    forge.wait_for_workers(2).await;
+    kill(
+        Pid::from_raw(forge.workers[0].child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while forge
+        .admin
+        .ping_workers(Duration::from_millis(200))
+        .await
+        .unwrap_or_default()
+        .len()
+        != 1
+    {
+        assert!(Instant::now() < deadline, "the first worker still answers");
+    }
+    let second = app.turn(&turn(&s.session_id, "second")).await.unwrap();
+    assert_eq!((second.turn, second.output.as_str()), (2, "echo: second"));
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        (first.turn, first.output.as_str()),
+        (1, "echo: first #sleep=3000")
+    );
+    assert!(forge.workers[0].child.wait().unwrap().success());
+
+    // Two workers, and the second turn started only once the first had ended.
+    let (workers, after_first): (i64, bool) = forge
+        .ledger()
+        .query_row(
+            "SELECT COUNT(DISTINCT t.worker_id),
+                    (julianday(MAX(t.at)) - julianday(MIN(t.at))) * 86400000
+                        >= (SELECT duration_ms FROM session_events
+                            WHERE session_id = ?1 AND event = 'turn' AND turn = 1)
+             FROM session_events t WHERE t.session_id = ?1 AND t.event = 'turn'",
+            [&s.session_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(workers, 2);
+    assert!(after_first, "the second turn started while the first ran");
+    forge
+        .wait_for_log(&[
+            "waiting for another worker's turn of the session",
+            &s.session_id,
+        ])
+        .await;
 }
