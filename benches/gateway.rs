@@ -2,7 +2,8 @@
 //! control operations against a raw NATS echo responder, a turn against `acpx prompt` run
 //! directly, HTTP against NATS, one worker against two, and a worker's memory.
 //!
-//! Run: `cargo bench --bench gateway` (needs the tools of scripts/setup-tools.sh). Prints a
+//! Run: `cargo bench --bench gateway`; it runs scripts/setup-tools.sh first, which installs the
+//! tools it needs (nats-server, Node 22, acpx) into `.tools/` when they are missing. Prints a
 //! table and writes it to `bench-results/<version>-<time>.md`. `-- --quick` takes fewer
 //! samples; `-- --control-only` stops after the control operations.
 
@@ -220,6 +221,16 @@ fn acpx_direct(
     (result_at.expect("a result line"), t.elapsed())
 }
 
+/// The benchmark drives the real tools: install them (idempotent, about a second when present).
+fn install_tools() {
+    let script = harness::repo().join("scripts/setup-tools.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(status.success(), "{} failed ({status})", script.display());
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -227,6 +238,7 @@ async fn main() {
         echo_server(&args[i + 1]).await;
         return;
     }
+    install_tools();
     let quick = args.iter().any(|a| a == "--quick");
     let n = if quick { 300 } else { 2000 };
     let total = if quick { 3000 } else { 20000 };

@@ -4,50 +4,34 @@
 # (tests/fixtures/acp-agent.mjs, no credentials needed).
 # Installs what it needs first (project-local, into .tools/). Ctrl-C stops everything.
 #
-# Environment: CLAWDFORGE_DATA (default .data), NATS_PORT (default 4222), HTTP_PORT (default 8800).
+# Environment: CLAWDFORGE_DATA (default .data), NATS_PORT (default 4222), HTTP_PORT (default 8800),
+# CLAWDFORGE_BIN (a clawdforge binary to run instead of building the release one).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd -P)
 
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "up.sh: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
-    exit 1
+if [[ -n "${CLAWDFORGE_BIN:-}" ]]; then
+    bin=$CLAWDFORGE_BIN
+else
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "up.sh: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
+        exit 1
+    fi
+    cargo build --release --locked
+    bin=$repo/target/release/clawdforge
 fi
 scripts/setup-tools.sh
-cargo build --release --locked
 
 data=$(mkdir -p "${CLAWDFORGE_DATA:-.data}" && cd "${CLAWDFORGE_DATA:-.data}" && pwd -P)
 port=${NATS_PORT:-4222}
 http_port=${HTTP_PORT:-8800}
 mkdir -p "$data/home" "$data/nats"
-
-# The admin token is made once and kept (readable by you only).
-if [[ ! -s "$data/admin-token" ]]; then
-    (umask 077 && .tools/bin/python -c 'import secrets; print("cf_admin_" + secrets.token_urlsafe(32))' >"$data/admin-token")
-fi
-admin_token=$(cat "$data/admin-token")
-
-pids=()
-cleanup() {
-    trap - EXIT INT TERM
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    # acpx keeps agents warm in detached processes; they share the demo's HOME.
-    for env in /proc/[0-9]*/environ; do
-        if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qx "HOME=$data/home"; then
-            pid=${env#/proc/}; kill "${pid%/environ}" 2>/dev/null || true
-        fi
-    done
-    echo "up.sh: stopped"
-}
-trap cleanup EXIT INT TERM
-
-.tools/bin/nats-server -a 127.0.0.1 -p "$port" -js -sd "$data/nats" >"$data/nats.log" 2>&1 &
-pids+=($!)
+# clawdforge's log of this start; the one before is kept as clawdforge.log.1.
+log=$data/clawdforge.log
+[[ -e "$log" ]] && mv -f "$log" "$log.1"
 
 export HOME="$data/home"
 export NATS_URL="nats://127.0.0.1:$port"
-export ADMIN_BOOTSTRAP_TOKEN="$admin_token"
 export DB_PATH="$data/clawdforge.db"
 export ACPX_SESSIONS_CWD="$data/acpx-cwds"
 export RUNS_DIR="$data/runs"
@@ -55,26 +39,88 @@ export ACPX_BIN="$repo/.tools/bin/acpx"
 export ACPX_AGENT="$repo/.tools/bin/node $repo/tests/fixtures/acp-agent.mjs"
 export BIND_HOST=127.0.0.1
 export BIND_PORT="$http_port"
-export RUST_LOG="${RUST_LOG:-info}"
+export RUST_LOG="${RUST_LOG:-info,async_nats=warn}"
 
-target/release/clawdforge serve &
-pids+=($!)
+# The admin token is an admin token of the ledger, minted once and kept (readable by you only).
+# An earlier up.sh kept a bootstrap token there instead: it is replaced once.
+if [[ ! -s "$data/admin-token" || ! -e "$data/admin-token.minted" ]]; then
+    [[ -s "$data/admin-token" ]] && echo "up.sh: replacing the bootstrap token in $data/admin-token by a ledger admin token"
+    minted=$("$bin" token create --app admin --admin 2>/dev/null | awk '$1 == "token" { print $2 }')
+    [[ -n "$minted" ]] || { echo "up.sh: could not mint the admin token on $DB_PATH" >&2; exit 1; }
+    (umask 077 && printf '%s\n' "$minted" >"$data/admin-token" && : >"$data/admin-token.minted")
+fi
+admin_token=$(cat "$data/admin-token")
 
-for _ in $(seq 1 100); do
-    if .tools/bin/python scripts/request.py forge.health --timeout 1 >/dev/null 2>&1; then
+nats_pid=""
+serve_pid=""
+# Stops clawdforge first and waits for it (it drains within shutdown_grace_secs, and its last
+# replies go out over NATS), then NATS. A second Ctrl-C stops clawdforge at once.
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [[ -n "$serve_pid" ]] && kill -0 "$serve_pid" 2>/dev/null; then
+        echo "up.sh: stopping clawdforge (it finishes what is in flight; Ctrl-C again to stop it at once)"
+        trap 'kill -KILL "$serve_pid" 2>/dev/null || true' INT TERM
+        kill -TERM "$serve_pid" 2>/dev/null || true
+        wait "$serve_pid" 2>/dev/null || true
+        trap - INT TERM
+    fi
+    if [[ -n "$nats_pid" ]]; then
+        kill -TERM "$nats_pid" 2>/dev/null || true
+        wait "$nats_pid" 2>/dev/null || true
+    fi
+    # acpx keeps agents warm in detached processes; they share the demo's HOME.
+    for env in /proc/[0-9]*/environ; do
+        if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qx "HOME=$data/home"; then
+            pid=${env#/proc/}; kill "${pid%/environ}" 2>/dev/null || true
+        fi
+    done
+    echo "up.sh: stopped"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Exits with the status of `pid` (named `what`) and the last lines of `file` when it has died.
+exit_if_dead() {
+    local pid=$1 what=$2 file=$3 status=0
+    kill -0 "$pid" 2>/dev/null && return 0
+    wait "$pid" || status=$?
+    echo "up.sh: $what exited (status $status) before it was up; its last lines ($file):" >&2
+    tail -n 15 "$file" | sed 's/^/  /' >&2
+    [[ "$pid" == "$serve_pid" ]] && serve_pid=""
+    [[ "$pid" == "$nats_pid" ]] && nats_pid=""
+    exit 1
+}
+
+# NATS runs in a session of its own, so that Ctrl-C reaches only clawdforge: NATS must stay up
+# until clawdforge has sent its last replies.
+setsid "$repo/.tools/bin/nats-server" -a 127.0.0.1 -p "$port" -js -sd "$data/nats" >"$data/nats.log" 2>&1 &
+nats_pid=$!
+echo "$nats_pid" >"$data/nats.pid"
+
+"$bin" serve 2> >(tee -i -a "$log" >&2) &
+serve_pid=$!
+
+up=""
+for _ in $(seq 1 150); do
+    exit_if_dead "$nats_pid" nats-server "$data/nats.log"
+    exit_if_dead "$serve_pid" "clawdforge serve" "$log"
+    if .tools/bin/python scripts/request.py forge.health --timeout 1 >/dev/null 2>&1 \
+        && .tools/bin/python -c 'import sys, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=1)' \
+            "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1; then
+        up=yes
         break
     fi
     sleep 0.2
 done
-.tools/bin/python scripts/request.py forge.health --timeout 5 >/dev/null
+if [[ -z "$up" ]]; then
+    echo "up.sh: clawdforge did not come up within 30 s; its last lines ($log):" >&2
+    tail -n 15 "$log" | sed 's/^/  /' >&2
+    exit 1
+fi
 http="http://127.0.0.1:$http_port"
-for _ in $(seq 1 50); do
-    if .tools/bin/python -c 'import sys, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=1)' \
-        "$http/healthz" >/dev/null 2>&1; then
-        break
-    fi
-    sleep 0.2
-done
 
 cat <<MSG
 
@@ -103,7 +149,11 @@ Or over HTTP, as the old service's callers do:
   curl -s -H "Authorization: Bearer \$TOKEN" -X DELETE $http/sessions/<id>
   curl -s $http/openapi.json
 
-Ctrl-C stops nats-server and clawdforge.
+Ctrl-C stops clawdforge (within its grace period), then nats-server.
 MSG
 
-wait "${pids[1]}"
+status=0
+wait "$serve_pid" || status=$?
+serve_pid=""
+echo "up.sh: clawdforge serve exited (status $status)" >&2
+exit "$status"

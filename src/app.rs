@@ -10,23 +10,85 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Acpx;
 use crate::client::ForgeClient;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::domain::{Forge, Settings};
 use crate::http;
 use crate::ledger::Ledger;
 
-/// Connects to NATS with the configured credentials. Retries in the background when the server
-/// is not up yet, and reconnects for ever after a loss.
-pub async fn connect_nats(config: &Config, name: &str) -> anyhow::Result<async_nats::Client> {
+/// The NATS servers, as logs and errors name them (passwords masked).
+fn nats_urls(config: &Config) -> String {
+    crate::config::mask_url_passwords(&config.nats_url)
+}
+
+/// How often a NATS connection that keeps failing is logged again.
+const NATS_ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Logs NATS connection events. A connection that keeps failing (async-nats retries several
+/// times a second) is logged when it starts failing and then every [`NATS_ERROR_LOG_EVERY`] with
+/// the number of failed attempts, not at every attempt.
+#[derive(Clone)]
+struct NatsEventLog {
+    urls: Arc<str>,
+    failing: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
+}
+
+impl NatsEventLog {
+    fn new(urls: String) -> NatsEventLog {
+        NatsEventLog {
+            urls: urls.into(),
+            failing: Arc::default(),
+        }
+    }
+
+    fn event(&self, event: async_nats::Event) {
+        let urls = &*self.urls;
+        match event {
+            async_nats::Event::Connected => {
+                let failed = self.failing.lock().expect("not poisoned").take();
+                let attempts = failed.map_or(0, |(_, n)| n);
+                tracing::info!(nats = urls, failed_attempts = attempts, "connected to NATS");
+            }
+            async_nats::Event::Disconnected => {
+                tracing::warn!(nats = urls, "disconnected from NATS")
+            }
+            async_nats::Event::ClientError(e) => self.failure(&e.to_string()),
+            async_nats::Event::Closed => tracing::debug!(nats = urls, "NATS connection closed"),
+            other => tracing::info!(nats = urls, event = %other, "NATS"),
+        }
+    }
+
+    fn failure(&self, error: &str) {
+        let mut failing = self.failing.lock().expect("not poisoned");
+        let now = std::time::Instant::now();
+        match failing.as_mut() {
+            None => {
+                *failing = Some((now, 1));
+                tracing::warn!(nats = &*self.urls, error, "cannot reach NATS; retrying");
+            }
+            Some((last, attempts)) => {
+                *attempts += 1;
+                if now.duration_since(*last) >= NATS_ERROR_LOG_EVERY {
+                    *last = now;
+                    tracing::warn!(
+                        nats = &*self.urls,
+                        error,
+                        failed_attempts = *attempts,
+                        "still cannot reach NATS; retrying"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The connection options of the configuration: credentials and the event log.
+async fn nats_options(config: &Config, name: &str) -> anyhow::Result<async_nats::ConnectOptions> {
+    let log = NatsEventLog::new(nats_urls(config));
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
-        .retry_on_initial_connect()
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                other => tracing::info!(event = %other, "NATS"),
-            }
+        .event_callback(move |event| {
+            let log = log.clone();
+            async move { log.event(event) }
         });
     if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
         options = options.user_and_password(user.clone(), password.clone());
@@ -35,18 +97,27 @@ pub async fn connect_nats(config: &Config, name: &str) -> anyhow::Result<async_n
         options = options.token(token.clone());
     }
     if let Some(creds) = &config.nats_creds_file {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
+        options = options.credentials_file(creds).await.map_err(|e| {
+            ConfigError::setting(
+                "nats_creds_file",
+                format!("{}: cannot read the NATS credentials: {e}", creds.display()),
+            )
+        })?;
     }
+    Ok(options)
+}
+
+/// Connects to NATS with the configured credentials. Retries in the background when the server
+/// is not up yet, and reconnects for ever after a loss.
+pub async fn connect_nats(config: &Config, name: &str) -> anyhow::Result<async_nats::Client> {
+    let options = nats_options(config, name).await?.retry_on_initial_connect();
     let servers = config
         .nats_servers()
-        .map_err(|e| anyhow::anyhow!("NATS_URL: {e}"))?;
+        .map_err(|e| ConfigError::setting("nats_url", e))?;
     options
         .connect(servers)
         .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))
+        .with_context(|| format!("connecting to NATS at {}", nats_urls(config)))
 }
 
 /// This host's name (in a container: the container's).
@@ -63,20 +134,51 @@ pub fn worker_id() -> String {
     format!("{}-{}", hostname(), &short[..8])
 }
 
+/// Opens the ledger of `db_path`; a ledger that cannot be opened is a configuration error that
+/// names the file and its setting.
+async fn open_ledger(config: &Config) -> anyhow::Result<Ledger> {
+    let db_path = config.db_path.clone();
+    let opened = tokio::task::spawn_blocking(move || Ledger::open(&db_path)).await?;
+    opened.map_err(|e| {
+        ConfigError::setting(
+            "db_path",
+            format!(
+                "{}: cannot open the ledger: {}",
+                config.db_path.display(),
+                innermost(&e)
+            ),
+        )
+        .into()
+    })
+}
+
+/// The last error of a chain: the one that says what went wrong, said once.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// Creates a directory a setting names, or says which setting names one that cannot be made.
+fn prepare_dir(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
+    std::fs::create_dir_all(path).map_err(|e| {
+        ConfigError::setting(
+            key,
+            format!("{}: cannot create the directory: {e}", path.display()),
+        )
+    })
+}
+
 /// Builds the domain service from the configuration.
 pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<Arc<Forge>> {
-    let db_path = config.db_path.clone();
-    let ledger = tokio::task::spawn_blocking(move || Ledger::open(&db_path))
-        .await?
-        .context("opening the ledger")?;
+    let ledger = open_ledger(config).await?;
+    prepare_dir("acpx_sessions_cwd", &config.acpx_sessions_cwd)?;
+    prepare_dir("runs_dir", &config.runs_dir)?;
     let acpx = Acpx::new(config.acpx_bin.clone(), config.acpx_ttl_secs);
-    let forge =
-        Forge::new(Settings::from_config(config, worker_id), ledger, acpx).with_context(|| {
-            format!(
-                "preparing the sessions directory {}",
-                config.acpx_sessions_cwd.display()
-            )
-        })?;
+    let forge = Forge::new(Settings::from_config(config, worker_id), ledger, acpx)
+        .context("preparing the sessions and runs directories")?;
     forge.startup_checks().await?;
     Ok(forge)
 }
@@ -104,7 +206,19 @@ struct RunningWorker {
     grace: Duration,
 }
 
-async fn start_worker(config: &Config) -> anyhow::Result<RunningWorker> {
+/// When a process that starts now stops waiting for NATS.
+fn nats_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + NATS_START_WAIT
+}
+
+fn time_left(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
+
+async fn start_worker(
+    config: &Config,
+    nats_deadline: tokio::time::Instant,
+) -> anyhow::Result<RunningWorker> {
     let id = worker_id();
     let forge = build_forge(config, id.clone()).await?;
     let client = connect_nats(config, &format!("clawdforge-worker {id}")).await?;
@@ -114,12 +228,12 @@ async fn start_worker(config: &Config) -> anyhow::Result<RunningWorker> {
     let background = spawn_lifecycle(config, forge.clone());
     // Ready means subscribed: once connected, a flush makes sure the server has the
     // subscriptions. Without NATS yet, the worker subscribes when the connection comes.
-    if crate::client::wait_connected(&client, NATS_START_WAIT).await {
+    if crate::client::wait_connected(&client, time_left(nats_deadline)).await {
         flush(&client).await;
     } else {
-        tracing::warn!(nats = %config.nats_url, "NATS is not reachable yet; the worker subscribes once it is");
+        tracing::warn!(nats = %nats_urls(config), "NATS is not reachable yet; the worker subscribes once it is");
     }
-    tracing::info!(worker_id = %id, nats = %config.nats_url, ledger = %config.db_path.display(), "worker ready");
+    tracing::info!(worker_id = %id, nats = %nats_urls(config), ledger = %config.db_path.display(), "worker ready");
     Ok(RunningWorker {
         forge,
         client,
@@ -168,7 +282,7 @@ impl RunningWorker {
 /// Runs a worker until `shutdown` completes, then drains: no new requests; in-flight turns and
 /// runs get `shutdown_grace_secs`, then are cancelled and recorded as interrupted.
 pub async fn run_worker(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let worker = start_worker(&config).await?;
+    let worker = start_worker(&config, nats_deadline()).await?;
     shutdown.await;
     tracing::info!("shutting down: no new requests");
     worker.stop().await;
@@ -203,6 +317,7 @@ async fn start_sidecar(
     config: &Config,
     settings: http::Settings,
     listener: tokio::net::TcpListener,
+    nats_deadline: tokio::time::Instant,
 ) -> anyhow::Result<RunningSidecar> {
     let addr = listener.local_addr()?;
     let nats = connect_nats(config, "clawdforge-sidecar").await?;
@@ -210,8 +325,8 @@ async fn start_sidecar(
     client.default_agent_timeout = Duration::from_secs(config.default_timeout_secs);
     // Serving starts once connected, or after a short wait without NATS: then requests answer
     // 503 until the connection is made in the background.
-    if !client.wait_connected(NATS_START_WAIT).await {
-        tracing::warn!(nats = %config.nats_url, "NATS is not reachable yet; serving, and answering 503 until it is");
+    if !client.wait_connected(time_left(nats_deadline)).await {
+        tracing::warn!(nats = %nats_urls(config), "NATS is not reachable yet; serving, and answering 503 until it is");
     }
     let router = http::router(http::Sidecar::new(client, settings));
     let stop = CancellationToken::new();
@@ -220,7 +335,7 @@ async fn start_sidecar(
         router,
         stop.clone().cancelled_owned(),
     ));
-    tracing::info!(%addr, nats = %config.nats_url, "sidecar ready");
+    tracing::info!(%addr, nats = %nats_urls(config), "sidecar ready");
     Ok(RunningSidecar {
         client: nats,
         stop,
@@ -254,7 +369,7 @@ impl RunningSidecar {
 pub async fn run_sidecar(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let settings = sidecar_settings(&config)?;
     let listener = bind_sidecar(&config).await?;
-    let sidecar = start_sidecar(&config, settings, listener).await?;
+    let sidecar = start_sidecar(&config, settings, listener, nats_deadline()).await?;
     shutdown.await;
     tracing::info!("shutting down: no new requests");
     sidecar.stop().await;
@@ -266,8 +381,10 @@ pub async fn run_sidecar(config: Config, shutdown: impl Future<Output = ()>) -> 
 pub async fn run_serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let settings = sidecar_settings(&config)?;
     let listener = bind_sidecar(&config).await?;
-    let worker = start_worker(&config).await?;
-    let sidecar = match start_sidecar(&config, settings, listener).await {
+    // One wait for NATS: the sidecar does not wait again for what the worker waited for.
+    let deadline = nats_deadline();
+    let worker = start_worker(&config, deadline).await?;
+    let sidecar = match start_sidecar(&config, settings, listener, deadline).await {
         Ok(sidecar) => sidecar,
         Err(e) => {
             worker.stop().await;
@@ -331,17 +448,11 @@ pub async fn shutdown_signal() {
 /// (the first token of a new deployment); listing and revoking need one, so that a mistyped
 /// `DB_PATH` is an error rather than an empty list.
 async fn token_ledger(config: &Config, create: bool) -> anyhow::Result<Ledger> {
-    let path = config.db_path.clone();
-    if !create && !path.is_file() {
-        anyhow::bail!(
-            "no ledger at {} (DB_PATH, or db_path in the config file)",
-            path.display()
-        );
+    if !create && !config.db_path.is_file() {
+        let missing = format!("no ledger at {}", config.db_path.display());
+        return Err(ConfigError::setting("db_path", missing).into());
     }
-    let ledger = tokio::task::spawn_blocking(move || Ledger::open(&path))
-        .await?
-        .with_context(|| format!("opening the ledger {}", config.db_path.display()))?;
-    Ok(ledger)
+    open_ledger(config).await
 }
 
 /// A domain error of a token command, as the operator reads it.
@@ -417,7 +528,15 @@ pub async fn healthcheck(config: &Config, http: bool) -> anyhow::Result<String> 
 }
 
 async fn healthcheck_worker(config: &Config) -> anyhow::Result<String> {
-    let client = ForgeClient::new(connect_nats(config, "clawdforge-healthcheck").await?, None);
+    let servers = config
+        .nats_servers()
+        .map_err(|e| ConfigError::setting("nats_url", e))?;
+    let nats = nats_options(config, "clawdforge-healthcheck")
+        .await?
+        .connect(servers)
+        .await
+        .map_err(|e| anyhow::anyhow!("NATS at {} is unreachable: {e}", nats_urls(config)))?;
+    let client = ForgeClient::new(nats, None);
     let workers = client
         .ping_workers(Duration::from_secs(2))
         .await

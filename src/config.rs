@@ -83,6 +83,19 @@ pub struct Config {
     pub trusted_proxies: String,
     /// Largest HTTP request body the sidecar accepts.
     pub max_request_bytes: usize,
+
+    /// `text` (colours only on a terminal) or `json` (one object per line, span fields
+    /// included, for log collectors).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for Config {
@@ -128,6 +141,7 @@ impl Default for Config {
             allow_cidrs: String::new(),
             trusted_proxies: String::new(),
             max_request_bytes: 1024 * 1024,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -152,6 +166,7 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("BIND_HOST", "bind_host"),
     ("BIND_PORT", "bind_port"),
     ("ALLOW_CIDRS", "allow_cidrs"),
+    ("LOG_FORMAT", "log_format"),
 ];
 
 /// The keys that can be set from the environment (`agents` is a table: TOML only).
@@ -196,6 +211,7 @@ pub fn env_keys() -> Vec<&'static str> {
         "allow_cidrs",
         "trusted_proxies",
         "max_request_bytes",
+        "log_format",
     ]
 }
 
@@ -213,15 +229,35 @@ pub fn env_names(key: &str) -> Vec<String> {
 
 /// The environment variables that carry secrets (every name of the keys that hold one).
 pub fn secret_env_names() -> Vec<String> {
-    ["admin_bootstrap_token", "nats_password", "nats_token"]
-        .iter()
-        .flat_map(|key| env_names(key))
-        .collect()
+    SECRET_KEYS.iter().flat_map(|key| env_names(key)).collect()
 }
 
+/// The keys whose values are secrets: `clawdforge config` shows only whether they are set.
+pub const SECRET_KEYS: &[&str] = &["admin_bootstrap_token", "nats_password", "nats_token"];
+
+/// What stops startup because a setting is unusable. Every one reads `configuration: …` and
+/// makes the process exit with [`ConfigError::EXIT_CODE`].
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    /// The exit code of a process stopped by a configuration error.
+    pub const EXIT_CODE: u8 = 2;
+
+    /// An unusable value of `key`, named by its environment variable and its key.
+    pub fn setting(key: &str, why: impl std::fmt::Display) -> ConfigError {
+        ConfigError(format!("{} {why}", setting_name(key)))
+    }
+}
+
+/// How errors name a setting: its short environment variable and its key,
+/// e.g. `DB_PATH (db_path)`.
+pub fn setting_name(key: &str) -> String {
+    let names = env_names(key);
+    let env = names.last().expect("every key has an environment name");
+    format!("{env} ({key})")
+}
 
 /// How a named agent is started by acpx.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,6 +308,117 @@ fn valid_agent_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
+/// Where the value of each key came from, as `clawdforge config` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Env(name) => write!(f, "env {name}"),
+        }
+    }
+}
+
+/// One line of the effective configuration: a key, its value (secrets masked) and its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub key: String,
+    pub value: String,
+    pub source: Source,
+}
+
+/// The layers a configuration is read from: the file (if any) and the environment's values.
+struct Layers {
+    file: Option<PathBuf>,
+    /// (key, variable, value), aliases before the `CLAWDFORGE_` name of the same key.
+    from_env: Vec<(String, String, String)>,
+}
+
+impl Layers {
+    fn read(file: Option<&Path>, env: &[(String, String)]) -> Result<Layers, ConfigError> {
+        let named = file.map(Path::to_path_buf).or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == "CLAWDFORGE_CONFIG")
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        let file = match named {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )))
+            }
+            Some(path) => Some(path),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+        };
+        let mut from_env = Vec::new();
+        for key in env_keys() {
+            for name in env_names(key).into_iter().rev() {
+                if let Some((_, value)) = env.iter().find(|(k, _)| *k == name) {
+                    from_env.push((key.to_string(), name, value.clone()));
+                }
+            }
+        }
+        Ok(Layers { file, from_env })
+    }
+
+    fn figment(&self) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &self.file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // Aliases first, so that the CLAWDFORGE_ name wins when both are set.
+        for (key, _, value) in &self.from_env {
+            figment = figment.merge(Serialized::default(key, env_value(key, value)));
+        }
+        figment
+    }
+
+    /// The variable that set `key`, if one did (the last one merged wins).
+    fn env_name(&self, key: &str) -> Option<&str> {
+        self.from_env
+            .iter()
+            .rev()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, name, _)| name.as_str())
+    }
+
+    fn source(&self, key: &str) -> Source {
+        if let Some(name) = self.env_name(key) {
+            return Source::Env(name.to_string());
+        }
+        match &self.file {
+            Some(path) if Figment::from(Toml::file_exact(path)).contains(key) => {
+                Source::File(path.clone())
+            }
+            _ => Source::Default,
+        }
+    }
+
+    /// A figment error, naming the variable or the file the bad value came from.
+    fn extract_error(&self, e: figment::Error) -> ConfigError {
+        let key = e.path.first().cloned().unwrap_or_default();
+        let source = match (self.env_name(&key), &self.file) {
+            (Some(name), _) => format!("environment variable {name}"),
+            (None, Some(path)) => format!("config file {}", path.display()),
+            (None, None) => DEFAULT_CONFIG_FILE.to_string(),
+        };
+        let key_part = if key.is_empty() {
+            String::new()
+        } else {
+            format!(" (key `{key}`)")
+        };
+        ConfigError(format!("bad value in {source}{key_part}: {}", e.kind))
+    }
+}
+
 impl Config {
     /// Loads defaults → `file` (or `CLAWDFORGE_CONFIG`, or `config/clawdforge.toml` when it
     /// exists) → environment, and validates the result.
@@ -282,89 +429,59 @@ impl Config {
 
     /// As [`Config::load`], with the environment given (for tests).
     pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let named = file.map(Path::to_path_buf).or_else(|| {
-            env.iter()
-                .find(|(k, _)| k == "CLAWDFORGE_CONFIG")
-                .map(|(_, v)| PathBuf::from(v))
-        });
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        match &named {
-            Some(path) => {
-                if !path.is_file() {
-                    return Err(ConfigError(format!(
-                        "config file {} does not exist",
-                        path.display()
-                    )));
-                }
-                figment = figment.merge(Toml::file_exact(path));
-            }
-            None => {
-                if Path::new(DEFAULT_CONFIG_FILE).is_file() {
-                    figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
-                }
-            }
-        }
-        // Aliases first, so that the CLAWDFORGE_ name wins when both are set.
-        let mut from_env: Vec<(String, String, String)> = Vec::new();
-        for key in env_keys() {
-            for name in env_names(key).into_iter().rev() {
-                if let Some((_, value)) = env.iter().find(|(k, _)| *k == name) {
-                    from_env.push((key.to_string(), name, value.clone()));
-                }
-            }
-        }
-        for (key, _, value) in &from_env {
-            figment = figment.merge(Serialized::default(key, env_value(key, value)));
-        }
-        let config: Config = figment.extract().map_err(|e| {
-            let key = e.path.first().cloned().unwrap_or_default();
-            let source = from_env
-                .iter()
-                .rev()
-                .find(|(k, _, _)| *k == key)
-                .map(|(_, name, _)| format!("environment variable {name}"))
-                .or_else(|| {
-                    named
-                        .as_ref()
-                        .map(|p| format!("config file {}", p.display()))
-                })
-                .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string());
-            let key_part = if key.is_empty() {
-                String::new()
-            } else {
-                format!(" (key `{key}`)")
-            };
-            ConfigError(format!("bad value in {source}{key_part}: {}", e.kind))
-        })?;
-        config.validate(&from_env)?;
+        Self::load_layers(&Layers::read(file, env)?)
+    }
+
+    fn load_layers(layers: &Layers) -> Result<Config, ConfigError> {
+        let config: Config = layers
+            .figment()
+            .extract()
+            .map_err(|e| layers.extract_error(e))?;
+        config.validate(layers)?;
         Ok(config)
     }
 
-    fn validate(&self, from_env: &[(String, String, String)]) -> Result<(), ConfigError> {
+    /// As [`Config::load_from`], and every key with its value (secrets masked) and its source.
+    pub fn explain(
+        file: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<(Config, Vec<Shown>), ConfigError> {
+        let layers = Layers::read(file, env)?;
+        let config = Self::load_layers(&layers)?;
+        let values = serde_json::to_value(&config).expect("config serializes");
+        let shown = values
+            .as_object()
+            .expect("config is a table")
+            .iter()
+            .map(|(key, value)| Shown {
+                key: key.clone(),
+                value: shown_value(key, value),
+                source: layers.source(key),
+            })
+            .collect();
+        Ok((config, shown))
+    }
+
+    fn validate(&self, layers: &Layers) -> Result<(), ConfigError> {
         let source = |key: &str| {
-            from_env
-                .iter()
-                .rev()
-                .find(|(k, _, _)| k == key)
-                .map(|(_, name, _)| name.clone())
+            layers
+                .env_name(key)
+                .map(str::to_string)
                 .unwrap_or_else(|| format!("`{key}`"))
         };
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{}: {why}", source(key))));
         if let Err(why) = AgentCommand::parse(&self.acpx_agent) {
             return bad("acpx_agent", &why);
         }
-        for (name, spec) in &self.agents {
-            if !valid_agent_name(name) {
-                return Err(ConfigError(format!(
-                    "agents.{name}: an agent name is 1-64 letters, digits, '-', '_' or '.'"
-                )));
-            }
-            if let Err(why) = AgentCommand::parse(spec) {
-                return Err(ConfigError(format!("agents.{name}: {why}")));
-            }
-        }
+        self.validate_agents()?;
         if let Err(why) = self.nats_servers() {
             return bad("nats_url", &why);
+        }
+        for (key, list) in [
+            ("allow_cidrs", &self.allow_cidrs),
+            ("trusted_proxies", &self.trusted_proxies),
+        ] {
+            crate::cidr::parse_cidrs(list, &source(key)).map_err(|e| ConfigError(e.to_string()))?;
         }
         for (key, value) in [
             ("max_live_sessions", self.max_live_sessions as usize),
@@ -380,21 +497,8 @@ impl Config {
                 return bad(key, "must be greater than 0");
             }
         }
-        // Durations are turned into timestamps; past ten years they overflow or mean nothing.
-        const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
-        for (key, value) in [
-            ("session_ttl_secs", self.session_ttl_secs),
-            ("session_hard_ttl_secs", self.session_hard_ttl_secs),
-            ("sweep_interval_secs", self.sweep_interval_secs),
-            ("worker_heartbeat_secs", self.worker_heartbeat_secs),
-            ("shutdown_grace_secs", self.shutdown_grace_secs),
-            ("runs_retention_secs", self.runs_retention_secs),
-            ("max_timeout_secs", self.max_timeout_secs),
-            ("acpx_ttl_secs", self.acpx_ttl_secs),
-        ] {
-            if value > TEN_YEARS {
-                return bad(key, "must be at most ten years (315360000 seconds)");
-            }
+        if let Some(key) = self.unbounded_duration() {
+            return bad(key, "must be at most ten years (315360000 seconds)");
         }
         if self.default_timeout_secs > self.max_timeout_secs {
             return bad("default_timeout_secs", "must not exceed max_timeout_secs");
@@ -406,6 +510,39 @@ impl Config {
             return bad("claude_bin", "is empty");
         }
         Ok(())
+    }
+
+    fn validate_agents(&self) -> Result<(), ConfigError> {
+        for (name, spec) in &self.agents {
+            if !valid_agent_name(name) {
+                return Err(ConfigError(format!(
+                    "agents.{name}: an agent name is 1-64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+            if let Err(why) = AgentCommand::parse(spec) {
+                return Err(ConfigError(format!("agents.{name}: {why}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first duration past ten years: durations are turned into timestamps, and past that
+    /// they overflow or mean nothing.
+    fn unbounded_duration(&self) -> Option<&'static str> {
+        const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+        [
+            ("session_ttl_secs", self.session_ttl_secs),
+            ("session_hard_ttl_secs", self.session_hard_ttl_secs),
+            ("sweep_interval_secs", self.sweep_interval_secs),
+            ("worker_heartbeat_secs", self.worker_heartbeat_secs),
+            ("shutdown_grace_secs", self.shutdown_grace_secs),
+            ("runs_retention_secs", self.runs_retention_secs),
+            ("max_timeout_secs", self.max_timeout_secs),
+            ("acpx_ttl_secs", self.acpx_ttl_secs),
+        ]
+        .into_iter()
+        .find(|(_, value)| *value > TEN_YEARS)
+        .map(|(key, _)| key)
     }
 
     /// The NATS servers of `nats_url`: one URL, or several separated by commas.
@@ -444,6 +581,36 @@ impl Config {
         table.insert(default_name.clone(), default);
         (default_name, table)
     }
+}
+
+/// A value as `clawdforge config` prints it: secrets masked (a NATS URL's password too), unset
+/// values as `-`, strings bare, the rest as JSON.
+fn shown_value(key: &str, value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".into(),
+        _ if SECRET_KEYS.contains(&key) => "(set, hidden)".into(),
+        serde_json::Value::String(text) if text.is_empty() => "\"\"".into(),
+        serde_json::Value::String(text) if key == "nats_url" => mask_url_passwords(text),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `nats://user:secret@host` → `nats://user:***@host`, for each URL of a comma-separated list.
+pub fn mask_url_passwords(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &url[scheme + 3..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                    None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+                }
+            }
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Optional keys that hold a number: their default (none) does not tell their type.
@@ -683,6 +850,69 @@ mod tests {
         ] {
             assert!(secrets.iter().any(|s| s == name), "{name}");
         }
+    }
+
+    #[test]
+    fn bad_cidrs_stop_every_command_naming_the_variable() {
+        let err = Config::load_from(None, &env(&[("ALLOW_CIDRS", "10.0.0.0/33")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration: ALLOW_CIDRS: `10.0.0.0/33` is not an IP network in CIDR notation \
+             (such as 192.168.1.0/24 or fd00::/8): the prefix length 33 is too long: at most 32 \
+             for an IPv4 address"
+        );
+        let err = Config::load_from(
+            None,
+            &env(&[("CLAWDFORGE_TRUSTED_PROXIES", "10.0.0.1, proxy")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("configuration: CLAWDFORGE_TRUSTED_PROXIES: `proxy`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn explain_shows_each_source_and_masks_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "max_live_sessions = 7\nbind_port = 9001\n").unwrap();
+        let (config, shown) = Config::explain(
+            Some(&path),
+            &env(&[
+                ("BIND_PORT", "9002"),
+                ("NATS_URL", "nats://forge:hunter2@a:4222,nats://tok@b:4222"),
+                ("NATS_PASSWORD", "hunter2"),
+                ("LOG_FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        let line = |key: &str| shown.iter().find(|s| s.key == key).unwrap().clone();
+        assert_eq!(line("max_live_sessions").value, "7");
+        assert_eq!(line("max_live_sessions").source, Source::File(path.clone()));
+        assert_eq!(line("bind_port").value, "9002");
+        assert_eq!(line("bind_port").source, Source::Env("BIND_PORT".into()));
+        assert_eq!(line("default_model").source, Source::Default);
+        assert_eq!(line("nats_password").value, "(set, hidden)");
+        assert_eq!(line("nats_token").value, "-");
+        assert_eq!(
+            line("nats_url").value,
+            "nats://forge:***@a:4222,nats://***@b:4222"
+        );
+        assert_eq!(shown.len(), env_keys().len() + 1, "every key, agents too");
+        assert!(!format!("{shown:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        let err = Config::load_from(None, &env(&[("CLAWDFORGE_LOG_FORMAT", "yaml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLAWDFORGE_LOG_FORMAT"), "{err}");
     }
 
     #[test]

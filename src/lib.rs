@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod cidr;
 pub mod client;
 pub mod config;
 pub mod domain;

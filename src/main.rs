@@ -2,13 +2,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use clawdforge::config::Config;
+use clawdforge::config::{Config, ConfigError, LogFormat};
+
+/// Where every command's help sends the reader for its settings.
+const CONFIG_HELP: &str = "Settings come from the environment and a config file: every key and \
+variable is in the configuration table of README.md (section Configuration), and \
+config/clawdforge.toml lists them with their defaults. `clawdforge config` prints the effective \
+values and where each came from. A configuration error exits with status 2.";
 
 #[derive(Parser)]
 #[command(
     name = "clawdforge",
     version,
-    about = "Coding agents for the apps on your server, over NATS"
+    about = "Coding agents for the apps on your server, over NATS",
+    after_help = CONFIG_HELP
 )]
 struct Cli {
     /// Config file (default: config/clawdforge.toml when it exists).
@@ -21,17 +28,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the NATS subjects: run agents and keep the ledger.
+    #[command(after_help = CONFIG_HELP)]
     Worker,
     /// Serve the HTTP endpoints (BIND_HOST:BIND_PORT), forwarding each request to the workers
     /// over NATS.
+    #[command(after_help = CONFIG_HELP)]
     Sidecar,
     /// Worker and sidecar in one process (still talking over NATS).
+    #[command(after_help = CONFIG_HELP)]
     Serve,
     /// Mint, list and revoke app tokens on the ledger (DB_PATH) directly, without NATS.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = CONFIG_HELP)]
     Token(TokenCommand),
+    /// Print the effective configuration: every key, its value (secrets masked) and where it
+    /// came from (default, file or environment variable).
+    #[command(after_help = CONFIG_HELP)]
+    Config,
     /// Exit 0 when this host's worker answers on NATS (with --http: when the sidecar on
     /// BIND_PORT answers GET /healthz with 200); for container health checks.
+    #[command(after_help = CONFIG_HELP)]
     Healthcheck {
         /// Check the HTTP sidecar instead of the worker.
         #[arg(long)]
@@ -42,6 +57,7 @@ enum Command {
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Mint a token for an app; it is printed once, the ledger keeps only its hash.
+    #[command(after_help = CONFIG_HELP)]
     Create {
         /// The app the token belongs to: 1-64 letters, digits, '-', '_' or '.'.
         #[arg(long)]
@@ -54,12 +70,14 @@ enum TokenCommand {
         json: bool,
     },
     /// List every token, revoked ones included, oldest first (never the tokens themselves).
+    #[command(after_help = CONFIG_HELP)]
     List {
         /// Print the answer of forge.admin.token.list (JSON) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token by its id; every worker refuses it from its next request on.
+    #[command(after_help = CONFIG_HELP)]
     Revoke {
         /// The token's id, as `token list` shows it.
         token_id: String,
@@ -68,25 +86,14 @@ enum TokenCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The operator's one-shot commands log only what goes wrong; their answer is on stdout.
-    let default_filter = match cli.command {
-        Command::Token(_) | Command::Healthcheck { .. } => "warn",
-        _ => "info,async_nats=warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Command::Config = cli.command {
+        return print_config(&cli);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("clawdforge: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return config_failure(&e),
     };
+    init_logging(&cli.command, config.log_format);
     // The agents this process starts inherit its environment and run with --approve-all: the
     // secrets the config has read must not be there for them to find.
     for name in clawdforge::config::secret_env_names() {
@@ -96,32 +103,84 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Worker => {
-                clawdforge::app::run_worker(config, clawdforge::app::shutdown_signal()).await
-            }
-            Command::Sidecar => {
-                clawdforge::app::run_sidecar(config, clawdforge::app::shutdown_signal()).await
-            }
-            Command::Serve => {
-                clawdforge::app::run_serve(config, clawdforge::app::shutdown_signal()).await
-            }
-            Command::Token(command) => token(&config, command).await,
-            Command::Healthcheck { http } => {
-                let line = clawdforge::app::healthcheck(&config, http).await?;
-                println!("{line}");
-                Ok(())
-            }
-        }
-    });
-    match result {
+    match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("clawdforge: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            Some(config_error) => config_failure(config_error),
+            None => {
+                eprintln!("clawdforge: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    use clawdforge::app;
+    match command {
+        Command::Worker => app::run_worker(config, app::shutdown_signal()).await,
+        Command::Sidecar => app::run_sidecar(config, app::shutdown_signal()).await,
+        Command::Serve => app::run_serve(config, app::shutdown_signal()).await,
+        Command::Token(command) => token(&config, command).await,
+        Command::Healthcheck { http } => {
+            println!("{}", app::healthcheck(&config, http).await?);
+            Ok(())
+        }
+        Command::Config => unreachable!("answered before the runtime starts"),
+    }
+}
+
+/// Every configuration error ends the same way, whichever command met it.
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("clawdforge: {e}");
+    ExitCode::from(ConfigError::EXIT_CODE)
+}
+
+/// Logs go to stderr: coloured only on a terminal, or as JSON lines for log collectors.
+fn init_logging(command: &Command, format: LogFormat) {
+    use std::io::IsTerminal;
+    // The operator's one-shot commands log only what goes wrong; their answer is on stdout.
+    let default_filter = match command {
+        Command::Token(_) | Command::Healthcheck { .. } => "warn",
+        _ => "info,async_nats=warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+/// `clawdforge config`: the effective configuration as an aligned table.
+fn print_config(cli: &Cli) -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let shown = match Config::explain(cli.config.as_deref(), &env) {
+        Ok((_, shown)) => shown,
+        Err(e) => return config_failure(&e),
+    };
+    let key_width = shown.iter().map(|s| s.key.len()).max().unwrap_or(0);
+    let value_width = shown
+        .iter()
+        .map(|s| s.value.len())
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    println!("{:<key_width$}  {:<value_width$}  SOURCE", "KEY", "VALUE");
+    for line in &shown {
+        println!(
+            "{:<key_width$}  {:<value_width$}  {}",
+            line.key, line.value, line.source
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {

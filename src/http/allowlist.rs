@@ -11,18 +11,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use ipnet::IpNet;
 
+use crate::cidr::parse_cidrs;
+pub use crate::cidr::CidrError;
 use crate::error::Error;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
-
-/// A bad entry in one of the CIDR lists; names the setting it came from.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{setting}: `{entry}` is not an IP network in CIDR notation (such as 192.168.1.0/24 or fd00::/8): {reason}")]
-pub struct CidrError {
-    pub setting: String,
-    pub entry: String,
-    pub reason: String,
-}
 
 /// Who may call the sidecar. Loopback clients always may.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,44 +107,6 @@ impl Access {
             Err(Denied::Client(client))
         }
     }
-}
-
-fn parse_cidrs(list: &str, setting: &str) -> Result<Vec<IpNet>, CidrError> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| {
-            let net = match entry.parse::<IpNet>() {
-                Ok(net) => net,
-                Err(e) if entry.contains('/') => {
-                    return Err(CidrError {
-                        setting: setting.to_string(),
-                        entry: entry.to_string(),
-                        reason: e.to_string(),
-                    })
-                }
-                Err(_) => entry
-                    .parse::<IpAddr>()
-                    .map(IpNet::from)
-                    .map_err(|e| CidrError {
-                        setting: setting.to_string(),
-                        entry: entry.to_string(),
-                        reason: e.to_string(),
-                    })?,
-            };
-            Ok(match net {
-                // An IPv4-mapped network would never match: peers are compared canonical.
-                IpNet::V6(v6) if v6.addr().to_ipv4_mapped().is_some() && v6.prefix_len() >= 96 => {
-                    let v4 = v6.addr().to_ipv4_mapped().expect("checked");
-                    IpNet::V4(
-                        ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("prefix within 32"),
-                    )
-                    .trunc()
-                }
-                net => net.trunc(),
-            })
-        })
-        .collect()
 }
 
 /// An X-Forwarded-For entry: an address, optionally with a port (`1.2.3.4:5`, `[::1]:5`).

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::domain::{Forge, VERSION};
 use crate::error::{Error, Result};
@@ -105,8 +106,11 @@ async fn handle(forge: Arc<Forge>, request: Request, max_payload: usize) {
         .map(|v| v.as_str().to_string());
     let token = wire::bearer(auth.as_deref());
     let body = &request.message.payload;
+    // Every log line of the request carries its subject, and its app once authenticated.
+    let span = tracing::info_span!("request", subject, app = tracing::field::Empty);
     let result = AssertUnwindSafe(dispatch(&forge, &subject, token, body))
         .catch_unwind()
+        .instrument(span)
         .await
         .unwrap_or_else(|_| Err(Error::internal(format!("handler for {subject} panicked"))));
     let sent = match result {
@@ -161,6 +165,7 @@ async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]
         return encode(Ok(forge.health().await));
     }
     let caller = &forge.authenticate(token).await?;
+    tracing::Span::current().record("app", caller.app.as_str());
     if subject.starts_with("forge.admin.") && !caller.admin {
         return Err(Error::forbidden("this needs an admin token"));
     }

@@ -186,3 +186,163 @@ fn token_commands_fail_clearly() {
     let table = stdout(&ok(run(&["list"])));
     assert_eq!(table.lines().count(), 2, "{table}");
 }
+
+/// Every configuration error, whichever command meets it, reads `clawdforge: configuration: …`,
+/// names its variable, and exits with 2.
+#[test]
+fn configuration_errors_name_the_setting_with_one_prefix_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let under_a_file = file.join("ledger.db").to_string_lossy().into_owned();
+    // (environment, command, what the error names)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [&'a str], &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("DB_PATH", under_a_file.as_str())],
+            &["worker"],
+            "DB_PATH (db_path)",
+        ),
+        (
+            vec![("DB_PATH", under_a_file.as_str())],
+            &["token", "create", "--app", "a"],
+            "DB_PATH (db_path)",
+        ),
+        (
+            vec![("ACPX_SESSIONS_CWD", under_a_file.as_str())],
+            &["worker"],
+            "ACPX_SESSIONS_CWD (acpx_sessions_cwd)",
+        ),
+        (
+            vec![("CLAWDFORGE_MAX_LIVE_SESSIONS", "lots")],
+            &["sidecar"],
+            "CLAWDFORGE_MAX_LIVE_SESSIONS",
+        ),
+    ];
+    let cidr = vec![("ALLOW_CIDRS", "10.0.0.0/33")];
+    let mut all = cases;
+    for command in [
+        &["worker"][..],
+        &["sidecar"],
+        &["serve"],
+        &["token", "list"],
+        &["healthcheck"],
+        &["config"],
+    ] {
+        all.push((cidr.clone(), command, "the prefix length 33 is too long"));
+    }
+    for (env, args, named) in all {
+        // A usable ledger unless the case names another (a later variable wins).
+        let ok_ledger = dir.path().join("ok.db").to_string_lossy().into_owned();
+        let env: Vec<(String, String)> = [("DB_PATH", ok_ledger.as_str())]
+            .iter()
+            .chain(&env)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let out = clawdforge(dir.path(), &env, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("clawdforge: configuration: ") && last.contains(named),
+            "{args:?} {env:?}: {err}"
+        );
+    }
+    // The unusable ledger is named by its path, once.
+    let out = clawdforge(
+        dir.path(),
+        &[("DB_PATH".into(), under_a_file.clone())],
+        &["worker"],
+    );
+    let err = stderr(&out);
+    assert_eq!(err.matches(&under_a_file).count(), 1, "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
+
+#[test]
+fn config_prints_every_value_with_its_source_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clawdforge.toml");
+    std::fs::write(&file, "max_live_sessions = 7\n").unwrap();
+    let env: Vec<(String, String)> = [
+        ("CLAWDFORGE_CONFIG", file.to_string_lossy().as_ref()),
+        ("BIND_PORT", "9100"),
+        ("ADMIN_BOOTSTRAP_TOKEN", "very-secret-root"),
+        ("NATS_URL", "nats://forge:nats-secret@127.0.0.1:4222"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let out = ok(clawdforge(dir.path(), &env, &["config"]));
+    let text = stdout(&out);
+    let row = |key: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{text}"));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    assert_eq!(row("bind_port"), ["bind_port", "9100", "env", "BIND_PORT"]);
+    assert_eq!(
+        row("max_live_sessions"),
+        ["max_live_sessions", "7", "file", file.to_str().unwrap()]
+    );
+    assert_eq!(row("default_model"), ["default_model", "sonnet", "default"]);
+    assert_eq!(
+        row("nats_url")[1],
+        "nats://forge:***@127.0.0.1:4222",
+        "{text}"
+    );
+    assert!(row("admin_bootstrap_token").join(" ").contains("hidden"));
+    assert!(!text.contains("very-secret-root") && !text.contains("nats-secret"));
+    assert_eq!(
+        text.lines().count(),
+        1 + clawdforge::config::env_keys().len() + 1
+    );
+}
+
+#[test]
+fn every_help_points_to_the_configuration_table() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["--help"][..],
+        &["worker", "--help"],
+        &["sidecar", "--help"],
+        &["serve", "--help"],
+        &["token", "--help"],
+        &["token", "create", "--help"],
+        &["token", "list", "--help"],
+        &["token", "revoke", "--help"],
+        &["config", "--help"],
+        &["healthcheck", "--help"],
+    ] {
+        let text = stdout(&ok(clawdforge(dir.path(), &[], args)));
+        assert!(
+            text.contains("configuration table of README.md")
+                && text.contains("`clawdforge config`"),
+            "{args:?}:\n{text}"
+        );
+    }
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains("\n## Configuration\n"));
+}
+
+#[test]
+fn healthcheck_says_nats_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "nats://127.0.0.1:{}",
+        crate::harness::free_port("127.0.0.1")
+    );
+    let out = clawdforge(
+        dir.path(),
+        &[("NATS_URL".into(), url.clone())],
+        &["healthcheck"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("NATS at {url} is unreachable")),
+        "{err}"
+    );
+}

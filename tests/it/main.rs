@@ -7,6 +7,7 @@ mod harness;
 mod http;
 mod input;
 mod lifecycle;
+mod operator;
 mod runs;
 mod sessions;
 mod tokens;

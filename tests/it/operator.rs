@@ -1,0 +1,401 @@
+//! The operator's first hour: `scripts/up.sh` as the README gives it (with the test build of
+//! the binary instead of a release build), and the logs a worker writes.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clawdforge::client::ForgeClient;
+use clawdforge::wire::CreateSession;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::{free_port, repo, Forge, Nats, Options};
+use crate::sessions::turn;
+
+/// `scripts/up.sh` in a process group of its own, as a terminal runs a foreground job.
+struct UpScript {
+    child: Child,
+    data: tempfile::TempDir,
+    output: PathBuf,
+    nats_port: u16,
+    http_port: u16,
+}
+
+impl UpScript {
+    fn start(http_port: u16) -> UpScript {
+        Self::start_in(tempfile::tempdir().unwrap(), http_port)
+    }
+
+    /// Starts up.sh on the data of `data` (a second start finds the first one's data).
+    fn start_in(data: tempfile::TempDir, http_port: u16) -> UpScript {
+        let output = data.path().join("up.out");
+        let nats_port = free_port("127.0.0.1");
+        let _ = std::fs::remove_file(data.path().join("up.err"));
+        let child = Command::new("bash")
+            .arg(repo().join("scripts/up.sh"))
+            .env("CLAWDFORGE_BIN", env!("CARGO_BIN_EXE_clawdforge"))
+            .env("CLAWDFORGE_DATA", data.path().join("data"))
+            .env("NATS_PORT", nats_port.to_string())
+            .env("HTTP_PORT", http_port.to_string())
+            .env("RUST_LOG", "info,clawdforge=debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&output).unwrap())
+            .stderr(std::fs::File::create(data.path().join("up.err")).unwrap())
+            .process_group(0)
+            .spawn()
+            .expect("starting scripts/up.sh");
+        UpScript {
+            child,
+            data,
+            output,
+            nats_port,
+            http_port,
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+
+    /// Everything up.sh and the processes it started printed, stdout then stderr.
+    fn printed(&self) -> String {
+        let out = std::fs::read_to_string(&self.output).unwrap_or_default();
+        let err = std::fs::read_to_string(self.data.path().join("up.err")).unwrap_or_default();
+        format!("{out}{err}")
+    }
+
+    async fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.printed().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "up.sh never printed {needle:?}:\n{}",
+                self.printed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ctrl-C: SIGINT to the whole foreground process group.
+    fn ctrl_c(&self) {
+        killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).unwrap();
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "up.sh did not exit:\n{}",
+                self.printed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn ledger(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open_with_flags(
+            self.data_dir().join("clawdforge.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+
+    async fn wait_for_running_turn(&self, session_id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let running: i64 = self
+                .ledger()
+                .query_row(
+                    "SELECT COUNT(*) FROM session_events
+                     WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'",
+                    [session_id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            if running == 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no turn running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for UpScript {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        // NATS runs in a session of its own, out of reach of the group's signal.
+        if let Ok(pid) = std::fs::read_to_string(self.data_dir().join("nats.pid")) {
+            if let Ok(pid) = pid.trim().parse() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        crate::harness::kill_by_home(&self.data_dir().join("home"));
+    }
+}
+
+fn port_is_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[tokio::test]
+async fn ctrl_c_under_up_sh_lets_a_turn_in_flight_answer_its_caller() {
+    let mut up = UpScript::start(free_port("127.0.0.1"));
+    up.wait_for("clawdforge is up.").await;
+    let token = std::fs::read_to_string(up.data_dir().join("admin-token")).unwrap();
+    let nats = async_nats::connect(format!("nats://127.0.0.1:{}", up.nats_port))
+        .await
+        .unwrap();
+    let client = ForgeClient::new(nats, Some(token.trim().to_string()));
+    let session = client
+        .create_session(&CreateSession::default())
+        .await
+        .unwrap();
+    let release = up.data.path().join("release");
+    let in_flight = {
+        let client = client.clone();
+        let prompt = format!("finish after Ctrl-C #wait-file={}", release.display());
+        let id = session.session_id.clone();
+        tokio::spawn(async move { client.turn(&turn(&id, &prompt)).await })
+    };
+    up.wait_for_running_turn(&session.session_id).await;
+
+    up.ctrl_c();
+    // clawdforge has stopped taking requests; only now may the turn end.
+    up.wait_for("shutting down: no new requests").await;
+    assert!(port_is_open(up.nats_port), "NATS must outlive clawdforge");
+    std::fs::write(&release, "").unwrap();
+
+    let answered = in_flight
+        .await
+        .unwrap()
+        .expect("the turn in flight gets its reply");
+    assert_eq!(answered.stop_reason, "end_turn");
+    assert!(answered.output.starts_with("echo: finish after Ctrl-C"));
+    let status = up.wait_exit().await;
+    let printed = up.printed();
+    assert!(
+        !printed.contains("did not take the last messages"),
+        "{printed}"
+    );
+    assert!(printed.contains("worker stopped"), "{printed}");
+    assert!(printed.contains("up.sh: stopped"), "{printed}");
+    assert!(!port_is_open(up.nats_port), "NATS is stopped at the end");
+    assert!(!port_is_open(up.http_port));
+    assert!(
+        matches!(status.code(), Some(0 | 130)),
+        "{status:?}:\n{printed}"
+    );
+
+    // Started again on the same data: the same admin token, and no bootstrap-token warning,
+    // though the ledger now holds tokens.
+    let data = take_data(up);
+    let again = UpScript::start_in(data, free_port("127.0.0.1"));
+    again.wait_for("clawdforge is up.").await;
+    let printed = again.printed();
+    assert!(printed.contains(token.trim()), "{printed}");
+    assert!(!printed.contains("ADMIN_BOOTSTRAP_TOKEN"), "{printed}");
+}
+
+/// The data directory of a stopped up.sh, for the next one.
+fn take_data(mut up: UpScript) -> tempfile::TempDir {
+    let data = std::mem::replace(&mut up.data, tempfile::tempdir().unwrap());
+    // The old one's processes are all gone; its drop only cleans up what it still names.
+    let _ = std::fs::remove_file(data.path().join("data/nats.pid"));
+    data
+}
+
+#[tokio::test]
+async fn up_sh_exits_at_once_when_serve_dies_and_prints_why() {
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let http_port = taken.local_addr().unwrap().port();
+    let mut up = UpScript::start(http_port);
+    let status = up.wait_exit().await;
+    let printed = up.printed();
+    assert_eq!(status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("up.sh: clawdforge serve exited (status 1) before it was up"),
+        "{printed}"
+    );
+    // Its last log lines, as printed by up.sh, name the cause.
+    let tail = printed
+        .split("before it was up")
+        .nth(1)
+        .expect("the lines after the notice");
+    assert!(tail.contains("Address already in use"), "{printed}");
+    assert!(!printed.contains("clawdforge is up."), "{printed}");
+    assert!(!port_is_open(up.nats_port), "NATS is stopped too");
+}
+
+/// Starts one more `clawdforge worker` with the deployment's environment and `env`, logging to
+/// the file it answers; [`stop`] ends it.
+fn worker_log(forge: &Forge, env: &[(&str, &str)]) -> PathBuf {
+    let log = forge
+        .dir
+        .path()
+        .join(format!("extra-worker-{}.log", uuid::Uuid::new_v4()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawdforge"));
+    cmd.arg("worker")
+        .current_dir(forge.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in &forge.env {
+        cmd.env(k, v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    std::fs::write(log.with_extension("pid"), child.id().to_string()).unwrap();
+    std::mem::forget(child);
+    log
+}
+
+async fn wait_for_line(log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stop(log: &Path) {
+    let pid: i32 = std::fs::read_to_string(log.with_extension("pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+}
+
+#[tokio::test]
+async fn logs_have_no_colours_off_a_terminal_and_json_lines_carry_their_span() {
+    let forge = Forge::start_with(Options::default()).await;
+    let app = forge.app("logged").await;
+    app.create_session(&CreateSession::default()).await.unwrap();
+    let text = forge.logs();
+    assert!(text.contains("session created"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{text}"
+    );
+
+    let log = worker_log(&forge, &[("LOG_FORMAT", "json")]);
+    wait_for_line(&log, "worker ready").await;
+    forge.wait_for_workers(2).await;
+    // Sessions go to either worker: create until the JSON worker has logged one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("session created")
+    {
+        assert!(Instant::now() < deadline);
+        app.create_session(&CreateSession::default()).await.unwrap();
+    }
+    let line = wait_for_line(&log, "session created").await;
+    stop(&log);
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(json["fields"]["message"], "session created");
+    assert_eq!(json["span"]["name"], "request");
+    assert_eq!(json["span"]["subject"], "forge.session.create");
+    assert_eq!(json["span"]["app"], "logged");
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
+
+#[tokio::test]
+async fn nats_failures_are_logged_once_with_the_url_until_connected() {
+    let forge = Forge::start_with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let port = free_port("127.0.0.1");
+    let url = format!("nats://127.0.0.1:{port}");
+    let log = worker_log(&forge, &[("NATS_URL", &url)]);
+    // The worker gives up waiting and goes on; async-nats retries several times a second.
+    wait_for_line(&log, "worker ready").await;
+    let _nats = Nats::start_on(Some(port));
+    let connected = wait_for_line(&log, "connected to NATS").await;
+    stop(&log);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains("reach NATS")).collect();
+    assert_eq!(failures.len(), 1, "one line for the outage:\n{text}");
+    assert!(failures[0].contains(&url), "{text}");
+    let attempts: u64 = connected
+        .split("failed_attempts=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {connected:?}"));
+    assert!(
+        attempts >= 2,
+        "several attempts failed, one was logged: {text}"
+    );
+}
+
+/// The RFC 3339 timestamp that starts a text log line, as seconds.
+fn logged_at(line: &str) -> f64 {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let time = stamp
+        .split('T')
+        .nth(1)
+        .unwrap_or_default()
+        .trim_end_matches('Z');
+    let parts: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+#[tokio::test]
+async fn serve_without_nats_waits_once_before_serving() {
+    let forge = Forge::start_with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let down = format!("nats://127.0.0.1:{}", free_port("127.0.0.1"));
+    let serve = forge.spawn_http("serve", &[("NATS_URL", &down)]).await;
+    let answer = crate::harness::http_client()
+        .get(serve.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    let text = serve.log_text();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"))
+    };
+    // The worker waited NATS_START_WAIT (5 s) for NATS; the sidecar must not wait as long again.
+    let waited = logged_at(line("sidecar ready")) - logged_at(line("worker ready"));
+    assert!(
+        waited < 2.5,
+        "the sidecar waited {waited:.1} s more after the worker's wait:\n{text}"
+    );
+    assert_eq!(
+        text.matches("NATS is not reachable yet").count(),
+        2,
+        "worker and sidecar each say so:\n{text}"
+    );
+}
