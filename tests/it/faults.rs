@@ -296,3 +296,103 @@ async fn three_workers_fifty_sessions_twenty_clients() {
         "the queue group spread the work ({workers} workers)"
     );
 }
+
+/// Reads from a raw NATS connection until `done` holds for what it has read, or 20 s.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    seen: &mut Vec<u8>,
+    done: impl Fn(&str) -> bool,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while !done(&String::from_utf8_lossy(seen)) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_raw_message_with_a_bad_header_costs_no_other_reply() {
+    use tokio::io::AsyncWriteExt;
+    let forge = Forge::start().await;
+    let port = forge.nats.port();
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    raw.write_all(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n\
+          SUB _INBOX.raw.* 1\r\nPING\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_until(&mut raw, &mut seen, |s| s.contains("PONG")).await);
+
+    // Header blocks async-nats 0.51 cannot parse: not UTF-8, a line without a colon, a name
+    // with a space. Their framing is right.
+    let bad: [&[u8]; 3] = [
+        b"NATS/1.0\r\nAuthorization: \xff\xfe\r\n\r\n",
+        b"NATS/1.0\r\nno colon here\r\n\r\n",
+        b"NATS/1.0\r\nbad name: x\r\n\r\n",
+    ];
+    // Many requests of a well-behaved client in flight around the bad ones.
+    let requests: Vec<_> = (0..120)
+        .map(|_| {
+            let admin = forge.admin.clone();
+            tokio::spawn(async move {
+                admin
+                    .raw(
+                        "forge.session.list",
+                        Some(ROOT_TOKEN),
+                        "{}".into(),
+                        Duration::from_secs(15),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for (i, header) in bad.iter().enumerate() {
+        let payload = b"{}";
+        let mut message = format!(
+            "HPUB forge.session.list _INBOX.raw.{i} {} {}\r\n",
+            header.len(),
+            header.len() + payload.len()
+        )
+        .into_bytes();
+        message.extend_from_slice(header);
+        message.extend_from_slice(payload);
+        message.extend_from_slice(b"\r\n");
+        raw.write_all(&message).await.unwrap();
+    }
+    let mut answered = 0;
+    for request in requests {
+        if let Ok(Ok(reply)) = request.await {
+            assert!(reply.status.is_none(), "{reply:?}");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 120, "replies lost:\n{}", forge.logs());
+
+    // Each bad message reached the worker without its headers: no token, so unauthorized.
+    let all_answered = read_until(&mut raw, &mut seen, |s| {
+        s.matches("Nats-Service-Error-Code: 401").count() == bad.len()
+    })
+    .await;
+    assert!(
+        all_answered,
+        "{}\n{}",
+        String::from_utf8_lossy(&seen),
+        forge.logs()
+    );
+    let logs = forge.logs();
+    assert!(!logs.contains("disconnected from NATS"), "{logs}");
+    assert_eq!(
+        logs.matches("unreadable header block").count(),
+        bad.len(),
+        "{logs}"
+    );
+}
