@@ -89,6 +89,12 @@ for name in ("worker", "sidecar"):
 assert s["worker"]["pid"] == "service:worker-host"
 assert s["worker"]["environment"]["NATS_USER"] == "forge"
 assert s["sidecar"]["environment"]["NATS_USER"] == "sidecar"
+# The NATS passwords are files (Docker secrets), not variables of the clawdforge containers.
+for name, secret in (("worker", "nats_forge_password"), ("sidecar", "nats_sidecar_password")):
+    assert "NATS_PASSWORD" not in s[name]["environment"], name
+    assert s[name]["environment"]["NATS_PASSWORD_FILE"] == "/run/secrets/" + secret, name
+    assert [x["source"] for x in s[name]["secrets"]] == [secret], s[name]["secrets"]
+assert c["secrets"]["nats_forge_password"]["environment"] == "NATS_FORGE_PASSWORD", c["secrets"]
 mounts = {v["target"]: v["source"] for v in s["worker"]["volumes"]}
 assert mounts["/data"] == "data" and mounts["/tmp"] == "worker-tmp", mounts
 assert mounts["/home/clawdforge/.acpx"] == "acpx" and mounts["/home/clawdforge/.claude"] == "claude", mounts

@@ -361,7 +361,14 @@ impl Layers {
         let mut from_env = Vec::new();
         for key in env_keys() {
             for name in env_names(key).into_iter().rev() {
-                if let Some((_, value)) = env.iter().find(|(k, _)| *k == name) {
+                let value = env.iter().find(|(k, _)| *k == name).map(|(_, v)| v);
+                if SECRET_KEYS.contains(&key) {
+                    if let Some(secret) = secret_file(env, &name, value.is_some())? {
+                        from_env.push((key.to_string(), format!("{name}_FILE"), secret));
+                        continue;
+                    }
+                }
+                if let Some(value) = value {
                     from_env.push((key.to_string(), name, value.clone()));
                 }
             }
@@ -417,6 +424,32 @@ impl Layers {
         };
         ConfigError(format!("bad value in {source}{key_part}: {}", e.kind))
     }
+}
+
+/// The secret in the file `<name>_FILE` names (the Docker secrets convention), without the
+/// line break a file ends with; an error when `<name>` is set as well, or the file unreadable.
+fn secret_file(
+    env: &[(String, String)],
+    name: &str,
+    also_set: bool,
+) -> Result<Option<String>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    let Some((_, path)) = env.iter().find(|(k, _)| *k == file_var) else {
+        return Ok(None);
+    };
+    if also_set {
+        return Err(ConfigError(format!(
+            "{name} and {file_var} are both set: give the secret one way"
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{file_var}: cannot read {path}: {e}")))?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err(ConfigError(format!("{file_var}: {path} is empty")));
+    }
+    Ok(Some(secret.to_string()))
 }
 
 impl Config {
@@ -905,6 +938,35 @@ mod tests {
         );
         assert_eq!(shown.len(), env_keys().len() + 1, "every key, agents too");
         assert!(!format!("{shown:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_come_from_files_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        let file = path.to_string_lossy().into_owned();
+        let c = Config::load_from(None, &env(&[("ADMIN_BOOTSTRAP_TOKEN_FILE", &file)])).unwrap();
+        assert_eq!(c.admin_bootstrap_token.as_deref(), Some("from-a-file"));
+        let c = Config::load_from(None, &env(&[("CLAWDFORGE_NATS_PASSWORD_FILE", &file)])).unwrap();
+        assert_eq!(c.nats_password.as_deref(), Some("from-a-file"));
+        let err = Config::load_from(
+            None,
+            &env(&[("NATS_TOKEN_FILE", &file), ("NATS_TOKEN", "x")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("NATS_TOKEN and NATS_TOKEN_FILE are both set"),
+            "{err}"
+        );
+        let err = Config::load_from(None, &env(&[("NATS_TOKEN_FILE", "/nonexistent/t")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("NATS_TOKEN_FILE: cannot read /nonexistent/t"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,4 +12,5 @@ pub mod error;
 pub mod http;
 pub mod ledger;
 pub mod nats;
+pub mod secrets;
 pub mod wire;

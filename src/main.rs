@@ -85,20 +85,20 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: secrets leave the environment (and the kernel's
+    // copy of it) before anything else runs, the agents this process starts included.
+    let secrets =
+        clawdforge::secrets::take_from_environment(&clawdforge::config::secret_env_names());
+    let env: Vec<(String, String)> = std::env::vars().chain(secrets).collect();
     let cli = Cli::parse();
     if let Command::Config = cli.command {
-        return print_config(&cli);
+        return print_config(&cli, &env);
     }
-    let config = match Config::load(cli.config.as_deref()) {
+    let config = match Config::load_from(cli.config.as_deref(), &env) {
         Ok(c) => c,
         Err(e) => return config_failure(&e),
     };
     init_logging(&cli.command, config.log_format);
-    // The agents this process starts inherit its environment and run with --approve-all: the
-    // secrets the config has read must not be there for them to find.
-    for name in clawdforge::config::secret_env_names() {
-        std::env::remove_var(name);
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -160,9 +160,8 @@ fn init_logging(command: &Command, format: LogFormat) {
 }
 
 /// `clawdforge config`: the effective configuration as an aligned table.
-fn print_config(cli: &Cli) -> ExitCode {
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    let shown = match Config::explain(cli.config.as_deref(), &env) {
+fn print_config(cli: &Cli, env: &[(String, String)]) -> ExitCode {
+    let shown = match Config::explain(cli.config.as_deref(), env) {
         Ok((_, shown)) => shown,
         Err(e) => return config_failure(&e),
     };

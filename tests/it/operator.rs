@@ -11,7 +11,7 @@ use clawdforge::wire::CreateSession;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::harness::{free_port, repo, Forge, Nats, Options};
+use crate::harness::{free_port, repo, Forge, Nats, Options, ROOT_TOKEN};
 use crate::sessions::turn;
 
 /// `scripts/up.sh` in a process group of its own, as a terminal runs a foreground job.
@@ -398,4 +398,79 @@ async fn serve_without_nats_waits_once_before_serving() {
         2,
         "worker and sidecar each say so:\n{text}"
     );
+}
+
+fn environ_of(pid: u32) -> Vec<u8> {
+    std::fs::read(format!("/proc/{pid}/environ")).unwrap()
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// The processes whose environment names `home` as HOME: acpx and the agents of a deployment.
+fn agent_environs(home: &Path) -> Vec<Vec<u8>> {
+    let needle = format!("HOME={}", home.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|s| s.parse::<u32>().is_ok())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
+        .filter(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        .collect()
+}
+
+#[tokio::test]
+async fn secrets_are_not_readable_in_proc_environ_of_the_worker_or_its_agents() {
+    // The probe works: a process given the secret in its environment shows it there.
+    let mut plain = Command::new("sleep")
+        .arg("30")
+        .env("ADMIN_BOOTSTRAP_TOKEN", ROOT_TOKEN)
+        .spawn()
+        .unwrap();
+    let shown = holds(&environ_of(plain.id()), ROOT_TOKEN);
+    let _ = plain.kill();
+    let _ = plain.wait();
+    assert!(shown, "the probe must see a secret left in the environment");
+
+    // The harness gives every worker ADMIN_BOOTSTRAP_TOKEN=ROOT_TOKEN in its environment.
+    let mut forge = Forge::start().await;
+    let environ = environ_of(forge.workers[0].child.id());
+    assert!(
+        holds(&environ, "HOME="),
+        "the worker's environment is readable"
+    );
+    assert!(
+        !holds(&environ, ROOT_TOKEN),
+        "the bootstrap token is readable in /proc"
+    );
+    // ... and it still works, and the agents it starts never see it.
+    let app = forge.app("secretive").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    app.turn(&turn(&s.session_id, "hello")).await.unwrap();
+    let agents = agent_environs(&forge.home());
+    assert!(agents.len() >= 2, "acpx and the agent run");
+    assert!(agents.iter().all(|env| !holds(env, ROOT_TOKEN)));
+
+    // From a file instead (the Docker secrets convention): nothing in the environment at all.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, "token-from-a-file\n").unwrap();
+    forge.kill_worker(0);
+    forge.env.retain(|(k, _)| k != "ADMIN_BOOTSTRAP_TOKEN");
+    let file = file.to_string_lossy().into_owned();
+    let n = forge.spawn_worker(&[("ADMIN_BOOTSTRAP_TOKEN_FILE", &file)]);
+    forge.wait_for_workers(1).await;
+    let from_file = forge.admin.with_token(Some("token-from-a-file".into()));
+    from_file.create_token("filed", false).await.unwrap();
+    assert!(!holds(
+        &environ_of(forge.workers[n].child.id()),
+        "token-from-a-file"
+    ));
 }
