@@ -193,6 +193,15 @@ pub struct Health {
     pub acpx_version: Option<String>,
     pub claude_present: bool,
     pub open_sessions: u64,
+    /// Whether this worker can write the ledger (the file it opened is still in place and
+    /// writable); `ok` is false when it cannot.
+    #[serde(default = "writable_by_default")]
+    pub ledger_writable: bool,
+}
+
+/// A Health from a worker before `ledger_writable` existed said nothing: it could write.
+fn writable_by_default() -> bool {
+    true
 }
 
 /// The body of every error reply: `{"error": {"code", "message"}}`.

@@ -213,8 +213,13 @@ impl Forge {
         if let Err(e) = &open {
             tracing::error!(error = %e, "health: ledger unreadable");
         }
+        let writable = self.ledger.check_writable();
+        if let Err(why) = &writable {
+            tracing::error!(error = %why, "health: the ledger cannot be written");
+        }
         wire::Health {
-            ok: open.is_ok() && probe.acpx_version.is_some(),
+            ok: open.is_ok() && writable.is_ok() && probe.acpx_version.is_some(),
+            ledger_writable: writable.is_ok(),
             version: VERSION.to_string(),
             worker_id: self.settings.worker_id.clone(),
             acpx_present: probe.acpx_version.is_some(),

@@ -465,6 +465,7 @@ pub struct SidecarHealth {
     pub acpx_version: Option<String>,
     pub claude_present: Option<bool>,
     pub open_sessions: Option<u64>,
+    pub ledger_writable: Option<bool>,
     /// The sidecar's NATS connection is up.
     pub nats_connected: bool,
     /// Worker instances that answered `$SRV.PING`.
@@ -482,6 +483,7 @@ impl SidecarHealth {
                 acpx_version: h.acpx_version,
                 claude_present: Some(h.claude_present),
                 open_sessions: Some(h.open_sessions),
+                ledger_writable: Some(h.ledger_writable),
                 nats_connected,
                 workers,
             },
@@ -493,6 +495,7 @@ impl SidecarHealth {
                 acpx_version: None,
                 claude_present: None,
                 open_sessions: None,
+                ledger_writable: None,
                 nats_connected,
                 workers,
             },

@@ -20,6 +20,9 @@ pub enum LedgerError {
         #[source]
         source: rusqlite::Error,
     },
+    /// SQLite opened the file, but only for reading.
+    #[error("it is read-only for this worker ({reason})")]
+    ReadOnly { reason: String },
     #[error("ledger migration: {0}")]
     Migration(#[from] rusqlite_migration::Error),
     #[error("ledger: {0}")]
@@ -47,6 +50,8 @@ pub struct Ledger {
     /// thread instead of hopping to the blocking pool; a read that does meet a lock (rare: WAL
     /// recovery, checkpoints) gives up quickly and is retried on the blocking pool.
     reader: Arc<Mutex<Connection>>,
+    /// The file opened (device, inode): a file put in its place later is not the one in use.
+    file_id: (u64, u64),
     path: PathBuf,
 }
 
@@ -182,6 +187,52 @@ pub struct EventRow {
     pub error: Option<String>,
 }
 
+/// Refuses a file SQLite could open only for reading (its permissions, a read-only mount).
+fn refuse_read_only(conn: &Connection, path: &Path) -> LedgerResult<()> {
+    let read_only = conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(|source| LedgerError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    match (read_only, writable_by_me(path)) {
+        (false, Ok(())) => Ok(()),
+        (_, Err(e)) => Err(LedgerError::ReadOnly {
+            reason: e.to_string(),
+        }),
+        (true, Ok(())) => Err(LedgerError::ReadOnly {
+            reason: "SQLite opened it read-only".into(),
+        }),
+    }
+}
+
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Whether this process may write `path`, by its effective ids (access(2) with AT_EACCESS).
+fn writable_by_me(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+    let answer = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::W_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if answer == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> LedgerResult<Ledger> {
@@ -195,6 +246,7 @@ impl Ledger {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
+        refuse_read_only(&conn, path)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
@@ -224,15 +276,40 @@ impl Ledger {
         reader
             .pragma_update(None, "query_only", true)
             .map_err(open_err)?;
+        // A write lock is what every write needs: taking one proves the file and its -wal and
+        // -shm companions can be written.
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(|e| LedgerError::ReadOnly {
+                reason: format!("no write lock: {e}"),
+            })?;
         Ok(Ledger {
             conn: Arc::new(Mutex::new(conn)),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
+            file_id: file_id(path)?,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the ledger can still be written: the file at its path is still the one opened,
+    /// and this process may write it. A restore that puts a read-only copy in its place, or a
+    /// chmod, shows here before any write fails.
+    pub fn check_writable(&self) -> Result<(), String> {
+        match file_id(&self.path) {
+            Ok(id) if id == self.file_id => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{} was replaced by another file; restart the worker to use it",
+                    self.path.display()
+                ))
+            }
+            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+        }
+        writable_by_me(&self.path)
+            .map_err(|e| format!("{} cannot be written: {e}", self.path.display()))
     }
 
     async fn call<T, F>(&self, f: F) -> LedgerResult<T>

@@ -474,3 +474,88 @@ async fn secrets_are_not_readable_in_proc_environ_of_the_worker_or_its_agents() 
         "token-from-a-file"
     ));
 }
+
+/// A directory anyone may use, with a copy of the binary in it: a worker run as another user
+/// (nobody) must reach both, wherever the checkout lies.
+fn shared_dir() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = dir.path().join("clawdforge");
+    std::fs::copy(env!("CARGO_BIN_EXE_clawdforge"), &bin).unwrap();
+    (dir, bin)
+}
+
+const NOBODY: &str = "65534";
+
+/// `clawdforge worker` as the user nobody, with the deployment's NATS and everything else in
+/// `dir`.
+fn worker_as_nobody(forge: &Forge, dir: &Path, bin: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .arg(bin)
+        .arg("worker")
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NATS_URL", &forge.nats.url)
+        .env("HOME", dir)
+        .env("DB_PATH", dir.join("ledger.db"))
+        .env("ACPX_SESSIONS_CWD", dir.join("sessions"))
+        .env("RUNS_DIR", dir.join("runs"))
+        .env("ADMIN_BOOTSTRAP_TOKEN", ROOT_TOKEN)
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn a_worker_refuses_a_ledger_it_cannot_write_and_health_reports_one_that_stops_being_writable(
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let forge = Forge::start_with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let (dir, bin) = shared_dir();
+    let ledger = dir.path().join("ledger.db");
+
+    // A ledger made by root (as a restore would leave it): nobody may read it, not write it.
+    let made = Command::new(&bin)
+        .args(["token", "create", "--app", "ops"])
+        .env("DB_PATH", &ledger)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let out = worker_as_nobody(&forge, dir.path(), &bin).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "configuration: DB_PATH (db_path) {}: cannot open the ledger: it is read-only",
+            ledger.display()
+        )),
+        "{err}"
+    );
+
+    // A ledger of its own, made writable, then not.
+    for f in ["ledger.db", "ledger.db-wal", "ledger.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    let mut worker = worker_as_nobody(&forge, dir.path(), &bin)
+        .stderr(std::fs::File::create(dir.path().join("worker.log")).unwrap())
+        .spawn()
+        .unwrap();
+    forge.wait_for_workers(1).await;
+    let health = forge.admin.health().await.unwrap();
+    assert!(health.ledger_writable, "{health:?}");
+    std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let health = forge.admin.health().await.unwrap();
+    assert!(!health.ledger_writable && !health.ok, "{health:?}");
+    std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(forge.admin.health().await.unwrap().ledger_writable);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
+    assert!(log.contains("the ledger cannot be written"), "{log}");
+}
