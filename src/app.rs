@@ -328,11 +328,15 @@ async fn start_sidecar(
     if !client.wait_connected(time_left(nats_deadline)).await {
         tracing::warn!(nats = %nats_urls(config), "NATS is not reachable yet; serving, and answering 503 until it is");
     }
+    let access = Arc::new(settings.access.clone());
+    let limits = settings.conn;
     let router = http::router(http::Sidecar::new(client, settings));
     let stop = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
         router,
+        access,
+        limits,
         stop.clone().cancelled_owned(),
     ));
     tracing::info!(%addr, nats = %nats_urls(config), "sidecar ready");

@@ -83,6 +83,13 @@ pub struct Config {
     pub trusted_proxies: String,
     /// Largest HTTP request body the sidecar accepts.
     pub max_request_bytes: usize,
+    /// Seconds an HTTP connection may take to send a request's headers (also while a kept-alive
+    /// connection waits for its next request).
+    pub http_header_timeout_secs: u64,
+    /// Seconds an HTTP connection with no request in flight is kept open.
+    pub http_idle_timeout_secs: u64,
+    /// HTTP connections open at once; more are closed as they come.
+    pub http_max_connections: usize,
 
     /// `text` (colours only on a terminal) or `json` (one object per line, span fields
     /// included, for log collectors).
@@ -141,6 +148,9 @@ impl Default for Config {
             allow_cidrs: String::new(),
             trusted_proxies: String::new(),
             max_request_bytes: 1024 * 1024,
+            http_header_timeout_secs: 10,
+            http_idle_timeout_secs: 60,
+            http_max_connections: 512,
             log_format: LogFormat::Text,
         }
     }
@@ -211,6 +221,9 @@ pub fn env_keys() -> Vec<&'static str> {
         "allow_cidrs",
         "trusted_proxies",
         "max_request_bytes",
+        "http_header_timeout_secs",
+        "http_idle_timeout_secs",
+        "http_max_connections",
         "log_format",
     ]
 }
@@ -525,6 +538,15 @@ impl Config {
             ("worker_heartbeat_secs", self.worker_heartbeat_secs as usize),
             ("max_prompt_bytes", self.max_prompt_bytes),
             ("max_concurrent_runs", self.max_concurrent_runs),
+            (
+                "http_header_timeout_secs",
+                self.http_header_timeout_secs as usize,
+            ),
+            (
+                "http_idle_timeout_secs",
+                self.http_idle_timeout_secs as usize,
+            ),
+            ("http_max_connections", self.http_max_connections),
         ] {
             if value == 0 {
                 return bad(key, "must be greater than 0");
@@ -572,6 +594,8 @@ impl Config {
             ("runs_retention_secs", self.runs_retention_secs),
             ("max_timeout_secs", self.max_timeout_secs),
             ("acpx_ttl_secs", self.acpx_ttl_secs),
+            ("http_header_timeout_secs", self.http_header_timeout_secs),
+            ("http_idle_timeout_secs", self.http_idle_timeout_secs),
         ]
         .into_iter()
         .find(|(_, value)| *value > TEN_YEARS)

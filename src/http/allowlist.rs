@@ -68,6 +68,14 @@ impl Access {
         ip.is_loopback() || self.allow.iter().any(|net| net.contains(&ip))
     }
 
+    /// Whether a connection from `peer` is served at all, decided at accept time from the
+    /// address alone, before any byte is read. A trusted proxy is let in even when it is not
+    /// allowed itself: the clients it speaks for are only known from each request's
+    /// X-Forwarded-For, so the middleware ([`guard`]) decides its requests one by one.
+    pub fn admits(&self, peer: IpAddr) -> bool {
+        self.allows(peer) || self.is_trusted_proxy(peer)
+    }
+
     fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
@@ -284,6 +292,36 @@ mod tests {
         assert_eq!(v6, Ok(ip("2001:db8::7")));
         let v6 = a.check(Some(ip("fd00::1")), &xff(&["2001:db9::7"]));
         assert_eq!(v6, Err(Denied::Client(ip("2001:db9::7"))));
+    }
+
+    #[test]
+    fn at_accept_time_allowed_peers_and_trusted_proxies_are_admitted() {
+        let a = access("10.0.0.0/8, 2001:db8::/32", "192.168.0.1, fd00::/8");
+        for ok in [
+            "10.1.2.3",
+            "::ffff:10.1.2.3",
+            "2001:db8::5",
+            "127.0.0.1",
+            "::1",
+            // Proxies are not allowed themselves; their requests are checked one by one.
+            "192.168.0.1",
+            "fd00::7",
+            "::ffff:192.168.0.1",
+        ] {
+            assert!(a.admits(ip(ok)), "{ok}");
+        }
+        for no in [
+            "192.0.2.7",
+            "192.168.0.2",
+            "2001:db9::1",
+            "fe80::1",
+            "0.0.0.0",
+        ] {
+            assert!(!a.admits(ip(no)), "{no}");
+        }
+        // With nothing configured, loopback only.
+        assert!(access("", "").admits(ip("127.0.0.2")));
+        assert!(!access("", "").admits(ip("192.0.2.2")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The sidecar: every route against real workers, the same answers as over NATS, the allowlist,
-//! multipart forms, /healthz, and `clawdforge serve`.
+//! multipart forms, /healthz, `clawdforge serve`, and what a connection may hold of the server.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -14,6 +14,8 @@ use futures::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::Method;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tower::ServiceExt;
 
 use crate::harness::{http_client, Forge, HttpProcess, Nats, Options, ROOT_TOKEN};
@@ -691,7 +693,7 @@ async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers(
         json!({
             "ok": false, "version": null, "worker_id": null, "acpx_present": null,
             "acpx_version": null, "claude_present": null, "open_sessions": null,
-            "nats_connected": connected, "workers": workers
+            "ledger_writable": null, "nats_connected": connected, "workers": workers
         })
     };
     assert_eq!(get(&sidecar, "/healthz", None).await, (503, none(true, 0)));
@@ -948,6 +950,7 @@ fn in_process(forge: &Forge, access: Access, peer: &str) -> axum::Router {
         Settings {
             access,
             max_request_bytes: 1 << 20,
+            conn: Default::default(),
         },
     );
     let peer: SocketAddr = peer.parse().unwrap();
@@ -1304,4 +1307,374 @@ async fn runs_over_http_answer_as_over_nats_and_take_forms() {
         .join(run["run_id"].as_str().unwrap())
         .join("notes.md");
     assert_eq!(std::fs::read_to_string(staged).unwrap(), "# notes\n");
+}
+
+// The connection limits. These variables are read by the configuration (keys
+// `http_header_timeout_secs`, `http_idle_timeout_secs`, `http_max_connections`).
+const HEADER_TIMEOUT: &str = "CLAWDFORGE_HTTP_HEADER_TIMEOUT_SECS";
+const IDLE_TIMEOUT: &str = "CLAWDFORGE_HTTP_IDLE_TIMEOUT_SECS";
+const MAX_CONNECTIONS: &str = "CLAWDFORGE_HTTP_MAX_CONNECTIONS";
+
+/// Far below the 10 s default header timeout: a connection closed sooner was closed by the short
+/// setting of the test, not by the default.
+const SOONER_THAN_DEFAULT: Duration = Duration::from_secs(8);
+
+/// The address a sidecar listens on, for raw connections.
+fn socket_addr(sidecar: &HttpProcess) -> SocketAddr {
+    sidecar
+        .base
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .expect("an http://host:port base")
+}
+
+/// Everything the server sends on `stream` until it closes the connection (end of file or
+/// reset); fails the test if the connection is still open after `limit`.
+async fn until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut sent = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => sent.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("reading from the sidecar: {e}"),
+            }
+        }
+    };
+    if tokio::time::timeout(limit, read_all).await.is_err() {
+        panic!(
+            "the sidecar kept the connection open for {limit:?}, having sent:\n{}",
+            String::from_utf8_lossy(&sent)
+        );
+    }
+    sent
+}
+
+/// Asserts that the server closed `stream` within `limit` without sending a byte.
+async fn assert_closed_unanswered(stream: &mut TcpStream, limit: Duration, what: &str) {
+    let sent = until_closed(stream, limit).await;
+    assert!(
+        sent.is_empty(),
+        "{what}: the sidecar answered before closing:\n{}",
+        String::from_utf8_lossy(&sent)
+    );
+}
+
+/// Sends `GET path` (with `headers`, each ending in CRLF) on `stream` and reads the whole
+/// answer, leaving the connection open; its status. An error when the server closes instead.
+async fn get_on(stream: &mut TcpStream, path: &str, headers: &str) -> std::io::Result<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: sidecar\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse::<usize>().expect("a length"));
+    let mut body = vec![0; length.expect("answers have a length")];
+    stream.read_exact(&mut body).await?;
+    Ok(status.expect("a status line"))
+}
+
+/// A connection to `addr` that has been answered once and is now idle, kept alive. Connections
+/// are opened until one is served: one that just closed may still be counted for a moment.
+async fn served_connection(addr: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut stream = TcpStream::connect(addr).await.expect("connecting");
+        if let Ok(status) = get_on(&mut stream, "/openapi.json", "").await {
+            assert_eq!(status, 200);
+            return stream;
+        }
+        assert!(Instant::now() < deadline, "no connection to {addr} served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the turn of `session_id` is running, per the ledger.
+async fn wait_for_running_turn(forge: &Forge, session_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: i64 = forge
+            .ledger()
+            .query_row(
+                "SELECT COUNT(*) FROM session_events
+                 WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'",
+                [session_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if running == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no turn running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A turn over HTTP that the test agent holds until `release` exists, started and running; it
+/// resolves to the status and body of its answer.
+async fn held_turn(
+    forge: &Forge,
+    sidecar: &HttpProcess,
+    release: &std::path::Path,
+) -> tokio::task::JoinHandle<Answer> {
+    let token = forge.admin.create_token("held", false).await.unwrap().token;
+    let (status, session) = post(sidecar, "/sessions", Some(&token), "{}").await;
+    assert_eq!(status, 200, "{session}");
+    let id = session["session_id"].as_str().unwrap().to_string();
+    let prompt = format!("held #wait-file={}", release.display());
+    let request = http_client()
+        .post(sidecar.url(&format!("/sessions/{id}/turn")))
+        .bearer_auth(&token)
+        .json(&json!({ "prompt": prompt }));
+    let turn = tokio::spawn(async move {
+        let response = request
+            .send()
+            .await
+            .expect("the turn's connection stays open");
+        answer(response).await
+    });
+    wait_for_running_turn(forge, &id).await;
+    turn
+}
+
+#[tokio::test]
+async fn headers_that_never_end_and_silent_connections_are_closed_by_the_header_timeout() {
+    let forge = Forge::start().await;
+    let sidecar = forge
+        .spawn_http("sidecar", &[(HEADER_TIMEOUT, "1"), (IDLE_TIMEOUT, "600")])
+        .await;
+    let addr = socket_addr(&sidecar);
+    let started = Instant::now();
+    let mut half_open = TcpStream::connect(addr).await.unwrap();
+    half_open
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut answered = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        get_on(&mut answered, "/openapi.json", "").await.unwrap(),
+        200
+    );
+
+    // Each is closed as the server gives up waiting for headers: never finished, never
+    // started, or not started again after an answer.
+    let limit = Duration::from_secs(15);
+    tokio::join!(
+        assert_closed_unanswered(&mut half_open, limit, "unfinished headers"),
+        assert_closed_unanswered(&mut silent, limit, "a silent connection"),
+        assert_closed_unanswered(&mut answered, limit, "a kept-alive connection"),
+    );
+    assert!(
+        started.elapsed() < SOONER_THAN_DEFAULT,
+        "closed after {:?}: {HEADER_TIMEOUT}=1 did not apply",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_but_a_request_in_flight_is_not_cut() {
+    let forge = Forge::start().await;
+    let sidecar = forge
+        .spawn_http("sidecar", &[(HEADER_TIMEOUT, "30"), (IDLE_TIMEOUT, "1")])
+        .await;
+    let release = forge.dir.path().join("release-idle");
+    let turn = held_turn(&forge, &sidecar, &release).await;
+
+    // Opened once the turn runs, this one is closed only when the turn has been in flight for
+    // longer than the idle timeout too; the header timeout is far.
+    let started = Instant::now();
+    let mut idle = served_connection(socket_addr(&sidecar)).await;
+    assert_closed_unanswered(&mut idle, Duration::from_secs(15), "an idle connection").await;
+    assert!(
+        started.elapsed() < SOONER_THAN_DEFAULT,
+        "closed after {:?}: {IDLE_TIMEOUT}=1 did not apply",
+        started.elapsed()
+    );
+
+    std::fs::write(&release, "").unwrap();
+    let (status, body) = turn.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["output"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("echo: held"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_maximum_are_closed_at_once() {
+    let forge = Forge::start().await;
+    let sidecar = forge
+        .spawn_http(
+            "sidecar",
+            &[
+                (MAX_CONNECTIONS, "2"),
+                (HEADER_TIMEOUT, "60"),
+                (IDLE_TIMEOUT, "600"),
+            ],
+        )
+        .await;
+    let addr = socket_addr(&sidecar);
+    let first = served_connection(addr).await;
+    let _second = served_connection(addr).await;
+
+    // Both open and idle: a third is closed unanswered, long before any timeout.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    // The server may have closed it before the request is written, or while.
+    let _ = third
+        .write_all(b"GET /openapi.json HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+        .await;
+    assert_closed_unanswered(&mut third, Duration::from_secs(15), "a third connection").await;
+    assert!(
+        sidecar.log_text().contains("maximum of connections"),
+        "{}",
+        sidecar.log_text()
+    );
+
+    // One closed, there is room for another.
+    drop(first);
+    let _fourth = served_connection(addr).await;
+}
+
+/// An address of this machine that is not loopback, if it has one: the source address of a
+/// route to a documentation network (a UDP `connect` sends nothing).
+fn non_loopback_address() -> Option<IpAddr> {
+    for (bind, target) in [
+        ("0.0.0.0:0", "198.51.100.1:9"),
+        ("[::]:0", "[2001:db8::1]:9"),
+    ] {
+        let Ok(socket) = std::net::UdpSocket::bind(bind) else {
+            continue;
+        };
+        if socket.connect(target).is_err() {
+            continue;
+        }
+        if let Ok(local) = socket.local_addr() {
+            let ip = local.ip();
+            if !ip.is_loopback() && !ip.is_unspecified() {
+                return Some(ip);
+            }
+        }
+    }
+    None
+}
+
+/// A connection to `to` from the local address `from`.
+async fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = match from {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_peer_outside_the_allowlist_is_closed_unread_and_a_trusted_proxy_is_let_in() {
+    // Loopback is always allowed: the refused peer is this machine at another address.
+    let local = non_loopback_address().expect(
+        "this test needs an address of this machine other than loopback to connect from; \
+         it has none",
+    );
+    let (any, loopback) = match local {
+        IpAddr::V4(_) => ("0.0.0.0", IpAddr::from([127, 0, 0, 1])),
+        IpAddr::V6(_) => ("::", IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+    };
+    let forge = Forge::start().await;
+    let allow = ("ALLOW_CIDRS", "10.0.0.0/8");
+    let sidecar = forge
+        .spawn_http("sidecar", &[("BIND_HOST", any), allow])
+        .await;
+    let port = socket_addr(&sidecar).port();
+    let mut inside = TcpStream::connect((loopback, port)).await.unwrap();
+    assert_eq!(get_on(&mut inside, "/openapi.json", "").await.unwrap(), 200);
+
+    // Not even a 403: the connection is closed before its request is read.
+    let mut outside = connect_from(local, SocketAddr::new(local, port)).await;
+    let _ = outside
+        .write_all(b"GET /openapi.json HTTP/1.1\r\nHost: sidecar\r\n\r\n")
+        .await;
+    let what = format!("a connection from {local}");
+    assert_closed_unanswered(&mut outside, Duration::from_secs(15), &what).await;
+
+    // A trusted proxy outside the allowlist is let in; X-Forwarded-For decides each request.
+    let proxy = local.to_string();
+    let proxied = forge
+        .spawn_http(
+            "sidecar",
+            &[
+                ("BIND_HOST", any),
+                allow,
+                ("CLAWDFORGE_TRUSTED_PROXIES", &proxy),
+            ],
+        )
+        .await;
+    let to = SocketAddr::new(local, socket_addr(&proxied).port());
+    let mut via = connect_from(local, to).await;
+    let forwarded = |client: &str| format!("X-Forwarded-For: {client}\r\n");
+    let status = get_on(&mut via, "/openapi.json", &forwarded("10.1.2.3")).await;
+    assert_eq!(status.expect("the proxy is served"), 200);
+    let status = get_on(&mut via, "/openapi.json", &forwarded("192.0.2.99")).await;
+    assert_eq!(status.unwrap(), 403);
+    assert_eq!(get_on(&mut via, "/openapi.json", "").await.unwrap(), 403);
+}
+
+#[tokio::test]
+async fn sigterm_closes_idle_connections_and_answers_the_request_in_flight() {
+    let forge = Forge::start().await;
+    let mut sidecar = forge
+        .spawn_http("sidecar", &[(HEADER_TIMEOUT, "60"), (IDLE_TIMEOUT, "600")])
+        .await;
+    let addr = socket_addr(&sidecar);
+    let release = forge.dir.path().join("release-shutdown");
+    let turn = held_turn(&forge, &sidecar, &release).await;
+    let mut idle = served_connection(addr).await;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sidecar.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_closed_unanswered(&mut idle, Duration::from_secs(15), "an idle connection").await;
+    // No new connections: the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sidecar.child.try_wait().unwrap().is_none(), "exited early");
+
+    std::fs::write(&release, "").unwrap();
+    let (status, body) = turn.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if let Some(status) = sidecar.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the sidecar did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = sidecar.log_text();
+    assert!(exited.success(), "{exited}:\n{log}");
+    assert!(
+        log.contains("sidecar stopped") && !log.contains("grace period over"),
+        "{log}"
+    );
 }
