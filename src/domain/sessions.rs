@@ -51,6 +51,10 @@ fn session_reply(row: SessionRow) -> wire::Session {
 }
 
 /// A turn in the worker's registry of running turns, for as long as it lives.
+/// How long a close waits for the cancelled turn of its session to end before it stops the
+/// agent anyway.
+const CLOSE_WAITS_FOR_TURN: std::time::Duration = std::time::Duration::from_secs(30);
+
 struct RunningTurn<'a> {
     forge: &'a Forge,
     session_id: String,
@@ -279,6 +283,44 @@ impl Forge {
         })
     }
 
+    /// After the ledger has closed a session: cancels the turn of it this worker is running
+    /// (it answers `cancelled`), waits for it to end, then stops the agent. A session acpx fails
+    /// to close is closed all the same; its agent process ends with acpx's idle TTL.
+    async fn stop_session_agent(&self, row: &SessionRow) -> Result<()> {
+        let command = self.agent_command(row)?;
+        let cwd = Path::new(&row.cwd);
+        let running = self
+            .running_turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&row.session_id);
+        if running {
+            match self.acpx.cancel(&command, cwd, &row.session_id).await {
+                Ok(cancelled) => {
+                    tracing::info!(session = %row.session_id, cancelled, "turn of a closed session cancelled")
+                }
+                Err(e) => {
+                    tracing::warn!(session = %row.session_id, error = %e, "cancelling the turn of a closed session failed")
+                }
+            }
+        }
+        // Turns queued behind it find the session closed; the agent stops once none runs here.
+        let _idle = tokio::time::timeout(
+            CLOSE_WAITS_FOR_TURN,
+            self.session_locks.lock(&row.session_id),
+        )
+        .await
+        .ok();
+        if let Err(e) = self
+            .acpx
+            .close_session(&command, cwd, &row.session_id)
+            .await
+        {
+            tracing::warn!(session = %row.session_id, error = %e, "acpx close failed");
+        }
+        Ok(())
+    }
+
     pub async fn close_session(
         &self,
         caller: &Caller,
@@ -294,21 +336,7 @@ impl Forge {
         if !row.open {
             return Ok(closed(true));
         }
-        // The ledger is the truth: a session acpx fails to close is closed all the same, and
-        // its agent process ends with acpx's idle TTL.
-        let command = self.agent_command(&row)?;
-        let acpx_result = self
-            .acpx
-            .close_session(&command, Path::new(&row.cwd), &row.session_id)
-            .await;
-        if let Err(e) = &acpx_result {
-            tracing::warn!(session = %row.session_id, error = %e, "acpx close failed");
-        }
-        let detail = EventDetail {
-            outcome: "ok".into(),
-            error: acpx_result.err().map(|e| e.to_string()),
-            ..Default::default()
-        };
+        // The ledger first: from here on every new turn of the session is a conflict.
         let outcome = self
             .ledger
             .close_session(
@@ -317,18 +345,21 @@ impl Forge {
                 SessionEvent::Close,
                 now(),
                 self.settings.worker_id.clone(),
-                detail,
+                EventDetail {
+                    outcome: "ok".into(),
+                    ..Default::default()
+                },
             )
             .await
             .map_err(Error::internal)?;
         match outcome {
-            CloseOutcome::Closed => {
-                tracing::info!(session = %row.session_id, "session closed");
-                Ok(closed(false))
-            }
-            CloseOutcome::AlreadyClosed => Ok(closed(true)),
-            CloseOutcome::NotFound => Err(Error::not_found("no such session")),
+            CloseOutcome::Closed => {}
+            CloseOutcome::AlreadyClosed => return Ok(closed(true)),
+            CloseOutcome::NotFound => return Err(Error::not_found("no such session")),
         }
+        self.stop_session_agent(&row).await?;
+        tracing::info!(session = %row.session_id, "session closed");
+        Ok(closed(false))
     }
 
     pub async fn turn(&self, caller: &Caller, req: wire::TurnRequest) -> Result<wire::Turn> {

@@ -460,3 +460,63 @@ async fn a_large_prompt_arrives_byte_exact() {
     assert_eq!(t.output.len(), prompt.len() + "echo: ".len());
     assert_eq!(t.output, format!("echo: {prompt}"));
 }
+
+/// The pid the test agent reports for `#count`: `[n=<count> pid=<pid>]`.
+fn agent_pid(output: &str) -> i32 {
+    output
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.trim_end_matches(']').trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {output:?}"))
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+}
+
+#[tokio::test]
+async fn close_during_a_turn_closes_first_cancels_the_turn_and_leaves_no_agent() {
+    let forge = Forge::start().await;
+    let app = forge.app("closer").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let id = s.session_id.clone();
+    let counted = app.turn(&turn(&id, "#count")).await.unwrap();
+    let agent = agent_pid(&counted.output);
+    assert!(alive(agent), "the session's agent runs");
+    let never = forge.dir.path().join("never-released");
+    let running = {
+        let app = app.clone();
+        let prompt = format!("hold #wait-file={}", never.display());
+        let id = id.clone();
+        tokio::spawn(async move { app.turn(&turn(&id, &prompt)).await })
+    };
+    wait_for_running_turn(&forge, &id).await;
+    let queued = {
+        let app = app.clone();
+        let id = id.clone();
+        tokio::spawn(async move { app.turn(&turn(&id, "queued behind")).await })
+    };
+    forge
+        .wait_for_log(&["turn waiting for the session's earlier turn"])
+        .await;
+
+    let closed = app.close_session(&id).await.unwrap();
+    assert!(closed.closed && !closed.already_closed);
+    let cancelled = running.await.unwrap().expect("the running turn answers");
+    assert_eq!(cancelled.stop_reason, "cancelled");
+    assert_eq!(kind(queued.await.unwrap()), ErrorKind::Conflict);
+    assert_eq!(
+        kind(app.turn(&turn(&id, "after")).await),
+        ErrorKind::Conflict
+    );
+    // The close stopped the agent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive(agent) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent {agent} outlives the close"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
