@@ -26,6 +26,8 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0
 # The dependencies first, in a layer of their own, built against empty sources: a change to
 # src/ then rebuilds only the crate.
 COPY Cargo.toml Cargo.lock ./
+# async-nats, patched (vendor/async-nats/PATCHED.md): a dependency like the others.
+COPY vendor ./vendor
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

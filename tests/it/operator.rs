@@ -434,7 +434,15 @@ async fn secrets_are_not_readable_in_proc_environ_of_the_worker_or_its_agents() 
         .env("ADMIN_BOOTSTRAP_TOKEN", ROOT_TOKEN)
         .spawn()
         .unwrap();
-    let shown = holds(&environ_of(plain.id()), ROOT_TOKEN);
+    // (Read until the exec has happened: before it, the child shows this process's environment.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut shown = false;
+    while !shown && Instant::now() < deadline {
+        shown = holds(&environ_of(plain.id()), ROOT_TOKEN);
+        if !shown {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let _ = plain.kill();
     let _ = plain.wait();
     assert!(shown, "the probe must see a secret left in the environment");
@@ -527,9 +535,28 @@ async fn a_worker_refuses_a_ledger_it_cannot_write_and_health_reports_one_that_s
         .output()
         .unwrap();
     assert!(made.status.success(), "{made:?}");
-    let out = worker_as_nobody(&forge, dir.path(), &bin).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let refused_log = dir.path().join("refused.log");
+    let mut refused = worker_as_nobody(&forge, dir.path(), &bin)
+        .stderr(std::fs::File::create(&refused_log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = refused.kill();
+            let _ = refused.wait();
+            panic!(
+                "the worker started on a ledger it cannot write:\n{}",
+                std::fs::read_to_string(&refused_log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let err = std::fs::read_to_string(&refused_log).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
     assert!(
         err.contains(&format!(
             "configuration: DB_PATH (db_path) {}: cannot open the ledger: it is read-only",
