@@ -410,14 +410,13 @@ impl Layers {
             .map(|(_, name, _)| name.as_str())
     }
 
-    fn source(&self, key: &str) -> Source {
+    /// Where `key` came from; `file` is the config file read on its own.
+    fn source(&self, key: &str, file: Option<&Figment>) -> Source {
         if let Some(name) = self.env_name(key) {
             return Source::Env(name.to_string());
         }
-        match &self.file {
-            Some(path) if Figment::from(Toml::file_exact(path)).contains(key) => {
-                Source::File(path.clone())
-            }
+        match (&self.file, file) {
+            (Some(path), Some(file)) if file.contains(key) => Source::File(path.clone()),
             _ => Source::Default,
         }
     }
@@ -495,6 +494,10 @@ impl Config {
         let layers = Layers::read(file, env)?;
         let config = Self::load_layers(&layers)?;
         let values = serde_json::to_value(&config).expect("config serializes");
+        let file = layers
+            .file
+            .as_ref()
+            .map(|path| Figment::from(Toml::file_exact(path)));
         let shown = values
             .as_object()
             .expect("config is a table")
@@ -502,7 +505,7 @@ impl Config {
             .map(|(key, value)| Shown {
                 key: key.clone(),
                 value: shown_value(key, value),
-                source: layers.source(key),
+                source: layers.source(key, file.as_ref()),
             })
             .collect();
         Ok((config, shown))

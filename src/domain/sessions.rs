@@ -87,24 +87,39 @@ impl Drop for RunningTurn<'_> {
 impl Forge {
     /// Cancels every turn this worker is running (at shutdown, once the grace period is over).
     pub(super) async fn cancel_running_turns(&self) -> usize {
-        let running: Vec<(String, (AgentCommand, std::path::PathBuf))> = self
+        let running: Vec<String> = self
             .running_turns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .keys()
+            .cloned()
             .collect();
-        for (session_id, (command, cwd)) in &running {
-            match self.acpx.cancel(command, cwd, session_id).await {
-                Ok(cancelled) => {
-                    tracing::info!(session = %session_id, cancelled, "turn cancelled at shutdown")
-                }
-                Err(e) => {
-                    tracing::warn!(session = %session_id, error = %e, "cancel at shutdown failed")
-                }
-            }
+        for session_id in &running {
+            self.cancel_running_turn(session_id, "shutdown").await;
         }
         running.len()
+    }
+
+    /// Cancels the turn of `session_id` this worker runs, if it runs one (through acpx: the
+    /// turn then answers `cancelled`). `why` says what asked for it, in the log.
+    async fn cancel_running_turn(&self, session_id: &str, why: &str) {
+        let running = self
+            .running_turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session_id)
+            .cloned();
+        let Some((command, cwd)) = running else {
+            return;
+        };
+        match self.acpx.cancel(&command, &cwd, session_id).await {
+            Ok(cancelled) => {
+                tracing::info!(session = %session_id, cancelled, why, "turn cancelled")
+            }
+            Err(e) => {
+                tracing::warn!(session = %session_id, error = %e, why, "cancelling a turn failed")
+            }
+        }
     }
 
     /// The session `id` if it exists and belongs to `caller`; `not_found` otherwise.
@@ -289,21 +304,8 @@ impl Forge {
     async fn stop_session_agent(&self, row: &SessionRow) -> Result<()> {
         let command = self.agent_command(row)?;
         let cwd = Path::new(&row.cwd);
-        let running = self
-            .running_turns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&row.session_id);
-        if running {
-            match self.acpx.cancel(&command, cwd, &row.session_id).await {
-                Ok(cancelled) => {
-                    tracing::info!(session = %row.session_id, cancelled, "turn of a closed session cancelled")
-                }
-                Err(e) => {
-                    tracing::warn!(session = %row.session_id, error = %e, "cancelling the turn of a closed session failed")
-                }
-            }
-        }
+        self.cancel_running_turn(&row.session_id, "session closed")
+            .await;
         // Turns queued behind it find the session closed; the agent stops once none runs here.
         let _idle = tokio::time::timeout(
             CLOSE_WAITS_FOR_TURN,

@@ -281,13 +281,7 @@ impl Forge {
 
     /// Opens the ledger read-only for assertions.
     pub fn ledger(&self) -> rusqlite::Connection {
-        let c = rusqlite::Connection::open_with_flags(
-            self.ledger_path(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        c.busy_timeout(Duration::from_secs(10)).unwrap();
-        c
+        read_only_ledger(&self.ledger_path())
     }
 
     pub fn kill_worker(&mut self, n: usize) {
@@ -311,6 +305,34 @@ impl Drop for Forge {
 
 /// Kills every process whose environment has HOME=`home`: acpx's queue owners and the agents
 /// they started, which detach from the worker.
+/// The ledger at `path`, opened read-only for assertions.
+pub fn read_only_ledger(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// Waits until the ledger at `path` records a turn of `session_id` as running.
+pub async fn wait_for_running_turn(path: &Path, session_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: i64 = read_only_ledger(path)
+            .query_row(
+                "SELECT COUNT(*) FROM session_events
+                 WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'",
+                [session_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if running == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no turn running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn kill_by_home(home: &Path) {
     let needle = format!("HOME={}", home.display());
     let Ok(entries) = std::fs::read_dir("/proc") else {

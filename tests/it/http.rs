@@ -1401,27 +1401,6 @@ async fn served_connection(addr: SocketAddr) -> TcpStream {
     }
 }
 
-/// Whether the turn of `session_id` is running, per the ledger.
-async fn wait_for_running_turn(forge: &Forge, session_id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let running: i64 = forge
-            .ledger()
-            .query_row(
-                "SELECT COUNT(*) FROM session_events
-                 WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'",
-                [session_id],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if running == 1 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no turn running");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A turn over HTTP that the test agent holds until `release` exists, started and running; it
 /// resolves to the status and body of its answer.
 async fn held_turn(
@@ -1445,7 +1424,7 @@ async fn held_turn(
             .expect("the turn's connection stays open");
         answer(response).await
     });
-    wait_for_running_turn(forge, &id).await;
+    crate::harness::wait_for_running_turn(&forge.ledger_path(), &id).await;
     turn
 }
 

@@ -97,36 +97,6 @@ impl UpScript {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    fn ledger(&self) -> rusqlite::Connection {
-        let c = rusqlite::Connection::open_with_flags(
-            self.data_dir().join("clawdforge.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        c.busy_timeout(Duration::from_secs(10)).unwrap();
-        c
-    }
-
-    async fn wait_for_running_turn(&self, session_id: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let running: i64 = self
-                .ledger()
-                .query_row(
-                    "SELECT COUNT(*) FROM session_events
-                     WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'",
-                    [session_id],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            if running == 1 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no turn running");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 impl Drop for UpScript {
@@ -169,7 +139,8 @@ async fn ctrl_c_under_up_sh_lets_a_turn_in_flight_answer_its_caller() {
         let id = session.session_id.clone();
         tokio::spawn(async move { client.turn(&turn(&id, &prompt)).await })
     };
-    up.wait_for_running_turn(&session.session_id).await;
+    let ledger = up.data_dir().join("clawdforge.db");
+    crate::harness::wait_for_running_turn(&ledger, &session.session_id).await;
 
     up.ctrl_c();
     // clawdforge has stopped taking requests; only now may the turn end.
@@ -238,33 +209,6 @@ async fn up_sh_exits_at_once_when_serve_dies_and_prints_why() {
     assert!(!port_is_open(up.nats_port), "NATS is stopped too");
 }
 
-/// Starts one more `clawdforge worker` with the deployment's environment and `env`, logging to
-/// the file it answers; [`stop`] ends it.
-fn worker_log(forge: &Forge, env: &[(&str, &str)]) -> PathBuf {
-    let log = forge
-        .dir
-        .path()
-        .join(format!("extra-worker-{}.log", uuid::Uuid::new_v4()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawdforge"));
-    cmd.arg("worker")
-        .current_dir(forge.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in &forge.env {
-        cmd.env(k, v);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    std::fs::write(log.with_extension("pid"), child.id().to_string()).unwrap();
-    std::mem::forget(child);
-    log
-}
-
 async fn wait_for_line(log: &Path, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -277,18 +221,9 @@ async fn wait_for_line(log: &Path, needle: &str) -> String {
     }
 }
 
-fn stop(log: &Path) {
-    let pid: i32 = std::fs::read_to_string(log.with_extension("pid"))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
-}
-
 #[tokio::test]
 async fn logs_have_no_colours_off_a_terminal_and_json_lines_carry_their_span() {
-    let forge = Forge::start_with(Options::default()).await;
+    let mut forge = Forge::start_with(Options::default()).await;
     let app = forge.app("logged").await;
     app.create_session(&CreateSession::default()).await.unwrap();
     let text = forge.logs();
@@ -298,7 +233,8 @@ async fn logs_have_no_colours_off_a_terminal_and_json_lines_carry_their_span() {
         "ANSI escapes in a log file:\n{text}"
     );
 
-    let log = worker_log(&forge, &[("LOG_FORMAT", "json")]);
+    let n = forge.spawn_worker(&[("LOG_FORMAT", "json")]);
+    let log = forge.workers[n].log.clone();
     wait_for_line(&log, "worker ready").await;
     forge.wait_for_workers(2).await;
     // Sessions go to either worker: create until the JSON worker has logged one.
@@ -311,7 +247,7 @@ async fn logs_have_no_colours_off_a_terminal_and_json_lines_carry_their_span() {
         app.create_session(&CreateSession::default()).await.unwrap();
     }
     let line = wait_for_line(&log, "session created").await;
-    stop(&log);
+    forge.kill_worker(n);
     let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(json["fields"]["message"], "session created");
     assert_eq!(json["span"]["name"], "request");
@@ -325,19 +261,20 @@ async fn logs_have_no_colours_off_a_terminal_and_json_lines_carry_their_span() {
 
 #[tokio::test]
 async fn nats_failures_are_logged_once_with_the_url_until_connected() {
-    let forge = Forge::start_with(Options {
+    let mut forge = Forge::start_with(Options {
         workers: 0,
         ..Default::default()
     })
     .await;
     let port = free_port("127.0.0.1");
     let url = format!("nats://127.0.0.1:{port}");
-    let log = worker_log(&forge, &[("NATS_URL", &url)]);
+    let n = forge.spawn_worker(&[("NATS_URL", &url)]);
+    let log = forge.workers[n].log.clone();
     // The worker gives up waiting and goes on; async-nats retries several times a second.
     wait_for_line(&log, "worker ready").await;
     let _nats = Nats::start_on(Some(port));
     let connected = wait_for_line(&log, "connected to NATS").await;
-    stop(&log);
+    forge.kill_worker(n);
     let text = std::fs::read_to_string(&log).unwrap();
     let failures: Vec<&str> = text.lines().filter(|l| l.contains("reach NATS")).collect();
     assert_eq!(failures.len(), 1, "one line for the outage:\n{text}");
