@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Acpx;
+use crate::agent::{self, Acpx};
 use crate::client::ForgeClient;
 use crate::config::{Config, ConfigError};
 use crate::domain::{Forge, Settings};
@@ -177,14 +177,20 @@ pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<A
     prepare_dir("acpx_sessions_cwd", &config.acpx_sessions_cwd)?;
     prepare_dir("runs_dir", &config.runs_dir)?;
     let acpx = Acpx::new(config.acpx_bin.clone(), config.acpx_ttl_secs);
-    let forge = Forge::new(Settings::from_config(config, worker_id), ledger, acpx)
-        .context("preparing the sessions and runs directories")?;
+    let forge = Forge::new(
+        Settings::from_config(config, worker_id),
+        ledger,
+        Arc::new(acpx),
+    )
+    .context("preparing the sessions and runs directories")?;
     forge.startup_checks().await?;
     Ok(forge)
 }
 
 /// How long a worker or the sidecar waits at start for NATS before going on without it.
 const NATS_START_WAIT: Duration = Duration::from_secs(5);
+/// How long a stopping worker waits, once it has cancelled what was left, for the replies.
+const CANCELLED_REPLY_WAIT: Duration = Duration::from_secs(agent::CANCEL_GRACE.as_secs() + 5);
 
 /// Sends what is still buffered. A flush waits for the server, so it is bounded: with NATS gone,
 /// shutdown must not wait for its return.
@@ -256,14 +262,15 @@ impl RunningWorker {
         } = self;
         let tracker = worker.stop_intake().await;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            let cancelled = forge.interrupt_in_flight().await;
+            let cancelled = forge.interrupt_in_flight();
             tracing::warn!(
                 in_flight = tracker.len(),
                 cancelled,
                 "grace period over; cancelling what is left"
             );
-            // A cancelled turn answers within a moment; give the replies a chance to go out.
-            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+            // A cancelled turn answers within a moment (the backend gives the agent a bounded
+            // time to stop); give the replies a chance to go out.
+            let _ = tokio::time::timeout(CANCELLED_REPLY_WAIT, tracker.wait()).await;
         }
         background.abort();
         match forge

@@ -156,7 +156,8 @@ pub fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max;
+    // The ellipsis counts: the result is at most `max` bytes.
+    let mut end = max.saturating_sub('…'.len_utf8());
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -179,7 +180,11 @@ mod tests {
 
     #[test]
     fn messages_are_clipped_on_char_boundaries() {
-        assert_eq!(clip("héllo", 2), "h…");
+        assert_eq!(clip("héllo", 5), "h…");
+        let long = "é".repeat(1000);
+        for max in 3..40 {
+            assert!(clip(&long, max).len() <= max, "clip to {max} went over");
+        }
         assert_eq!(clip("abc", 3), "abc");
         let long = "é".repeat(MAX_AGENT_MESSAGE);
         let message = Error::agent(long.as_str()).message;

@@ -25,6 +25,7 @@ pub const SERVICE_NAME: &str = "clawdforge";
 pub const QUEUE_GROUP: &str = "forge";
 
 pub const AUTHORIZATION: &str = "Authorization";
+
 pub const ERROR_HEADER: &str = "Nats-Service-Error";
 pub const ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
@@ -134,6 +135,77 @@ pub struct Turn {
     pub output: String,
     pub stop_reason: String,
     pub duration_ms: u64,
+}
+
+/// What an event of a live turn says (contract v2), tagged by `type`. Clients ignore types
+/// they do not know: they read as `Unknown`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A chunk of the agent's answer; the Turn's `output` is these texts joined.
+    Message { text: String },
+    /// A chunk of the agent's reasoning.
+    Thought { text: String },
+    /// The agent started a tool call.
+    ToolCall {
+        tool_call_id: String,
+        title: String,
+        kind: Option<String>,
+        status: Option<String>,
+        /// The paths the call touches.
+        locations: Vec<String>,
+    },
+    /// A tool call changed: whichever of `title` and `status` did.
+    ToolCallUpdate {
+        tool_call_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+    },
+    /// The agent's plan, whole, as it stands now.
+    Plan { entries: Vec<PlanEntry> },
+    /// How much of its context the agent has used, and what it cost.
+    Usage {
+        used: Option<u64>,
+        size: Option<u64>,
+        cost_usd: Option<f64>,
+    },
+    /// A permission the agent asked for, and how it was decided.
+    Permission {
+        title: Option<String>,
+        tool_call_id: Option<String>,
+        decision: PermissionDecision,
+        by: DecidedBy,
+    },
+    /// The gateway's own word about the turn.
+    Notice { text: String },
+    /// A type this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlanEntry {
+    pub content: String,
+    pub priority: Option<String>,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionDecision {
+    Allowed,
+    Rejected,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    Policy,
+    Caller,
+    Timeout,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -1,54 +1,162 @@
-//! Sessions through the acpx CLI (pinned: 0.19.1).
+//! Sessions through the acpx CLI (pinned: 0.19.1): the first [`Backend`].
 //!
 //! Every call names the session by our UUID and runs in the session's own directory, so the
 //! acpx scope key (agent command, cwd, name) is unique. acpx's queue owner keeps the agent warm
-//! between turns and serialises turns of one session, across worker processes too.
+//! between turns and serialises turns of one session, across worker processes too. A turn is
+//! `acpx prompt`, whose NDJSON (the raw ACP messages of both directions, each written as soon as
+//! acpx has it) is read line by line and turned into the contract's events.
 
 use std::path::Path;
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use super::process::{self, exit_text, last_line, read_tail};
+use super::process::{exit_text, last_line, Ended, Spawned, Spec};
+use super::{AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd, CANCEL_GRACE};
 use crate::config::AgentCommand;
+use crate::wire::EventBody;
 
 /// Longest stdout line we accept from acpx (one JSON-RPC message).
 const MAX_LINE: usize = 16 * 1024 * 1024;
 /// Longest turn output we collect; more is cut, with a note. A reply must fit in one NATS
 /// message (1 MiB by default).
 const MAX_OUTPUT: usize = 768 * 1024;
+/// Longest output of a control command (new, ensure, close, cancel, version).
+const MAX_CONTROL_OUTPUT: usize = 1024 * 1024;
+/// How much of acpx's stderr is kept for messages.
+const STDERR_TAIL: usize = 4096;
 /// Time allowed for the quick acpx commands (new, close, cancel, version).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Slack on top of a turn's timeout before we stop waiting for acpx to report it.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AcpxError {
-    #[error("cannot start {bin}: {reason}")]
-    Spawn { bin: String, reason: String },
-    #[error("the turn did not finish within its timeout")]
+/// How one acpx call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    Spawn(String),
     Timeout,
-    #[error("acpx has no record of the session")]
+    /// acpx has no record of the session (its state directory was wiped).
     NoSession,
-    #[error("the agent failed: {0}")]
     Agent(String),
-    #[error("unexpected acpx output: {0}")]
-    BadOutput(String),
 }
 
-/// What a finished turn produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TurnOutput {
-    pub output: String,
-    pub stop_reason: String,
+impl Failure {
+    fn into_agent_error(self, bin: &str) -> AgentError {
+        match self {
+            Failure::Spawn(reason) => AgentError::Unavailable {
+                program: bin.to_string(),
+                reason,
+            },
+            Failure::Timeout => AgentError::Timeout,
+            Failure::NoSession => AgentError::Failed("acpx has no record of the session".into()),
+            Failure::Agent(m) => AgentError::Failed(m),
+        }
+    }
+}
+
+/// What acpx printed, and how it exited.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn json_lines(&self) -> impl Iterator<Item = Value> + '_ {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    }
+
+    /// Why a control command failed, from its error line or its stderr.
+    fn failure(&self, what: &str) -> Failure {
+        let message = self
+            .json_lines()
+            .find_map(|v| error_message(&v))
+            .unwrap_or_else(|| last_line(&self.stderr).to_string());
+        Failure::Agent(format!(
+            "acpx {what} exited with {}: {message}",
+            exit_text(self.status.code())
+        ))
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Acpx {
     bin: String,
     ttl_secs: u64,
+}
+
+#[async_trait::async_trait]
+impl Backend for Acpx {
+    fn name(&self) -> &'static str {
+        "acpx"
+    }
+
+    async fn version(&self) -> Result<String, AgentError> {
+        self.version_text().await.map_err(|f| self.error(f))
+    }
+
+    async fn open(&self, session: &AgentSession) -> Result<Opened, AgentError> {
+        let out = self.session_command(session, "new").await;
+        let out = out.map_err(|f| self.error(f))?;
+        let record = out
+            .json_lines()
+            .find_map(|v| v["acpxRecordId"].as_str().map(str::to_string));
+        Ok(Opened { state: record })
+    }
+
+    async fn prompt(
+        &self,
+        session: &AgentSession,
+        prompt: Prompt<'_>,
+    ) -> Result<TurnEnd, AgentError> {
+        let result = match self.prompt_once(session, &prompt).await {
+            Err(Failure::NoSession) => {
+                // acpx lost its record: bring it back and try again, within the same deadline.
+                tracing::warn!("acpx had no record of the session; re-creating it");
+                match self.session_command(session, "ensure").await {
+                    Ok(_) => self.prompt_once(session, &prompt).await,
+                    Err(f) => Err(f),
+                }
+            }
+            other => other,
+        };
+        if result == Err(Failure::Timeout) {
+            // acpx cancels a turn at its own --timeout; this makes sure, for the slack case.
+            let _ = self.cancel(session).await;
+        }
+        result.map_err(|f| self.error(f))
+    }
+
+    async fn cancel(&self, session: &AgentSession) -> Result<bool, AgentError> {
+        let out = self
+            .command(session, &["cancel", "-s", &session.id])
+            .await
+            .map_err(|f| self.error(f))?;
+        let cancelled = out
+            .json_lines()
+            .any(|v| v["cancelled"] == Value::Bool(true));
+        Ok(cancelled)
+    }
+
+    async fn close(&self, session: &AgentSession) -> Result<(), AgentError> {
+        self.command(session, &["sessions", "close", &session.id])
+            .await
+            .map(drop)
+            .map_err(|f| self.error(f))
+    }
+
+    async fn forget(&self, session: &AgentSession) -> Result<(), AgentError> {
+        let Some(record) = &session.state else {
+            return Ok(());
+        };
+        delete_record(record)
+            .map(drop)
+            .map_err(|e| AgentError::Failed(format!("removing acpx's record failed: {e}")))
+    }
 }
 
 impl Acpx {
@@ -61,6 +169,10 @@ impl Acpx {
 
     pub fn bin(&self) -> &str {
         &self.bin
+    }
+
+    fn error(&self, f: Failure) -> AgentError {
+        f.into_agent_error(&self.bin)
     }
 
     fn args(&self, agent: &AgentCommand, cwd: &Path, timeout: Option<u64>) -> Vec<String> {
@@ -85,285 +197,209 @@ impl Acpx {
     }
 
     /// `acpx --version`.
-    pub async fn version(&self) -> Result<String, AcpxError> {
+    async fn version_text(&self) -> Result<String, Failure> {
         let out = self.run(vec!["--version".into()]).await?;
         if !out.status.success() {
-            return Err(AcpxError::Agent(format!(
-                "acpx --version exited with {}",
-                out.status
-            )));
+            return Err(out.failure("--version"));
         }
-        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Ok(v.rsplit(' ').next().unwrap_or(&v).to_string())
+        let v = out.stdout.trim();
+        Ok(v.rsplit(' ').next().unwrap_or(v).to_string())
     }
 
-    /// `sessions new --name <name>`: creates the acpx session record; returns acpx's record id.
-    pub async fn new_session(
-        &self,
-        agent: &AgentCommand,
-        cwd: &Path,
-        name: &str,
-    ) -> Result<Option<String>, AcpxError> {
-        let mut args = self.args(agent, cwd, None);
-        args.extend([
-            "sessions".into(),
-            "new".into(),
-            "--name".into(),
-            name.into(),
-        ]);
-        let out = self.run(args).await?;
-        if !out.status.success() {
-            return Err(AcpxError::Agent(failure("sessions new", &out)));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|v| v["acpxRecordId"].as_str().map(str::to_string)))
+    /// `sessions new|ensure --name <id>`.
+    async fn session_command(&self, s: &AgentSession, verb: &str) -> Result<Output, Failure> {
+        self.command(s, &["sessions", verb, "--name", &s.id]).await
     }
 
-    /// `sessions ensure --name <name>`: brings back a record that acpx lost.
-    pub async fn ensure_session(
-        &self,
-        agent: &AgentCommand,
-        cwd: &Path,
-        name: &str,
-    ) -> Result<(), AcpxError> {
-        let mut args = self.args(agent, cwd, None);
-        args.extend([
-            "sessions".into(),
-            "ensure".into(),
-            "--name".into(),
-            name.into(),
-        ]);
+    /// A control command of one session; a non-zero exit is a failure.
+    async fn command(&self, s: &AgentSession, words: &[&str]) -> Result<Output, Failure> {
+        let mut args = self.args(&s.command, &s.cwd, None);
+        args.extend(words.iter().map(|w| w.to_string()));
         let out = self.run(args).await?;
         if out.status.success() {
-            Ok(())
+            Ok(out)
         } else {
-            Err(AcpxError::Agent(failure("sessions ensure", &out)))
+            let what: Vec<&str> = words
+                .iter()
+                .copied()
+                .take_while(|w| !w.starts_with('-') && *w != s.id)
+                .collect();
+            Err(out.failure(&what.join(" ")))
         }
     }
 
-    /// `sessions close <name>`. Closing a session acpx already closed is not an error.
-    pub async fn close_session(
-        &self,
-        agent: &AgentCommand,
-        cwd: &Path,
-        name: &str,
-    ) -> Result<(), AcpxError> {
-        let mut args = self.args(agent, cwd, None);
-        args.extend(["sessions".into(), "close".into(), name.into()]);
-        let out = self.run(args).await?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(AcpxError::Agent(failure("sessions close", &out)))
+    /// Runs acpx to its end, within `CONTROL_TIMEOUT` and `MAX_CONTROL_OUTPUT`.
+    async fn run(&self, args: Vec<String>) -> Result<Output, Failure> {
+        let spawned = Spawned::start(Spec {
+            program: &self.bin,
+            args: &args,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Failure::Spawn(e.to_string()))?;
+        let what = || {
+            args.iter()
+                .rev()
+                .take(3)
+                .rev()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        match spawned
+            .collect(MAX_CONTROL_OUTPUT, STDERR_TAIL, CONTROL_TIMEOUT)
+            .await
+            .map_err(|e| Failure::Agent(e.to_string()))?
+        {
+            Ended::TimedOut { .. } => Err(Failure::Agent(format!(
+                "acpx {} did not finish within {}s",
+                what(),
+                CONTROL_TIMEOUT.as_secs()
+            ))),
+            Ended::Exited(c) => match c.stdout {
+                None => Err(Failure::Agent(format!(
+                    "acpx {} printed more than {MAX_CONTROL_OUTPUT} bytes",
+                    what()
+                ))),
+                Some(stdout) => Ok(Output {
+                    status: c.status,
+                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                    stderr: c.stderr,
+                }),
+            },
         }
     }
 
-    /// `cancel -s <name>`: stops the session's running turn, if any.
-    pub async fn cancel(
-        &self,
-        agent: &AgentCommand,
-        cwd: &Path,
-        name: &str,
-    ) -> Result<bool, AcpxError> {
-        let mut args = self.args(agent, cwd, None);
-        args.extend(["cancel".into(), "-s".into(), name.into()]);
-        let out = self.run(args).await?;
-        if !out.status.success() {
-            return Err(AcpxError::Agent(failure("cancel", &out)));
+    /// One `acpx prompt`, its events into the sink as they come.
+    async fn prompt_once(&self, s: &AgentSession, p: &Prompt<'_>) -> Result<TurnEnd, Failure> {
+        let left = p.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Timeout);
         }
-        let cancelled = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|v| v["cancelled"] == Value::Bool(true));
-        Ok(cancelled)
-    }
-
-    /// One turn: `prompt -s <name> <text>`, with acpx's `--timeout`. On a timeout the turn is
-    /// cancelled before this returns, so the agent is free for the next turn.
-    pub async fn prompt(
-        &self,
-        agent: &AgentCommand,
-        cwd: &Path,
-        name: &str,
-        text: &str,
-        timeout: Duration,
-    ) -> Result<TurnOutput, AcpxError> {
-        let result = self.prompt_once(agent, cwd, name, text, timeout).await;
-        if result == Err(AcpxError::Timeout) {
-            match self.cancel(agent, cwd, name).await {
-                Ok(cancelled) => {
-                    tracing::info!(session = name, cancelled, "timed-out turn cancelled")
-                }
-                Err(e) => tracing::warn!(session = name, error = %e, "cancel after timeout failed"),
-            }
-        }
-        result
-    }
-
-    async fn prompt_once(
-        &self,
-        agent: &AgentCommand,
-        cwd: &Path,
-        name: &str,
-        text: &str,
-        timeout: Duration,
-    ) -> Result<TurnOutput, AcpxError> {
-        let secs = timeout.as_secs().max(1);
-        let mut args = self.args(agent, cwd, Some(secs));
+        let mut args = self.args(&s.command, &s.cwd, Some(left.as_secs().max(1)));
         // The prompt goes in on stdin as ACP content blocks: byte-exact, no argv size limit, and
         // a prompt that starts with '-' is never read as an option.
-        args.extend([
-            "prompt".into(),
-            "-s".into(),
-            name.into(),
-            "--file".into(),
-            "-".into(),
-        ]);
-        let blocks = serde_json::to_vec(&serde_json::json!([{"type": "text", "text": text}]))
+        args.extend(["prompt", "-s", &s.id, "--file", "-"].map(String::from));
+        let blocks = serde_json::to_vec(&serde_json::json!([{"type": "text", "text": p.text}]))
             .expect("prompt serializes");
-        let mut cmd = process::command(&self.bin, &args);
-        cmd.stdin(std::process::Stdio::piped());
-        let mut child = process::spawn(&mut cmd)
-            .await
-            .map_err(|e| self.spawn_error(e))?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let feed = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = stdin.write_all(&blocks).await;
-            let _ = stdin.shutdown().await;
-        });
-        let pid = child.id();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let stderr_task = tokio::spawn(read_tail(stderr, 4096));
-
+        let mut child = Spawned::start(Spec {
+            program: &self.bin,
+            args: &args,
+            stdin: Some(blocks),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Failure::Spawn(e.to_string()))?;
+        let stderr = tokio::spawn(super::process::read_tail(child.take_stderr(), STDERR_TAIL));
+        let mut reader = BufReader::new(child.take_stdout());
         let mut stream = PromptStream::default();
-        let mut reader = BufReader::new(stdout);
-        let read = async {
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let n = AsyncReadExt::take(&mut reader, MAX_LINE as u64)
-                    .read_until(b'\n', &mut line)
-                    .await
-                    .map_err(|e| AcpxError::BadOutput(e.to_string()))?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                if let Some(done) = stream.feed(&line) {
-                    return Ok(Some(done));
-                }
-            }
-        };
-        let deadline = timeout + TIMEOUT_SLACK;
-        let outcome = tokio::time::timeout(deadline, read).await;
-        feed.abort();
-        let outcome = match outcome {
-            Ok(r) => r,
-            Err(_) => {
-                process::kill_group(pid);
-                return Err(AcpxError::Timeout);
-            }
-        };
-        match outcome {
-            Ok(Some(done)) => {
+        let read = self.read_turn(s, p, &mut reader, &mut stream, left + TIMEOUT_SLACK);
+        match read.await {
+            Read::Done(done) => {
                 // The answer is in; acpx lingers about a second before it exits. Let it finish
                 // on its own rather than make the caller wait for it.
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(CONTROL_TIMEOUT, child.wait()).await;
-                });
+                child.finish_in_background(CONTROL_TIMEOUT);
                 done
             }
-            Ok(None) => {
-                let status = tokio::time::timeout(CONTROL_TIMEOUT, child.wait())
-                    .await
-                    .map_err(|_| AcpxError::BadOutput("acpx did not exit".into()))?
-                    .map_err(|e| AcpxError::BadOutput(e.to_string()))?;
-                let stderr = stderr_task.await.unwrap_or_default();
-                stream.finish(status, &stderr)
+            Read::Eof => {
+                let status = child.wait(CONTROL_TIMEOUT).await;
+                let status = status.ok_or_else(|| Failure::Agent("acpx did not exit".into()))?;
+                let status = status.map_err(|e| Failure::Agent(e.to_string()))?;
+                stream.finish(status, &stderr.await.unwrap_or_default())
             }
-            Err(e) => {
-                process::kill_group(pid);
-                Err(e)
-            }
+            Read::CutShort(end) => end,
         }
     }
 
-    async fn run(&self, args: Vec<String>) -> Result<std::process::Output, AcpxError> {
-        let child = process::spawn(&mut process::command(&self.bin, &args))
-            .await
-            .map_err(|e| self.spawn_error(e))?;
-        let pid = child.id();
-        match tokio::time::timeout(CONTROL_TIMEOUT, child.wait_with_output()).await {
-            Ok(out) => out.map_err(|e| AcpxError::BadOutput(e.to_string())),
-            Err(_) => {
-                process::kill_group(pid);
-                Err(AcpxError::Agent(format!(
-                    "acpx {} did not finish within {}s",
-                    args.iter()
-                        .rev()
-                        .take(3)
-                        .rev()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    CONTROL_TIMEOUT.as_secs()
-                )))
+    /// Reads the turn's lines until its result, acpx's exit, the deadline or a cancel that
+    /// acpx does not answer in time. A cancel is passed on to acpx and the reading goes on: the
+    /// turn then ends with `cancelled` and what the agent had said.
+    async fn read_turn<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        s: &AgentSession,
+        p: &Prompt<'_>,
+        reader: &mut BufReader<R>,
+        stream: &mut PromptStream,
+        limit: Duration,
+    ) -> Read {
+        let mut hard_stop = Box::pin(tokio::time::sleep(limit));
+        let mut cancelled = false;
+        // A line read in part when another branch wins stays in `line`; the next read goes on.
+        let mut line = Vec::new();
+        loop {
+            let mut limited = AsyncReadExt::take(&mut *reader, MAX_LINE as u64);
+            tokio::select! {
+                n = limited.read_until(b'\n', &mut line) => match n {
+                    Err(e) => return Read::Done(Err(Failure::Agent(format!("reading acpx: {e}")))),
+                    Ok(0) => return Read::Eof,
+                    Ok(_) => {
+                        let done = stream.feed(&line);
+                        line.clear();
+                        for event in stream.take_events() {
+                            p.sink.emit(event).await;
+                        }
+                        if let Some(done) = done {
+                            return Read::Done(done);
+                        }
+                    }
+                },
+                _ = p.cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    hard_stop = Box::pin(tokio::time::sleep(CANCEL_GRACE));
+                    let (acpx, session) = (self.clone(), s.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = acpx.cancel(&session).await {
+                            tracing::warn!(error = %e, "acpx cancel failed");
+                        }
+                    });
+                }
+                _ = &mut hard_stop => {
+                    return Read::CutShort(if cancelled {
+                        Ok(stream.cut_short())
+                    } else {
+                        Err(Failure::Timeout)
+                    });
+                }
             }
-        }
-    }
-
-    /// Removes acpx's on-disk record of a closed session (`$HOME/.acpx/sessions/<id>.json` and
-    /// its event log). acpx itself can only prune all closed sessions of an agent at once.
-    pub fn delete_record(&self, record_id: &str) -> std::io::Result<usize> {
-        let Some(home) = std::env::var_os("HOME") else {
-            return Ok(0);
-        };
-        let dir = Path::new(&home).join(".acpx/sessions");
-        let name = encode_uri_component(record_id);
-        let stream_prefix = format!("{name}.stream.");
-        let mut removed = 0;
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let file = entry.file_name();
-            let file = file.to_string_lossy();
-            if file == format!("{name}.json") || file.starts_with(&stream_prefix) {
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    fn spawn_error(&self, e: std::io::Error) -> AcpxError {
-        AcpxError::Spawn {
-            bin: self.bin.clone(),
-            reason: e.to_string(),
         }
     }
 }
 
-fn failure(what: &str, out: &std::process::Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let message = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|v| error_message(&v))
-        .unwrap_or_else(|| {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            last_line(&stderr).to_string()
-        });
-    format!(
-        "acpx {what} exited with {}: {message}",
-        exit_text(out.status.code())
-    )
+/// Where reading a turn's output stopped.
+enum Read {
+    /// The turn's result (or its error response) was read.
+    Done(Result<TurnEnd, Failure>),
+    /// acpx closed its output without a result.
+    Eof,
+    /// Given up on: past the deadline, or a cancel acpx did not answer in time. acpx is killed.
+    CutShort(Result<TurnEnd, Failure>),
+}
+
+/// Removes acpx's on-disk record of a closed session (`$HOME/.acpx/sessions/<id>.json` and
+/// its event log). acpx itself can only prune all closed sessions of an agent at once.
+fn delete_record(record_id: &str) -> std::io::Result<usize> {
+    let Some(home) = std::env::var_os("HOME") else {
+        return Ok(0);
+    };
+    let dir = Path::new(&home).join(".acpx/sessions");
+    let name = encode_uri_component(record_id);
+    let stream_prefix = format!("{name}.stream.");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if file == format!("{name}.json") || file.starts_with(&stream_prefix) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// JavaScript's `encodeURIComponent`, which acpx uses for its record file names.
@@ -391,65 +427,43 @@ fn error_message(v: &Value) -> Option<String> {
 
 /// Reads acpx's NDJSON stream of one `prompt`: the raw ACP messages of both directions.
 /// The turn is the `session/prompt` request, the `session/update` notifications after it, and
-/// the response with the request's id.
+/// the response with the request's id. Updates before the prompt (a cold session's replayed
+/// history) are not part of the turn.
 #[derive(Debug, Default)]
 pub struct PromptStream {
     prompt_id: Option<Value>,
     output: String,
     truncated: bool,
-    cancelled: Option<TurnOutput>,
+    events: Vec<EventBody>,
+    cancelled: Option<TurnEnd>,
     errors: Vec<(Option<String>, String)>,
 }
 
 impl PromptStream {
     /// Feeds one line; returns the turn's result once its response has been read.
-    pub fn feed(&mut self, line: &[u8]) -> Option<Result<TurnOutput, AcpxError>> {
+    fn feed(&mut self, line: &[u8]) -> Option<Result<TurnEnd, Failure>> {
         let v: Value = serde_json::from_slice(line).ok()?;
         if v["method"] == "session/prompt" && v.get("id").is_some() {
             self.prompt_id = Some(v["id"].clone());
             self.output.clear();
+            self.events.clear();
             return None;
         }
-        if let Some(id) = &self.prompt_id {
-            if v.get("id") == Some(id) && v.get("method").is_none() {
-                if let Some(result) = v.get("result") {
-                    let stop_reason = result["stopReason"].as_str().unwrap_or("end_turn");
-                    let mut output = std::mem::take(&mut self.output);
-                    if self.truncated {
-                        output.push_str("\n[output truncated]");
-                    }
-                    let done = TurnOutput {
-                        output,
-                        stop_reason: stop_reason.to_string(),
-                    };
-                    if stop_reason == "cancelled" {
-                        // acpx's own timeout cancels the turn too: only the exit tells.
-                        self.cancelled = Some(done);
-                        return None;
-                    }
-                    return Some(Ok(done));
-                }
-                if v.get("error").is_some() {
-                    let message = error_message(&v).unwrap_or_default();
-                    return Some(Err(AcpxError::Agent(message)));
-                }
+        let in_turn = self.prompt_id.is_some();
+        if in_turn && v.get("id") == self.prompt_id.as_ref() && v.get("method").is_none() {
+            if let Some(result) = v.get("result") {
+                return self.result(result);
             }
-            if v["method"] == "session/update" {
-                let update = &v["params"]["update"];
-                if update["sessionUpdate"] == "agent_message_chunk"
-                    && update["content"]["type"] == "text"
-                {
-                    if let Some(text) = update["content"]["text"].as_str() {
-                        if self.output.len() + text.len() <= MAX_OUTPUT {
-                            self.output.push_str(text);
-                        } else {
-                            self.truncated = true;
-                        }
-                    }
-                }
-                return None;
+            if v.get("error").is_some() {
+                let message = error_message(&v).unwrap_or_default();
+                return Some(Err(Failure::Agent(message)));
             }
         }
+        if in_turn && v["method"] == "session/update" {
+            self.update(&v["params"]["update"]);
+            return None;
+        }
+
         if v.get("error").is_some() && v.get("method").is_none() {
             let code = v["error"]["data"]["acpxCode"].as_str().map(str::to_string);
             let message = error_message(&v).unwrap_or_default();
@@ -458,8 +472,58 @@ impl PromptStream {
         None
     }
 
+    /// The events read since the last call.
+    fn take_events(&mut self) -> Vec<EventBody> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The prompt's response: the turn's end, unless it says `cancelled`, which acpx's own
+    /// timeout says too: then only the exit code tells which.
+    fn result(&mut self, result: &Value) -> Option<Result<TurnEnd, Failure>> {
+        let stop_reason = StopReason::parse(result["stopReason"].as_str().unwrap_or("end_turn"));
+        let cancelled = stop_reason == StopReason::Cancelled;
+        let done = self.end(stop_reason);
+        if cancelled {
+            self.cancelled = Some(done);
+            return None;
+        }
+        Some(Ok(done))
+    }
+
+    fn end(&mut self, stop_reason: StopReason) -> TurnEnd {
+        let mut output = std::mem::take(&mut self.output);
+        if self.truncated {
+            output.push_str("\n[output truncated]");
+        }
+        TurnEnd {
+            output,
+            stop_reason,
+        }
+    }
+
+    /// A `session/update` of the turn.
+    fn update(&mut self, update: &Value) {
+        if update["sessionUpdate"] == "agent_message_chunk" && update["content"]["type"] == "text" {
+            if let Some(text) = update["content"]["text"].as_str() {
+                if self.output.len() + text.len() <= MAX_OUTPUT {
+                    self.output.push_str(text);
+                } else {
+                    self.truncated = true;
+                }
+                self.events.push(EventBody::Message { text: text.into() });
+            }
+        }
+    }
+
+    /// A cancelled turn acpx did not finish in time: what the agent had said.
+    fn cut_short(&mut self) -> TurnEnd {
+        self.cancelled
+            .take()
+            .unwrap_or_else(|| self.end(StopReason::Cancelled))
+    }
+
     /// How the turn ended, once acpx has exited: a cancelled turn, or why there was no result.
-    pub fn finish(&mut self, status: ExitStatus, stderr: &str) -> Result<TurnOutput, AcpxError> {
+    fn finish(&mut self, status: ExitStatus, stderr: &str) -> Result<TurnEnd, Failure> {
         match self.cancelled.take() {
             Some(done) if status.success() && self.errors.is_empty() => Ok(done),
             _ => Err(self.failure(status, stderr)),
@@ -467,17 +531,17 @@ impl PromptStream {
     }
 
     /// Why acpx ended without the turn's response.
-    pub fn failure(&self, status: ExitStatus, stderr: &str) -> AcpxError {
+    fn failure(&self, status: ExitStatus, stderr: &str) -> Failure {
         let has_code = |c: &str| {
             self.errors
                 .iter()
                 .any(|(code, _)| code.as_deref() == Some(c))
         };
         if status.code() == Some(3) || has_code("TIMEOUT") {
-            return AcpxError::Timeout;
+            return Failure::Timeout;
         }
         if status.code() == Some(4) || has_code("NO_SESSION") {
-            return AcpxError::NoSession;
+            return Failure::NoSession;
         }
         let message = self
             .errors
@@ -485,7 +549,7 @@ impl PromptStream {
             .map(|(_, m)| m.clone())
             .or_else(|| Some(last_line(stderr).to_string()).filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "no result from the agent".into());
-        AcpxError::Agent(format!(
+        Failure::Agent(format!(
             "acpx exited with {}: {message}",
             exit_text(status.code())
         ))
@@ -497,7 +561,7 @@ mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
 
-    fn run_fixture(text: &str) -> (PromptStream, Option<Result<TurnOutput, AcpxError>>) {
+    fn run_fixture(text: &str) -> (PromptStream, Option<Result<TurnEnd, Failure>>) {
         let mut s = PromptStream::default();
         for line in text.lines() {
             if let Some(done) = s.feed(line.as_bytes()) {
@@ -519,14 +583,24 @@ mod tests {
 {"jsonrpc":"2.0","method":"session/update","params":{"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"hi"}}}}
 {"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}
 "#;
-        let (_, done) = run_fixture(text);
+        let (mut s, done) = run_fixture(text);
         assert_eq!(
             done,
-            Some(Ok(TurnOutput {
+            Some(Ok(TurnEnd {
                 output: "echo: hi".into(),
-                stop_reason: "end_turn".into()
+                stop_reason: StopReason::EndTurn
             }))
         );
+        // The replayed history before the prompt is not an event of the turn.
+        let messages: Vec<_> = s
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                EventBody::Message { text } => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(messages, ["echo: ", "hi"]);
     }
 
     fn fixture(name: &str) -> String {
@@ -537,9 +611,9 @@ mod tests {
     #[test]
     fn recorded_acpx_runs() {
         let ok = |out: &str| {
-            Some(Ok(TurnOutput {
+            Some(Ok(TurnEnd {
                 output: out.into(),
-                stop_reason: "end_turn".into(),
+                stop_reason: StopReason::EndTurn,
             }))
         };
         assert_eq!(
@@ -554,19 +628,22 @@ mod tests {
         let (mut s, done) = run_fixture(&fixture("prompt-crash.ndjson"));
         assert!(done.is_none());
         match s.finish(exit(1), "") {
-            Err(AcpxError::Agent(m)) => assert!(m.contains("disconnected"), "{m}"),
+            Err(Failure::Agent(m)) => assert!(m.contains("disconnected"), "{m}"),
             other => panic!("{other:?}"),
         }
         let (mut s, done) = run_fixture(&fixture("prompt-timeout.ndjson"));
         assert!(done.is_none());
-        assert_eq!(s.finish(exit(3), ""), Err(AcpxError::Timeout));
+        assert_eq!(s.finish(exit(3), ""), Err(Failure::Timeout));
         let (_, done) = run_fixture(&fixture("prompt-agent-error.ndjson"));
-        assert!(matches!(done, Some(Err(AcpxError::Agent(_)))), "{done:?}");
+        assert!(matches!(done, Some(Err(Failure::Agent(_)))), "{done:?}");
         let (mut s, done) = run_fixture(&fixture("prompt-cancelled.ndjson"));
         assert!(done.is_none());
-        assert_eq!(s.finish(exit(0), "").unwrap().stop_reason, "cancelled");
+        assert_eq!(
+            s.finish(exit(0), "").unwrap().stop_reason,
+            StopReason::Cancelled
+        );
         let (s, _) = run_fixture(&fixture("prompt-no-session.ndjson"));
-        assert_eq!(s.failure(exit(4), ""), AcpxError::NoSession);
+        assert_eq!(s.failure(exit(4), ""), Failure::NoSession);
     }
 
     #[test]
@@ -585,12 +662,12 @@ mod tests {
         assert!(done.is_none());
         assert_eq!(
             s.finish(ExitStatus::from_raw(3 << 8), ""),
-            Err(AcpxError::Timeout)
+            Err(Failure::Timeout)
         );
         let (mut s, _) = run_fixture(text);
         assert_eq!(
             s.finish(ExitStatus::from_raw(0), "").unwrap().stop_reason,
-            "cancelled"
+            StopReason::Cancelled
         );
     }
 
@@ -600,7 +677,7 @@ mod tests {
 {"jsonrpc":"2.0","id":"p","error":{"code":-32603,"message":"boom"}}
 "#;
         let (_, done) = run_fixture(text);
-        assert_eq!(done, Some(Err(AcpxError::Agent("boom".into()))));
+        assert_eq!(done, Some(Err(Failure::Agent("boom".into()))));
     }
 
     #[test]
@@ -609,19 +686,19 @@ mod tests {
         let (s, done) = run_fixture(text);
         assert!(done.is_none());
         match s.failure(ExitStatus::from_raw(1 << 8), "") {
-            AcpxError::Agent(m) => assert!(m.contains("AGENT_DISCONNECTED"), "{m}"),
+            Failure::Agent(m) => assert!(m.contains("AGENT_DISCONNECTED"), "{m}"),
             other => panic!("{other:?}"),
         }
         assert_eq!(
             PromptStream::default().failure(ExitStatus::from_raw(3 << 8), ""),
-            AcpxError::Timeout
+            Failure::Timeout
         );
         assert_eq!(
             PromptStream::default().failure(ExitStatus::from_raw(4 << 8), ""),
-            AcpxError::NoSession
+            Failure::NoSession
         );
         match PromptStream::default().failure(ExitStatus::from_raw(2 << 8), "usage: bad flag\n") {
-            AcpxError::Agent(m) => assert!(m.contains("usage: bad flag"), "{m}"),
+            Failure::Agent(m) => assert!(m.contains("usage: bad flag"), "{m}"),
             other => panic!("{other:?}"),
         }
     }

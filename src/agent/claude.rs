@@ -5,12 +5,11 @@
 //! stdin instead, which `claude -p` reads when no prompt is given.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::process::{self, exit_text, last_line, read_bounded, read_tail};
+use super::process::{exit_text, last_line, Collected, Ended, Spawned, Spec};
 use crate::error::clip;
 
 /// Prompts longer than this go in on stdin rather than as an argument.
@@ -21,11 +20,6 @@ const MAX_STDOUT: usize = 16 * 1024 * 1024;
 const STDERR_TAIL: usize = 4096;
 /// Longest error message taken from the agent's own output.
 const MAX_MESSAGE: usize = 500;
-/// Time allowed, after the process group is killed, for it to be reaped and its pipes to close.
-const REAP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long claude's output pipes may stay open after it exits (held by a process it left in
-/// the background) before that process group is killed.
-const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClaudeError {
@@ -263,77 +257,35 @@ impl Claude {
         timeout: Duration,
     ) -> Result<RunOutput, ClaudeError> {
         let (args, via) = self.args(model, prompt);
-        let mut cmd = process::command(&self.bin, &args);
-        cmd.current_dir(cwd);
-        if via == PromptVia::Stdin {
-            cmd.stdin(Stdio::piped());
-        }
-        let mut child = process::spawn(&mut cmd)
-            .await
-            .map_err(|e| ClaudeError::Spawn {
-                bin: self.bin.clone(),
-                reason: e.to_string(),
-            })?;
-        let pid = child.id();
-        let _group = GroupGuard(pid);
-        let feed = child.stdin.take().map(|mut stdin| {
-            let text = prompt.as_bytes().to_vec();
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                // claude may exit without reading it all; its exit status tells the story.
-                let _ = stdin.write_all(&text).await;
-                let _ = stdin.shutdown().await;
-            })
-        });
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let mut stdout_task = tokio::spawn(read_bounded(stdout, MAX_STDOUT));
-        let mut stderr_task = tokio::spawn(read_tail(stderr, STDERR_TAIL));
-
-        // The run ends when claude exits. Its pipes close then, unless something it started in
-        // the background still holds them: that is killed after a moment, and what claude wrote
-        // is kept. (A group outlives its leader while any member lives, so the kill reaches it.)
-        let finished = tokio::time::timeout(timeout, async {
-            let status = child.wait().await;
-            let drained = async {
-                let out = (&mut stdout_task).await.unwrap_or(None);
-                let err = (&mut stderr_task).await.unwrap_or_default();
-                (out, err)
-            };
-            let kill_leftovers = async {
-                tokio::time::sleep(PIPE_GRACE).await;
-                process::kill_group(pid);
-                std::future::pending::<std::convert::Infallible>().await
-            };
-            let (out, err) = tokio::select! {
-                drained = drained => drained,
-                never = kill_leftovers => match never {},
-            };
-            (out, err, status)
+        let spawned = Spawned::start(Spec {
+            program: &self.bin,
+            args: &args,
+            cwd: Some(cwd),
+            stdin: (via == PromptVia::Stdin).then(|| prompt.as_bytes().to_vec()),
         })
-        .await;
-        if let Some(feed) = feed {
-            feed.abort();
-        }
-        let (stdout, stderr, status) = match finished {
-            Ok(done) => done,
-            Err(_) => {
-                process::kill_group(pid);
-                let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
-                stdout_task.abort();
-                let stderr = tokio::time::timeout(REAP_TIMEOUT, stderr_task)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-                return Err(ClaudeError::Timeout { stderr });
+        .await
+        .map_err(|e| ClaudeError::Spawn {
+            bin: self.bin.clone(),
+            reason: e.to_string(),
+        })?;
+        // The run ends when claude exits; anything it left in the background is killed with
+        // its process group, as it is at the timeout and when the caller drops the run.
+        let ended = spawned.collect(MAX_STDOUT, STDERR_TAIL, timeout).await;
+        let Collected {
+            status,
+            stdout,
+            stderr,
+        } = match ended {
+            Ok(Ended::Exited(c)) => c,
+            Ok(Ended::TimedOut { stderr }) => return Err(ClaudeError::Timeout { stderr }),
+            Err(e) => {
+                return Err(ClaudeError::BadOutput {
+                    exit_code: None,
+                    reason: format!("waiting for claude: {e}"),
+                    stderr: String::new(),
+                })
             }
         };
-        let status = status.map_err(|e| ClaudeError::BadOutput {
-            exit_code: None,
-            reason: format!("waiting for claude: {e}"),
-            stderr: stderr.clone(),
-        })?;
         let exit_code = status.code();
         let parsed = match &stdout {
             Some(out) => ClaudeResult::parse(out),
@@ -362,18 +314,6 @@ impl Claude {
                 stderr,
             }),
         }
-    }
-}
-
-/// Kills a run's process group when the run ends, however it ends: on a timeout, when the
-/// caller drops the run (the worker shutting down), and after a normal exit, for anything it
-/// left running in the background. A group's id stays taken while any member lives, so this
-/// reaches no other process unless the PID space wraps around in between.
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        process::kill_group(self.0);
     }
 }
 

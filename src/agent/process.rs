@@ -3,38 +3,48 @@
 //! them), killed on drop, output read within bounds.
 
 use std::collections::VecDeque;
-use std::ffi::OsStr;
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::Command;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// Time allowed, after a process group is killed, for it to be reaped and its pipes to close.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a process's output pipes may stay open after it exits (held by a process it left in
+/// the background) before its process group is killed.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 /// A command with the project's spawning rules applied.
-pub fn command<I, S>(program: &str, args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
+fn command(program: &str, args: &[String], cwd: Option<&Path>, piped_stdin: bool) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(if piped_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     cmd
 }
 
 /// Starts `cmd`. A program that is open for writing somewhere (being installed or replaced, or
 /// just written by a process that forked meanwhile) fails with "text file busy" for a moment:
 /// that is tried again a few times.
-pub async fn spawn(cmd: &mut Command) -> std::io::Result<tokio::process::Child> {
+async fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
     let mut waits = [10u64, 20, 40, 80, 160, 320].into_iter();
     loop {
         match cmd.spawn() {
             Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => match waits.next() {
-                Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
                 None => return Err(e),
             },
             other => return other,
@@ -43,9 +53,174 @@ pub async fn spawn(cmd: &mut Command) -> std::io::Result<tokio::process::Child> 
 }
 
 /// Kills a child's whole process group.
-pub fn kill_group(pid: Option<u32>) {
+fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// What to start: a program, its argv, where, and what it reads on stdin.
+#[derive(Debug, Clone, Default)]
+pub struct Spec<'a> {
+    pub program: &'a str,
+    pub args: &'a [String],
+    pub cwd: Option<&'a Path>,
+    /// Written to the process's stdin, which is then closed; `None`: stdin is /dev/null.
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// A started process in a process group of its own. The group is killed when this is dropped
+/// (a timeout, a caller that gave up, a worker shutting down) unless the leader has exited and
+/// been reaped: then the group id may already name someone else's group. A group's id stays
+/// taken while any member lives, so a group with members left is still ours.
+#[derive(Debug)]
+pub struct Spawned {
+    child: Child,
+    pid: Option<u32>,
+    reaped: bool,
+    feed: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How a collected process ended.
+#[derive(Debug)]
+pub enum Ended {
+    Exited(Collected),
+    /// Killed (with its group) at the timeout; the tail of what it wrote to stderr.
+    TimedOut {
+        stderr: String,
+    },
+}
+
+/// What a process that exited wrote.
+#[derive(Debug)]
+pub struct Collected {
+    pub status: ExitStatus,
+    /// `None` when it wrote more than the limit.
+    pub stdout: Option<Vec<u8>>,
+    /// The tail of stderr.
+    pub stderr: String,
+}
+
+impl Spawned {
+    pub async fn start(spec: Spec<'_>) -> std::io::Result<Spawned> {
+        let mut cmd = command(spec.program, spec.args, spec.cwd, spec.stdin.is_some());
+        let mut child = spawn(&mut cmd).await?;
+        let feed = match (child.stdin.take(), spec.stdin) {
+            (Some(mut stdin), Some(bytes)) => Some(tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                // The process may exit without reading it all; its exit status tells the story.
+                let _ = stdin.write_all(&bytes).await;
+                let _ = stdin.shutdown().await;
+            })),
+            _ => None,
+        };
+        Ok(Spawned {
+            pid: child.id(),
+            child,
+            reaped: false,
+            feed,
+        })
+    }
+
+    pub fn take_stdout(&mut self) -> ChildStdout {
+        self.child
+            .stdout
+            .take()
+            .expect("stdout is piped and taken once")
+    }
+
+    pub fn take_stderr(&mut self) -> ChildStderr {
+        self.child
+            .stderr
+            .take()
+            .expect("stderr is piped and taken once")
+    }
+
+    /// Kills the process and its whole group.
+    pub fn kill(&self) {
+        if !self.reaped {
+            kill_group(self.pid);
+        }
+    }
+
+    /// Waits for the leader to exit, for at most `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> Option<std::io::Result<ExitStatus>> {
+        let status = tokio::time::timeout(limit, self.child.wait()).await.ok()?;
+        self.reaped = status.is_ok();
+        Some(status)
+    }
+
+    /// Lets the process end on its own, for at most `limit`, without anyone waiting for it;
+    /// past that it is killed.
+    pub fn finish_in_background(mut self, limit: Duration) {
+        tokio::spawn(async move {
+            let _ = self.wait(limit).await;
+        });
+    }
+
+    /// Waits for the process to exit, with its stdout (up to `stdout_limit` bytes) and the tail
+    /// of its stderr. Past `timeout` the group is killed. Once the leader has exited, its pipes
+    /// get `PIPE_GRACE` to close, what the leader wrote is kept, and whatever it left running
+    /// in its group is killed.
+    pub async fn collect(
+        mut self,
+        stdout_limit: usize,
+        stderr_tail: usize,
+        timeout: Duration,
+    ) -> std::io::Result<Ended> {
+        let mut out = tokio::spawn(read_bounded(self.take_stdout(), stdout_limit));
+        let mut err = tokio::spawn(read_tail(self.take_stderr(), stderr_tail));
+        let pid = self.pid;
+        let finished = tokio::time::timeout(timeout, async {
+            let status = self.child.wait().await;
+            let drained = async { ((&mut out).await.unwrap_or(None), (&mut err).await) };
+            let kill_leftovers = async {
+                tokio::time::sleep(PIPE_GRACE).await;
+                kill_group(pid);
+                std::future::pending::<std::convert::Infallible>().await
+            };
+            let (stdout, stderr) = tokio::select! {
+                drained = drained => drained,
+                never = kill_leftovers => match never {},
+            };
+            (status, stdout, stderr.unwrap_or_default())
+        })
+        .await;
+        if let Some(feed) = self.feed.take() {
+            feed.abort();
+        }
+        match finished {
+            Ok((status, stdout, stderr)) => {
+                // Whatever it left running in the background goes with it.
+                kill_group(pid);
+                self.reaped = true;
+                Ok(Ended::Exited(Collected {
+                    status: status?,
+                    stdout,
+                    stderr,
+                }))
+            }
+            Err(_) => {
+                self.kill();
+                let _ = self.wait(REAP_TIMEOUT).await;
+                out.abort();
+                let stderr = tokio::time::timeout(REAP_TIMEOUT, err)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                Ok(Ended::TimedOut { stderr })
+            }
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(feed) = self.feed.take() {
+            feed.abort();
+        }
+        self.kill();
     }
 }
 
@@ -102,7 +277,7 @@ impl Tail {
 }
 
 /// Reads a stream to its end, keeping only its tail.
-pub async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R, cap: usize) -> String {
+pub(super) async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R, cap: usize) -> String {
     use tokio::io::AsyncReadExt;
     let mut tail = Tail::new(cap);
     let mut buf = [0u8; 8192];
@@ -116,10 +291,7 @@ pub async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R, cap: usize) ->
 }
 
 /// Reads a stream to its end, up to `limit` bytes; `None` when it was longer.
-pub async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(
-    mut r: R,
-    limit: usize,
-) -> Option<Vec<u8>> {
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(mut r: R, limit: usize) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
@@ -153,28 +325,103 @@ mod tests {
         assert_eq!(t.text(), "56789");
     }
 
-    #[tokio::test]
-    async fn kill_group_takes_the_children_too() {
-        let mut cmd = command("sh", ["-c", "sleep 30 & echo $!; wait"]);
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-        let grandchild: i32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
-        kill_group(child.id());
-        child.wait().await.unwrap();
-        // The grandchild is gone too (reaped by init, so it may linger as a zombie briefly).
-        let mut gone = false;
-        for _ in 0..50 {
-            let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat"));
+    fn sh(script: &str) -> Vec<String> {
+        vec!["-c".into(), script.into()]
+    }
+
+    async fn gone(pid: i32) -> bool {
+        // Reaped by init, so it may linger as a zombie briefly.
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
             if stat.map(|s| s.contains(") Z")).unwrap_or(true) {
-                gone = true;
-                break;
+                return true;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        false
+    }
+
+    #[tokio::test]
+    async fn dropping_a_running_process_kills_its_whole_group() {
+        let args = sh("sleep 30 & echo $!; wait");
+        let mut p = Spawned::start(Spec {
+            program: "sh",
+            args: &args,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut lines =
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(p.take_stdout()));
+        let grandchild: i32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
         assert!(
-            gone,
+            std::fs::metadata(format!("/proc/{grandchild}")).is_ok(),
+            "the grandchild runs before the drop"
+        );
+        drop(p);
+        assert!(
+            gone(grandchild).await,
             "grandchild {grandchild} survived its group being killed"
         );
+    }
+
+    #[tokio::test]
+    async fn collect_bounds_stdout_and_kills_the_group_at_the_timeout() {
+        let args = sh("head -c 5000 /dev/zero; echo oops >&2");
+        let long = Spawned::start(Spec {
+            program: "sh",
+            args: &args,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        match long
+            .collect(4096, 100, Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            Ended::Exited(c) => {
+                assert!(c.status.success());
+                assert_eq!(c.stdout, None, "5000 bytes are over a limit of 4096");
+                assert_eq!(c.stderr, "oops");
+            }
+            other => panic!("{other:?}"),
+        }
+        let args = sh("sleep 30 & echo $! >&2; wait");
+        let hung = Spawned::start(Spec {
+            program: "sh",
+            args: &args,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        match hung
+            .collect(4096, 100, Duration::from_millis(300))
+            .await
+            .unwrap()
+        {
+            Ended::TimedOut { stderr } => {
+                let grandchild: i32 = stderr.trim().parse().unwrap();
+                assert!(gone(grandchild).await, "the timeout killed the whole group");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stdin_is_fed_and_closed() {
+        let args = sh("cat");
+        let p = Spawned::start(Spec {
+            program: "sh",
+            args: &args,
+            stdin: Some(b"fed".to_vec()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        match p.collect(100, 100, Duration::from_secs(30)).await.unwrap() {
+            Ended::Exited(c) => assert_eq!(c.stdout.as_deref(), Some(&b"fed"[..])),
+            other => panic!("{other:?}"),
+        }
     }
 }

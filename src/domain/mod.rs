@@ -9,6 +9,7 @@ mod runs;
 mod sessions;
 mod sweeper;
 pub mod tokens;
+mod turns;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Acpx, Claude, ClaudeOptions};
+use crate::agent::{Backend, Claude, ClaudeOptions};
 use crate::config::{AgentCommand, Config};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
@@ -114,13 +115,14 @@ struct ToolProbe {
 pub struct Forge {
     settings: Settings,
     ledger: Ledger,
-    acpx: Acpx,
+    /// The backend of sessions.
+    agent: Arc<dyn Backend>,
     claude: Claude,
     turns: limits::Limiter,
     runs: limits::Limiter,
     session_locks: limits::KeyedLocks,
-    /// Turns this worker is running: session id → how to cancel them at shutdown.
-    running_turns: std::sync::Mutex<std::collections::HashMap<String, (AgentCommand, PathBuf)>>,
+    /// Turns this worker is running, to cancel them at close and at shutdown.
+    running_turns: turns::RunningTurns,
     /// Cancelled when the shutdown grace is over: queued requests give up, runs are killed.
     stopping: CancellationToken,
     probe: Mutex<ToolProbe>,
@@ -128,7 +130,11 @@ pub struct Forge {
 
 impl Forge {
     /// Builds the service; creates the sessions' and the runs' root directories.
-    pub fn new(mut settings: Settings, ledger: Ledger, acpx: Acpx) -> std::io::Result<Arc<Forge>> {
+    pub fn new(
+        mut settings: Settings,
+        ledger: Ledger,
+        agent: Arc<dyn Backend>,
+    ) -> std::io::Result<Arc<Forge>> {
         std::fs::create_dir_all(&settings.sessions_root)?;
         settings.sessions_root = std::fs::canonicalize(&settings.sessions_root)?;
         std::fs::create_dir_all(&settings.runs_root)?;
@@ -155,7 +161,7 @@ impl Forge {
             claude,
             settings,
             ledger,
-            acpx,
+            agent,
             session_locks: limits::KeyedLocks::default(),
             running_turns: Default::default(),
             stopping: CancellationToken::new(),
@@ -190,8 +196,8 @@ impl Forge {
         let probe = self.tool_probe().await;
         if probe.acpx_version.is_none() {
             tracing::warn!(
-                acpx = self.acpx.bin(),
-                "acpx is not available: sessions will fail"
+                backend = self.agent.name(),
+                "the sessions' agent runner is not available: sessions will fail"
             );
         }
         Ok(())
@@ -200,7 +206,7 @@ impl Forge {
     async fn tool_probe(&self) -> ToolProbe {
         let mut probe = self.probe.lock().await;
         if probe.at.is_none_or(|at| at.elapsed() > TOOL_PROBE_TTL) {
-            probe.acpx_version = self.acpx.version().await.ok();
+            probe.acpx_version = self.agent.version().await.ok();
             probe.claude_present = on_path(&self.settings.claude_bin);
             probe.at = Some(Instant::now());
         }
@@ -252,11 +258,14 @@ impl Forge {
         budget: Duration,
         admission: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
+        // Biased: once the worker stops, a request that was still waiting does not start, even
+        // if its slot came free at the same moment.
         tokio::select! {
+            biased;
+            _ = self.stopping.cancelled() => Err(Error::at_capacity(SHUT_DOWN_WAITING)),
             admitted = tokio::time::timeout(budget, admission) => {
                 admitted.unwrap_or_else(|_| Err(did_not_start(budget)))
             }
-            _ = self.stopping.cancelled() => Err(Error::at_capacity(SHUT_DOWN_WAITING)),
         }
     }
 
@@ -272,16 +281,18 @@ impl Forge {
             return Err(did_not_start(budget));
         }
         tokio::select! {
-            _ = tokio::time::sleep(pause) => Ok(()),
+            biased;
             _ = self.stopping.cancelled() => Err(Error::at_capacity(SHUT_DOWN_WAITING)),
+            _ = tokio::time::sleep(pause) => Ok(()),
         }
     }
 
     /// At the end of the shutdown grace: requests still waiting give up, runs are killed, and
-    /// the turns still running are cancelled through acpx. Returns how many turns were running.
-    pub async fn interrupt_in_flight(&self) -> usize {
+    /// the turns still running are told to stop, all at once; they answer `cancelled`. Returns
+    /// how many turns were running.
+    pub fn interrupt_in_flight(&self) -> usize {
         self.stopping.cancel();
-        self.cancel_running_turns().await
+        self.cancel_running_turns()
     }
 
     /// A request's `timeout_secs`, checked against the configured default and maximum.

@@ -259,7 +259,7 @@ mod tests {
         Forge::new(
             Settings::from_config(&config, "w1".into()),
             ledger,
-            Acpx::new("acpx", 0),
+            std::sync::Arc::new(Acpx::new("acpx", 0)),
         )
         .unwrap()
     }

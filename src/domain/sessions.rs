@@ -1,37 +1,17 @@
-//! Multi-turn sessions through acpx.
+//! Multi-turn sessions: create, get, list, close. Turns are in `turns.rs`.
 
 use std::path::Path;
-use std::time::Instant;
 
-use super::files;
-use super::types::{Prompt, SessionId};
-use super::{now, seconds_from_now, Caller, Forge};
-use crate::agent::AcpxError;
+use tracing::Instrument;
+
+use super::files::{self, Attachment};
+use super::types::SessionId;
+use super::{now, Caller, Forge};
+use crate::agent::AgentSession;
 use crate::config::AgentCommand;
-use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{
-    BeginTurn, CloseOutcome, CreateOutcome, EventDetail, Recorded, SessionEvent, SessionRow,
-};
+use crate::error::{Error, Result};
+use crate::ledger::{CloseOutcome, CreateOutcome, EventDetail, SessionEvent, SessionRow};
 use crate::wire;
-
-/// How often a turn waiting for another worker's turn of its session looks again.
-const OTHER_WORKER_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Why a turn cancelled at shutdown ended.
-const SHUT_DOWN_RUNNING: &str = "the worker shut down during the turn; it was cancelled";
-
-impl From<AcpxError> for Error {
-    fn from(e: AcpxError) -> Error {
-        match e {
-            AcpxError::Timeout => Error::timeout("the agent did not finish within the timeout"),
-            AcpxError::Spawn { .. } => {
-                tracing::error!(error = %e, "acpx could not be started");
-                Error::agent("the agent runner (acpx) is not available on this worker")
-            }
-            other => Error::agent(other.to_string()),
-        }
-    }
-}
 
 fn session_reply(row: SessionRow) -> wire::Session {
     wire::Session {
@@ -50,80 +30,23 @@ fn session_reply(row: SessionRow) -> wire::Session {
     }
 }
 
-/// A turn in the worker's registry of running turns, for as long as it lives.
 /// How long a close waits for the cancelled turn of its session to end before it stops the
 /// agent anyway.
 const CLOSE_WAITS_FOR_TURN: std::time::Duration = std::time::Duration::from_secs(30);
 
-struct RunningTurn<'a> {
-    forge: &'a Forge,
-    session_id: String,
-}
-
-impl<'a> RunningTurn<'a> {
-    fn register(forge: &'a Forge, session_id: &str, command: &AgentCommand, cwd: &Path) -> Self {
-        forge
-            .running_turns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session_id.to_string(), (command.clone(), cwd.to_path_buf()));
-        RunningTurn {
-            forge,
-            session_id: session_id.to_string(),
-        }
-    }
-}
-
-impl Drop for RunningTurn<'_> {
-    fn drop(&mut self) {
-        self.forge
-            .running_turns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.session_id);
-    }
-}
-
 impl Forge {
-    /// Cancels every turn this worker is running (at shutdown, once the grace period is over).
-    pub(super) async fn cancel_running_turns(&self) -> usize {
-        let running: Vec<String> = self
-            .running_turns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        for session_id in &running {
-            self.cancel_running_turn(session_id, "shutdown").await;
-        }
-        running.len()
-    }
-
-    /// Cancels the turn of `session_id` this worker runs, if it runs one (through acpx: the
-    /// turn then answers `cancelled`). `why` says what asked for it, in the log.
-    async fn cancel_running_turn(&self, session_id: &str, why: &str) {
-        let running = self
-            .running_turns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(session_id)
-            .cloned();
-        let Some((command, cwd)) = running else {
-            return;
-        };
-        match self.acpx.cancel(&command, &cwd, session_id).await {
-            Ok(cancelled) => {
-                tracing::info!(session = %session_id, cancelled, why, "turn cancelled")
-            }
-            Err(e) => {
-                tracing::warn!(session = %session_id, error = %e, why, "cancelling a turn failed")
-            }
-        }
+    /// Tells every turn this worker is running to stop (at shutdown, once the grace period is
+    /// over); they answer `cancelled`. Returns how many there were.
+    pub(super) fn cancel_running_turns(&self) -> usize {
+        self.running_turns.cancel_all()
     }
 
     /// The session `id` if it exists and belongs to `caller`; `not_found` otherwise.
-    async fn owned_session(&self, caller: &Caller, id: &SessionId) -> Result<SessionRow> {
+    pub(super) async fn owned_session(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+    ) -> Result<SessionRow> {
         match self
             .ledger
             .session(id.as_string())
@@ -135,8 +58,33 @@ impl Forge {
         }
     }
 
-    pub(super) fn agent_command(&self, row: &SessionRow) -> Result<AgentCommand> {
-        AgentCommand::parse(&row.agent_command).map_err(Error::internal)
+    /// What the agent backend needs to reach the session of `row`.
+    pub(super) fn agent_session(&self, row: &SessionRow) -> AgentSession {
+        AgentSession {
+            id: row.session_id.clone(),
+            cwd: row.cwd.clone().into(),
+            // The ledger holds what this worker wrote, from the configured commands.
+            command: AgentCommand::parse(&row.agent_command)
+                .unwrap_or_else(|_| AgentCommand::Custom(row.agent_command.clone())),
+            state: row.agent_state.clone(),
+        }
+    }
+
+    /// The configured agent a create names, or the default one.
+    fn pick_agent(&self, name: Option<String>) -> Result<(String, AgentCommand)> {
+        let name = name.unwrap_or_else(|| self.settings.default_agent.clone());
+        match self.settings.agents.get(&name) {
+            Some(command) => Ok((name, command.clone())),
+            None => Err(Error::bad_request(format!(
+                "unknown agent {name:?}; configured agents: {}",
+                self.settings
+                    .agents
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     pub async fn create_session(
@@ -144,37 +92,18 @@ impl Forge {
         caller: &Caller,
         req: wire::CreateSession,
     ) -> Result<wire::Session> {
-        let agent_name = req
-            .agent
-            .unwrap_or_else(|| self.settings.default_agent.clone());
-        let command = self
-            .settings
-            .agents
-            .get(&agent_name)
-            .cloned()
-            .ok_or_else(|| {
-                Error::bad_request(format!(
-                    "unknown agent {agent_name:?}; configured agents: {}",
-                    self.settings
-                        .agents
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
+        let (agent, command) = self.pick_agent(req.agent)?;
         let attachments = self.attachments(&req.files)?;
-
-        let id = SessionId::new();
-        let cwd = self.settings.sessions_root.join(id.as_string());
-        let pending: Vec<String> = attachments
-            .iter()
-            .map(|a| cwd.join(a.name.as_str()).to_string_lossy().into_owned())
-            .collect();
+        let id = SessionId::new().as_string();
+        let cwd = self.settings.sessions_root.join(&id);
         let row = SessionRow {
-            session_id: id.as_string(),
+            pending_files: attachments
+                .iter()
+                .map(|a| cwd.join(a.name.as_str()).to_string_lossy().into_owned())
+                .collect(),
+            session_id: id,
             app: caller.app.clone(),
-            agent: agent_name,
+            agent,
             agent_command: command.spec().to_string(),
             cwd: cwd.to_string_lossy().into_owned(),
             open: true,
@@ -182,8 +111,25 @@ impl Forge {
             last_turn_at: None,
             closed_at: None,
             turns: 0,
-            pending_files: pending,
+            agent_state: None,
         };
+        let span = tracing::info_span!("create", session = %row.session_id, app = %row.app);
+        async {
+            self.reserve_session(&row).await?;
+            let started = self.start_session(&row, attachments).await;
+            if let Err(err) = self.record_create(&row, started).await {
+                self.undo_create(&row, &err).await;
+                return Err(err);
+            }
+            tracing::info!(agent = %row.agent, "session created");
+            Ok(session_reply(row))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The ledger's row of the new session, within the cap of open sessions.
+    async fn reserve_session(&self, row: &SessionRow) -> Result<()> {
         let created = self
             .ledger
             .create_session(
@@ -193,33 +139,37 @@ impl Forge {
             )
             .await
             .map_err(Error::internal)?;
-        if let CreateOutcome::AtCapacity { open } = created {
-            return Err(Error::at_capacity(format!(
+        match created {
+            CreateOutcome::AtCapacity { open } => Err(Error::at_capacity(format!(
                 "{open} sessions are open; the limit is {}",
                 self.settings.max_live_sessions
-            )));
+            ))),
+            CreateOutcome::Created => Ok(()),
         }
+    }
 
-        let started: Result<()> = async {
-            tokio::fs::create_dir_all(&cwd)
+    /// The session's directory, its files and its agent session.
+    async fn start_session(&self, row: &SessionRow, attachments: Vec<Attachment>) -> Result<()> {
+        let cwd = Path::new(&row.cwd);
+        tokio::fs::create_dir_all(cwd)
+            .await
+            .map_err(Error::internal)?;
+        files::write(cwd, attachments)
+            .await
+            .map_err(Error::internal)?;
+        let opened = self.agent.open(&self.agent_session(row)).await?;
+        if let Some(state) = opened.state {
+            self.ledger
+                .set_agent_state(row.session_id.clone(), state)
                 .await
                 .map_err(Error::internal)?;
-            files::write(&cwd, attachments)
-                .await
-                .map_err(Error::internal)?;
-            let record = self
-                .acpx
-                .new_session(&command, &cwd, &row.session_id)
-                .await?;
-            if let Some(record) = record {
-                self.ledger
-                    .set_acpx_record_id(row.session_id.clone(), record)
-                    .await
-                    .map_err(Error::internal)?;
-            }
-            Ok(())
         }
-        .await;
+        Ok(())
+    }
+
+    /// Records how the create went. An agent session the ledger could not record as made is
+    /// closed again rather than left open.
+    async fn record_create(&self, row: &SessionRow, started: Result<()>) -> Result<()> {
         let (outcome, error) = match &started {
             Ok(()) => ("ok".to_string(), None),
             Err(e) => (e.kind.code().to_string(), Some(e.message.clone())),
@@ -228,50 +178,43 @@ impl Forge {
             .ledger
             .finish_create(row.session_id.clone(), outcome, error)
             .await;
-        let started = match (started, finished) {
+        match (started, finished) {
             (Err(err), _) => Err(err),
             (Ok(()), Ok(())) => Ok(()),
             (Ok(()), Err(e)) => {
-                // The agent session exists but the ledger could not say so: undo it rather than
-                // leave a session open that nothing recorded as made.
-                tracing::error!(session = %row.session_id, error = %e, "could not record a create");
-                if let Err(e) = self
-                    .acpx
-                    .close_session(&command, &cwd, &row.session_id)
-                    .await
-                {
-                    tracing::warn!(session = %row.session_id, error = %e, "acpx close failed");
+                tracing::error!(error = %e, "could not record a create");
+                if let Err(e) = self.agent.close(&self.agent_session(row)).await {
+                    tracing::warn!(error = %e, "closing the agent session failed");
                 }
                 Err(Error::internal(e))
             }
-        };
-        if let Err(err) = started {
-            // Nothing half-made stays behind: the session is closed with the reason.
-            let detail = EventDetail {
-                outcome: "create_failed".into(),
-                error: Some(err.message.clone()),
-                ..Default::default()
-            };
-            if let Err(e) = self
-                .ledger
-                .close_session(
-                    row.session_id.clone(),
-                    row.app.clone(),
-                    SessionEvent::Close,
-                    now(),
-                    self.settings.worker_id.clone(),
-                    detail,
-                )
-                .await
-            {
-                tracing::error!(session = %row.session_id, error = %e, "could not record a failed create");
-            }
-            let _ = tokio::fs::remove_dir_all(&cwd).await;
-            tracing::warn!(session = %row.session_id, error = %err, "session create failed");
-            return Err(err);
         }
-        tracing::info!(session = %row.session_id, app = %row.app, agent = %row.agent, "session created");
-        Ok(session_reply(row))
+    }
+
+    /// Nothing half-made stays behind a failed create: the session is closed with the reason,
+    /// its directory removed.
+    async fn undo_create(&self, row: &SessionRow, err: &Error) {
+        let detail = EventDetail {
+            outcome: "create_failed".into(),
+            error: Some(err.message.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .ledger
+            .close_session(
+                row.session_id.clone(),
+                row.app.clone(),
+                SessionEvent::Close,
+                now(),
+                self.settings.worker_id.clone(),
+                detail,
+            )
+            .await
+        {
+            tracing::error!(error = %e, "could not record a failed create");
+        }
+        let _ = tokio::fs::remove_dir_all(&row.cwd).await;
+        tracing::warn!(error = %err, "session create failed");
     }
 
     pub async fn get_session(
@@ -299,13 +242,10 @@ impl Forge {
     }
 
     /// After the ledger has closed a session: cancels the turn of it this worker is running
-    /// (it answers `cancelled`), waits for it to end, then stops the agent. A session acpx fails
-    /// to close is closed all the same; its agent process ends with acpx's idle TTL.
-    async fn stop_session_agent(&self, row: &SessionRow) -> Result<()> {
-        let command = self.agent_command(row)?;
-        let cwd = Path::new(&row.cwd);
-        self.cancel_running_turn(&row.session_id, "session closed")
-            .await;
+    /// (it answers `cancelled`), waits for it to end, then stops the agent. A session the
+    /// backend fails to close is closed all the same (acpx: its agent ends with the idle TTL).
+    async fn stop_session_agent(&self, row: &SessionRow) {
+        self.cancel_running_turn(&row.session_id, "session closed");
         // Turns queued behind it find the session closed; the agent stops once none runs here.
         let _idle = tokio::time::timeout(
             CLOSE_WAITS_FOR_TURN,
@@ -313,14 +253,9 @@ impl Forge {
         )
         .await
         .ok();
-        if let Err(e) = self
-            .acpx
-            .close_session(&command, cwd, &row.session_id)
-            .await
-        {
-            tracing::warn!(session = %row.session_id, error = %e, "acpx close failed");
+        if let Err(e) = self.agent.close(&self.agent_session(row)).await {
+            tracing::warn!(session = %row.session_id, error = %e, "closing the agent session failed");
         }
-        Ok(())
     }
 
     pub async fn close_session(
@@ -359,170 +294,8 @@ impl Forge {
             CloseOutcome::AlreadyClosed => return Ok(closed(true)),
             CloseOutcome::NotFound => return Err(Error::not_found("no such session")),
         }
-        self.stop_session_agent(&row).await?;
+        self.stop_session_agent(&row).await;
         tracing::info!(session = %row.session_id, "session closed");
         Ok(closed(false))
-    }
-
-    pub async fn turn(&self, caller: &Caller, req: wire::TurnRequest) -> Result<wire::Turn> {
-        let id = SessionId::parse(&req.session_id)?;
-        let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
-        let timeout = self.timeout_secs(req.timeout_secs)?;
-        let attachments = self.attachments(&req.files)?;
-        let row = self.owned_session(caller, &id).await?;
-        if !row.open {
-            return Err(Error::conflict("the session is closed"));
-        }
-        let command = self.agent_command(&row)?;
-
-        // Waiting for the session's earlier turns and for a slot is part of the timeout, and
-        // waiting for the session holds a place in the queue too.
-        let received = Instant::now();
-        let budget = std::time::Duration::from_secs(timeout);
-        let (_session, _slot) = self
-            .admit(budget, async {
-                let session = match self.session_locks.try_lock(&row.session_id) {
-                    Some(session) => session,
-                    None => {
-                        let _place = self.turns.queue_place()?;
-                        tracing::debug!(session = %row.session_id, "turn waiting for the session's earlier turn");
-                        self.session_locks.lock(&row.session_id).await
-                    }
-                };
-                Ok((session, self.turns.acquire().await?))
-            })
-            .await?;
-
-        let cwd = Path::new(&row.cwd);
-        let written = files::write(cwd, attachments)
-            .await
-            .map_err(Error::internal)?;
-        // The ledger starts the turn unless another worker is running one of this session;
-        // then this one waits for it, within its timeout. (A ledger call is never abandoned
-        // half-way: it could record a turn that nothing then runs.)
-        let recorded = Recorded::of(prompt.as_str(), self.settings.ledger_keep_text);
-        let mut logged = false;
-        let (turn, event_id, mut listed) = loop {
-            let begun = self
-                .ledger
-                .begin_turn(
-                    row.session_id.clone(),
-                    caller.app.clone(),
-                    now(),
-                    self.settings.worker_id.clone(),
-                    recorded.clone(),
-                    seconds_from_now(-self.dead_after_secs()),
-                )
-                .await
-                .map_err(Error::internal)?;
-            match begun {
-                BeginTurn::Started {
-                    turn,
-                    event_id,
-                    pending_files,
-                } => break (turn, event_id, pending_files),
-                BeginTurn::NotFound => return Err(Error::not_found("no such session")),
-                BeginTurn::Closed => return Err(Error::conflict("the session is closed")),
-                BeginTurn::Busy => {
-                    if !logged {
-                        tracing::debug!(session = %row.session_id, "turn waiting for another worker's turn of the session");
-                        logged = true;
-                    }
-                    self.pause_before_retry(OTHER_WORKER_POLL, received, budget)
-                        .await?;
-                }
-            }
-        };
-        for p in written {
-            let p = p.to_string_lossy().into_owned();
-            if !listed.contains(&p) {
-                listed.push(p);
-            }
-        }
-        let text = files::with_header(&listed, prompt.as_str());
-
-        let started = Instant::now();
-        let timeout_d = budget.saturating_sub(received.elapsed());
-        let _running = RunningTurn::register(self, &row.session_id, &command, cwd);
-        let mut result = self
-            .acpx
-            .prompt(&command, cwd, &row.session_id, &text, timeout_d)
-            .await;
-        if result == Err(AcpxError::NoSession) {
-            // acpx lost its record (its state directory was wiped): bring it back and retry.
-            tracing::warn!(session = %row.session_id, "acpx had no record of the session; re-creating it");
-            result = match self
-                .acpx
-                .ensure_session(&command, cwd, &row.session_id)
-                .await
-            {
-                Ok(()) => {
-                    self.acpx
-                        .prompt(&command, cwd, &row.session_id, &text, timeout_d)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-        }
-        let duration_ms = started.elapsed().as_millis() as u64;
-        // Cancelled because the worker is stopping: the caller gets what there is (a turn whose
-        // stop reason says so), the ledger says interrupted.
-        let interrupted = self.stopping.is_cancelled()
-            && !matches!(&result, Ok(out) if out.stop_reason != "cancelled");
-        let result = result.map_err(Error::from);
-        let detail = match &result {
-            _ if interrupted => EventDetail {
-                outcome: "interrupted".into(),
-                turn: Some(turn),
-                stop_reason: result.as_ref().ok().map(|out| out.stop_reason.clone()),
-                duration_ms: Some(duration_ms),
-                output: result
-                    .as_ref()
-                    .ok()
-                    .map(|out| Recorded::of(&out.output, self.settings.ledger_keep_text)),
-                error: Some(SHUT_DOWN_RUNNING.into()),
-                ..Default::default()
-            },
-            Ok(out) => EventDetail {
-                outcome: "ok".into(),
-                turn: Some(turn),
-                stop_reason: Some(out.stop_reason.clone()),
-                duration_ms: Some(duration_ms),
-                output: Some(Recorded::of(&out.output, self.settings.ledger_keep_text)),
-                ..Default::default()
-            },
-            Err(err) => EventDetail {
-                outcome: err.kind.code().to_string(),
-                turn: Some(turn),
-                duration_ms: Some(duration_ms),
-                error: Some(err.message.clone()),
-                ..Default::default()
-            },
-        };
-        self.ledger
-            .finish_turn(row.session_id.clone(), event_id, now(), detail)
-            .await
-            .map_err(Error::internal)?;
-        let result = match result {
-            Err(_) if interrupted => Err(Error::at_capacity(SHUT_DOWN_RUNNING)),
-            other => other,
-        };
-        match result {
-            Ok(out) => Ok(wire::Turn {
-                session_id: row.session_id,
-                turn,
-                output: out.output,
-                stop_reason: out.stop_reason,
-                duration_ms,
-            }),
-            Err(err) => {
-                if err.kind != ErrorKind::Timeout {
-                    tracing::warn!(session = %row.session_id, turn, error = %err, "turn failed");
-                } else {
-                    tracing::info!(session = %row.session_id, turn, "turn timed out");
-                }
-                Err(err)
-            }
-        }
     }
 }

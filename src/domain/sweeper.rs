@@ -3,8 +3,6 @@
 //! retention, and records work a dead worker left running as interrupted. One worker at a time
 //! sweeps, under a lease in the ledger.
 
-use std::path::Path;
-
 use super::{now, seconds_from_now, Forge};
 use crate::error::{Error, Result};
 
@@ -110,14 +108,8 @@ impl Forge {
             }
             report.closed += 1;
             tracing::info!(session = %row.session_id, app = %row.app, "idle session closed");
-            if let Ok(command) = self.agent_command(&row) {
-                if let Err(e) = self
-                    .acpx
-                    .close_session(&command, Path::new(&row.cwd), &row.session_id)
-                    .await
-                {
-                    tracing::warn!(session = %row.session_id, error = %e, "acpx close of a swept session failed");
-                }
+            if let Err(e) = self.agent.close(&self.agent_session(&row)).await {
+                tracing::warn!(session = %row.session_id, error = %e, "closing the agent session of a swept session failed");
             }
         }
 
@@ -128,15 +120,8 @@ impl Forge {
             .await
             .map_err(Error::internal)?
         {
-            let record = self
-                .ledger
-                .acpx_record_id(row.session_id.clone())
-                .await
-                .map_err(Error::internal)?;
-            if let Some(record) = record {
-                if let Err(e) = self.acpx.delete_record(&record) {
-                    tracing::warn!(session = %row.session_id, error = %e, "removing acpx's record failed");
-                }
+            if let Err(e) = self.agent.forget(&self.agent_session(&row)).await {
+                tracing::warn!(session = %row.session_id, error = %e, "removing the agent's record failed");
             }
             match tokio::fs::remove_dir_all(&row.cwd).await {
                 Ok(()) => {}

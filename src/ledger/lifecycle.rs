@@ -217,20 +217,6 @@ impl Ledger {
         })
         .await
     }
-
-    /// The acpx record id of a session, if acpx reported one.
-    pub async fn acpx_record_id(&self, session_id: String) -> LedgerResult<Option<String>> {
-        self.call(move |c| {
-            Ok(c.query_row(
-                "SELECT acpx_record_id FROM sessions WHERE session_id = ?1",
-                [session_id],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .optional()?
-            .flatten())
-        })
-        .await
-    }
 }
 
 /// Marks the running turns and runs of the workers `whose` selects (an SQL condition on
@@ -286,6 +272,7 @@ mod tests {
             closed_at: None,
             turns: 0,
             pending_files: vec![],
+            agent_state: None,
         }
     }
 

@@ -38,7 +38,11 @@ pub type LedgerResult<T> = Result<T, LedgerError>;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("migrations.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("migrations.sql")),
+        // The backend's own state of a session, whichever backend it is.
+        M::up("ALTER TABLE sessions RENAME COLUMN acpx_record_id TO agent_state;"),
+    ])
 }
 
 /// A handle on the ledger; cheap to clone. Calls run on tokio's blocking pool.
@@ -100,6 +104,8 @@ pub struct SessionRow {
     pub turns: u64,
     /// Files attached at create, not yet listed ahead of a turn.
     pub pending_files: Vec<String>,
+    /// What the agent backend keeps with the session (acpx: its record id).
+    pub agent_state: Option<String>,
 }
 
 /// What a session event row says, beyond its session, kind and time.
@@ -523,15 +529,12 @@ impl Ledger {
         .await
     }
 
-    pub async fn set_acpx_record_id(
-        &self,
-        session_id: String,
-        record_id: String,
-    ) -> LedgerResult<()> {
+    /// Keeps what the agent backend needs to reach the session again.
+    pub async fn set_agent_state(&self, session_id: String, state: String) -> LedgerResult<()> {
         self.call(move |c| {
             c.execute(
-                "UPDATE sessions SET acpx_record_id = ?2 WHERE session_id = ?1",
-                params![session_id, record_id],
+                "UPDATE sessions SET agent_state = ?2 WHERE session_id = ?1",
+                params![session_id, state],
             )?;
             Ok(())
         })
@@ -562,14 +565,16 @@ impl Ledger {
             let tx = c.transaction()?;
             // Another worker's turn of this session is running (and that worker's heartbeat is
             // no older than `alive_since`): this one waits, so that one session runs one turn
-            // at a time across workers.
+            // at a time across workers. This worker's own turns of the session are one at a
+            // time already; a `running` row of its own is one it could not finish recording.
             let busy: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM session_events
                                 WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'
+                                  AND worker_id != ?3
                                   AND worker_id IN (SELECT worker_id FROM workers
                                                     WHERE stopped_at IS NULL
                                                       AND heartbeat_at >= ?2))",
-                params![session_id, alive_since],
+                params![session_id, alive_since, worker_id],
                 |r| r.get(0),
             )?;
             let found: Option<(String, String, i64, Option<String>)> = tx
@@ -724,7 +729,7 @@ impl Ledger {
 }
 
 pub(crate) const SESSION_SELECT: &str = "SELECT session_id, app, agent, agent_command, cwd, status,
-        created_at, last_turn_at, closed_at, turns, pending_files FROM sessions";
+        created_at, last_turn_at, closed_at, turns, pending_files, agent_state FROM sessions";
 
 fn files_json(files: &[String]) -> Option<String> {
     (!files.is_empty()).then(|| serde_json::to_string(files).expect("strings serialize"))
@@ -748,6 +753,7 @@ pub(crate) fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow>
         closed_at: r.get(8)?,
         turns: r.get::<_, i64>(9)? as u64,
         pending_files: parse_files(r.get(10)?),
+        agent_state: r.get(11)?,
     })
 }
 

@@ -250,9 +250,13 @@ async fn logs_have_no_colours_off_a_terminal_and_json_lines_carry_their_span() {
     forge.kill_worker(n);
     let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(json["fields"]["message"], "session created");
-    assert_eq!(json["span"]["name"], "request");
-    assert_eq!(json["span"]["subject"], "forge.session.create");
+    // The step's own span, with its session and app, inside the request's span.
+    assert_eq!(json["span"]["name"], "create");
     assert_eq!(json["span"]["app"], "logged");
+    assert!(json["span"]["session"].is_string(), "{line}");
+    assert_eq!(json["spans"][0]["name"], "request", "{line}");
+    assert_eq!(json["spans"][0]["subject"], "forge.session.create");
+    assert_eq!(json["spans"][0]["app"], "logged");
     for line in std::fs::read_to_string(&log).unwrap().lines() {
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
