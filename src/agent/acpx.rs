@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use super::process::{exit_text, last_line, Ended, Spawned, Spec};
 use super::{AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd, CANCEL_GRACE};
 use crate::config::AgentCommand;
-use crate::wire::EventBody;
+use crate::wire::{DecidedBy, EventBody, PermissionDecision, PlanEntry};
 
 /// Longest stdout line we accept from acpx (one JSON-RPC message).
 const MAX_LINE: usize = 16 * 1024 * 1024;
@@ -375,6 +375,58 @@ enum Read {
     CutShort(Result<TurnEnd, Failure>),
 }
 
+/// A permission request the agent sent in the turn.
+#[derive(Debug)]
+struct PendingPermission {
+    id: Value,
+    title: Option<String>,
+    tool_call_id: Option<String>,
+    options: Vec<Value>,
+}
+
+fn string(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// An ACP `cost` (`{amount, currency}`) in US dollars, when it is in dollars.
+fn usd(cost: &Value) -> Option<f64> {
+    match cost["currency"].as_str() {
+        Some(c) if c.eq_ignore_ascii_case("USD") => cost["amount"].as_f64(),
+        _ => None,
+    }
+}
+
+fn tool_call(update: &Value) -> EventBody {
+    let locations = update["locations"]
+        .as_array()
+        .map(|ls| ls.iter().filter_map(|l| string(&l["path"])).collect())
+        .unwrap_or_default();
+    EventBody::ToolCall {
+        tool_call_id: string(&update["toolCallId"]).unwrap_or_default(),
+        title: string(&update["title"]).unwrap_or_default(),
+        kind: string(&update["kind"]),
+        status: string(&update["status"]),
+        locations,
+    }
+}
+
+fn plan(update: &Value) -> EventBody {
+    let entries = update["entries"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    EventBody::Plan {
+        entries: entries
+            .iter()
+            .map(|e| PlanEntry {
+                content: string(&e["content"]).unwrap_or_default(),
+                priority: string(&e["priority"]),
+                status: string(&e["status"]),
+            })
+            .collect(),
+    }
+}
+
 /// Removes acpx's on-disk record of a closed session (`$HOME/.acpx/sessions/<id>.json` and
 /// its event log). acpx itself can only prune all closed sessions of an agent at once.
 fn delete_record(record_id: &str) -> std::io::Result<usize> {
@@ -435,6 +487,8 @@ pub struct PromptStream {
     output: String,
     truncated: bool,
     events: Vec<EventBody>,
+    /// Permission requests of the agent that acpx has not answered yet.
+    permissions: Vec<PendingPermission>,
     cancelled: Option<TurnEnd>,
     errors: Vec<(Option<String>, String)>,
 }
@@ -450,6 +504,11 @@ impl PromptStream {
             return None;
         }
         let in_turn = self.prompt_id.is_some();
+        // Both sides number their requests, so an answer to the agent's permission request may
+        // carry the prompt's id: it is told apart by its `outcome`.
+        if in_turn && v["result"].get("outcome").is_some() && self.permission_answer(&v) {
+            return None;
+        }
         if in_turn && v.get("id") == self.prompt_id.as_ref() && v.get("method").is_none() {
             if let Some(result) = v.get("result") {
                 return self.result(result);
@@ -461,6 +520,10 @@ impl PromptStream {
         }
         if in_turn && v["method"] == "session/update" {
             self.update(&v["params"]["update"]);
+            return None;
+        }
+        if in_turn && v["method"] == "session/request_permission" && v.get("id").is_some() {
+            self.permission_request(&v);
             return None;
         }
 
@@ -501,18 +564,81 @@ impl PromptStream {
         }
     }
 
-    /// A `session/update` of the turn.
+    /// A `session/update` of the turn: the agent's text goes into the output, and every kind
+    /// the contract names becomes its event. Kinds it does not name are left out.
     fn update(&mut self, update: &Value) {
-        if update["sessionUpdate"] == "agent_message_chunk" && update["content"]["type"] == "text" {
-            if let Some(text) = update["content"]["text"].as_str() {
+        let text = || update["content"]["text"].as_str().map(str::to_string);
+        let kind = update["sessionUpdate"].as_str().unwrap_or_default();
+        let event = match kind {
+            "agent_message_chunk" => text().map(|text| {
                 if self.output.len() + text.len() <= MAX_OUTPUT {
-                    self.output.push_str(text);
+                    self.output.push_str(&text);
                 } else {
                     self.truncated = true;
                 }
-                self.events.push(EventBody::Message { text: text.into() });
+                EventBody::Message { text }
+            }),
+            "agent_thought_chunk" => text().map(|text| EventBody::Thought { text }),
+            "tool_call" => Some(tool_call(update)),
+            "tool_call_update" => Some(EventBody::ToolCallUpdate {
+                tool_call_id: string(&update["toolCallId"]).unwrap_or_default(),
+                title: string(&update["title"]),
+                status: string(&update["status"]),
+            }),
+            "plan" => Some(plan(update)),
+            "usage_update" => Some(EventBody::Usage {
+                used: update["used"].as_u64(),
+                size: update["size"].as_u64(),
+                cost_usd: usd(&update["cost"]),
+            }),
+            _ => None,
+        };
+        self.events.extend(event);
+    }
+
+    /// A permission request of the agent, to pair with its answer.
+    fn permission_request(&mut self, v: &Value) {
+        let params = &v["params"];
+        let options = params["options"].as_array().cloned().unwrap_or_default();
+        self.permissions.push(PendingPermission {
+            id: v["id"].clone(),
+            title: string(&params["toolCall"]["title"]),
+            tool_call_id: string(&params["toolCall"]["toolCallId"]),
+            options,
+        });
+    }
+
+    /// The answer to a permission request (acpx answers by its policy flag).
+    fn permission_answer(&mut self, v: &Value) -> bool {
+        let Some(at) = self
+            .permissions
+            .iter()
+            .position(|p| v.get("id") == Some(&p.id))
+        else {
+            return false;
+        };
+        let asked = self.permissions.remove(at);
+        let outcome = &v["result"]["outcome"];
+        let chosen = asked
+            .options
+            .iter()
+            .find(|o| o["optionId"] == outcome["optionId"]);
+        let decision = match (outcome["outcome"].as_str(), chosen) {
+            (Some("selected"), Some(o))
+                if o["kind"].as_str().is_some_and(|k| k.starts_with("allow")) =>
+            {
+                PermissionDecision::Allowed
             }
-        }
+            (Some("cancelled"), _) => PermissionDecision::Cancelled,
+            _ => PermissionDecision::Rejected,
+        };
+        self.events.push(EventBody::Permission {
+            title: asked.title,
+            tool_call_id: asked.tool_call_id,
+            decision,
+            by: DecidedBy::Policy,
+        });
+        true
     }
 
     /// A cancelled turn acpx did not finish in time: what the agent had said.
@@ -644,6 +770,113 @@ mod tests {
         );
         let (s, _) = run_fixture(&fixture("prompt-no-session.ndjson"));
         assert_eq!(s.failure(exit(4), ""), Failure::NoSession);
+    }
+
+    /// Each kind of update of a turn as ACP (schema 1.17) writes it, with a permission request
+    /// whose id is the prompt's own and acpx's answer to it.
+    const EVENTS: &str = r#"{"jsonrpc":"2.0","id":2,"method":"session/prompt","params":{"sessionId":"s","prompt":[]}}
+{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"agent_thought_chunk","content":{"type":"text","text":"hmm"}}}}
+{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"plan","entries":[{"content":"read it","priority":"high","status":"pending"}]}}}
+{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"tool_call","toolCallId":"c1","title":"Read a.md","kind":"read","status":"pending","locations":[{"path":"/w/a.md","line":3}]}}}
+{"jsonrpc":"2.0","id":2,"method":"session/request_permission","params":{"sessionId":"s","toolCall":{"toolCallId":"c1","title":"Read a.md"},"options":[{"optionId":"yes","name":"Allow","kind":"allow_once"},{"optionId":"no","name":"Reject","kind":"reject_once"}]}}
+{"jsonrpc":"2.0","id":2,"result":{"outcome":{"outcome":"selected","optionId":"yes"}}}
+{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"tool_call_update","toolCallId":"c1","status":"completed"}}}
+{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"available_commands_update","availableCommands":[]}}}
+{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"it says "}}}}
+{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"hi"}}}}
+{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"usage_update","used":1200,"size":200000,"cost":{"amount":0.25,"currency":"USD"}}}}
+{"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}
+"#;
+
+    #[test]
+    fn every_update_kind_of_the_contract_becomes_its_event_in_order() {
+        let mut s = PromptStream::default();
+        let mut events = Vec::new();
+        let mut done = None;
+        for line in EVENTS.lines() {
+            done = s.feed(line.as_bytes());
+            events.extend(s.take_events());
+        }
+        assert_eq!(
+            done,
+            Some(Ok(TurnEnd {
+                output: "it says hi".into(),
+                stop_reason: StopReason::EndTurn
+            })),
+            "the permission answer with the prompt's id did not end the turn"
+        );
+        let text = |t: &str| t.to_string();
+        assert_eq!(
+            events,
+            vec![
+                EventBody::Thought { text: text("hmm") },
+                EventBody::Plan {
+                    entries: vec![PlanEntry {
+                        content: text("read it"),
+                        priority: Some(text("high")),
+                        status: Some(text("pending")),
+                    }]
+                },
+                EventBody::ToolCall {
+                    tool_call_id: text("c1"),
+                    title: text("Read a.md"),
+                    kind: Some(text("read")),
+                    status: Some(text("pending")),
+                    locations: vec![text("/w/a.md")],
+                },
+                EventBody::Permission {
+                    title: Some(text("Read a.md")),
+                    tool_call_id: Some(text("c1")),
+                    decision: PermissionDecision::Allowed,
+                    by: DecidedBy::Policy,
+                },
+                EventBody::ToolCallUpdate {
+                    tool_call_id: text("c1"),
+                    title: None,
+                    status: Some(text("completed")),
+                },
+                EventBody::Message {
+                    text: text("it says ")
+                },
+                EventBody::Message { text: text("hi") },
+                EventBody::Usage {
+                    used: Some(1200),
+                    size: Some(200000),
+                    cost_usd: Some(0.25),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rejected_or_cancelled_permission_says_so() {
+        let answer = |outcome: &str| {
+            let mut s = PromptStream::default();
+            let lines = [
+                r#"{"jsonrpc":"2.0","id":1,"method":"session/prompt","params":{}}"#.to_string(),
+                r#"{"jsonrpc":"2.0","id":7,"method":"session/request_permission","params":{"toolCall":{"toolCallId":"c"},"options":[{"optionId":"y","kind":"allow_always"},{"optionId":"n","kind":"reject_always"}]}}"#.to_string(),
+                format!(r#"{{"jsonrpc":"2.0","id":7,"result":{{"outcome":{outcome}}}}}"#),
+            ];
+            for l in &lines {
+                assert_eq!(s.feed(l.as_bytes()), None);
+            }
+            match s.take_events().as_slice() {
+                [EventBody::Permission { decision, .. }] => *decision,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            answer(r#"{"outcome":"selected","optionId":"y"}"#),
+            PermissionDecision::Allowed
+        );
+        assert_eq!(
+            answer(r#"{"outcome":"selected","optionId":"n"}"#),
+            PermissionDecision::Rejected
+        );
+        assert_eq!(
+            answer(r#"{"outcome":"cancelled"}"#),
+            PermissionDecision::Cancelled
+        );
     }
 
     #[test]
