@@ -228,9 +228,15 @@ async fn start_worker(
     let id = worker_id();
     let forge = build_forge(config, id.clone()).await?;
     let client = connect_nats(config, &format!("clawdforge-worker {id}")).await?;
-    let worker = crate::nats::start(client.clone(), forge.clone(), &crate::nats::SUBJECTS)
-        .await
-        .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
+    let heartbeat = Duration::from_secs(config.stream_heartbeat_secs);
+    let worker = crate::nats::start(
+        client.clone(),
+        forge.clone(),
+        &crate::nats::SUBJECTS,
+        heartbeat,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
     let background = spawn_lifecycle(config, forge.clone());
     // Ready means subscribed: once connected, a flush makes sure the server has the
     // subscriptions. Without NATS yet, the worker subscribes when the connection comes.

@@ -75,6 +75,87 @@ impl RawReply {
     }
 }
 
+/// One message of a streamed reply (contract v2), in the order they come.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Event(wire::Event),
+    Heartbeat,
+    /// The final message: the Turn (or Run), or the error it ended with.
+    Reply(RawReply),
+}
+
+/// A streamed reply being read: frames until the sentinel.
+pub struct ReplyStream {
+    messages: async_nats::Subscriber,
+    /// Past this without a message (three missed heartbeats), the stream is given up.
+    stall: Duration,
+    ended: bool,
+}
+
+impl ReplyStream {
+    /// The next frame; `None` after the end of the stream. A stream that stalls, or that no
+    /// worker takes, ends with that error.
+    pub async fn next(&mut self) -> Option<Result<Frame, ClientError>> {
+        if self.ended {
+            return None;
+        }
+        let message = match tokio::time::timeout(self.stall, self.messages.next()).await {
+            Err(_) => return self.end(Err(ClientError::TimedOut)),
+            Ok(None) => {
+                return self.end(Err(ClientError::Transport("the stream was closed".into())))
+            }
+            Ok(Some(m)) => m,
+        };
+        if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return self.end(Err(ClientError::NoResponders));
+        }
+        let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name));
+        let frame = match header(wire::EVENT_HEADER).map(|v| v.as_str()) {
+            None if message.payload.is_empty() => {
+                self.ended = true;
+                return None;
+            }
+            Some("heartbeat") => Frame::Heartbeat,
+            Some("turn" | "run" | "error") | None => Frame::Reply(RawReply {
+                status: header(wire::ERROR_CODE_HEADER)
+                    .map(|v| v.as_str().parse::<u16>().unwrap_or(500)),
+                body: message.payload,
+            }),
+            Some(_) => match serde_json::from_slice(&message.payload) {
+                Ok(event) => Frame::Event(event),
+                Err(e) => return Some(Err(ClientError::Decode(format!("an event: {e}")))),
+            },
+        };
+        Some(Ok(frame))
+    }
+
+    fn end(&mut self, result: Result<Frame, ClientError>) -> Option<Result<Frame, ClientError>> {
+        self.ended = true;
+        Some(result)
+    }
+
+    /// Reads the stream to its end: each event to `on_event` as it comes, then the typed reply.
+    pub async fn finish<T: DeserializeOwned>(
+        mut self,
+        mut on_event: impl FnMut(&wire::Event),
+    ) -> Result<T, ClientError> {
+        let mut reply = None;
+        while let Some(frame) = self.next().await {
+            match frame? {
+                Frame::Event(e) => on_event(&e),
+                Frame::Heartbeat => {}
+                Frame::Reply(r) => reply = Some(r),
+            }
+        }
+        match reply {
+            Some(r) => r.parse(),
+            None => Err(ClientError::Decode(
+                "the stream ended without its final message".into(),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ForgeClient {
     nats: async_nats::Client,
@@ -114,6 +195,11 @@ impl ForgeClient {
             token,
             ..self.clone()
         }
+    }
+
+    /// The bearer token this client sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn nats(&self) -> &async_nats::Client {
@@ -215,6 +301,66 @@ impl ForgeClient {
     pub async fn turn(&self, req: &wire::TurnRequest) -> Result<wire::Turn, ClientError> {
         let timeout = self.agent_timeout(req.timeout_secs);
         self.call(subject::SESSION_TURN, req, timeout).await
+    }
+
+    /// A turn whose events come as they happen (`Forge-Stream: 1`), each to `on_event`; then
+    /// its reply. `stall` is how long the stream may stay silent: three heartbeats.
+    pub async fn turn_streaming(
+        &self,
+        req: &wire::TurnRequest,
+        stall: Duration,
+        on_event: impl FnMut(&wire::Event),
+    ) -> Result<wire::Turn, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let authorization = self.token.as_deref().map(|t| format!("Bearer {t}"));
+        self.stream(
+            subject::SESSION_TURN,
+            authorization.as_deref(),
+            body.into(),
+            stall,
+        )
+        .await?
+        .finish(on_event)
+        .await
+    }
+
+    /// Sends a request that asks for a streamed reply, with an `Authorization` header value as
+    /// the caller gave it, and returns the stream.
+    pub async fn stream(
+        &self,
+        subject: &str,
+        authorization: Option<&str>,
+        body: Bytes,
+        stall: Duration,
+    ) -> Result<ReplyStream, ClientError> {
+        let transport = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
+        let inbox = self.nats.new_inbox();
+        let messages = self
+            .nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| transport(&e))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::STREAM_HEADER, "1");
+        if let Some(value) = authorization {
+            headers.insert(wire::AUTHORIZATION, value);
+        }
+        self.nats
+            .publish_with_reply_and_headers(subject.to_string(), inbox, headers, body)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    ClientError::Api(Error::payload_too_large(
+                        "the request is larger than the NATS server's max_payload",
+                    ))
+                }
+                _ => transport(&e),
+            })?;
+        Ok(ReplyStream {
+            messages,
+            stall,
+            ended: false,
+        })
     }
 
     pub async fn close_session(

@@ -48,6 +48,8 @@ pub struct Config {
     /// How often a worker writes its heartbeat to the ledger; one silent for three times this
     /// is dead, and the turns and runs it left running are recorded as interrupted.
     pub worker_heartbeat_secs: u64,
+    /// While a streamed reply has nothing else to send, a heartbeat goes out this often.
+    pub stream_heartbeat_secs: u64,
     /// On SIGTERM/SIGINT, how long in-flight turns and runs may take before they are cancelled.
     pub shutdown_grace_secs: u64,
     /// Turns this worker runs at once; more wait in a queue of `max_queued_turns`.
@@ -126,6 +128,7 @@ impl Default for Config {
             session_hard_ttl_secs: 86400,
             sweep_interval_secs: 60,
             worker_heartbeat_secs: 10,
+            stream_heartbeat_secs: 10,
             shutdown_grace_secs: 30,
             max_concurrent_turns: 8,
             max_queued_turns: 64,
@@ -199,6 +202,7 @@ pub fn env_keys() -> Vec<&'static str> {
         "session_hard_ttl_secs",
         "sweep_interval_secs",
         "worker_heartbeat_secs",
+        "stream_heartbeat_secs",
         "shutdown_grace_secs",
         "max_concurrent_turns",
         "max_queued_turns",
@@ -539,6 +543,7 @@ impl Config {
             ("max_timeout_secs", self.max_timeout_secs as usize),
             ("sweep_interval_secs", self.sweep_interval_secs as usize),
             ("worker_heartbeat_secs", self.worker_heartbeat_secs as usize),
+            ("stream_heartbeat_secs", self.stream_heartbeat_secs as usize),
             ("max_prompt_bytes", self.max_prompt_bytes),
             ("max_concurrent_runs", self.max_concurrent_runs),
             (
@@ -593,6 +598,7 @@ impl Config {
             ("session_hard_ttl_secs", self.session_hard_ttl_secs),
             ("sweep_interval_secs", self.sweep_interval_secs),
             ("worker_heartbeat_secs", self.worker_heartbeat_secs),
+            ("stream_heartbeat_secs", self.stream_heartbeat_secs),
             ("shutdown_grace_secs", self.shutdown_grace_secs),
             ("runs_retention_secs", self.runs_retention_secs),
             ("max_timeout_secs", self.max_timeout_secs),

@@ -25,7 +25,11 @@ pub const SERVICE_NAME: &str = "clawdforge";
 pub const QUEUE_GROUP: &str = "forge";
 
 pub const AUTHORIZATION: &str = "Authorization";
-
+/// A request header: `1` asks for the reply as a stream of events (contract v2).
+pub const STREAM_HEADER: &str = "Forge-Stream";
+/// A reply header of a streamed reply: what the message is (an event type, `heartbeat`,
+/// `turn`, `run` or `error`).
+pub const EVENT_HEADER: &str = "Forge-Event";
 pub const ERROR_HEADER: &str = "Nats-Service-Error";
 pub const ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
@@ -135,6 +139,40 @@ pub struct Turn {
     pub output: String,
     pub stop_reason: String,
     pub duration_ms: u64,
+}
+
+/// One event of a live turn (contract v2): where it belongs, its number, when, and what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u64>,
+    /// A run's events carry its id instead of a session and turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// From 1 within the turn, with no gaps; the same when the event is replayed.
+    pub seq: u64,
+    pub at: String,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+impl EventBody {
+    /// The event's `type`, as the `Forge-Event` header and SSE's `event:` name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::Message { .. } => "message",
+            EventBody::Thought { .. } => "thought",
+            EventBody::ToolCall { .. } => "tool_call",
+            EventBody::ToolCallUpdate { .. } => "tool_call_update",
+            EventBody::Plan { .. } => "plan",
+            EventBody::Usage { .. } => "usage",
+            EventBody::Permission { .. } => "permission",
+            EventBody::Notice { .. } => "notice",
+            EventBody::Unknown => "unknown",
+        }
+    }
 }
 
 /// What an event of a live turn says (contract v2), tagged by `type`. Clients ignore types

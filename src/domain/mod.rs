@@ -26,6 +26,7 @@ use crate::ledger::Ledger;
 use crate::wire;
 
 pub use tokens::Caller;
+pub use turns::EventStream;
 
 /// The crate version, reported by health and the NATS service.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedMutexGuard, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -127,8 +127,22 @@ struct Driven {
     interrupted: bool,
 }
 
+/// Where a live turn's events go as they happen (the transport's stream), numbered and dated.
+pub type EventStream = mpsc::Sender<wire::Event>;
+
 impl Forge {
     pub async fn turn(&self, caller: &Caller, req: wire::TurnRequest) -> Result<wire::Turn> {
+        self.live_turn(caller, req, None).await
+    }
+
+    /// A turn whose events also go to `events` as they happen, before its reply. A stream
+    /// nobody reads any more does not stop the turn.
+    pub async fn live_turn(
+        &self,
+        caller: &Caller,
+        req: wire::TurnRequest,
+        events: Option<EventStream>,
+    ) -> Result<wire::Turn> {
         let mut accepted = self.accept(caller, req).await?;
         let attachments = std::mem::take(&mut accepted.attachments);
         let span =
@@ -136,7 +150,7 @@ impl Forge {
         async {
             let _admission = self.admit_turn(&accepted).await?;
             let begun = self.begin(caller, &accepted, attachments).await?;
-            let driven = self.drive(&accepted, &begun).await;
+            let driven = self.drive(&accepted, &begun, events).await;
             self.finish(&accepted, &begun, driven).await
         }
         .instrument(span)
@@ -247,7 +261,7 @@ impl Forge {
     /// Runs the turn on the agent backend, cancellable through the registry of running turns,
     /// and takes its events as they come.
     #[tracing::instrument(name = "drive", skip_all, fields(turn = b.turn))]
-    async fn drive(&self, t: &Accepted, b: &Begun) -> Driven {
+    async fn drive(&self, t: &Accepted, b: &Begun, out: Option<EventStream>) -> Driven {
         let session = self.agent_session(&t.row);
         let registered = Registered::new(&self.running_turns, &t.row.session_id);
         let (sink, mut events) = EventSink::channel(EVENT_BUFFER);
@@ -261,11 +275,24 @@ impl Forge {
         let run = self.agent.prompt(&session, prompt);
         let take = async {
             let mut said = String::new();
-            while let Some(event) = events.recv().await {
-                if let wire::EventBody::Message { text } = &event {
+            let mut seq = 0;
+            while let Some(body) = events.recv().await {
+                if let wire::EventBody::Message { text } = &body {
                     if said.len() + text.len() <= MAX_SAID {
                         said.push_str(text);
                     }
+                }
+                seq += 1;
+                if let Some(out) = &out {
+                    let event = wire::Event {
+                        session_id: Some(t.row.session_id.clone()),
+                        turn: Some(b.turn),
+                        run_id: None,
+                        seq,
+                        at: now(),
+                        body,
+                    };
+                    let _ = out.send(event).await;
                 }
             }
             said

@@ -10,10 +10,15 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::domain::{Forge, VERSION};
+mod stream;
+
+use std::time::Duration;
+
+use crate::domain::{Caller, Forge, VERSION};
 use crate::error::{Error, Result};
 use crate::wire::{self, decode, subject};
 
@@ -43,6 +48,7 @@ pub async fn start(
     client: async_nats::Client,
     forge: Arc<Forge>,
     subjects: &[&str],
+    stream_heartbeat: Duration,
 ) -> std::result::Result<Worker, async_nats::Error> {
     let metadata = HashMap::from([("worker_id".to_string(), forge.worker_id().to_string())]);
     let service = client
@@ -61,9 +67,12 @@ pub async fn start(
         let client = client.clone();
         loops.push(tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
-                let forge = forge.clone();
-                let max_payload = client.server_info().max_payload;
-                tracker.spawn(handle(forge, request, max_payload));
+                let way_back = WayBack {
+                    client: client.clone(),
+                    max_payload: client.server_info().max_payload,
+                    stream_heartbeat,
+                };
+                tracker.spawn(handle(forge.clone(), request, way_back));
             }
         }));
     }
@@ -91,11 +100,37 @@ impl Worker {
 /// Room left in a message for the reply's headers.
 const HEADER_ROOM: usize = 4096;
 
-async fn handle(forge: Arc<Forge>, request: Request, max_payload: usize) {
-    if request.message.reply.is_none() {
+/// What a request's handler needs to answer it, one message or a stream.
+struct WayBack {
+    client: async_nats::Client,
+    max_payload: usize,
+    stream_heartbeat: Duration,
+}
+
+/// A reply the server would refuse must not vanish: the caller hears why instead.
+fn fit(reply: Bytes, max_payload: usize) -> Result<Bytes> {
+    if max_payload > 0 && reply.len() + HEADER_ROOM > max_payload {
+        return Err(Error::payload_too_large(format!(
+            "the reply is {} bytes, more than the NATS server's max_payload of {max_payload}",
+            reply.len()
+        )));
+    }
+    Ok(reply)
+}
+
+/// Whether the request asks for a streamed reply, on a subject that streams.
+fn wants_stream(subject: &str, headers: Option<&HeaderMap>) -> bool {
+    let asked = headers
+        .and_then(|h| h.get(wire::STREAM_HEADER))
+        .is_some_and(|v| v.as_str().trim() == "1");
+    asked && subject == subject::SESSION_TURN
+}
+
+async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
+    let Some(reply) = request.message.reply.clone() else {
         tracing::debug!(subject = %request.message.subject, "message without a reply subject ignored");
         return;
-    }
+    };
     let subject = request.message.subject.to_string();
     let headers = request.message.headers.as_ref();
     let auth = headers
@@ -108,24 +143,31 @@ async fn handle(forge: Arc<Forge>, request: Request, max_payload: usize) {
     let body = &request.message.payload;
     // Every log line of the request carries its subject, and its app once authenticated.
     let span = tracing::info_span!("request", subject, app = tracing::field::Empty);
+    if wants_stream(&subject, headers) {
+        let streamer = stream::Streamer {
+            client: way_back.client,
+            reply,
+            heartbeat: way_back.stream_heartbeat,
+            max_payload: way_back.max_payload,
+        };
+        let work = |events| live_turn(&forge, token, body, events);
+        let served = AssertUnwindSafe(streamer.serve("turn", work)).catch_unwind();
+        if served.instrument(span).await.is_err() {
+            tracing::error!(subject, "the handler panicked");
+        }
+        return;
+    }
     let result = AssertUnwindSafe(dispatch(&forge, &subject, token, body))
         .catch_unwind()
         .instrument(span)
         .await
         .unwrap_or_else(|_| Err(Error::internal(format!("handler for {subject} panicked"))));
-    let sent = match result {
-        // A reply the server would refuse must not vanish: the caller hears why instead.
-        Ok(reply) if max_payload > 0 && reply.len() + HEADER_ROOM > max_payload => {
-            let err = Error::payload_too_large(format!(
-                "the reply is {} bytes, more than the NATS server's max_payload of {max_payload}",
-                reply.len()
-            ));
-            tracing::warn!(subject, error = %err, "reply too large");
-            let (headers, body) = error_reply(&err);
-            request.respond_with_headers(Ok(body), headers).await
-        }
+    let sent = match result.and_then(|reply| fit(reply, way_back.max_payload)) {
         Ok(reply) => request.respond(Ok(reply)).await,
         Err(err) => {
+            if err.kind == crate::error::ErrorKind::PayloadTooLarge {
+                tracing::warn!(subject, error = %err, "reply too large");
+            }
             let (headers, body) = error_reply(&err);
             request.respond_with_headers(Ok(body), headers).await
         }
@@ -133,6 +175,24 @@ async fn handle(forge: Arc<Forge>, request: Request, max_payload: usize) {
     if let Err(e) = sent {
         tracing::warn!(subject, error = %e, "could not send the reply");
     }
+}
+
+/// A streamed `forge.session.turn`: authenticated and decoded like any request, its events
+/// into `events` as they happen.
+async fn live_turn(
+    forge: &Forge,
+    token: Option<&str>,
+    body: &[u8],
+    events: mpsc::Sender<wire::Event>,
+) -> Result<Bytes> {
+    let caller = authenticate(forge, token).await?;
+    encode(forge.live_turn(&caller, decode(body)?, Some(events)).await)
+}
+
+async fn authenticate(forge: &Forge, token: Option<&str>) -> Result<Caller> {
+    let caller = forge.authenticate(token).await?;
+    tracing::Span::current().record("app", caller.app.as_str());
+    Ok(caller)
 }
 
 /// The headers and JSON body of an error reply.
@@ -164,8 +224,7 @@ async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]
         let wire::Empty {} = decode(body)?;
         return encode(Ok(forge.health().await));
     }
-    let caller = &forge.authenticate(token).await?;
-    tracing::Span::current().record("app", caller.app.as_str());
+    let caller = &authenticate(forge, token).await?;
     if subject.starts_with("forge.admin.") && !caller.admin {
         return Err(Error::forbidden("this needs an admin token"));
     }

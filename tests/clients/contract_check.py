@@ -3,8 +3,9 @@
 
 Usage: contract_check.py NATS_URL ADMIN_TOKEN
 
-Mints an app token, creates a session, runs two turns, checks their outputs, closes the
-session, checks a couple of error replies, and finds the workers with $SRV.PING. Prints one
+Mints an app token, creates a session, runs two turns, checks their outputs, runs a streamed
+turn (Forge-Stream: 1) and checks its events, closes the session, checks a couple of error
+replies, and finds the workers with $SRV.PING. Prints one
 line per step and exits non-zero on the first surprise.
 """
 import asyncio
@@ -30,6 +31,24 @@ async def request(nc, subject, body, token=None, timeout=60):
     if status:
         raise ForgeError(int(status), reply)
     return reply
+
+
+async def stream(nc, subject, body, token, stall=30):
+    """A streamed request: the (Forge-Event, body) pairs up to the empty message that ends it."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    headers = {"Authorization": f"Bearer {token}", "Forge-Stream": "1"}
+    await nc.publish(subject, json.dumps(body).encode(), reply=inbox, headers=headers)
+    frames = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=stall)
+            if not msg.data and not msg.headers:
+                return frames
+            kind = (msg.headers or {}).get("Forge-Event")
+            frames.append((kind, json.loads(msg.data)))
+    finally:
+        await sub.unsubscribe()
 
 
 def check(cond, what):
@@ -61,8 +80,16 @@ async def main(url, admin_token):
             check(turn["turn"] == i and prompt in turn["output"], f"turn {i}: {turn['output']!r}")
             outputs.append(turn["output"])
 
+        frames = await stream(nc, "forge.session.turn", {"session_id": sid, "prompt": "live"}, token)
+        kinds = [k for k, _ in frames if k != "heartbeat"]
+        check(kinds[-1] == "turn" and kinds.count("turn") == 1, f"streamed turn: {kinds}")
+        events = [b for k, b in frames if k not in ("turn", "heartbeat")]
+        check([e["seq"] for e in events] == list(range(1, len(events) + 1)), "events numbered from 1")
+        said = "".join(e["text"] for e in events if e["type"] == "message")
+        check(said == frames[-1][1]["output"] == "echo: live", "the output is the message events")
+
         got = await request(nc, "forge.session.get", {"session_id": sid}, token)
-        check(got["turns"] == 2, "get shows two turns")
+        check(got["turns"] == 3, "get shows three turns")
 
         closed = await request(nc, "forge.session.close", {"session_id": sid}, token)
         check(closed == {"session_id": sid, "closed": True, "already_closed": False}, "closed")

@@ -222,6 +222,27 @@ async fn session_round_trip(app: &ForgeClient) {
     app.close_session(&session.session_id).await.unwrap();
 }
 
+/// A streamed turn (`Forge-Stream: 1`): its events and its final message reach the caller,
+/// which takes the export's `response_type: stream` when the caller is in another account.
+async fn streamed_round_trip(app: &ForgeClient) {
+    let session = app.create_session(&CreateSession::default()).await.unwrap();
+    let mut events = Vec::new();
+    let done = app
+        .turn_streaming(
+            &turn(&session.session_id, "live"),
+            Duration::from_secs(60),
+            |e| events.push(e.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.output, "echo: live");
+    assert!(
+        events.len() >= 4,
+        "thought, tool call and two chunks: {events:?}"
+    );
+    app.close_session(&session.session_id).await.unwrap();
+}
+
 /// Waits (a little) for the server to report to this client a permissions violation for
 /// `what` (`Publish to "subject"`, `Subscription to "subject"`).
 async fn violation(errors: &Arc<Mutex<Vec<String>>>, what: &str) {
@@ -280,6 +301,7 @@ async fn the_secured_bus_gives_each_part_what_it_needs() {
     let notes = ForgeClient::new(notes_nats.clone(), Some(token));
     assert!(notes.health().await.unwrap().ok);
     session_round_trip(&notes).await;
+    streamed_round_trip(&notes).await;
     // Admin subjects are closed to it on the bus itself, whatever its token.
     let _ = tokio::time::timeout(Duration::from_secs(2), notes.list_tokens()).await;
     violation(&notes_errors, "Publish to \"forge.admin.token.list\"").await;
@@ -356,6 +378,7 @@ async fn an_app_account_reaches_the_workers_through_the_forge_export() {
     let health = notes.health().await.unwrap();
     assert!(health.ok, "{health:?}");
     session_round_trip(&notes).await;
+    streamed_round_trip(&notes).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), notes.list_tokens()).await;
     violation(&notes_errors, "Publish to \"forge.admin.token.list\"").await;
 

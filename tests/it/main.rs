@@ -10,5 +10,6 @@ mod lifecycle;
 mod operator;
 mod runs;
 mod sessions;
+mod streaming;
 mod tokens;
 mod workers;

@@ -1,0 +1,188 @@
+//! Live turns over NATS (contract v2): `Forge-Stream: 1` on `forge.session.turn` gets the
+//! turn's events as they happen, heartbeats while nothing else goes out, then the Turn and the
+//! empty sentinel.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clawdforge::client::{ClientError, Frame, ReplyStream};
+use clawdforge::error::ErrorKind;
+use clawdforge::wire::{self, CreateSession, EventBody};
+
+use crate::harness::{Forge, Options};
+use crate::sessions::turn;
+
+/// Silence longer than this fails a test's stream (it is three heartbeats by default).
+const STALL: Duration = Duration::from_secs(60);
+
+async fn stream_turn(
+    app: &clawdforge::client::ForgeClient,
+    req: &wire::TurnRequest,
+) -> ReplyStream {
+    let body = Bytes::from(serde_json::to_vec(req).unwrap());
+    let token = format!("Bearer {}", app.token().unwrap());
+    app.stream(wire::subject::SESSION_TURN, Some(&token), body, STALL)
+        .await
+        .unwrap()
+}
+
+async fn next_event(stream: &mut ReplyStream) -> wire::Event {
+    loop {
+        match stream.next().await {
+            Some(Ok(Frame::Event(e))) => return e,
+            Some(Ok(Frame::Heartbeat)) => continue,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_turn_sends_its_events_while_it_runs_then_the_turn_then_the_end() {
+    let forge = Forge::start_with(Options {
+        env: vec![("CLAWDFORGE_STREAM_HEARTBEAT_SECS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("live").await;
+    let session = app.create_session(&CreateSession::default()).await.unwrap();
+    let release = forge.dir.path().join("release");
+    let prompt = format!("look #wait-file={}", release.display());
+    let mut stream = stream_turn(&app, &turn(&session.session_id, &prompt)).await;
+
+    // The agent is waiting for the file, so these came while the turn ran.
+    let first = next_event(&mut stream).await;
+    assert_eq!(first.seq, 1);
+    assert_eq!(
+        first.session_id.as_deref(),
+        Some(session.session_id.as_str())
+    );
+    assert_eq!(first.turn, Some(1));
+    assert!(
+        matches!(&first.body, EventBody::Thought { text } if text.starts_with("waiting for")),
+        "{first:?}"
+    );
+    let plan = next_event(&mut stream).await;
+    assert!(
+        matches!(&plan.body, EventBody::Plan { entries } if entries.len() == 1),
+        "{plan:?}"
+    );
+    // Nothing else happens until the file exists: a heartbeat comes meanwhile.
+    match stream.next().await {
+        Some(Ok(Frame::Heartbeat)) => {}
+        other => panic!("expected a heartbeat while the agent waits, got {other:?}"),
+    }
+    assert!(!release.exists());
+    std::fs::write(&release, "").unwrap();
+
+    let mut events = vec![first, plan];
+    let mut reply = None;
+    while let Some(frame) = stream.next().await {
+        match frame.unwrap() {
+            Frame::Event(e) => {
+                assert!(reply.is_none(), "an event after the final message: {e:?}");
+                events.push(e);
+            }
+            Frame::Heartbeat => {}
+            Frame::Reply(r) => {
+                assert!(reply.is_none(), "two final messages");
+                reply = Some(r);
+            }
+        }
+    }
+    let done: wire::Turn = reply
+        .expect("a final message before the end")
+        .parse()
+        .unwrap();
+    assert_eq!(done.stop_reason, "end_turn");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "no gaps"
+    );
+    let said: String = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Message { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, done.output, "the output is the message events joined");
+    assert!(said.starts_with("echo: look"), "{said}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.body, EventBody::ToolCall { title, .. } if title == "Echo tool")),
+        "{events:?}"
+    );
+
+    // The same turn asked without the header is the v1 reply: one message, no event header.
+    let v1 = app.turn(&turn(&session.session_id, "again")).await.unwrap();
+    assert_eq!(v1.turn, 2);
+}
+
+#[tokio::test]
+async fn a_refused_streamed_turn_is_its_error_and_the_end() {
+    let forge = Forge::start().await;
+    let app = forge.app("refused").await;
+    let unknown = turn("123e4567-e89b-42d3-a456-426614174000", "hi");
+    let mut stream = stream_turn(&app, &unknown).await;
+    match stream.next().await {
+        Some(Ok(Frame::Reply(r))) => {
+            assert_eq!(r.status, Some(404));
+            match r.parse::<wire::Turn>() {
+                Err(ClientError::Api(e)) => assert_eq!(e.kind, ErrorKind::NotFound),
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("expected the error, got {other:?}"),
+    }
+    assert!(stream.next().await.is_none(), "the sentinel ends it");
+
+    let stranger = app.with_token(Some("not-a-token".into()));
+    let body = Bytes::from(serde_json::to_vec(&unknown).unwrap());
+    let mut stream = stranger
+        .stream(
+            wire::subject::SESSION_TURN,
+            Some("Bearer nope"),
+            body,
+            STALL,
+        )
+        .await
+        .unwrap();
+    match stream.next().await {
+        Some(Ok(Frame::Reply(r))) => assert_eq!(r.status, Some(401)),
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+    assert!(stream.next().await.is_none());
+}
+
+#[tokio::test]
+async fn a_v1_turn_reply_carries_no_stream_headers() {
+    let forge = Forge::start().await;
+    let app = forge.app("plain").await;
+    let session = app.create_session(&CreateSession::default()).await.unwrap();
+    let body = serde_json::to_vec(&turn(&session.session_id, "hi")).unwrap();
+    let token = format!("Bearer {}", app.token().unwrap());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(wire::AUTHORIZATION, token.as_str());
+    let reply = app
+        .nats()
+        .request_with_headers(wire::subject::SESSION_TURN, headers, body.into())
+        .await
+        .unwrap();
+    assert!(
+        reply
+            .headers
+            .as_ref()
+            .is_none_or(|h| h.get(wire::EVENT_HEADER).is_none()),
+        "{:?}",
+        reply.headers
+    );
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["duration_ms", "output", "session_id", "stop_reason", "turn"]
+    );
+}
