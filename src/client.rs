@@ -363,6 +363,15 @@ impl ForgeClient {
         })
     }
 
+    /// Stops the session's running turn, wherever it runs (`forge.session.cancel`).
+    pub async fn cancel_turn(&self, session_id: &str) -> Result<wire::Cancelled, ClientError> {
+        let req = wire::SessionRef {
+            session_id: session_id.into(),
+        };
+        self.call(subject::SESSION_CANCEL, &req, CONTROL_TIMEOUT)
+            .await
+    }
+
     pub async fn close_session(
         &self,
         session_id: &str,

@@ -11,6 +11,7 @@ pub mod subject {
     pub const SESSION_CREATE: &str = "forge.session.create";
     pub const SESSION_TURN: &str = "forge.session.turn";
     pub const SESSION_CLOSE: &str = "forge.session.close";
+    pub const SESSION_CANCEL: &str = "forge.session.cancel";
     pub const SESSION_GET: &str = "forge.session.get";
     pub const SESSION_LIST: &str = "forge.session.list";
     pub const RUN: &str = "forge.run";
@@ -18,6 +19,22 @@ pub mod subject {
     pub const TOKEN_LIST: &str = "forge.admin.token.list";
     pub const TOKEN_REVOKE: &str = "forge.admin.token.revoke";
     pub const HEALTH: &str = "forge.health";
+}
+
+/// A worker's own subject for the cancels other workers pass on to it: `forge.worker.<id>.cancel`,
+/// the id's characters that a subject token cannot hold written as `_`.
+pub fn worker_cancel_subject(worker_id: &str) -> String {
+    let token: String = worker_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("forge.worker.{token}.cancel")
 }
 
 /// The NATS micro service name and queue group.
@@ -244,6 +261,14 @@ pub enum DecidedBy {
     Policy,
     Caller,
     Timeout,
+}
+
+/// The reply of `forge.session.cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cancelled {
+    pub session_id: String,
+    /// A turn of the session was running or about to start, and has been told to stop.
+    pub cancelled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

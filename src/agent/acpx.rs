@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::process::{exit_text, last_line, Ended, Spawned, Spec};
 use super::{AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd, CANCEL_GRACE};
@@ -29,6 +30,8 @@ const MAX_CONTROL_OUTPUT: usize = 1024 * 1024;
 const STDERR_TAIL: usize = 4096;
 /// Time allowed for the quick acpx commands (new, close, cancel, version).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How soon a cancel that found no turn to stop is sent again.
+const CANCEL_RETRY: Duration = Duration::from_millis(250);
 /// Slack on top of a turn's timeout before we stop waiting for acpx to report it.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(15);
 
@@ -323,7 +326,8 @@ impl Acpx {
         limit: Duration,
     ) -> Read {
         let mut hard_stop = Box::pin(tokio::time::sleep(limit));
-        let mut cancelled = false;
+        // Telling acpx to cancel, for as long as the turn goes on; stopped when it is over.
+        let mut canceller: Option<AbortOnDropHandle<()>> = None;
         // A line read in part when another branch wins stays in `line`; the next read goes on.
         let mut line = Vec::new();
         loop {
@@ -343,24 +347,37 @@ impl Acpx {
                         }
                     }
                 },
-                _ = p.cancel.cancelled(), if !cancelled => {
-                    cancelled = true;
+                _ = p.cancel.cancelled(), if canceller.is_none() => {
                     hard_stop = Box::pin(tokio::time::sleep(CANCEL_GRACE));
                     let (acpx, session) = (self.clone(), s.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = acpx.cancel(&session).await {
-                            tracing::warn!(error = %e, "acpx cancel failed");
-                        }
-                    });
+                    canceller = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                        acpx.cancel_until_heard(&session).await
+                    })));
                 }
                 _ = &mut hard_stop => {
-                    return Read::CutShort(if cancelled {
+                    return Read::CutShort(if canceller.is_some() {
                         Ok(stream.cut_short())
                     } else {
                         Err(Failure::Timeout)
                     });
                 }
             }
+        }
+    }
+}
+
+impl Acpx {
+    /// `acpx cancel` until acpx says it cancelled a turn of the session: a prompt acpx has
+    /// not handed to the session's queue owner yet is not there to cancel, so the first cancel
+    /// can miss it.
+    async fn cancel_until_heard(&self, s: &AgentSession) {
+        loop {
+            match self.cancel(s).await {
+                Ok(true) => return,
+                Ok(false) => tracing::debug!("acpx had no turn to cancel yet; trying again"),
+                Err(e) => tracing::warn!(error = %e, "acpx cancel failed; trying again"),
+            }
+            tokio::time::sleep(CANCEL_RETRY).await;
         }
     }
 }

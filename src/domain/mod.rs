@@ -5,6 +5,7 @@ pub mod files;
 pub mod limits;
 pub mod types;
 
+mod cancel;
 mod runs;
 mod sessions;
 mod sweeper;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::wire;
 
+pub use cancel::Cancel;
 pub use tokens::Caller;
 pub use turns::EventStream;
 
@@ -123,7 +125,7 @@ pub struct Forge {
     runs: limits::Limiter,
     session_locks: limits::KeyedLocks,
     /// Turns this worker is running, to cancel them at close and at shutdown.
-    running_turns: turns::RunningTurns,
+    running_turns: cancel::RunningTurns,
     /// Cancelled when the shutdown grace is over: queued requests give up, runs are killed.
     stopping: CancellationToken,
     probe: Mutex<ToolProbe>,
@@ -256,15 +258,17 @@ impl Forge {
     /// answers `timeout` without having run; at shutdown, `at_capacity`.
     async fn admit<T>(
         &self,
+        received: Instant,
         budget: Duration,
         admission: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
+        let left = budget.saturating_sub(received.elapsed());
         // Biased: once the worker stops, a request that was still waiting does not start, even
         // if its slot came free at the same moment.
         tokio::select! {
             biased;
             _ = self.stopping.cancelled() => Err(Error::at_capacity(SHUT_DOWN_WAITING)),
-            admitted = tokio::time::timeout(budget, admission) => {
+            admitted = tokio::time::timeout(left, admission) => {
                 admitted.unwrap_or_else(|_| Err(did_not_start(budget)))
             }
         }

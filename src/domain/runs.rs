@@ -40,7 +40,7 @@ impl Forge {
         // Waiting for a slot is part of the timeout (see `admit`).
         let received = Instant::now();
         let budget = Duration::from_secs(timeout);
-        let _slot = self.admit(budget, self.runs.acquire()).await?;
+        let _slot = self.admit(received, budget, self.runs.acquire()).await?;
 
         let id = RunId::new().as_string();
         let dir = self.settings.runs_root.join(&id);

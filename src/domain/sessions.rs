@@ -35,12 +35,6 @@ fn session_reply(row: SessionRow) -> wire::Session {
 const CLOSE_WAITS_FOR_TURN: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Forge {
-    /// Tells every turn this worker is running to stop (at shutdown, once the grace period is
-    /// over); they answer `cancelled`. Returns how many there were.
-    pub(super) fn cancel_running_turns(&self) -> usize {
-        self.running_turns.cancel_all()
-    }
-
     /// The session `id` if it exists and belongs to `caller`; `not_found` otherwise.
     pub(super) async fn owned_session(
         &self,

@@ -89,7 +89,10 @@ impl Forge {
         let idle_before = seconds_from_now(-(self.settings.session_ttl_secs as i64));
         for row in self
             .ledger
-            .idle_sessions(idle_before.clone())
+            .idle_sessions(
+                idle_before.clone(),
+                seconds_from_now(-self.dead_after_secs()),
+            )
             .await
             .map_err(Error::internal)?
         {
@@ -100,6 +103,7 @@ impl Forge {
                     idle_before.clone(),
                     now(),
                     self.settings.worker_id.clone(),
+                    seconds_from_now(-self.dead_after_secs()),
                 )
                 .await
                 .map_err(Error::internal)?;

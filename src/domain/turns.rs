@@ -2,13 +2,13 @@
 //! begin (the files, the ledger's `running` row), drive (the agent backend, its events, the
 //! cancellation), finish (the ledger's outcome, the reply).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, OwnedMutexGuard, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::cancel::Registered;
 use super::files::{self, Attachment};
 use super::types::{Prompt, SessionId};
 use super::{now, seconds_from_now, Caller, Forge};
@@ -43,56 +43,36 @@ impl From<AgentError> for Error {
     }
 }
 
-/// The turns this worker is running: session id → the cancellation of its turn.
-#[derive(Default)]
-pub(super) struct RunningTurns(std::sync::Mutex<HashMap<String, CancellationToken>>);
-
-impl RunningTurns {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Tells the turn of `session_id`, if this worker runs one, to stop; `true` if it did.
-    pub(super) fn cancel(&self, session_id: &str) -> bool {
-        self.map().get(session_id).map(|t| t.cancel()).is_some()
-    }
-
-    /// Tells every running turn to stop; how many there were.
-    pub(super) fn cancel_all(&self) -> usize {
-        let map = self.map();
-        map.values().for_each(CancellationToken::cancel);
-        map.len()
-    }
+/// A turn taken and not yet begun, as the ledger knows it: its session is not idle, and a
+/// cancel finds this worker. Ended when the turn begins, or at once if it never does.
+struct Wait {
+    ledger: crate::ledger::Ledger,
+    wait_id: Option<String>,
 }
 
-/// A turn in the registry of running turns, for as long as it lives.
-struct Registered<'a> {
-    running: &'a RunningTurns,
-    session_id: String,
-    cancel: CancellationToken,
-}
-
-impl<'a> Registered<'a> {
-    fn new(running: &'a RunningTurns, session_id: &str) -> Self {
-        let cancel = CancellationToken::new();
-        running.map().insert(session_id.to_string(), cancel.clone());
-        Registered {
-            running,
-            session_id: session_id.to_string(),
-            cancel,
+impl Wait {
+    async fn end(&mut self) {
+        if let Some(id) = self.wait_id.take() {
+            if let Err(e) = self.ledger.end_wait(id).await {
+                tracing::warn!(error = %e, "could not record that a turn began");
+            }
         }
     }
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Wait {
     fn drop(&mut self) {
-        self.running.map().remove(&self.session_id);
+        if let Some(id) = self.wait_id.take() {
+            let ledger = self.ledger.clone();
+            tokio::spawn(async move { ledger.end_wait(id).await });
+        }
     }
 }
 
 /// A turn this worker took: checked, its session open, its budget counting from `received`.
 struct Accepted {
     row: SessionRow,
+    wait: Wait,
     prompt: Prompt,
     attachments: Vec<Attachment>,
     received: Instant,
@@ -105,10 +85,11 @@ impl Accepted {
     }
 }
 
-/// What lets an admitted turn run: its session's lock in this worker and a slot.
-struct Admission {
+/// A turn that holds its session in this worker: the session's lock, and its place in the
+/// registry, which makes it the session's current turn for a cancel.
+struct Admission<'a> {
     _session: OwnedMutexGuard<()>,
-    _slot: OwnedSemaphorePermit,
+    registered: Registered<'a>,
 }
 
 /// A turn the ledger records as running.
@@ -117,6 +98,8 @@ struct Begun {
     event_id: i64,
     /// The prompt as the agent gets it, with the attached files listed ahead.
     text: String,
+    /// `None` for a turn cancelled before it got one: it does not run.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// How the agent's part of a turn went.
@@ -148,9 +131,12 @@ impl Forge {
         let span =
             tracing::info_span!("turn", session = %accepted.row.session_id, app = %caller.app);
         async {
-            let _admission = self.admit_turn(&accepted).await?;
-            let begun = self.begin(caller, &accepted, attachments).await?;
-            let driven = self.drive(&accepted, &begun, events).await;
+            let admission = self.admit_turn(&accepted).await?;
+            let cancel = &admission.registered.cancel;
+            let begun = self
+                .begin(caller, &mut accepted, cancel, attachments)
+                .await?;
+            let driven = self.drive(&accepted, &begun, cancel, events).await;
             self.finish(&accepted, &begun, driven).await
         }
         .instrument(span)
@@ -167,7 +153,21 @@ impl Forge {
         if !row.open {
             return Err(Error::conflict("the session is closed"));
         }
+        let wait_id = uuid::Uuid::new_v4().to_string();
+        self.ledger
+            .begin_wait(
+                wait_id.clone(),
+                row.session_id.clone(),
+                self.settings.worker_id.clone(),
+                now(),
+            )
+            .await
+            .map_err(Error::internal)?;
         Ok(Accepted {
+            wait: Wait {
+                ledger: self.ledger.clone(),
+                wait_id: Some(wait_id),
+            },
             row,
             prompt,
             attachments,
@@ -176,36 +176,55 @@ impl Forge {
         })
     }
 
-    /// Waits for the session's earlier turns in this worker and for a slot, within the turn's
-    /// budget. Waiting for the session holds a place in the queue too.
+    /// Waits for the session's earlier turns in this worker, within the turn's budget, holding
+    /// a place in the queue meanwhile; then the turn is the session's current one.
     #[tracing::instrument(name = "admit", skip_all)]
-    async fn admit_turn(&self, t: &Accepted) -> Result<Admission> {
+    async fn admit_turn(&self, t: &Accepted) -> Result<Admission<'_>> {
         let session_id = &t.row.session_id;
-        self.admit(t.budget, async {
-            let session = match self.session_locks.try_lock(session_id) {
-                Some(session) => session,
-                None => {
-                    let _place = self.turns.queue_place()?;
-                    tracing::debug!("turn waiting for the session's earlier turn");
-                    self.session_locks.lock(session_id).await
+        let session = self
+            .admit(t.received, t.budget, async {
+                match self.session_locks.try_lock(session_id) {
+                    Some(session) => Ok(session),
+                    None => {
+                        let _place = self.turns.queue_place()?;
+                        tracing::debug!("turn waiting for the session's earlier turn");
+                        Ok(self.session_locks.lock(session_id).await)
+                    }
                 }
-            };
-            Ok(Admission {
-                _session: session,
-                _slot: self.turns.acquire().await?,
             })
+            .await?;
+        Ok(Admission {
+            _session: session,
+            registered: Registered::new(&self.running_turns, session_id),
+        })
+    }
+
+    /// A slot to run in, within the turn's budget; `None` once the turn is cancelled.
+    async fn slot(
+        &self,
+        t: &Accepted,
+        cancel: &CancellationToken,
+    ) -> Result<Option<OwnedSemaphorePermit>> {
+        self.admit(t.received, t.budget, async {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Ok(None),
+                slot = self.turns.acquire() => slot.map(Some),
+            }
         })
         .await
     }
 
-    /// Writes the attached files and has the ledger start the turn, unless another worker is
-    /// running one of this session: then this one waits for it, within its budget. (A ledger
-    /// call is never abandoned half-way: it could record a turn that nothing then runs.)
+    /// Writes the attached files, takes a slot and has the ledger start the turn, unless
+    /// another worker is running one of this session: then this one waits for it, within its
+    /// budget, without holding a slot. (A ledger call is never abandoned half-way: it could
+    /// record a turn that nothing then runs.)
     #[tracing::instrument(name = "begin", skip_all)]
     async fn begin(
         &self,
         caller: &Caller,
-        t: &Accepted,
+        t: &mut Accepted,
+        cancel: &CancellationToken,
         attachments: Vec<Attachment>,
     ) -> Result<Begun> {
         let cwd = std::path::Path::new(&t.row.cwd);
@@ -214,7 +233,8 @@ impl Forge {
             .map_err(Error::internal)?;
         let recorded = Recorded::of(t.prompt.as_str(), self.settings.ledger_keep_text);
         let mut logged = false;
-        let (turn, event_id, mut listed) = loop {
+        let (turn, event_id, mut listed, slot) = loop {
+            let slot = self.slot(t, cancel).await?;
             let begun = self
                 .ledger
                 .begin_turn(
@@ -232,10 +252,11 @@ impl Forge {
                     turn,
                     event_id,
                     pending_files,
-                } => break (turn, event_id, pending_files),
+                } => break (turn, event_id, pending_files, slot),
                 BeginTurn::NotFound => return Err(Error::not_found("no such session")),
                 BeginTurn::Closed => return Err(Error::conflict("the session is closed")),
                 BeginTurn::Busy => {
+                    drop(slot);
                     if !std::mem::replace(&mut logged, true) {
                         tracing::debug!("turn waiting for another worker's turn of the session");
                     }
@@ -250,26 +271,44 @@ impl Forge {
                 listed.push(p);
             }
         }
+        t.wait.end().await;
         let text = files::with_header(&listed, t.prompt.as_str());
         Ok(Begun {
             turn,
             event_id,
             text,
+            _slot: slot,
         })
     }
 
     /// Runs the turn on the agent backend, cancellable through the registry of running turns,
     /// and takes its events as they come.
     #[tracing::instrument(name = "drive", skip_all, fields(turn = b.turn))]
-    async fn drive(&self, t: &Accepted, b: &Begun, out: Option<EventStream>) -> Driven {
-        let session = self.agent_session(&t.row);
-        let registered = Registered::new(&self.running_turns, &t.row.session_id);
-        let (sink, mut events) = EventSink::channel(EVENT_BUFFER);
+    async fn drive(
+        &self,
+        t: &Accepted,
+        b: &Begun,
+        cancel: &CancellationToken,
+        out: Option<EventStream>,
+    ) -> Driven {
         let started = Instant::now();
+        if cancel.is_cancelled() {
+            // Cancelled before it started: the agent never hears of it.
+            return Driven {
+                result: Ok(TurnEnd {
+                    output: String::new(),
+                    stop_reason: StopReason::Cancelled,
+                }),
+                duration_ms: 0,
+                interrupted: self.stopping.is_cancelled(),
+            };
+        }
+        let session = self.agent_session(&t.row);
+        let (sink, mut events) = EventSink::channel(EVENT_BUFFER);
         let prompt = agent::Prompt {
             text: &b.text,
             sink,
-            cancel: &registered.cancel,
+            cancel,
             deadline: t.deadline(),
         };
         let run = self.agent.prompt(&session, prompt);
@@ -298,7 +337,7 @@ impl Forge {
             said
         };
         let (result, said) = tokio::join!(run, take);
-        let cancelled = registered.cancel.is_cancelled();
+        let cancelled = cancel.is_cancelled();
         Driven {
             interrupted: cancelled && self.stopping.is_cancelled(),
             result: match result {
@@ -362,7 +401,12 @@ impl Forge {
         };
         match result {
             Ok(end) => EventDetail {
-                outcome: if interrupted { "interrupted" } else { "ok" }.into(),
+                outcome: match (interrupted, &end.stop_reason) {
+                    (true, _) => "interrupted",
+                    (false, StopReason::Cancelled) => "cancelled",
+                    (false, _) => "ok",
+                }
+                .into(),
                 stop_reason: Some(end.stop_reason.as_str().to_string()),
                 output: Some(Recorded::of(&end.output, keep)),
                 error: interrupted.then(|| SHUT_DOWN_RUNNING.to_string()),
@@ -378,16 +422,6 @@ impl Forge {
                 ..base
             },
         }
-    }
-
-    /// Cancels the turn of `session_id` this worker runs, if it runs one: it answers
-    /// `cancelled`. `why` says what asked for it, in the log.
-    pub(super) fn cancel_running_turn(&self, session_id: &str, why: &str) -> bool {
-        let cancelled = self.running_turns.cancel(session_id);
-        if cancelled {
-            tracing::info!(session = %session_id, why, "turn cancelled");
-        }
-        cancelled
     }
 }
 
@@ -411,17 +445,5 @@ mod tests {
             (ErrorKind::AgentError, "boom")
         );
         assert_eq!(StopReason::parse("cancelled"), StopReason::Cancelled);
-    }
-
-    #[test]
-    fn the_registry_cancels_only_what_it_holds() {
-        let running = RunningTurns::default();
-        let r = Registered::new(&running, "a");
-        assert!(!running.cancel("b"));
-        assert!(running.cancel("a"));
-        assert!(r.cancel.is_cancelled());
-        assert_eq!(running.cancel_all(), 1);
-        drop(r);
-        assert_eq!(running.cancel_all(), 0);
     }
 }

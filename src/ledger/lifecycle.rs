@@ -3,6 +3,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::live::has_waiting_turn;
 use super::{
     insert_event, session_row, EventDetail, Ledger, LedgerResult, SessionEvent, SessionRow,
     SESSION_SELECT,
@@ -80,6 +81,11 @@ impl Ledger {
                 &at,
                 "the worker running it stopped",
             )?;
+            tx.execute(
+                "DELETE FROM turn_waits WHERE worker_id NOT IN
+                   (SELECT worker_id FROM workers WHERE stopped_at IS NULL AND heartbeat_at >= ?1)",
+                [&stale_before],
+            )?;
             tx.commit()?;
             Ok(done)
         })
@@ -97,6 +103,7 @@ impl Ledger {
         self.call(move |c| {
             let tx = c.transaction()?;
             let done = mark_interrupted(&tx, "worker_id = ?1", &worker_id, &at, &why)?;
+            tx.execute("DELETE FROM turn_waits WHERE worker_id = ?1", [&worker_id])?;
             tx.commit()?;
             Ok(done)
         })
@@ -105,16 +112,22 @@ impl Ledger {
 
     /// Open sessions idle since before `idle_before` (last turn, or creation) with no turn
     /// running.
-    pub async fn idle_sessions(&self, idle_before: String) -> LedgerResult<Vec<SessionRow>> {
+    pub async fn idle_sessions(
+        &self,
+        idle_before: String,
+        alive_since: String,
+    ) -> LedgerResult<Vec<SessionRow>> {
         self.call(move |c| {
             let mut stmt = c.prepare(&format!(
                 "{SESSION_SELECT} WHERE status = 'open'
                    AND COALESCE(last_turn_at, created_at) < ?1
                    AND NOT EXISTS (SELECT 1 FROM session_events e
                                    WHERE e.session_id = sessions.session_id
-                                     AND e.outcome = 'running')"
+                                     AND e.outcome = 'running')
+                   AND NOT {}",
+                has_waiting_turn("?2")
             ))?;
-            let rows = stmt.query_map([idle_before], session_row)?;
+            let rows = stmt.query_map([idle_before, alive_since], session_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -129,16 +142,21 @@ impl Ledger {
         idle_before: String,
         at: String,
         worker_id: String,
+        alive_since: String,
     ) -> LedgerResult<bool> {
         self.call(move |c| {
             let tx = c.transaction()?;
             let app: Option<String> = tx
                 .query_row(
-                    "SELECT app FROM sessions WHERE session_id = ?1 AND status = 'open'
-                       AND COALESCE(last_turn_at, created_at) < ?2
-                       AND NOT EXISTS (SELECT 1 FROM session_events e
-                                       WHERE e.session_id = ?1 AND e.outcome = 'running')",
-                    params![session_id, idle_before],
+                    &format!(
+                        "SELECT app FROM sessions WHERE session_id = ?1 AND status = 'open'
+                           AND COALESCE(last_turn_at, created_at) < ?2
+                           AND NOT EXISTS (SELECT 1 FROM session_events e
+                                           WHERE e.session_id = ?1 AND e.outcome = 'running')
+                           AND NOT {}",
+                        has_waiting_turn("?3")
+                    ),
+                    params![session_id, idle_before, alive_since],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -310,7 +328,11 @@ mod tests {
             );
         }
         // A session whose create is still under way is never idle.
-        assert!(l.idle_sessions("t05".into()).await.unwrap().is_empty());
+        assert!(l
+            .idle_sessions("t05".into(), "t00".into())
+            .await
+            .unwrap()
+            .is_empty());
         for id in ["old", "busy", "fresh"] {
             l.finish_create(id.into(), "ok".into(), None).await.unwrap();
         }
@@ -327,7 +349,7 @@ mod tests {
             .unwrap();
         assert!(matches!(begun, BeginTurn::Started { .. }));
         let idle: Vec<String> = l
-            .idle_sessions("t05".into())
+            .idle_sessions("t05".into(), "t00".into())
             .await
             .unwrap()
             .into_iter()
@@ -335,15 +357,33 @@ mod tests {
             .collect();
         assert_eq!(idle, ["old"]);
         assert!(!l
-            .sweep_close("busy".into(), "t05".into(), "t06".into(), "w".into())
+            .sweep_close(
+                "busy".into(),
+                "t05".into(),
+                "t06".into(),
+                "w".into(),
+                "t00".into()
+            )
             .await
             .unwrap());
         assert!(l
-            .sweep_close("old".into(), "t05".into(), "t06".into(), "w".into())
+            .sweep_close(
+                "old".into(),
+                "t05".into(),
+                "t06".into(),
+                "w".into(),
+                "t00".into()
+            )
             .await
             .unwrap());
         assert!(!l
-            .sweep_close("old".into(), "t05".into(), "t06".into(), "w".into())
+            .sweep_close(
+                "old".into(),
+                "t05".into(),
+                "t06".into(),
+                "w".into(),
+                "t00".into()
+            )
             .await
             .unwrap());
 

@@ -42,6 +42,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migrations.sql")),
         // The backend's own state of a session, whichever backend it is.
         M::up("ALTER TABLE sessions RENAME COLUMN acpx_record_id TO agent_state;"),
+        M::up(include_str!("live.sql")),
     ])
 }
 
@@ -977,6 +978,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 }
 
 mod lifecycle;
+mod live;
 
 #[cfg(test)]
 mod tests;

@@ -475,3 +475,102 @@ async fn a_turn_waits_while_a_live_worker_runs_one_of_its_session() {
     l.heartbeat("w3".into(), "t7".into()).await.unwrap();
     assert_eq!(begin("s1", "w4", "t4").await.unwrap(), BeginTurn::Busy);
 }
+
+#[tokio::test]
+async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_worker() {
+    let (_d, l) = ledger();
+    l.create_session(session("s1", "a"), "w1".into(), 10)
+        .await
+        .unwrap();
+    l.finish_create("s1".into(), "ok".into(), None)
+        .await
+        .unwrap();
+    l.heartbeat("w1".into(), "2026-01-01T00:00:05.000Z".into())
+        .await
+        .unwrap();
+    let idle_before = "2026-01-02T00:00:00.000Z".to_string();
+    let alive_since = "2026-01-01T00:00:01.000Z".to_string();
+    let idle = || l.idle_sessions(idle_before.clone(), alive_since.clone());
+    assert_eq!(idle().await.unwrap().len(), 1, "idle, nothing waits");
+    assert_eq!(
+        l.turn_holder("s1".into(), alive_since.clone())
+            .await
+            .unwrap(),
+        None
+    );
+
+    l.begin_wait(
+        "t1".into(),
+        "s1".into(),
+        "w1".into(),
+        "2026-01-01T00:00:06.000Z".into(),
+    )
+    .await
+    .unwrap();
+    assert!(idle().await.unwrap().is_empty(), "a waiting turn: not idle");
+    let swept = l
+        .sweep_close(
+            "s1".into(),
+            idle_before.clone(),
+            "2026-01-02T00:00:01.000Z".into(),
+            "w2".into(),
+            alive_since.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !swept,
+        "the sweep leaves a session with a waiting turn open"
+    );
+    assert_eq!(
+        l.turn_holder("s1".into(), alive_since.clone())
+            .await
+            .unwrap(),
+        Some("w1".into())
+    );
+    // The wait of a worker that went silent holds nothing.
+    let later = "2026-01-01T00:00:10.000Z".to_string();
+    assert_eq!(
+        l.turn_holder("s1".into(), later.clone()).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        l.idle_sessions(idle_before.clone(), later)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Once running, the running turn's worker holds it; the wait ends.
+    l.heartbeat("w2".into(), "2026-01-01T00:00:05.000Z".into())
+        .await
+        .unwrap();
+    let begun = l
+        .begin_turn(
+            "s1".into(),
+            "a".into(),
+            "2026-01-01T00:00:07.000Z".into(),
+            "w2".into(),
+            Recorded::of("x", true),
+            alive_since.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(begun, BeginTurn::Started { .. }));
+    assert_eq!(
+        l.turn_holder("s1".into(), alive_since.clone())
+            .await
+            .unwrap(),
+        Some("w2".into())
+    );
+    l.end_wait("t1".into()).await.unwrap();
+    l.interrupt_own(
+        "w2".into(),
+        "2026-01-01T00:00:08.000Z".into(),
+        "stop".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(l.turn_holder("s1".into(), alive_since).await.unwrap(), None);
+}

@@ -18,14 +18,16 @@ mod stream;
 
 use std::time::Duration;
 
-use crate::domain::{Caller, Forge, VERSION};
+use crate::client::{self, ClientError, ForgeClient};
+use crate::domain::{Caller, Cancel, Forge, VERSION};
 use crate::error::{Error, Result};
 use crate::wire::{self, decode, subject};
 
-/// Every subject the worker serves.
-pub const SUBJECTS: [&str; 10] = [
+/// Every subject the worker serves (and its own, `wire::worker_cancel_subject`).
+pub const SUBJECTS: [&str; 11] = [
     subject::SESSION_CREATE,
     subject::SESSION_TURN,
+    subject::SESSION_CANCEL,
     subject::SESSION_CLOSE,
     subject::SESSION_GET,
     subject::SESSION_LIST,
@@ -60,7 +62,8 @@ pub async fn start(
         .await?;
     let tracker = TaskTracker::new();
     let mut loops = Vec::new();
-    for &subject in subjects {
+    let own = wire::worker_cancel_subject(forge.worker_id());
+    for subject in subjects.iter().copied().chain([own.as_str()]) {
         let mut endpoint = service.endpoint(subject).await?;
         let forge = forge.clone();
         let tracker = tracker.clone();
@@ -157,7 +160,13 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         }
         return;
     }
-    let result = AssertUnwindSafe(dispatch(&forge, &subject, token, body))
+    let request_ref = RequestRef {
+        subject: &subject,
+        token,
+        authorization: auth.as_deref(),
+        body,
+    };
+    let result = AssertUnwindSafe(route(&forge, &way_back, request_ref))
         .catch_unwind()
         .instrument(span)
         .await
@@ -174,6 +183,61 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
     };
     if let Err(e) = sent {
         tracing::warn!(subject, error = %e, "could not send the reply");
+    }
+}
+
+/// What the handlers read of a request.
+#[derive(Clone, Copy)]
+struct RequestRef<'a> {
+    subject: &'a str,
+    token: Option<&'a str>,
+    /// The `Authorization` header as the caller sent it, for a request passed on.
+    authorization: Option<&'a str>,
+    body: &'a [u8],
+}
+
+/// Cancels go their own way (they may be passed on to another worker); the rest is dispatched.
+async fn route(forge: &Forge, way_back: &WayBack, r: RequestRef<'_>) -> Result<Bytes> {
+    let own = wire::worker_cancel_subject(forge.worker_id());
+    match r.subject {
+        subject::SESSION_CANCEL => cancel(forge, way_back, r, false).await,
+        s if s == own => cancel(forge, way_back, r, true).await,
+        s if s.starts_with("forge.worker.") => {
+            Err(Error::not_found(format!("no such subject {s}")))
+        }
+        _ => dispatch(forge, r.subject, r.token, r.body).await,
+    }
+}
+
+/// `forge.session.cancel`, or a cancel another worker passed on to this one (`passed_on`).
+async fn cancel(
+    forge: &Forge,
+    way_back: &WayBack,
+    r: RequestRef<'_>,
+    passed_on: bool,
+) -> Result<Bytes> {
+    let caller = authenticate(forge, r.token).await?;
+    match forge
+        .cancel_turn(&caller, decode(r.body)?, passed_on)
+        .await?
+    {
+        Cancel::Here(reply) => encode(Ok(reply)),
+        Cancel::On { worker_id } => {
+            tracing::debug!(worker = %worker_id, "cancel passed on to the worker holding the turn");
+            let target = wire::worker_cancel_subject(&worker_id);
+            let client = ForgeClient::new(way_back.client.clone(), None);
+            let body = Bytes::copy_from_slice(r.body);
+            let reply = client
+                .forward(&target, r.authorization, body, client::CONTROL_TIMEOUT)
+                .await;
+            match reply.and_then(|raw| raw.parse::<wire::Cancelled>()) {
+                Ok(reply) => encode(Ok(reply)),
+                Err(ClientError::Api(e)) => Err(e),
+                Err(e) => Err(Error::at_capacity(format!(
+                    "the worker running the turn did not answer the cancel ({e}); send it again"
+                ))),
+            }
+        }
     }
 }
 

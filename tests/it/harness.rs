@@ -47,9 +47,20 @@ impl Nats {
 
     /// Starts nats-server on `port`, or on a free port it picks.
     pub fn start_on(port: Option<u16>) -> Nats {
+        Self::start_configured(port, None)
+    }
+
+    /// Starts nats-server with a configuration file holding `config` (users, permissions).
+    pub fn start_configured(port: Option<u16>, config: Option<&str>) -> Nats {
         let port_dir = tempfile::tempdir().unwrap();
         let port_arg = port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into());
-        let child = Command::new(tool("nats-server"))
+        let mut cmd = Command::new(tool("nats-server"));
+        if let Some(text) = config {
+            let file = port_dir.path().join("nats.conf");
+            std::fs::write(&file, text).unwrap();
+            cmd.arg("-c").arg(file);
+        }
+        let child = cmd
             .args(["-a", "127.0.0.1", "-p", &port_arg, "--ports_file_dir"])
             .arg(port_dir.path())
             .stdout(Stdio::null())
@@ -113,6 +124,9 @@ pub struct Options {
     pub workers: usize,
     pub env: Vec<(String, String)>,
     pub config_toml: Option<String>,
+    /// A nats-server configuration (with `no_auth_user`, so that the harness's clients and
+    /// workers need no credentials).
+    pub nats_config: Option<String>,
 }
 
 impl Default for Options {
@@ -121,6 +135,7 @@ impl Default for Options {
             workers: 1,
             env: Vec::new(),
             config_toml: None,
+            nats_config: None,
         }
     }
 }
@@ -131,7 +146,7 @@ impl Forge {
     }
 
     pub async fn start_with(opts: Options) -> Forge {
-        let nats = Nats::start();
+        let nats = Nats::start_configured(None, opts.nats_config.as_deref());
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();

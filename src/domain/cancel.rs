@@ -1,0 +1,136 @@
+//! Cancelling a session's current turn, wherever it runs: the registry of the turns this worker
+//! holds, and the way to the worker that holds a turn elsewhere.
+
+use std::collections::HashMap;
+
+use tokio_util::sync::CancellationToken;
+
+use super::types::SessionId;
+use super::{seconds_from_now, Caller, Forge};
+use crate::error::{Error, Result};
+use crate::wire;
+
+/// The turns this worker holds (each session's current one: running, or admitted and about to
+/// start): session id → the cancellation of that turn.
+#[derive(Default)]
+pub(super) struct RunningTurns(std::sync::Mutex<HashMap<String, CancellationToken>>);
+
+impl RunningTurns {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the turn of `session_id`, if this worker holds one, to stop; `true` if it did.
+    pub(super) fn cancel(&self, session_id: &str) -> bool {
+        self.map().get(session_id).map(|t| t.cancel()).is_some()
+    }
+
+    /// Tells every turn to stop; how many there were.
+    pub(super) fn cancel_all(&self) -> usize {
+        let map = self.map();
+        map.values().for_each(CancellationToken::cancel);
+        map.len()
+    }
+}
+
+/// A turn in the registry, for as long as it lives.
+pub(super) struct Registered<'a> {
+    running: &'a RunningTurns,
+    session_id: String,
+    pub(super) cancel: CancellationToken,
+}
+
+impl<'a> Registered<'a> {
+    pub(super) fn new(running: &'a RunningTurns, session_id: &str) -> Self {
+        let cancel = CancellationToken::new();
+        running.map().insert(session_id.to_string(), cancel.clone());
+        Registered {
+            running,
+            session_id: session_id.to_string(),
+            cancel,
+        }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.running.map().remove(&self.session_id);
+    }
+}
+
+/// Where a cancel was decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// This worker holds the session's turn (or nobody does): the answer.
+    Here(wire::Cancelled),
+    /// Another worker holds it: the request goes on to that worker.
+    On { worker_id: String },
+}
+
+impl Forge {
+    /// `forge.session.cancel`. A cancel passed on from another worker (`passed_on`) is decided
+    /// here, by this worker's registry alone.
+    pub async fn cancel_turn(
+        &self,
+        caller: &Caller,
+        req: wire::SessionRef,
+        passed_on: bool,
+    ) -> Result<Cancel> {
+        let id = SessionId::parse(&req.session_id)?;
+        let row = self.owned_session(caller, &id).await?;
+        let here = |cancelled| {
+            Cancel::Here(wire::Cancelled {
+                session_id: row.session_id.clone(),
+                cancelled,
+            })
+        };
+        if passed_on {
+            return Ok(here(self.cancel_running_turn(&row.session_id, "cancel")));
+        }
+        let holder = self
+            .ledger
+            .turn_holder(
+                row.session_id.clone(),
+                seconds_from_now(-self.dead_after_secs()),
+            )
+            .await
+            .map_err(Error::internal)?;
+        match holder {
+            Some(worker_id) if worker_id != self.settings.worker_id => Ok(Cancel::On { worker_id }),
+            _ => Ok(here(self.cancel_running_turn(&row.session_id, "cancel"))),
+        }
+    }
+
+    /// Cancels the turn of `session_id` this worker holds, if it holds one: it answers
+    /// `cancelled`. `why` says what asked for it, in the log.
+    pub(super) fn cancel_running_turn(&self, session_id: &str, why: &str) -> bool {
+        let cancelled = self.running_turns.cancel(session_id);
+        if cancelled {
+            tracing::info!(session = %session_id, why, "turn cancelled");
+        }
+        cancelled
+    }
+
+    /// Tells every turn this worker holds to stop (at shutdown, once the grace period is over);
+    /// they answer `cancelled`. Returns how many there were.
+    pub(super) fn cancel_running_turns(&self) -> usize {
+        self.running_turns.cancel_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_cancels_only_what_it_holds() {
+        let running = RunningTurns::default();
+        let r = Registered::new(&running, "a");
+        assert!(!running.cancel("b"));
+        assert!(running.cancel("a"));
+        assert!(r.cancel.is_cancelled());
+        assert_eq!(running.cancel_all(), 1);
+        drop(r);
+        assert_eq!(running.cancel_all(), 0);
+    }
+}
