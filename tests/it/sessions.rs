@@ -220,9 +220,12 @@ async fn a_hung_turn_times_out_is_cancelled_and_the_next_one_works() {
     let forge = Forge::start().await;
     let app = forge.app("hangs").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
-    let mut hang = turn(&s.session_id, "#hang");
+    let told = forge.dir.path().join("agent-told-to-cancel");
+    let mut hang = turn(&s.session_id, &format!("#hang #on-cancel={}", told.display()));
     hang.timeout_secs = Some(2);
     assert_eq!(kind(app.turn(&hang).await), ErrorKind::Timeout);
+    // The agent itself was told to cancel before the timeout was answered.
+    assert!(told.exists(), "the agent got no session/cancel");
     let after = app
         .turn(&turn(&s.session_id, "still there?"))
         .await
