@@ -16,7 +16,22 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== every file under tests/it is compiled"
+# tests/it is one test binary: a file that tests/it/main.rs does not declare is never compiled,
+# its tests never run. Refuse that, naming the file.
+undeclared=0
+for file in tests/it/*.rs; do
+    name="$(basename "$file" .rs)"
+    [ "$name" = main ] && continue
+    if ! grep -Eq "^[[:space:]]*(pub[[:space:]]+)?mod[[:space:]]+${name}[[:space:]]*;" tests/it/main.rs; then
+        echo "test.sh: $file is not declared in tests/it/main.rs (add \`mod $name;\`), so it is never compiled" >&2
+        undeclared=1
+    fi
+done
+[ "$undeclared" = 0 ]
 echo "== cargo test"
-# The library's unit tests, then the integration tests (tests/it). The binary has no tests of its
-# own and the crate no doc tests, so neither is run: the last line is the integration tests' count.
+# The doc tests (examples in the library's doc comments) first, then the library's unit tests,
+# then the integration tests (tests/it), so the last line is the integration tests' count. The
+# binary has no tests of its own.
+cargo test --locked --doc
 cargo test --locked --lib --test it -- --test-threads=2

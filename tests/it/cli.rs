@@ -104,8 +104,12 @@ async fn a_minted_token_works_against_a_worker_and_is_revoked_at_once() {
         .find(|t| t.token_id == token_id)
         .unwrap();
     assert!(info.revoked_at.is_some());
-    // Revoking again answers the same.
-    ok(token(&forge, &["revoke", &token_id]));
+    // Revoking again answers the same, and changes nothing.
+    let again = ok(token(&forge, &["revoke", &token_id]));
+    assert_eq!(stdout(&again), stdout(&out));
+    let listed_again: wire::TokenList =
+        serde_json::from_str(&stdout(&ok(token(&forge, &["list", "--json"])))).unwrap();
+    assert_eq!(listed_again, listed);
 }
 
 #[tokio::test]

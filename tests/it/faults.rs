@@ -107,7 +107,8 @@ fn headers(rng: &mut StdRng, app_token: &str) -> async_nats::HeaderMap {
     h
 }
 
-fn ledger_counts(forge: &Forge) -> (i64, i64, i64, i64) {
+/// How many rows the ledger holds: tokens, sessions, session events, runs.
+pub fn ledger_counts(forge: &Forge) -> (i64, i64, i64, i64) {
     let l = forge.ledger();
     let count = |table: &str| {
         l.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
@@ -222,8 +223,38 @@ async fn a_missing_acpx_shows_in_health_and_answers_agent_error() {
         kind(app.create_session(&CreateSession::default()).await),
         ErrorKind::AgentError
     );
-    // Nothing stays open.
+    // Nothing stays open: the ledger has the session closed, and why.
     assert_eq!(forge.admin.health().await.unwrap().open_sessions, 0);
+    let (session_id, status): (String, String) = forge
+        .ledger()
+        .query_row("SELECT session_id, status FROM sessions", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(status, "closed");
+    assert_eq!(
+        create_trail(&forge, &session_id),
+        [
+            ("create".into(), "agent_error".into(), true),
+            ("close".into(), "create_failed".into(), true),
+        ]
+    );
+    assert!(!forge.sessions_root().join(&session_id).exists());
+}
+
+/// The events of `session_id`: event, outcome, and whether an error is recorded.
+fn create_trail(forge: &Forge, session_id: &str) -> Vec<(String, String, bool)> {
+    forge
+        .ledger()
+        .prepare(
+            "SELECT event, outcome, error IS NOT NULL FROM session_events
+             WHERE session_id = ?1 ORDER BY id",
+        )
+        .unwrap()
+        .query_map([session_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use axum::extract::connect_info::MockConnectInfo;
 use base64::Engine;
 use clawdforge::client::ForgeClient;
 use clawdforge::http::{self, Access, Settings, Sidecar};
-use clawdforge::wire::subject;
+use clawdforge::wire::{subject, SessionStatus};
 use futures::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::Method;
@@ -232,14 +232,25 @@ async fn every_route_over_http_answers_as_nats_does() {
     )
     .await;
     assert_eq!(shape(c1.1, &["session_id"]), shape(c2.1, &["session_id"]));
+    let closed_again = (
+        200,
+        json!({ "session_id": id1, "closed": true, "already_closed": true }),
+    );
     assert_eq!(
         delete(&sidecar, &format!("/sessions/{id1}"), app).await,
-        nats(&forge, subject::SESSION_CLOSE, app, &ref1).await
+        closed_again
     );
     assert_eq!(
-        get(&sidecar, &format!("/sessions/{id1}"), app).await,
-        nats(&forge, subject::SESSION_GET, app, &ref1).await
+        nats(&forge, subject::SESSION_CLOSE, app, &ref1).await,
+        closed_again
     );
+    let got = get(&sidecar, &format!("/sessions/{id1}"), app).await;
+    assert_eq!(
+        (got.0, &got.1["status"]),
+        (200, &json!("closed")),
+        "{got:?}"
+    );
+    assert_eq!(got, nats(&forge, subject::SESSION_GET, app, &ref1).await);
 
     // Revoke.
     let revoked = delete(&sidecar, &format!("/admin/tokens/{token_id}"), root).await;
@@ -247,15 +258,15 @@ async fn every_route_over_http_answers_as_nats_does() {
         revoked,
         (200, json!({ "token_id": token_id, "revoked": true }))
     );
+    // Revoking again answers the same, over HTTP and over NATS.
     assert_eq!(
         delete(&sidecar, &format!("/admin/tokens/{token_id}"), root).await,
-        nats(
-            &forge,
-            subject::TOKEN_REVOKE,
-            root,
-            &json!({ "token_id": token_id }).to_string()
-        )
-        .await
+        revoked
+    );
+    let revoke = json!({ "token_id": token_id }).to_string();
+    assert_eq!(
+        nats(&forge, subject::TOKEN_REVOKE, root, &revoke).await,
+        revoked
     );
     assert_eq!(
         get(&sidecar, "/admin/tokens", root).await,
@@ -756,6 +767,135 @@ async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers(
         .terminate(Duration::from_secs(20))
         .expect("the sidecar stops on SIGTERM without NATS");
     assert!(status.success(), "{status}");
+}
+
+/// The status and the body's bytes, exactly as they came.
+async fn raw_http(
+    sidecar: &HttpProcess,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<String>,
+) -> (u16, Vec<u8>) {
+    let mut request = http_client()
+        .request(method, sidecar.url(path))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        request = request.header("Content-Type", "application/json").body(b);
+    }
+    let response = request.send().await.expect("an HTTP answer");
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+/// What `token` hears for session `id` on every session subject over NATS (error status and
+/// body bytes), then on every session route over HTTP (status and body bytes).
+async fn answers_about(
+    forge: &Forge,
+    sidecar: &HttpProcess,
+    token: &str,
+    id: &str,
+) -> Vec<(u16, Vec<u8>)> {
+    let by_ref = json!({ "session_id": id }).to_string();
+    let a_turn = json!({ "session_id": id, "prompt": "hi" }).to_string();
+    let mut out = Vec::new();
+    for (subject, body) in [
+        (subject::SESSION_GET, &by_ref),
+        (subject::SESSION_TURN, &a_turn),
+        (subject::SESSION_CLOSE, &by_ref),
+    ] {
+        let reply = forge
+            .admin
+            .raw(
+                subject,
+                Some(token),
+                body.clone().into(),
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("a NATS reply");
+        out.push((reply.status.unwrap_or(200), reply.body.to_vec()));
+    }
+    let path = format!("/sessions/{id}");
+    let turn = Some(r#"{"prompt": "hi"}"#.to_string());
+    out.push(raw_http(sidecar, Method::GET, &path, token, None).await);
+    out.push(raw_http(sidecar, Method::POST, &format!("{path}/turn"), token, turn).await);
+    out.push(raw_http(sidecar, Method::DELETE, &path, token, None).await);
+    out
+}
+
+#[tokio::test]
+async fn another_apps_session_answers_byte_for_byte_as_an_unknown_id() {
+    let forge = Forge::start().await;
+    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    let owner = forge.admin.create_token("owner", false).await.unwrap();
+    let other = forge
+        .admin
+        .create_token("other", false)
+        .await
+        .unwrap()
+        .token;
+    let owned = forge.admin.with_token(Some(owner.token));
+    let s = owned.create_session(&Default::default()).await.unwrap();
+    let unknown = uuid::Uuid::new_v4().to_string();
+
+    let theirs = answers_about(&forge, &sidecar, &other, &s.session_id).await;
+    let nobodys = answers_about(&forge, &sidecar, &other, &unknown).await;
+    let not_found = serde_json::from_slice::<Value>(&nobodys[0].1).unwrap();
+    assert_eq!(not_found["error"]["code"], "not_found", "{not_found}");
+    for (i, (a, b)) in theirs.iter().zip(&nobodys).enumerate() {
+        assert_eq!(a.0, 404, "answer {i}: {}", String::from_utf8_lossy(&a.1));
+        assert_eq!(
+            (a.0, String::from_utf8_lossy(&a.1)),
+            (b.0, String::from_utf8_lossy(&b.1)),
+            "answer {i}"
+        );
+    }
+    // The owner's session is untouched by all that.
+    let got = owned.get_session(&s.session_id).await.unwrap();
+    assert_eq!((got.status, got.turns), (SessionStatus::Open, 0));
+}
+
+#[tokio::test]
+async fn a_sidecar_started_before_nats_serves_once_nats_comes() {
+    let mut forge = Forge::start_with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let port = forge.nats.port();
+    forge.nats.stop();
+    // It serves after its wait for NATS, and says NATS is missing.
+    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    let (status, health) = get(&sidecar, "/healthz", None).await;
+    assert_eq!((status, &health["nats_connected"]), (503, &json!(false)));
+    assert_eq!(
+        get(&sidecar, "/sessions", Some(ROOT_TOKEN)).await,
+        (
+            503,
+            json!({"error": {"code": "at_capacity", "message": "NATS is not reachable"}})
+        )
+    );
+
+    forge.nats = Nats::start_on(Some(port));
+    forge.spawn_worker(&[]);
+    forge.wait_for_workers(1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, health) = get(&sidecar, "/healthz", None).await;
+        if status == 200 {
+            assert_eq!(
+                (&health["nats_connected"], &health["workers"]),
+                (&json!(true), &json!(1))
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status} {health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = get(&sidecar, "/admin/tokens", Some(ROOT_TOKEN)).await;
+    assert_eq!(listed.0, 200, "{listed:?}");
+    assert!(listed.1["tokens"].is_array(), "{listed:?}");
 }
 
 /// Answers every `forge.>` request in place of a worker: the body it got (as JSON when it is,

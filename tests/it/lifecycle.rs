@@ -1,14 +1,16 @@
 //! Lifecycle and faults: the TTL sweeper, graceful shutdown, a worker killed mid-turn, NATS
 //! restarts.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use clawdforge::client::{ClientError, ForgeClient};
 use clawdforge::error::ErrorKind;
-use clawdforge::wire::{CreateSession, RunRequest, SessionStatus};
+use clawdforge::wire::{CreateSession, Run, RunRequest, SessionStatus, Turn};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::harness::{Forge, Nats, Options};
+use crate::harness::{wait_for_running_turn, Forge, Nats, Options};
 use crate::runs::{claude_env, gone, only_run_of, run, stand_in_record, wait_for_running_runs};
 use crate::sessions::{kind, turn};
 
@@ -80,11 +82,18 @@ async fn idle_sessions_are_closed_then_deleted_and_the_trail_stays() {
     );
 }
 
+fn swept(forge: &Forge, session_id: &str) -> bool {
+    events(forge, session_id)
+        .iter()
+        .any(|(e, _)| e == "sweep_close")
+}
+
 #[tokio::test]
 async fn a_session_mid_turn_is_not_swept() {
     let forge = Forge::start_with(Options {
         env: env(&[
-            ("CLAWDFORGE_SESSION_TTL_SECS", "3"),
+            // Counted from creation too: leave room for a slow create and turn start.
+            ("CLAWDFORGE_SESSION_TTL_SECS", "5"),
             ("CLAWDFORGE_SWEEP_INTERVAL_SECS", "1"),
         ]),
         ..Default::default()
@@ -92,63 +101,160 @@ async fn a_session_mid_turn_is_not_swept() {
     .await;
     let app = forge.app("busy").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
-    let t = app
-        .turn(&turn(&s.session_id, "slow #sleep=6000"))
-        .await
-        .unwrap();
-    assert_eq!(t.output, "echo: slow #sleep=6000");
-    // The turn took twice the TTL, and the session is still open right after it.
+    let release = forge.dir.path().join("release");
+    let busy = {
+        let (app, id) = (app.clone(), s.session_id.clone());
+        let prompt = format!("slow #wait-file={}", release.display());
+        tokio::spawn(async move { app.turn(&turn(&id, &prompt)).await })
+    };
+    wait_for_running_turn(&forge.ledger_path(), &s.session_id).await;
+    // An idle session made after the turn started is swept: the sweep has run past the TTL of
+    // the busy one, and left it open.
+    let idle = app.create_session(&CreateSession::default()).await.unwrap();
+    let idle_id = idle.session_id.clone();
+    wait_until("the idle session's sweep", Duration::from_secs(30), || {
+        swept(&forge, &idle_id)
+    })
+    .await;
+    assert!(!swept(&forge, &s.session_id), "swept mid-turn");
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(busy.await.unwrap().unwrap().stop_reason, "end_turn");
     assert_eq!(
         app.get_session(&s.session_id).await.unwrap().status,
         SessionStatus::Open
     );
-    let trail = events(&forge, &s.session_id);
-    assert_eq!(
-        trail[1],
-        ("turn".to_string(), "ok".to_string()),
-        "{trail:?}"
-    );
-    // It is swept afterwards, once idle, never before its turn ended.
+    // It is swept afterwards, once idle.
     let id = s.session_id.clone();
-    wait_until("the sweep close", Duration::from_secs(20), || {
-        events(&forge, &id).iter().any(|(e, _)| e == "sweep_close")
+    wait_until("the sweep close", Duration::from_secs(30), || {
+        swept(&forge, &id)
     })
     .await;
-    let trail = events(&forge, &s.session_id);
-    assert_eq!(trail.len(), 3, "{trail:?}");
     assert_eq!(
-        app.get_session(&s.session_id).await.unwrap().status,
-        SessionStatus::Closed
+        events(&forge, &s.session_id),
+        [
+            ("create".to_string(), "ok".to_string()),
+            ("turn".to_string(), "ok".to_string()),
+            ("sweep_close".to_string(), "ok".to_string()),
+        ]
     );
 }
 
-#[tokio::test]
-async fn sigterm_lets_the_running_turn_finish_and_exits_cleanly() {
-    let mut forge = Forge::start().await;
-    let app = forge.app("graceful").await;
-    let s = app.create_session(&CreateSession::default()).await.unwrap();
-    let pending = {
-        let app = app.clone();
-        let id = s.session_id.clone();
-        tokio::spawn(async move { app.turn(&turn(&id, "finishing #sleep=2500")).await })
+/// A turn or run request in flight.
+type Pending<T> = tokio::task::JoinHandle<Result<T, ClientError>>;
+
+/// Sends a turn of `session_id` that runs until `release` exists.
+fn held_turn(app: &ForgeClient, session_id: &str, word: &str, release: &Path) -> Pending<Turn> {
+    let app = app.clone();
+    let req = turn(
+        session_id,
+        &format!("{word} #wait-file={}", release.display()),
+    );
+    tokio::spawn(async move { app.turn(&req).await })
+}
+
+/// Sends a run that runs until `release` exists.
+fn held_run(app: &ForgeClient, word: &str, release: &Path) -> Pending<Run> {
+    let app = app.clone();
+    let req = run(&format!("{word} #wait-file={}", release.display()));
+    tokio::spawn(async move { app.run(&req).await })
+}
+
+/// Two runs sent at once to a worker whose one run slot is taken and whose run queue has one
+/// place: one is refused `at_capacity`, and the other is then waiting in the queue; returns it.
+async fn one_run_queued(app: &ForgeClient, release: &Path) -> Pending<Run> {
+    let (a, b) = (held_run(app, "a", release), held_run(app, "b", release));
+    let (refused, queued) = match futures::future::select(a, b).await {
+        futures::future::Either::Left((done, other)) => (done, other),
+        futures::future::Either::Right((done, other)) => (done, other),
     };
-    wait_until("the turn to start", Duration::from_secs(10), || {
-        events(&forge, &s.session_id).len() == 2
+    assert_eq!(kind(refused.unwrap()), ErrorKind::AtCapacity);
+    queued
+}
+
+/// The outcomes of the ledger's runs, in order.
+fn run_outcomes(forge: &Forge) -> Vec<String> {
+    forge
+        .ledger()
+        .prepare("SELECT outcome FROM runs ORDER BY created_at")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Waits until no worker answers `$SRV.PING`: the service has stopped taking requests.
+async fn wait_for_no_worker(forge: &Forge) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !forge
+        .admin
+        .ping_workers(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the worker still answers pings");
+    }
+}
+
+/// `signal` makes the worker stop taking requests at once, then lets what it took finish —
+/// a running turn and run, and a turn and run queued behind them — and exit 0.
+async fn a_signal_drains_running_and_queued_work(signal: Signal) {
+    let mut forge = Forge::start_with(Options {
+        env: claude_env(&[
+            ("CLAWDFORGE_MAX_CONCURRENT_RUNS", "1"),
+            ("CLAWDFORGE_MAX_QUEUED_RUNS", "1"),
+        ]),
+        ..Default::default()
     })
     .await;
-    let pid = Pid::from_raw(forge.workers[0].child.id() as i32);
-    kill(pid, Signal::SIGTERM).unwrap();
-    let t = pending.await.unwrap().unwrap();
-    assert_eq!(t.output, "echo: finishing #sleep=2500");
+    let app = forge.app("graceful").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let release = forge.dir.path().join("release");
+    let running_turn = held_turn(&app, &s.session_id, "first", &release);
+    wait_for_running_turn(&forge.ledger_path(), &s.session_id).await;
+    let queued_turn = held_turn(&app, &s.session_id, "second", &release);
+    forge
+        .wait_for_log(&["waiting for the session's earlier turn", &s.session_id])
+        .await;
+    let running_run = held_run(&app, "first", &release);
+    wait_for_running_runs(&forge, 1).await;
+    let queued_run = one_run_queued(&app, &release).await;
+
+    kill(Pid::from_raw(forge.workers[0].child.id() as i32), signal).unwrap();
+    wait_for_no_worker(&forge).await;
+    // Draining: alive, but no new request reaches it.
+    assert!(forge.workers[0].child.try_wait().unwrap().is_none());
+    assert_eq!(
+        app.list_sessions().await.unwrap_err(),
+        ClientError::NoResponders
+    );
+
+    std::fs::write(&release, "").unwrap();
+    let turns = [running_turn.await, queued_turn.await].map(|t| t.unwrap().unwrap().turn);
+    assert_eq!(turns, [1, 2]);
+    for r in [running_run.await, queued_run.await] {
+        assert!(r.unwrap().unwrap().ok);
+    }
     let status = forge.workers[0].child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    assert_eq!(
-        events(&forge, &s.session_id)[1],
-        ("turn".to_string(), "ok".to_string())
-    );
-    // No worker takes requests now.
-    assert!(app.list_sessions().await.is_err());
+    let trail: Vec<String> = events(&forge, &s.session_id)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(trail, ["ok", "ok", "ok"]);
+    assert_eq!(run_outcomes(&forge), ["ok", "ok"]);
     forge.workers.clear();
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_and_queued_work_finish_and_exits_cleanly() {
+    a_signal_drains_running_and_queued_work(Signal::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn sigint_drains_like_sigterm() {
+    a_signal_drains_running_and_queued_work(Signal::SIGINT).await;
 }
 
 #[tokio::test]
@@ -166,7 +272,8 @@ async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
         req.timeout_secs = Some(30);
         tokio::spawn(async move { app.turn(&req).await })
     };
-    let hung = spawn_turn("#hang");
+    let told = forge.dir.path().join("agent-told-to-cancel");
+    let hung = spawn_turn(&format!("#hang #on-cancel={}", told.display()));
     wait_until("the turn to start", Duration::from_secs(10), || {
         events(&forge, &s.session_id).len() == 2
     })
@@ -199,11 +306,13 @@ async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
     // The queued turn never started and says so; the run was killed and says so.
     assert_eq!(kind(queued.await.unwrap()), ErrorKind::AtCapacity);
     assert_eq!(kind(long_run.await.unwrap()), ErrorKind::AtCapacity);
-    // The hung turn was cancelled: its caller gets the turn as it ended, or nothing (a timeout)
-    // if the worker had to go first. Either way the ledger says what happened.
-    if let Ok(t) = hung.await.unwrap() {
-        assert_eq!(t.stop_reason, "cancelled");
-    }
+    // The hung turn was cancelled, the agent told so, and its caller got the turn as it ended.
+    assert!(told.exists(), "the agent got no session/cancel");
+    let cancelled = hung.await.unwrap().expect("the cancelled turn answers");
+    assert_eq!(
+        (cancelled.turn, cancelled.stop_reason.as_str()),
+        (1, "cancelled")
+    );
     assert_eq!(
         events(&forge, &s.session_id),
         [
@@ -307,7 +416,7 @@ async fn workers_start_before_nats_and_ride_out_a_restart() {
     forge.env.retain(|(k, _)| k != "NATS_URL");
     forge.env.push(("NATS_URL".into(), url.clone()));
     forge.spawn_worker(&[]);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    forge.wait_for_log(&["cannot reach NATS; retrying"]).await;
     forge.nats = Nats::start_on(Some(port));
     let client = async_nats::connect(&url).await.unwrap();
     forge.admin =
@@ -319,20 +428,11 @@ async fn workers_start_before_nats_and_ride_out_a_restart() {
     app.turn(&turn(&s.session_id, "before")).await.unwrap();
 
     forge.nats.stop();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    forge.wait_for_log(&["disconnected from NATS"]).await;
     forge.nats = Nats::start_on(Some(port));
+    // Subscribed again (it answers pings): the session works at the first try.
     forge.wait_for_workers(1).await;
-    let mut after = None;
-    for _ in 0..20 {
-        match app.turn(&turn(&s.session_id, "after")).await {
-            Ok(t) => {
-                after = Some(t);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-    let after = after.expect("the session works after NATS came back");
+    let after = app.turn(&turn(&s.session_id, "after")).await.unwrap();
     assert_eq!(after.output, "echo: after");
 }
 

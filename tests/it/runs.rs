@@ -459,24 +459,34 @@ async fn runs_queue_beyond_their_bound_then_answer_at_capacity() {
     ])
     .await;
     let app = forge.app("busy").await;
-    let first = {
+    let release = forge.dir.path().join("release");
+    let held = |word: &str| {
         let app = app.clone();
-        tokio::spawn(async move { app.run(&run("first #sleep=1500")).await })
+        let req = run(&format!("{word} #wait-file={}", release.display()));
+        tokio::spawn(async move { app.run(&req).await })
     };
+    let first = held("first");
     wait_for_running_runs(&forge, 1).await;
-    // One of these waits in the queue, the other finds it full.
-    let (second, third) = (run("second"), run("third"));
-    let (a, b) = tokio::join!(app.run(&second), app.run(&third));
-    let first = first.await.unwrap().unwrap();
-    assert!(first.ok);
-    let (ok, refused): (Vec<_>, Vec<_>) = [a, b].into_iter().partition(Result::is_ok);
-    assert_eq!(ok.len(), 1, "{ok:?} {refused:?}");
-    assert_eq!(
-        kind(refused.into_iter().next().unwrap()),
-        ErrorKind::AtCapacity
-    );
-    let queued: Run = ok.into_iter().next().unwrap().unwrap();
+    // The first holds the one slot until released: of two more, one waits in the queue and the
+    // other finds it full, at once.
+    let either = futures::future::select(held("a"), held("b"));
+    let answered = tokio::time::timeout(Duration::from_secs(30), either).await;
+    let (refused, queued) = match answered.expect("neither run was refused") {
+        futures::future::Either::Left((done, other)) => (done, other),
+        futures::future::Either::Right((done, other)) => (done, other),
+    };
+    assert_eq!(kind(refused.unwrap()), ErrorKind::AtCapacity);
+    let rows = |forge: &Forge| {
+        forge
+            .ledger()
+            .query_row("SELECT COUNT(*) FROM runs", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    std::fs::write(&release, "").unwrap();
+    assert!(first.await.unwrap().unwrap().ok);
+    let queued: Run = queued.await.unwrap().unwrap();
     assert!(queued.ok);
+    assert_eq!(rows(&forge), 2, "the refused run left no row");
 }
 
 #[tokio::test]

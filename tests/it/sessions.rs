@@ -1,10 +1,12 @@
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use clawdforge::client::ClientError;
+use clawdforge::client::{ClientError, ForgeClient};
 use clawdforge::error::ErrorKind;
-use clawdforge::wire::{CreateSession, FileUpload, SessionStatus, TurnRequest};
+use clawdforge::wire::{CreateSession, FileUpload, SessionStatus, Turn, TurnRequest};
 
+use crate::faults::ledger_counts;
 use crate::harness::{Forge, Options};
 
 pub fn kind<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorKind {
@@ -160,9 +162,15 @@ async fn the_live_session_cap_holds() {
     let app = forge.app("capped").await;
     let s1 = app.create_session(&CreateSession::default()).await.unwrap();
     let _s2 = app.create_session(&CreateSession::default()).await.unwrap();
+    let before = ledger_counts(&forge);
     assert_eq!(
         kind(app.create_session(&CreateSession::default()).await),
         ErrorKind::AtCapacity
+    );
+    assert_eq!(
+        ledger_counts(&forge),
+        before,
+        "the refused create wrote nothing"
     );
     app.close_session(&s1.session_id).await.unwrap();
     app.create_session(&CreateSession::default()).await.unwrap();
@@ -220,9 +228,15 @@ async fn a_hung_turn_times_out_is_cancelled_and_the_next_one_works() {
     let forge = Forge::start().await;
     let app = forge.app("hangs").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
-    let mut hang = turn(&s.session_id, "#hang");
+    let told = forge.dir.path().join("agent-told-to-cancel");
+    let mut hang = turn(
+        &s.session_id,
+        &format!("#hang #on-cancel={}", told.display()),
+    );
     hang.timeout_secs = Some(2);
     assert_eq!(kind(app.turn(&hang).await), ErrorKind::Timeout);
+    // The agent itself was told to cancel before the timeout was answered.
+    assert!(told.exists(), "the agent got no session/cancel");
     let after = app
         .turn(&turn(&s.session_id, "still there?"))
         .await
@@ -317,27 +331,70 @@ async fn named_agents_come_from_the_config_only() {
     }
 }
 
+/// Sends a turn of `session_id` that runs until `release` exists.
+fn held_turn(
+    app: &ForgeClient,
+    session_id: &str,
+    word: &str,
+    release: &Path,
+) -> tokio::task::JoinHandle<Result<Turn, ClientError>> {
+    let app = app.clone();
+    let req = turn(
+        session_id,
+        &format!("{word} #wait-file={}", release.display()),
+    );
+    tokio::spawn(async move { app.turn(&req).await })
+}
+
+/// Whether the ledger shows turn 2 of `session_id` starting only once turn 1 had ended (start
+/// plus duration).
+fn second_turn_started_after_the_first_ended(forge: &Forge, session_id: &str) -> bool {
+    forge
+        .ledger()
+        .query_row(
+            "SELECT ROUND((julianday(t2.at) - julianday(t1.at)) * 86400000) >= t1.duration_ms
+             FROM session_events t1 JOIN session_events t2 ON t2.session_id = t1.session_id
+             WHERE t1.session_id = ?1 AND t1.event = 'turn' AND t1.turn = 1
+               AND t2.event = 'turn' AND t2.turn = 2",
+            [session_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 #[tokio::test]
 async fn turns_of_one_session_queue_and_sessions_run_in_parallel() {
     let forge = Forge::start().await;
     let app = forge.app("parallel").await;
     let a = app.create_session(&CreateSession::default()).await.unwrap();
     let b = app.create_session(&CreateSession::default()).await.unwrap();
-    let started = std::time::Instant::now();
-    let (r1, r2, r3) = (
-        turn(&a.session_id, "one #sleep=1500"),
-        turn(&a.session_id, "two #sleep=1500"),
-        turn(&b.session_id, "other #sleep=1500"),
-    );
-    let (a1, a2, b1) = tokio::join!(app.turn(&r1), app.turn(&r2), app.turn(&r3));
-    let (a1, a2, b1) = (a1.unwrap(), a2.unwrap(), b1.unwrap());
+    let (release_a, release_b) = (forge.dir.path().join("a"), forge.dir.path().join("b"));
+    let a1 = held_turn(&app, &a.session_id, "one", &release_a);
+    let a2 = held_turn(&app, &a.session_id, "two", &release_a);
+    let b1 = held_turn(&app, &b.session_id, "other", &release_b);
+
+    // A turn of each session runs at once; the other turn of `a` waits for its session.
+    wait_for_running_turn(&forge, &a.session_id).await;
+    wait_for_running_turn(&forge, &b.session_id).await;
+    forge
+        .wait_for_log(&["waiting for the session's earlier turn", &a.session_id])
+        .await;
+    assert_eq!(turn_events(&forge, &a.session_id), (1, 1));
+    assert_eq!(turn_events(&forge, &b.session_id), (1, 1));
+
+    std::fs::write(&release_a, "").unwrap();
+    let (a1, a2) = (a1.await.unwrap().unwrap(), a2.await.unwrap().unwrap());
     let mut numbers = [a1.turn, a2.turn];
     numbers.sort();
     assert_eq!(numbers, [1, 2]);
-    assert_eq!(b1.turn, 1);
-    assert!(a1.output.ends_with("#sleep=1500") && a2.output.ends_with("#sleep=1500"));
-    // Both turns of `a` ran, one after the other: at least two sleeps.
-    assert!(started.elapsed() >= Duration::from_millis(3000));
+    assert!(second_turn_started_after_the_first_ended(
+        &forge,
+        &a.session_id
+    ));
+    // `b`'s turn ran through both of them.
+    assert_eq!(turn_events(&forge, &b.session_id), (1, 1));
+    std::fs::write(&release_b, "").unwrap();
+    assert_eq!(b1.await.unwrap().unwrap().turn, 1);
 }
 
 #[tokio::test]
@@ -392,7 +449,7 @@ fn turn_events(forge: &Forge, session_id: &str) -> (i64, i64) {
 
 async fn wait_for_running_turn(forge: &Forge, session_id: &str) {
     for _ in 0..500 {
-        if turn_events(forge, session_id).1 == 1 {
+        if turn_events(forge, session_id).1 >= 1 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

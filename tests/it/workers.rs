@@ -1,3 +1,4 @@
+use clawdforge::client::ForgeClient;
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::CreateSession;
 
@@ -6,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::harness::{Forge, Options};
+use crate::harness::{Forge, Nats, Options};
 use crate::sessions::{kind, turn};
 
 #[tokio::test]
@@ -44,37 +45,60 @@ async fn two_workers_share_the_ledger_and_serve_each_others_sessions() {
     assert_eq!(workers.len(), 2, "{workers:?}");
 }
 
+/// The distinct workers the ledger names for `event`s of `app`.
+fn workers_of(forge: &Forge, app: &str, event: &str) -> Vec<String> {
+    forge
+        .ledger()
+        .prepare("SELECT DISTINCT worker_id FROM session_events WHERE app = ?1 AND event = ?2")
+        .unwrap()
+        .query_map([app, event], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_cap_and_tokens_hold_across_workers() {
-    let forge = Forge::start_with(Options {
-        workers: 2,
+    // Two workers on one ledger, each behind its own NATS server, so that each request goes to
+    // the worker the test means.
+    let mut forge = Forge::start_with(Options {
         env: vec![("CLAWDFORGE_MAX_LIVE_SESSIONS".into(), "3".into())],
         ..Default::default()
     })
     .await;
-    let app = forge.app("many").await;
+    let second_nats = Nats::start();
+    forge.spawn_worker(&[("NATS_URL", &second_nats.url)]);
+    let created = forge.admin.create_token("many", false).await.unwrap();
+    let first = forge.admin.with_token(Some(created.token.clone()));
+    let nats = async_nats::connect(&second_nats.url).await.unwrap();
+    let second = ForgeClient::new(nats, Some(created.token));
+    wait_until_served(&second).await;
+
     let req = CreateSession::default();
-    let creates = (0..5).map(|_| app.create_session(&req));
-    let results = futures::future::join_all(creates).await;
-    let ok = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(ok, 3, "{results:?}");
-    for r in results.into_iter().filter(|r| r.is_err()) {
-        assert_eq!(kind(r), ErrorKind::AtCapacity);
+    for client in [&first, &first, &second] {
+        client.create_session(&req).await.unwrap();
+    }
+    assert_eq!(workers_of(&forge, "many", "create").len(), 2);
+    // The cap counts the sessions of both: each worker refuses the next.
+    for client in [&first, &second] {
+        assert_eq!(
+            kind(client.create_session(&req).await),
+            ErrorKind::AtCapacity
+        );
     }
     // A token revoked through one worker is refused by both at once.
-    let id = forge
-        .admin
-        .list_tokens()
-        .await
-        .unwrap()
-        .tokens
-        .into_iter()
-        .find(|t| t.app == "many")
-        .unwrap()
-        .token_id;
-    forge.admin.revoke_token(&id).await.unwrap();
-    for _ in 0..6 {
-        assert_eq!(kind(app.list_sessions().await), ErrorKind::Unauthorized);
+    forge.admin.revoke_token(&created.token_id).await.unwrap();
+    for client in [&first, &second] {
+        assert_eq!(kind(client.list_sessions().await), ErrorKind::Unauthorized);
+    }
+}
+
+/// Waits until a worker answers `client` (its own NATS server's).
+async fn wait_until_served(client: &ForgeClient) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.list_sessions().await.is_err() {
+        assert!(Instant::now() < deadline, "no worker answers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -83,9 +107,11 @@ async fn a_session_runs_one_turn_at_a_time_across_workers() {
     let mut forge = Forge::start().await;
     let app = forge.app("one-at-a-time").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let release = forge.dir.path().join("release");
+    let first_prompt = format!("first #wait-file={}", release.display());
     let first = {
         let app = app.clone();
-        let mut req = turn(&s.session_id, "first #sleep=3000");
+        let mut req = turn(&s.session_id, &first_prompt);
         req.timeout_secs = Some(30);
         tokio::spawn(async move { app.turn(&req).await })
     };
@@ -125,13 +151,24 @@ async fn a_session_runs_one_turn_at_a_time_across_workers() {
     {
         assert!(Instant::now() < deadline, "the first worker still answers");
     }
-    let second = app.turn(&turn(&s.session_id, "second")).await.unwrap();
+    let second = {
+        let app = app.clone();
+        let id = s.session_id.clone();
+        tokio::spawn(async move { app.turn(&turn(&id, "second")).await })
+    };
+    // The second worker waits for the first one's turn, which ends only now.
+    forge
+        .wait_for_log(&[
+            "waiting for another worker's turn of the session",
+            &s.session_id,
+        ])
+        .await;
+    std::fs::write(&release, "").unwrap();
+    let second = second.await.unwrap().unwrap();
     assert_eq!((second.turn, second.output.as_str()), (2, "echo: second"));
     let first = first.await.unwrap().unwrap();
-    assert_eq!(
-        (first.turn, first.output.as_str()),
-        (1, "echo: first #sleep=3000")
-    );
+    assert_eq!(first.turn, 1);
+    assert_eq!(first.output, format!("echo: {first_prompt}"));
     assert!(forge.workers[0].child.wait().unwrap().success());
 
     // Two workers, and the second turn started only once the first had ended.
@@ -139,7 +176,7 @@ async fn a_session_runs_one_turn_at_a_time_across_workers() {
         .ledger()
         .query_row(
             "SELECT COUNT(DISTINCT t.worker_id),
-                    (julianday(MAX(t.at)) - julianday(MIN(t.at))) * 86400000
+                    ROUND((julianday(MAX(t.at)) - julianday(MIN(t.at))) * 86400000)
                         >= (SELECT duration_ms FROM session_events
                             WHERE session_id = ?1 AND event = 'turn' AND turn = 1)
              FROM session_events t WHERE t.session_id = ?1 AND t.event = 'turn'",
@@ -149,10 +186,4 @@ async fn a_session_runs_one_turn_at_a_time_across_workers() {
         .unwrap();
     assert_eq!(workers, 2);
     assert!(after_first, "the second turn started while the first ran");
-    forge
-        .wait_for_log(&[
-            "waiting for another worker's turn of the session",
-            &s.session_id,
-        ])
-        .await;
 }
