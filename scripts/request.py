@@ -3,8 +3,9 @@
 
 Usage: request.py SUBJECT [JSON] [--token TOKEN] [--url NATS_URL] [--timeout SECS] [--stream]
 
---stream asks for a streamed reply (Forge-Stream: 1, forge.session.turn): each message is
-printed as it comes, with its Forge-Event type, up to the empty message that ends the stream.
+--stream asks for a streamed reply (Forge-Stream: 1, forge.session.turn; forge.session.events
+always streams): each message is printed as it comes, with its Forge-Event type, up to the
+empty message that ends the stream.
 
 TOKEN defaults to $CLAWDFORGE_TOKEN, the URL to $NATS_URL or nats://127.0.0.1:4222.
 Exits 1 when the reply is an error (its status and body are printed).
@@ -31,7 +32,7 @@ async def main():
     nc = await nats.connect(args.url)
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        if args.stream:
+        if args.stream or args.subject == "forge.session.events":
             msg = await streamed(nc, args, {**headers, "Forge-Stream": "1"})
         else:
             msg = await nc.request(args.subject, args.body.encode(), timeout=args.timeout, headers=headers)

@@ -324,6 +324,27 @@ impl ForgeClient {
         .await
     }
 
+    /// `forge.session.events`: the turn's recorded events, then its live ones while it runs,
+    /// each to `on_event`; then how it ended.
+    pub async fn follow_turn(
+        &self,
+        req: &wire::EventsRequest,
+        stall: Duration,
+        on_event: impl FnMut(&wire::Event),
+    ) -> Result<wire::Turn, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let authorization = self.token.as_deref().map(|t| format!("Bearer {t}"));
+        self.stream(
+            subject::SESSION_EVENTS,
+            authorization.as_deref(),
+            body.into(),
+            stall,
+        )
+        .await?
+        .finish(on_event)
+        .await
+    }
+
     /// Sends a request that asks for a streamed reply, with an `Authorization` header value as
     /// the caller gave it, and returns the stream.
     pub async fn stream(

@@ -12,6 +12,7 @@ pub mod subject {
     pub const SESSION_TURN: &str = "forge.session.turn";
     pub const SESSION_CLOSE: &str = "forge.session.close";
     pub const SESSION_CANCEL: &str = "forge.session.cancel";
+    pub const SESSION_EVENTS: &str = "forge.session.events";
     pub const SESSION_GET: &str = "forge.session.get";
     pub const SESSION_LIST: &str = "forge.session.list";
     pub const RUN: &str = "forge.run";
@@ -142,6 +143,20 @@ pub struct Session {
     pub last_turn_at: Option<String>,
     pub closed_at: Option<String>,
     pub turns: u64,
+    /// The number of the turn running now, or null.
+    pub running_turn: Option<u64>,
+}
+
+/// `forge.session.events`: which turn (default the latest) and from after which `seq`
+/// (default from the start).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsRequest {
+    pub session_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

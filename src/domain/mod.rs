@@ -6,6 +6,7 @@ pub mod limits;
 pub mod types;
 
 mod cancel;
+mod events;
 mod runs;
 mod sessions;
 mod sweeper;
@@ -236,6 +237,12 @@ impl Forge {
             claude_present: probe.claude_present,
             open_sessions: open.unwrap_or(0),
         }
+    }
+}
+
+impl From<crate::ledger::LedgerError> for Error {
+    fn from(e: crate::ledger::LedgerError) -> Error {
+        Error::internal(e)
     }
 }
 

@@ -27,6 +27,7 @@ fn session_reply(row: SessionRow) -> wire::Session {
         last_turn_at: row.last_turn_at,
         closed_at: row.closed_at,
         turns: row.turns,
+        running_turn: row.running_turn,
     }
 }
 
@@ -106,6 +107,7 @@ impl Forge {
             closed_at: None,
             turns: 0,
             agent_state: None,
+            running_turn: None,
         };
         let span = tracing::info_span!("create", session = %row.session_id, app = %row.app);
         async {

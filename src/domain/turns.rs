@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::cancel::Registered;
+use super::events::TurnEvents;
 use super::files::{self, Attachment};
 use super::types::{Prompt, SessionId};
 use super::{now, seconds_from_now, Caller, Forge};
@@ -25,10 +26,6 @@ const SHUT_DOWN_RUNNING: &str = "the worker shut down during the turn; it was ca
 
 /// How many of a turn's events may wait for the domain to take them.
 const EVENT_BUFFER: usize = 256;
-
-/// How much of a turn's message text the domain keeps, for a turn that ends without the
-/// backend's own output (a cancelled turn whose agent failed on the way out).
-const MAX_SAID: usize = 768 * 1024;
 
 impl From<AgentError> for Error {
     fn from(e: AgentError) -> Error {
@@ -313,28 +310,19 @@ impl Forge {
         };
         let run = self.agent.prompt(&session, prompt);
         let take = async {
-            let mut said = String::new();
-            let mut seq = 0;
-            while let Some(body) = events.recv().await {
-                if let wire::EventBody::Message { text } = &body {
-                    if said.len() + text.len() <= MAX_SAID {
-                        said.push_str(text);
-                    }
-                }
-                seq += 1;
-                if let Some(out) = &out {
-                    let event = wire::Event {
-                        session_id: Some(t.row.session_id.clone()),
-                        turn: Some(b.turn),
-                        run_id: None,
-                        seq,
-                        at: now(),
-                        body,
-                    };
-                    let _ = out.send(event).await;
+            let mut recorded = TurnEvents::new(self, &t.row.session_id, b.turn, out);
+            loop {
+                let due = recorded.due();
+                tokio::select! {
+                    body = events.recv() => match body {
+                        Some(body) => recorded.take(body).await,
+                        None => break,
+                    },
+                    _ = sleep_until(due), if due.is_some() => recorded.flush().await,
                 }
             }
-            said
+            recorded.flush().await;
+            recorded.said()
         };
         let (result, said) = tokio::join!(run, take);
         let cancelled = cancel.is_cancelled();
@@ -422,6 +410,14 @@ impl Forge {
                 ..base
             },
         }
+    }
+}
+
+/// Sleeps until `due`; never ends without one.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

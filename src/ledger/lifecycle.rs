@@ -218,6 +218,10 @@ impl Ledger {
                 return Ok(false);
             };
             tx.execute("DELETE FROM sessions WHERE session_id = ?1", [&session_id])?;
+            tx.execute(
+                "DELETE FROM turn_events WHERE session_id = ?1",
+                [&session_id],
+            )?;
             insert_event(
                 &tx,
                 &session_id,
@@ -291,6 +295,7 @@ mod tests {
             turns: 0,
             pending_files: vec![],
             agent_state: None,
+            running_turn: None,
         }
     }
 

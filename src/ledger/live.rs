@@ -4,6 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{Ledger, LedgerResult};
+use crate::wire;
 
 /// Workers alive since `?2`: an SQL condition on `worker_id`.
 const LIVE_WORKER: &str = "worker_id IN (SELECT worker_id FROM workers
@@ -77,4 +78,129 @@ pub(super) fn has_waiting_turn(alive_since_param: &str) -> String {
                    AND w.worker_id IN (SELECT worker_id FROM workers
                                        WHERE stopped_at IS NULL AND heartbeat_at >= {alive_since_param}))"
     )
+}
+
+/// How a turn stands in the ledger, for a replay's final message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnRow {
+    pub outcome: String,
+    pub stop_reason: Option<String>,
+    pub duration_ms: Option<u64>,
+    /// The output, when the ledger keeps text.
+    pub output: Option<String>,
+    pub error: Option<String>,
+}
+
+impl TurnRow {
+    pub fn running(&self) -> bool {
+        self.outcome == "running"
+    }
+}
+
+/// Events read at most per query.
+const EVENTS_PER_READ: i64 = 512;
+
+impl Ledger {
+    /// Records a batch of a turn's events in one transaction.
+    pub async fn record_events(&self, events: Vec<wire::Event>) -> LedgerResult<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO turn_events (session_id, turn, seq, at, type, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for e in &events {
+                    let body = serde_json::to_string(&e.body).expect("an event serializes");
+                    insert.execute(params![
+                        e.session_id,
+                        e.turn.map(|t| t as i64),
+                        e.seq as i64,
+                        e.at,
+                        e.body.kind(),
+                        body
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The recorded events of turn `turn` of `session_id` after `after`, in order (at most
+    /// `EVENTS_PER_READ` of them: read again after the last one for more).
+    pub async fn events_after(
+        &self,
+        session_id: String,
+        turn: u64,
+        after: u64,
+    ) -> LedgerResult<Vec<wire::Event>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, at, body FROM turn_events
+                 WHERE session_id = ?1 AND turn = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![session_id, turn as i64, after as i64, EVENTS_PER_READ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (seq, at, body) = row?;
+                events.push(wire::Event {
+                    session_id: Some(session_id.clone()),
+                    turn: Some(turn),
+                    run_id: None,
+                    seq: seq as u64,
+                    at,
+                    // A body this version cannot read is an event of a type it does not know.
+                    body: serde_json::from_str(&body).unwrap_or(wire::EventBody::Unknown),
+                });
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    /// Turn `turn` of `session_id` as the ledger has it; `None` when there is no such turn.
+    pub async fn turn_row(&self, session_id: String, turn: u64) -> LedgerResult<Option<TurnRow>> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT outcome, stop_reason, duration_ms, output, error FROM session_events
+                 WHERE session_id = ?1 AND event = 'turn' AND turn = ?2",
+                params![session_id, turn as i64],
+                |r| {
+                    Ok(TurnRow {
+                        outcome: r.get(0)?,
+                        stop_reason: r.get(1)?,
+                        duration_ms: r.get::<_, Option<i64>>(2)?.map(|d| d as u64),
+                        output: r.get(3)?,
+                        error: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The number of the session's latest turn, if it has one.
+    pub async fn latest_turn(&self, session_id: String) -> LedgerResult<Option<u64>> {
+        self.call(move |c| {
+            let n: Option<i64> = c.query_row(
+                "SELECT MAX(turn) FROM session_events WHERE session_id = ?1 AND event = 'turn'",
+                [session_id],
+                |r| r.get(0),
+            )?;
+            Ok(n.map(|n| n as u64))
+        })
+        .await
+    }
 }

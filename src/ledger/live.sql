@@ -8,3 +8,15 @@ CREATE TABLE turn_waits (
     since      TEXT NOT NULL
 );
 CREATE INDEX turn_waits_by_session ON turn_waits (session_id, since);
+
+-- Every event of every turn, as the agent produced it (message and thought text per
+-- ledger_keep_text), so a turn can be replayed and followed from any worker.
+CREATE TABLE turn_events (
+    session_id TEXT NOT NULL,
+    turn       INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    at         TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    PRIMARY KEY (session_id, turn, seq)
+) WITHOUT ROWID;

@@ -107,6 +107,8 @@ pub struct SessionRow {
     pub pending_files: Vec<String>,
     /// What the agent backend keeps with the session (acpx: its record id).
     pub agent_state: Option<String>,
+    /// The number of the turn running now, if one is (read only; never written from here).
+    pub running_turn: Option<u64>,
 }
 
 /// What a session event row says, beyond its session, kind and time.
@@ -730,7 +732,11 @@ impl Ledger {
 }
 
 pub(crate) const SESSION_SELECT: &str = "SELECT session_id, app, agent, agent_command, cwd, status,
-        created_at, last_turn_at, closed_at, turns, pending_files, agent_state FROM sessions";
+        created_at, last_turn_at, closed_at, turns, pending_files, agent_state,
+        (SELECT e.turn FROM session_events e
+          WHERE e.session_id = sessions.session_id AND e.event = 'turn' AND e.outcome = 'running'
+          ORDER BY e.id DESC LIMIT 1)
+        FROM sessions";
 
 fn files_json(files: &[String]) -> Option<String> {
     (!files.is_empty()).then(|| serde_json::to_string(files).expect("strings serialize"))
@@ -755,6 +761,7 @@ pub(crate) fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow>
         turns: r.get::<_, i64>(9)? as u64,
         pending_files: parse_files(r.get(10)?),
         agent_state: r.get(11)?,
+        running_turn: r.get::<_, Option<i64>>(12)?.map(|t| t as u64),
     })
 }
 
@@ -979,6 +986,8 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 
 mod lifecycle;
 mod live;
+
+pub use live::TurnRow;
 
 #[cfg(test)]
 mod tests;

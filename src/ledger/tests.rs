@@ -20,6 +20,7 @@ fn session(id: &str, app: &str) -> SessionRow {
         turns: 0,
         pending_files: vec!["/tmp/a.md".into()],
         agent_state: None,
+        running_turn: None,
     }
 }
 

@@ -24,10 +24,11 @@ use crate::error::{Error, Result};
 use crate::wire::{self, decode, subject};
 
 /// Every subject the worker serves (and its own, `wire::worker_cancel_subject`).
-pub const SUBJECTS: [&str; 11] = [
+pub const SUBJECTS: [&str; 12] = [
     subject::SESSION_CREATE,
     subject::SESSION_TURN,
     subject::SESSION_CANCEL,
+    subject::SESSION_EVENTS,
     subject::SESSION_CLOSE,
     subject::SESSION_GET,
     subject::SESSION_LIST,
@@ -121,12 +122,13 @@ fn fit(reply: Bytes, max_payload: usize) -> Result<Bytes> {
     Ok(reply)
 }
 
-/// Whether the request asks for a streamed reply, on a subject that streams.
+/// Whether the reply is a stream: asked for on a subject that streams, or always
+/// (`forge.session.events`).
 fn wants_stream(subject: &str, headers: Option<&HeaderMap>) -> bool {
     let asked = headers
         .and_then(|h| h.get(wire::STREAM_HEADER))
         .is_some_and(|v| v.as_str().trim() == "1");
-    asked && subject == subject::SESSION_TURN
+    (asked && subject == subject::SESSION_TURN) || subject == subject::SESSION_EVENTS
 }
 
 async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
@@ -153,7 +155,7 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
             heartbeat: way_back.stream_heartbeat,
             max_payload: way_back.max_payload,
         };
-        let work = |events| live_turn(&forge, token, body, events);
+        let work = |events| streamed(&forge, &subject, token, body, events);
         let served = AssertUnwindSafe(streamer.serve("turn", work)).catch_unwind();
         if served.instrument(span).await.is_err() {
             tracing::error!(subject, "the handler panicked");
@@ -241,16 +243,20 @@ async fn cancel(
     }
 }
 
-/// A streamed `forge.session.turn`: authenticated and decoded like any request, its events
-/// into `events` as they happen.
-async fn live_turn(
+/// A streamed request, authenticated and decoded like any other, its events into `events` as
+/// they happen: a live turn, or a turn replayed and followed.
+async fn streamed(
     forge: &Forge,
+    subject: &str,
     token: Option<&str>,
     body: &[u8],
     events: mpsc::Sender<wire::Event>,
 ) -> Result<Bytes> {
     let caller = authenticate(forge, token).await?;
-    encode(forge.live_turn(&caller, decode(body)?, Some(events)).await)
+    match subject {
+        subject::SESSION_EVENTS => encode(forge.follow_turn(&caller, decode(body)?, events).await),
+        _ => encode(forge.live_turn(&caller, decode(body)?, Some(events)).await),
+    }
 }
 
 async fn authenticate(forge: &Forge, token: Option<&str>) -> Result<Caller> {

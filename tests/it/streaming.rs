@@ -186,3 +186,113 @@ async fn a_v1_turn_reply_carries_no_stream_headers() {
         ["duration_ms", "output", "session_id", "stop_reason", "turn"]
     );
 }
+
+/// Every event of a streamed reply to `events`, and the final message, parsed.
+async fn drain(mut stream: ReplyStream, events: &mut Vec<wire::Event>) -> wire::Turn {
+    let mut reply = None;
+    while let Some(frame) = stream.next().await {
+        match frame.unwrap() {
+            Frame::Event(e) => events.push(e),
+            Frame::Heartbeat => {}
+            Frame::Reply(r) => reply = Some(r),
+        }
+    }
+    reply.expect("a final message").parse().unwrap()
+}
+
+async fn events_of(
+    app: &clawdforge::client::ForgeClient,
+    req: &wire::EventsRequest,
+) -> ReplyStream {
+    let body = Bytes::from(serde_json::to_vec(req).unwrap());
+    let token = format!("Bearer {}", app.token().unwrap());
+    app.stream(wire::subject::SESSION_EVENTS, Some(&token), body, STALL)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lost_stream_is_picked_up_again_with_the_same_seqs_and_a_finished_turn_replays() {
+    let forge = Forge::start().await;
+    let app = forge.app("reattach").await;
+    let session = app.create_session(&CreateSession::default()).await.unwrap();
+    let id = session.session_id.clone();
+    let release = forge.dir.path().join("release");
+    let prompt = format!("look #wait-file={}", release.display());
+    let mut live = stream_turn(&app, &turn(&id, &prompt)).await;
+    let first = next_event(&mut live).await;
+    let second = next_event(&mut live).await;
+    assert_eq!(app.get_session(&id).await.unwrap().running_turn, Some(1));
+    // The connection is lost: the turn goes on without its caller.
+    drop(live);
+
+    // Re-attached after the events it had, from another connection, while the turn runs.
+    let other = forge.app("reattach").await;
+    let follower = events_of(
+        &other,
+        &wire::EventsRequest {
+            session_id: id.clone(),
+            after: Some(second.seq),
+            ..Default::default()
+        },
+    )
+    .await;
+    let follow = tokio::spawn(async move {
+        let mut events = Vec::new();
+        let done = drain(follower, &mut events).await;
+        (events, done)
+    });
+    std::fs::write(&release, "").unwrap();
+    let (rest, done) = follow.await.unwrap();
+    assert_eq!(done.stop_reason, "end_turn");
+    assert_eq!(
+        rest.first().map(|e| e.seq),
+        Some(3),
+        "it goes on after seq 2: {rest:?}"
+    );
+    let said: String = rest
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Message { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, done.output);
+    assert_eq!(app.get_session(&id).await.unwrap().running_turn, None);
+
+    // The finished turn replays whole, with the same numbers and bodies.
+    let mut replayed = Vec::new();
+    let again = drain(
+        events_of(
+            &app,
+            &wire::EventsRequest {
+                session_id: id.clone(),
+                turn: Some(1),
+                after: None,
+            },
+        )
+        .await,
+        &mut replayed,
+    )
+    .await;
+    assert_eq!(again, done);
+    let mut expected = vec![first, second];
+    expected.extend(rest);
+    assert_eq!(replayed, expected);
+
+    // Another app's session, and a turn that does not exist, are not found.
+    let stranger = forge.app("stranger").await;
+    for (who, turn) in [(&stranger, None), (&app, Some(9))] {
+        let req = wire::EventsRequest {
+            session_id: id.clone(),
+            turn,
+            after: None,
+        };
+        let mut s = events_of(who, &req).await;
+        match s.next().await {
+            Some(Ok(Frame::Reply(r))) => assert_eq!(r.status, Some(404)),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.next().await.is_none());
+    }
+}
