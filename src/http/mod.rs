@@ -7,6 +7,7 @@ mod allowlist;
 pub mod multipart;
 mod openapi;
 mod routes;
+mod sse;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -66,6 +67,9 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// What a connection may hold before and between requests; given to [`serve`].
     pub conn: ConnLimits,
+    /// How often the workers send a heartbeat on a streamed reply (`stream_heartbeat_secs`): a
+    /// stream silent for three of these is given up.
+    pub stream_heartbeat: Duration,
 }
 
 /// What one client may hold of the server without a request in flight. The allowlist middleware
@@ -118,6 +122,7 @@ impl Settings {
                 idle_timeout: Duration::from_secs(config.http_idle_timeout_secs),
                 max_connections: config.http_max_connections,
             },
+            stream_heartbeat: Duration::from_secs(config.stream_heartbeat_secs),
         })
     }
 }
@@ -129,17 +134,21 @@ pub struct Sidecar {
     max_request_bytes: usize,
     access: Arc<Access>,
     openapi: Bytes,
+    /// How long a streamed reply may stay silent: three heartbeats.
+    stall: Duration,
 }
 
 impl Sidecar {
     /// A sidecar that talks through `client` (its own token is not used: each request carries
-    /// its caller's). Turn and run timeouts follow `client.default_agent_timeout`.
+    /// its caller's). Turn and run timeouts follow `client.default_agent_timeout`; a streamed
+    /// turn has none of its own, it lasts while the worker's heartbeats come.
     pub fn new(client: ForgeClient, settings: Settings) -> Sidecar {
         Sidecar {
             client,
             max_request_bytes: settings.max_request_bytes,
             access: Arc::new(settings.access),
             openapi: openapi::document().into(),
+            stall: settings.stream_heartbeat.saturating_mul(3),
         }
     }
 }
@@ -441,8 +450,12 @@ fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Respo
 /// The contract's error reply: the kind's status and `{"error": {"code", "message"}}`.
 pub fn error_response(err: &Error) -> Response {
     let status = StatusCode::from_u16(err.kind.status()).expect("the table holds valid statuses");
-    let body = serde_json::to_vec(&wire::ErrorBody::from(err)).expect("error body serializes");
-    json_response(status, body)
+    json_response(status, error_body(err))
+}
+
+/// `{"error": {"code", "message"}}`.
+fn error_body(err: &Error) -> Vec<u8> {
+    serde_json::to_vec(&wire::ErrorBody::from(err)).expect("error body serializes")
 }
 
 impl IntoResponse for Error {

@@ -15,28 +15,28 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::multipart::{self, RunForm, TurnForm};
-use super::{body_too_large, error_response, json_response, Sidecar};
+use super::{body_too_large, error_body, error_response, json_response, sse, Sidecar};
 use crate::client::{ClientError, RawReply, CONTROL_TIMEOUT, CREATE_TIMEOUT};
 use crate::error::{Error, ErrorKind};
 use crate::wire::{self, subject, ErrorBody};
 
 /// Waits before trying again after "no responders": just after a reconnect the workers'
 /// subscriptions may not be back yet.
-const NO_RESPONDERS_RETRIES: [Duration; 2] =
+pub(super) const NO_RESPONDERS_RETRIES: [Duration; 2] =
     [Duration::from_millis(50), Duration::from_millis(200)];
 /// How long `/healthz` collects the workers' answers to `$SRV.PING`.
 const PING_WAIT: Duration = Duration::from_millis(250);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a request waits for NATS when the sidecar is not connected (just started, or
 /// reconnecting) before it answers that NATS is not reachable.
-const NATS_CONNECT_WAIT: Duration = Duration::from_secs(3);
+pub(super) const NATS_CONNECT_WAIT: Duration = Duration::from_secs(3);
 
-const NATS_DOWN: &str = "NATS is not reachable";
+pub(super) const NATS_DOWN: &str = "NATS is not reachable";
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Sidecar {
-    fn nats_connected(&self) -> bool {
+    pub(super) fn nats_connected(&self) -> bool {
         self.client.connected()
     }
 
@@ -76,7 +76,7 @@ impl Sidecar {
         response
     }
 
-    fn failure(&self, subject: &str, err: ClientError, timeout: Duration) -> Error {
+    pub(super) fn failure(&self, subject: &str, err: ClientError, timeout: Duration) -> Error {
         match err {
             ClientError::Api(e) => e,
             ClientError::NoResponders => Error::at_capacity("no worker available"),
@@ -95,19 +95,29 @@ impl Sidecar {
 }
 
 /// A worker's reply as HTTP: its body as it is, with 200 or the status of its error.
-fn reply_response(reply: RawReply) -> Response {
+pub(super) fn reply_response(reply: RawReply) -> Response {
+    let (status, body) = reply_parts(reply);
+    json_response(status, body)
+}
+
+/// A worker's reply's HTTP status and body: 200 and the body as it is, or the status of its
+/// error (500 for one that is not an error status) and the error body (made from the status
+/// when the reply has none).
+pub(super) fn reply_parts(reply: RawReply) -> (StatusCode, Bytes) {
     let Some(code) = reply.status else {
-        return json_response(StatusCode::OK, reply.body);
+        return (StatusCode::OK, reply.body);
     };
     if reply.body.is_empty() {
         let kind = ErrorKind::from_status(code).unwrap_or(ErrorKind::Internal);
-        return error_response(&Error::new(kind, format!("the worker answered {code}")));
+        let err = Error::new(kind, format!("the worker answered {code}"));
+        let status = StatusCode::from_u16(kind.status()).expect("the table holds valid statuses");
+        return (status, error_body(&err).into());
     }
     let status = StatusCode::from_u16(code)
         .ok()
         .filter(|s| s.is_client_error() || s.is_server_error())
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, reply.body)
+    (status, reply.body)
 }
 
 fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String> {
@@ -379,6 +389,11 @@ pub async fn turn(
             (to_body(&fields), timeout)
         }
     };
+    if sse::wanted(&headers) {
+        return Ok(s
+            .stream(subject::SESSION_TURN, "turn", &headers, body)
+            .await);
+    }
     let timeout = s.client.agent_timeout(timeout_secs);
     Ok(s.forward(subject::SESSION_TURN, &headers, body, timeout)
         .await)
