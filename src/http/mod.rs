@@ -13,9 +13,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
@@ -23,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -83,7 +86,8 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed, even when hyper is not
     /// waiting for headers (a client that does not read its answer). A request in flight, such
-    /// as a 30-minute turn, is never cut by it.
+    /// as a 30-minute turn, is never cut by it; nor is a streamed answer while its parts go out
+    /// (a turn's server-sent events: a heartbeat every `stream_heartbeat_secs` at least).
     pub idle_timeout: Duration,
     /// Connections accepted beyond this many open ones are closed at once, unread (so 0 refuses
     /// them all; zero timeouts likewise close every connection at once).
@@ -109,6 +113,14 @@ impl Settings {
             let env = names.last().expect("every key has an environment name");
             format!("{env} (config key {key})")
         };
+        if config.stream_heartbeat_secs >= config.http_idle_timeout_secs {
+            tracing::warn!(
+                stream_heartbeat_secs = config.stream_heartbeat_secs,
+                http_idle_timeout_secs = config.http_idle_timeout_secs,
+                "a streamed turn whose agent is quiet is closed as idle between heartbeats: \
+                 keep stream_heartbeat_secs below http_idle_timeout_secs"
+            );
+        }
         Ok(Settings {
             access: Access::parse(
                 &config.allow_cidrs,
@@ -358,7 +370,8 @@ impl Connection {
 
 /// `router` as hyper calls it: each request carries the peer's address, as
 /// `into_make_service_with_connect_info` would add it, and counts as in flight in `activity`
-/// until its handler is done (or dropped, the client gone).
+/// until its handler is done (or dropped, the client gone); then each part of its answer's body
+/// that goes out counts as activity too (see [`Progress`]).
 fn counted_service(
     router: Router,
     peer: SocketAddr,
@@ -373,13 +386,54 @@ fn counted_service(
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let in_flight = InFlight::start(activity.clone());
+        let progress = activity.clone();
         let answer = router.call(request);
         async move {
             let answer = answer.await;
             drop(in_flight);
-            answer
+            answer.map(|response| response.map(|body| Body::new(Progress { body, progress })))
         }
     })
+}
+
+/// An answer's body that marks the connection active each time a part of it goes out, so that a
+/// long streamed answer (a turn's server-sent events, a heartbeat at least every
+/// `stream_heartbeat_secs`) is not closed as idle while it flows. A client that stops reading
+/// stops the parts too, and its connection is idle again. Length and end are the body's own, so
+/// other answers go out as before.
+struct Progress {
+    body: Body,
+    progress: watch::Sender<Activity>,
+}
+
+impl HttpBody for Progress {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.progress.send_if_modified(|a| {
+                let idle = a.in_flight == 0;
+                if idle {
+                    a.idle_since = Instant::now();
+                }
+                idle
+            });
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// What a connection is doing, as the idle timeout sees it.

@@ -1931,3 +1931,47 @@ async fn a_refused_sse_turn_is_its_plain_json_error_and_a_form_streams_too() {
     );
     assert!(events.iter().any(|e| e["type"] == "message"), "{events:?}");
 }
+
+#[tokio::test]
+async fn a_quiet_sse_turn_sends_heartbeat_comments_and_no_timeout_cuts_it() {
+    let forge = Forge::start_with(Options {
+        env: vec![("CLAWDFORGE_STREAM_HEARTBEAT_SECS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    // Both connection timeouts are shorter than the stream is kept quiet.
+    let sidecar = forge
+        .spawn_http("sidecar", &[(HEADER_TIMEOUT, "1"), (IDLE_TIMEOUT, "2")])
+        .await;
+    let (token, id) = app_session(&forge, &sidecar, "quiet").await;
+    let release = forge.dir.path().join("release-quiet");
+    let prompt = format!("quiet #wait-file={}", release.display());
+    let request = sse_turn(&sidecar, &token, &id).json(&json!({ "prompt": prompt }));
+    let mut stream = SseReader::new(sse_send(request).await);
+    assert_eq!(stream.next_event().await.1, "thought");
+    assert_eq!(stream.next_event().await.1, "plan");
+
+    let started = Instant::now();
+    let mut heartbeats = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        match stream.next().await {
+            Some(Sse::Comment(text)) => {
+                assert_eq!(text, "heartbeat");
+                heartbeats += 1;
+            }
+            other => panic!("expected a heartbeat while the agent waits, got {other:?}"),
+        }
+    }
+    assert!(
+        heartbeats >= 4,
+        "{heartbeats} heartbeats in {:?}",
+        started.elapsed()
+    );
+    std::fs::write(&release, "").unwrap();
+    let (_, last, turn) = stream.rest().await;
+    assert_eq!(last, "turn", "{turn}");
+    assert!(
+        turn["output"].as_str().unwrap().starts_with("echo: quiet"),
+        "{turn}"
+    );
+}
