@@ -349,14 +349,27 @@ pub async fn close_session(
     path = "/sessions/{id}/turn",
     tag = "sessions",
     description = "One turn of a session (`forge.session.turn`). The session comes from the path; \
-                   a body that names another `session_id` is `bad_request`.",
-    params(("id" = String, Path, description = "The session id")),
+                   a body that names another `session_id` is `bad_request`.\n\n\
+                   With `Accept: text/event-stream` the turn is a live one: 200 `text/event-stream`, \
+                   each event of the turn as it happens (`id: <seq>`, `event: <type>`, \
+                   `data: <Event JSON>`), a `: heartbeat` comment every `stream_heartbeat_secs` \
+                   while the agent is quiet, then `event: turn` with the Turn as data (or \
+                   `event: error` with the error body), and the end. A request refused before \
+                   anything ran answers as without the header: its status and JSON error.",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live turn"),
+    ),
     request_body(content(
         (wire::TurnRequest = "application/json"),
         (TurnForm = "multipart/form-data")
     )),
     responses(
-        (status = 200, description = "The agent's answer", body = wire::Turn),
+        (status = 200, description = "The agent's answer: the Turn, or with `Accept: text/event-stream` \
+                                      the turn's events as they happen, then the Turn", content(
+            (wire::Turn = "application/json"),
+            (String = "text/event-stream", example = "id: 1\nevent: thought\ndata: {\"session_id\":\"…\",\"turn\":1,\"seq\":1,\"at\":\"…\",\"type\":\"thought\",\"text\":\"…\"}\n\n: heartbeat\n\nid: 2\nevent: message\ndata: {\"session_id\":\"…\",\"turn\":1,\"seq\":2,\"at\":\"…\",\"type\":\"message\",\"text\":\"Hello\"}\n\nevent: turn\ndata: {\"session_id\":\"…\",\"turn\":1,\"output\":\"Hello\",\"stop_reason\":\"end_turn\",\"duration_ms\":812}\n\n"),
+        )),
         (status = 400, description = "bad_request", body = ErrorBody),
         (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
         (status = 409, description = "conflict: the session is closed", body = ErrorBody),
