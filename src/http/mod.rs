@@ -545,6 +545,30 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_body_keeps_its_length_and_each_part_out_is_activity() {
+        let (activity, mut watched) = watch::channel(Activity {
+            in_flight: 0,
+            idle_since: Instant::now(),
+        });
+        let before = watched.borrow_and_update().idle_since;
+        let mut body = Progress {
+            body: Body::from("{\"ok\":true}"),
+            progress: activity,
+        };
+        // What hyper writes Content-Length from, and when it knows the end.
+        assert_eq!(body.size_hint().exact(), Some(11));
+        assert!(!body.is_end_stream());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert_eq!(
+            frame.unwrap().unwrap().into_data().unwrap(),
+            "{\"ok\":true}"
+        );
+        assert!(watched.has_changed().unwrap());
+        assert!(watched.borrow().idle_since > before);
+    }
+
     #[test]
     fn default_limits() {
         let limits = ConnLimits::default();
