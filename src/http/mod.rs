@@ -7,14 +7,18 @@ mod allowlist;
 pub mod multipart;
 mod openapi;
 mod routes;
+mod sse;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
@@ -22,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -66,6 +70,9 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// What a connection may hold before and between requests; given to [`serve`].
     pub conn: ConnLimits,
+    /// How often the workers send a heartbeat on a streamed reply (`stream_heartbeat_secs`): a
+    /// stream silent for three of these is given up.
+    pub stream_heartbeat: Duration,
 }
 
 /// What one client may hold of the server without a request in flight. The allowlist middleware
@@ -79,7 +86,8 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed, even when hyper is not
     /// waiting for headers (a client that does not read its answer). A request in flight, such
-    /// as a 30-minute turn, is never cut by it.
+    /// as a 30-minute turn, is never cut by it; nor is a streamed answer while its parts go out
+    /// (a turn's server-sent events: a heartbeat every `stream_heartbeat_secs` at least).
     pub idle_timeout: Duration,
     /// Connections accepted beyond this many open ones are closed at once, unread (so 0 refuses
     /// them all; zero timeouts likewise close every connection at once).
@@ -105,6 +113,14 @@ impl Settings {
             let env = names.last().expect("every key has an environment name");
             format!("{env} (config key {key})")
         };
+        if config.stream_heartbeat_secs >= config.http_idle_timeout_secs {
+            tracing::warn!(
+                stream_heartbeat_secs = config.stream_heartbeat_secs,
+                http_idle_timeout_secs = config.http_idle_timeout_secs,
+                "a streamed turn whose agent is quiet is closed as idle between heartbeats: \
+                 keep stream_heartbeat_secs below http_idle_timeout_secs"
+            );
+        }
         Ok(Settings {
             access: Access::parse(
                 &config.allow_cidrs,
@@ -118,6 +134,7 @@ impl Settings {
                 idle_timeout: Duration::from_secs(config.http_idle_timeout_secs),
                 max_connections: config.http_max_connections,
             },
+            stream_heartbeat: Duration::from_secs(config.stream_heartbeat_secs),
         })
     }
 }
@@ -129,17 +146,21 @@ pub struct Sidecar {
     max_request_bytes: usize,
     access: Arc<Access>,
     openapi: Bytes,
+    /// How long a streamed reply may stay silent: three heartbeats.
+    stall: Duration,
 }
 
 impl Sidecar {
     /// A sidecar that talks through `client` (its own token is not used: each request carries
-    /// its caller's). Turn and run timeouts follow `client.default_agent_timeout`.
+    /// its caller's). Turn and run timeouts follow `client.default_agent_timeout`; a streamed
+    /// turn has none of its own, it lasts while the worker's heartbeats come.
     pub fn new(client: ForgeClient, settings: Settings) -> Sidecar {
         Sidecar {
             client,
             max_request_bytes: settings.max_request_bytes,
             access: Arc::new(settings.access),
             openapi: openapi::document().into(),
+            stall: settings.stream_heartbeat.saturating_mul(3),
         }
     }
 }
@@ -349,7 +370,8 @@ impl Connection {
 
 /// `router` as hyper calls it: each request carries the peer's address, as
 /// `into_make_service_with_connect_info` would add it, and counts as in flight in `activity`
-/// until its handler is done (or dropped, the client gone).
+/// until its handler is done (or dropped, the client gone); then each part of its answer's body
+/// that goes out counts as activity too (see [`Progress`]).
 fn counted_service(
     router: Router,
     peer: SocketAddr,
@@ -364,13 +386,54 @@ fn counted_service(
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let in_flight = InFlight::start(activity.clone());
+        let progress = activity.clone();
         let answer = router.call(request);
         async move {
             let answer = answer.await;
             drop(in_flight);
-            answer
+            answer.map(|response| response.map(|body| Body::new(Progress { body, progress })))
         }
     })
+}
+
+/// An answer's body that marks the connection active each time a part of it goes out, so that a
+/// long streamed answer (a turn's server-sent events, a heartbeat at least every
+/// `stream_heartbeat_secs`) is not closed as idle while it flows. A client that stops reading
+/// stops the parts too, and its connection is idle again. Length and end are the body's own, so
+/// other answers go out as before.
+struct Progress {
+    body: Body,
+    progress: watch::Sender<Activity>,
+}
+
+impl HttpBody for Progress {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.progress.send_if_modified(|a| {
+                let idle = a.in_flight == 0;
+                if idle {
+                    a.idle_since = Instant::now();
+                }
+                idle
+            });
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// What a connection is doing, as the idle timeout sees it.
@@ -441,8 +504,12 @@ fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Respo
 /// The contract's error reply: the kind's status and `{"error": {"code", "message"}}`.
 pub fn error_response(err: &Error) -> Response {
     let status = StatusCode::from_u16(err.kind.status()).expect("the table holds valid statuses");
-    let body = serde_json::to_vec(&wire::ErrorBody::from(err)).expect("error body serializes");
-    json_response(status, body)
+    json_response(status, error_body(err))
+}
+
+/// `{"error": {"code", "message"}}`.
+fn error_body(err: &Error) -> Vec<u8> {
+    serde_json::to_vec(&wire::ErrorBody::from(err)).expect("error body serializes")
 }
 
 impl IntoResponse for Error {
@@ -476,6 +543,30 @@ mod tests {
             assert_eq!(admit(&access, ip(peer), 0, 2), Err(Refusal::Peer), "{peer}");
             assert_eq!(admit(&access, ip(peer), 5, 2), Err(Refusal::Peer), "{peer}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_keeps_its_length_and_each_part_out_is_activity() {
+        let (activity, mut watched) = watch::channel(Activity {
+            in_flight: 0,
+            idle_since: Instant::now(),
+        });
+        let before = watched.borrow_and_update().idle_since;
+        let mut body = Progress {
+            body: Body::from("{\"ok\":true}"),
+            progress: activity,
+        };
+        // What hyper writes Content-Length from, and when it knows the end.
+        assert_eq!(body.size_hint().exact(), Some(11));
+        assert!(!body.is_end_stream());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert_eq!(
+            frame.unwrap().unwrap().into_data().unwrap(),
+            "{\"ok\":true}"
+        );
+        assert!(watched.has_changed().unwrap());
+        assert!(watched.borrow().idle_since > before);
     }
 
     #[test]

@@ -45,6 +45,8 @@ use crate::wire;
         wire::SessionList,
         wire::SessionClosed,
         wire::Turn,
+        wire::Event,
+        wire::EventBody,
         wire::Run,
         wire::TokenCreated,
         wire::TokenInfo,
@@ -160,6 +162,22 @@ mod tests {
             turn["responses"]["409"]["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/ErrorBody"
         );
+        let ok = &turn["responses"]["200"]["content"];
+        assert_eq!(
+            ok["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Turn"
+        );
+        let events = &ok["text/event-stream"];
+        assert_eq!(events["schema"]["type"], "string");
+        assert!(events["example"]
+            .as_str()
+            .unwrap()
+            .ends_with("event: turn\ndata: {\"session_id\":\"…\",\"turn\":1,\"output\":\"Hello\",\"stop_reason\":\"end_turn\",\"duration_ms\":812}\n\n"));
+        assert!(turn["description"]
+            .as_str()
+            .unwrap()
+            .contains("Accept: text/event-stream"));
+        assert!(doc["components"]["schemas"]["Event"].is_object());
         assert_eq!(
             doc["paths"]["/sessions"]["get"]["responses"]["401"]["content"]["application/json"]
                 ["schema"]["$ref"],

@@ -15,28 +15,28 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::multipart::{self, RunForm, TurnForm};
-use super::{body_too_large, error_response, json_response, Sidecar};
+use super::{body_too_large, error_body, error_response, json_response, sse, Sidecar};
 use crate::client::{ClientError, RawReply, CONTROL_TIMEOUT, CREATE_TIMEOUT};
 use crate::error::{Error, ErrorKind};
 use crate::wire::{self, subject, ErrorBody};
 
 /// Waits before trying again after "no responders": just after a reconnect the workers'
 /// subscriptions may not be back yet.
-const NO_RESPONDERS_RETRIES: [Duration; 2] =
+pub(super) const NO_RESPONDERS_RETRIES: [Duration; 2] =
     [Duration::from_millis(50), Duration::from_millis(200)];
 /// How long `/healthz` collects the workers' answers to `$SRV.PING`.
 const PING_WAIT: Duration = Duration::from_millis(250);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a request waits for NATS when the sidecar is not connected (just started, or
 /// reconnecting) before it answers that NATS is not reachable.
-const NATS_CONNECT_WAIT: Duration = Duration::from_secs(3);
+pub(super) const NATS_CONNECT_WAIT: Duration = Duration::from_secs(3);
 
-const NATS_DOWN: &str = "NATS is not reachable";
+pub(super) const NATS_DOWN: &str = "NATS is not reachable";
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Sidecar {
-    fn nats_connected(&self) -> bool {
+    pub(super) fn nats_connected(&self) -> bool {
         self.client.connected()
     }
 
@@ -76,7 +76,7 @@ impl Sidecar {
         response
     }
 
-    fn failure(&self, subject: &str, err: ClientError, timeout: Duration) -> Error {
+    pub(super) fn failure(&self, subject: &str, err: ClientError, timeout: Duration) -> Error {
         match err {
             ClientError::Api(e) => e,
             ClientError::NoResponders => Error::at_capacity("no worker available"),
@@ -95,19 +95,29 @@ impl Sidecar {
 }
 
 /// A worker's reply as HTTP: its body as it is, with 200 or the status of its error.
-fn reply_response(reply: RawReply) -> Response {
+pub(super) fn reply_response(reply: RawReply) -> Response {
+    let (status, body) = reply_parts(reply);
+    json_response(status, body)
+}
+
+/// A worker's reply's HTTP status and body: 200 and the body as it is, or the status of its
+/// error (500 for one that is not an error status) and the error body (made from the status
+/// when the reply has none).
+pub(super) fn reply_parts(reply: RawReply) -> (StatusCode, Bytes) {
     let Some(code) = reply.status else {
-        return json_response(StatusCode::OK, reply.body);
+        return (StatusCode::OK, reply.body);
     };
     if reply.body.is_empty() {
         let kind = ErrorKind::from_status(code).unwrap_or(ErrorKind::Internal);
-        return error_response(&Error::new(kind, format!("the worker answered {code}")));
+        let err = Error::new(kind, format!("the worker answered {code}"));
+        let status = StatusCode::from_u16(kind.status()).expect("the table holds valid statuses");
+        return (status, error_body(&err).into());
     }
     let status = StatusCode::from_u16(code)
         .ok()
         .filter(|s| s.is_client_error() || s.is_server_error())
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, reply.body)
+    (status, reply.body)
 }
 
 fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String> {
@@ -339,14 +349,27 @@ pub async fn close_session(
     path = "/sessions/{id}/turn",
     tag = "sessions",
     description = "One turn of a session (`forge.session.turn`). The session comes from the path; \
-                   a body that names another `session_id` is `bad_request`.",
-    params(("id" = String, Path, description = "The session id")),
+                   a body that names another `session_id` is `bad_request`.\n\n\
+                   With `Accept: text/event-stream` the turn is a live one: 200 `text/event-stream`, \
+                   each event of the turn as it happens (`id: <seq>`, `event: <type>`, \
+                   `data: <Event JSON>`), a `: heartbeat` comment every `stream_heartbeat_secs` \
+                   while the agent is quiet, then `event: turn` with the Turn as data (or \
+                   `event: error` with the error body), and the end. A request refused before \
+                   anything ran answers as without the header: its status and JSON error.",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live turn"),
+    ),
     request_body(content(
         (wire::TurnRequest = "application/json"),
         (TurnForm = "multipart/form-data")
     )),
     responses(
-        (status = 200, description = "The agent's answer", body = wire::Turn),
+        (status = 200, description = "The agent's answer: the Turn, or with `Accept: text/event-stream` \
+                                      the turn's events as they happen, then the Turn", content(
+            (wire::Turn = "application/json"),
+            (String = "text/event-stream", example = "id: 1\nevent: thought\ndata: {\"session_id\":\"…\",\"turn\":1,\"seq\":1,\"at\":\"…\",\"type\":\"thought\",\"text\":\"…\"}\n\n: heartbeat\n\nid: 2\nevent: message\ndata: {\"session_id\":\"…\",\"turn\":1,\"seq\":2,\"at\":\"…\",\"type\":\"message\",\"text\":\"Hello\"}\n\nevent: turn\ndata: {\"session_id\":\"…\",\"turn\":1,\"output\":\"Hello\",\"stop_reason\":\"end_turn\",\"duration_ms\":812}\n\n"),
+        )),
         (status = 400, description = "bad_request", body = ErrorBody),
         (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
         (status = 409, description = "conflict: the session is closed", body = ErrorBody),
@@ -379,6 +402,11 @@ pub async fn turn(
             (to_body(&fields), timeout)
         }
     };
+    if sse::wanted(&headers) {
+        return Ok(s
+            .stream(subject::SESSION_TURN, "turn", &headers, body)
+            .await);
+    }
     let timeout = s.client.agent_timeout(timeout_secs);
     Ok(s.forward(subject::SESSION_TURN, &headers, body, timeout)
         .await)

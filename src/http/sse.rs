@@ -1,0 +1,265 @@
+//! Streamed answers over HTTP as server-sent events (contract v2). With
+//! `Accept: text/event-stream` a turn is forwarded with `Forge-Stream: 1`, and its stream is
+//! relayed as it comes: each event as `id: <seq>` / `event: <type>` / `data: <Event JSON>`, each
+//! heartbeat as the comment `: heartbeat`, then the final `event: turn` (or `event: error`) with
+//! the reply's body as data, and the end. A request refused before anything ran (its first
+//! message is the final error) answers as it would without the header: its status and JSON
+//! error body.
+//!
+//! No timer of the request cuts the stream while the worker's messages flow: it is given up only
+//! after three heartbeats' time without any, and the turn's own timeout is the worker's to keep.
+
+use std::convert::Infallible;
+
+use axum::http::header::{HeaderValue, ACCEPT, AUTHORIZATION};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::{self, Stream};
+
+use super::routes::{
+    reply_parts, reply_response, NATS_CONNECT_WAIT, NATS_DOWN, NO_RESPONDERS_RETRIES,
+};
+use super::{error_body, error_response, Sidecar};
+use crate::client::{ClientError, Frame, RawReply, ReplyStream};
+use crate::error::Error;
+use crate::wire;
+
+const EVENT_STREAM: &str = "text/event-stream";
+
+/// Whether the request's `Accept` names `text/event-stream`.
+pub(super) fn wanted(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| range.split(';').next())
+        .any(|mime| mime.trim().eq_ignore_ascii_case(EVENT_STREAM))
+}
+
+impl Sidecar {
+    /// Sends `body` to `subject` asking for a streamed reply, with the caller's `Authorization`
+    /// header, and answers with the stream as server-sent events (`final_kind` names the final
+    /// event of a success), or with the error that refused the request before anything ran.
+    pub(super) async fn stream(
+        &self,
+        subject: &'static str,
+        final_kind: &'static str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
+            return error_response(&Error::at_capacity(NATS_DOWN));
+        }
+        let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let response = match self.first_frame(subject, authorization, body).await {
+            Err(err) => error_response(&self.stream_failure(subject, err)),
+            Ok((Frame::Reply(reply), _)) if reply.status.is_some() => reply_response(reply),
+            Ok((first, rest)) => {
+                let relay = Relay {
+                    sidecar: self.clone(),
+                    subject,
+                    final_kind,
+                    first: Some(first),
+                    rest,
+                    ended: false,
+                };
+                events_response(relay.events())
+            }
+        };
+        tracing::debug!(subject, status = response.status().as_u16(), "streamed");
+        response
+    }
+
+    /// Opens the stream and reads its first frame, trying again a moment later when no worker
+    /// is subscribed (just after a reconnect, as [`Sidecar::forward`] does).
+    async fn first_frame(
+        &self,
+        subject: &str,
+        authorization: Option<&str>,
+        body: Bytes,
+    ) -> Result<(Frame, ReplyStream), ClientError> {
+        let mut retries = NO_RESPONDERS_RETRIES.iter();
+        loop {
+            let mut stream = self
+                .client
+                .stream(subject, authorization, body.clone(), self.stall)
+                .await?;
+            match next_frame(&mut stream).await {
+                Ok(frame) => return Ok((frame, stream)),
+                Err(ClientError::NoResponders) => match retries.next() {
+                    Some(wait) => tokio::time::sleep(*wait).await,
+                    None => return Err(ClientError::NoResponders),
+                },
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// The contract error of a stream that failed: as for a single reply, except that a time
+    /// out is the stream's silence.
+    fn stream_failure(&self, subject: &str, err: ClientError) -> Error {
+        match err {
+            ClientError::TimedOut if self.nats_connected() => Error::timeout(format!(
+                "nothing from a worker for {} s",
+                self.stall.as_secs()
+            )),
+            err => self.failure(subject, err, self.stall),
+        }
+    }
+}
+
+/// The next frame of `stream`; an event that cannot be read is logged and skipped, and the end
+/// without a final message is an error.
+async fn next_frame(stream: &mut ReplyStream) -> Result<Frame, ClientError> {
+    loop {
+        match stream.next().await {
+            Some(Err(ClientError::Decode(e))) => {
+                tracing::warn!(error = %e, "an event of a stream could not be read; skipped");
+            }
+            Some(result) => return result,
+            None => {
+                return Err(ClientError::Decode(
+                    "the stream ended without its final message".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// What is left to relay of a stream whose first frame has been read.
+struct Relay {
+    sidecar: Sidecar,
+    subject: &'static str,
+    final_kind: &'static str,
+    first: Option<Frame>,
+    rest: ReplyStream,
+    ended: bool,
+}
+
+impl Relay {
+    /// Each frame as an SSE event, as it comes, up to the final one.
+    fn events(self) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+        stream::unfold(self, |mut relay| async move {
+            if relay.ended {
+                return None;
+            }
+            let frame = match relay.first.take() {
+                Some(frame) => Ok(frame),
+                None => next_frame(&mut relay.rest).await,
+            };
+            let event = match frame {
+                Ok(Frame::Event(event)) => event_of(&event),
+                Ok(Frame::Heartbeat) => SseEvent::default().comment("heartbeat"),
+                Ok(Frame::Reply(reply)) => {
+                    relay.ended = true;
+                    final_event(relay.final_kind, reply)
+                }
+                Err(err) => {
+                    relay.ended = true;
+                    let err = relay.sidecar.stream_failure(relay.subject, err);
+                    tracing::debug!(subject = relay.subject, error = %err, "a stream failed");
+                    data_event("error", &error_body(&err))
+                }
+            };
+            Some((Ok(event), relay))
+        })
+    }
+}
+
+fn event_of(event: &wire::Event) -> SseEvent {
+    let data = serde_json::to_string(event).expect("an event serializes");
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.body.kind())
+        .data(data)
+}
+
+/// The final message: `final_kind` with the reply, or `error` with the error body.
+fn final_event(final_kind: &str, reply: RawReply) -> SseEvent {
+    let (status, body) = reply_parts(reply);
+    let kind = if status == StatusCode::OK {
+        final_kind
+    } else {
+        "error"
+    };
+    data_event(kind, &body)
+}
+
+fn data_event(kind: &str, data: &[u8]) -> SseEvent {
+    SseEvent::default()
+        .event(kind)
+        .data(String::from_utf8_lossy(data))
+}
+
+/// 200 `text/event-stream`, each event written out as it comes. Proxies are asked not to hold
+/// it back (`X-Accel-Buffering: no`).
+fn events_response(
+    events: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
+) -> Response {
+    let mut response = Sse::new(events).into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(ACCEPT, HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_accept_header_asks_for_events() {
+        assert!(wanted(&accept(&["text/event-stream"])));
+        assert!(wanted(&accept(&[
+            "application/json, Text/Event-Stream;q=0.9"
+        ])));
+        assert!(wanted(&accept(&["application/json", "text/event-stream"])));
+        assert!(!wanted(&accept(&["application/json"])));
+        assert!(!wanted(&accept(&["*/*"])));
+        assert!(!wanted(&accept(&[])));
+    }
+
+    /// The bytes an event goes out as.
+    async fn text(event: SseEvent) -> String {
+        let events = stream::iter([Ok::<_, Infallible>(event)]);
+        let body = events_response(events).into_body();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_final_reply_is_the_turn_or_the_error() {
+        let reply = |status, body: &'static [u8]| RawReply {
+            status,
+            body: Bytes::from_static(body),
+        };
+        assert_eq!(
+            text(final_event("turn", reply(None, br#"{"turn":1}"#))).await,
+            "event: turn\ndata: {\"turn\":1}\n\n"
+        );
+        assert_eq!(
+            text(final_event("turn", reply(Some(409), br#"{"error":{}}"#))).await,
+            "event: error\ndata: {\"error\":{}}\n\n"
+        );
+        let made_up = text(final_event("turn", reply(Some(504), b""))).await;
+        assert!(
+            made_up.starts_with("event: error\ndata: {\"error\":{\"code\":\"timeout\""),
+            "{made_up}"
+        );
+        assert_eq!(
+            text(SseEvent::default().comment("heartbeat")).await,
+            ": heartbeat\n\n"
+        );
+    }
+}
