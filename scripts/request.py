@@ -3,8 +3,8 @@
 
 Usage: request.py SUBJECT [JSON] [--token TOKEN] [--url NATS_URL] [--timeout SECS] [--stream]
 
---stream asks for a streamed reply (Forge-Stream: 1, forge.session.turn; forge.session.events
-always streams): each message is printed as it comes, with its Forge-Event type, up to the
+--stream asks for a streamed reply (Forge-Stream: 1: forge.session.turn, forge.run;
+forge.session.events always streams): each message is printed as it comes, with its Forge-Event type, up to the
 empty message that ends the stream.
 
 TOKEN defaults to $CLAWDFORGE_TOKEN, the URL to $NATS_URL or nats://127.0.0.1:4222.

@@ -324,6 +324,22 @@ impl ForgeClient {
         .await
     }
 
+    /// A run whose events come as claude prints them (`Forge-Stream: 1`), each to
+    /// `on_event`; then its reply.
+    pub async fn run_streaming(
+        &self,
+        req: &wire::RunRequest,
+        stall: Duration,
+        on_event: impl FnMut(&wire::Event),
+    ) -> Result<wire::Run, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let authorization = self.token.as_deref().map(|t| format!("Bearer {t}"));
+        self.stream(subject::RUN, authorization.as_deref(), body.into(), stall)
+            .await?
+            .finish(on_event)
+            .await
+    }
+
     /// `forge.session.events`: the turn's recorded events, then its live ones while it runs,
     /// each to `on_event`; then how it ended.
     pub async fn follow_turn(

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::process::{exit_text, last_line, Collected, Ended, Spawned, Spec};
+use super::EventSink;
 use crate::error::clip;
+use crate::wire::EventBody;
 
 /// Prompts longer than this go in on stdin rather than as an argument.
 pub const ARGV_PROMPT_MAX: usize = 100 * 1024;
@@ -223,13 +225,23 @@ impl Claude {
 
     /// The arguments of one run, and how the prompt is passed.
     pub fn args(&self, model: &str, prompt: &str) -> (Vec<String>, PromptVia) {
-        let mut args: Vec<String> = vec![
-            "-p".into(),
-            "--output-format".into(),
-            "json".into(),
-            "--model".into(),
-            model.into(),
-        ];
+        self.args_as(model, prompt, false)
+    }
+
+    /// The arguments of a run whose events are streamed: `--output-format stream-json`, which
+    /// `claude -p` takes only with `--verbose`.
+    pub fn stream_args(&self, model: &str, prompt: &str) -> (Vec<String>, PromptVia) {
+        self.args_as(model, prompt, true)
+    }
+
+    fn args_as(&self, model: &str, prompt: &str, streamed: bool) -> (Vec<String>, PromptVia) {
+        let mut args: Vec<String> = vec!["-p".into(), "--output-format".into()];
+        if streamed {
+            args.extend(["stream-json".into(), "--verbose".into()]);
+        } else {
+            args.push("json".into());
+        }
+        args.extend(["--model".into(), model.into()]);
         let o = &self.options;
         if let Some(mode) = non_blank(&o.permission_mode) {
             args.extend(["--permission-mode".into(), mode.into()]);
@@ -256,7 +268,35 @@ impl Claude {
         prompt: &str,
         timeout: Duration,
     ) -> Result<RunOutput, ClaudeError> {
-        let (args, via) = self.args(model, prompt);
+        self.run_with(cwd, model, prompt, timeout, None).await
+    }
+
+    /// A run whose events (`--output-format stream-json`) go to `events` as claude prints
+    /// them; it ends as [`run`](Self::run) does.
+    pub async fn run_streamed(
+        &self,
+        cwd: &Path,
+        model: &str,
+        prompt: &str,
+        timeout: Duration,
+        events: &EventSink,
+    ) -> Result<RunOutput, ClaudeError> {
+        self.run_with(cwd, model, prompt, timeout, Some(events))
+            .await
+    }
+
+    async fn run_with(
+        &self,
+        cwd: &Path,
+        model: &str,
+        prompt: &str,
+        timeout: Duration,
+        events: Option<&EventSink>,
+    ) -> Result<RunOutput, ClaudeError> {
+        let (args, via) = match events {
+            Some(_) => self.stream_args(model, prompt),
+            None => self.args(model, prompt),
+        };
         let spawned = Spawned::start(Spec {
             program: &self.bin,
             args: &args,
@@ -270,7 +310,14 @@ impl Claude {
         })?;
         // The run ends when claude exits; anything it left in the background is killed with
         // its process group, as it is at the timeout and when the caller drops the run.
-        let ended = spawned.collect(MAX_STDOUT, STDERR_TAIL, timeout).await;
+        let ended = match events {
+            None => spawned.collect(MAX_STDOUT, STDERR_TAIL, timeout).await,
+            Some(sink) => {
+                let (tap, lines) = tokio::sync::mpsc::channel(64);
+                let run = spawned.collect_tapped(MAX_STDOUT, STDERR_TAIL, timeout, Some(tap));
+                tokio::join!(run, relay_events(lines, sink)).0
+            }
+        };
         let Collected {
             status,
             stdout,
@@ -315,6 +362,75 @@ impl Claude {
             }),
         }
     }
+}
+
+/// Turns each stream-json line into the contract's events, into `sink`, as it comes.
+async fn relay_events(mut lines: tokio::sync::mpsc::Receiver<Vec<u8>>, sink: &EventSink) {
+    while let Some(line) = lines.recv().await {
+        for event in stream_events(&line) {
+            sink.emit(event).await;
+        }
+    }
+}
+
+/// The events of one line of `claude -p --output-format stream-json --verbose`: the
+/// assistant's text, thinking and tool calls, the tools' results, and the result's cost.
+pub fn stream_events(line: &[u8]) -> Vec<EventBody> {
+    let Ok(v) = serde_json::from_slice::<Value>(line) else {
+        return Vec::new();
+    };
+    let content = v["message"]["content"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    match v["type"].as_str() {
+        Some("assistant") => content.iter().filter_map(assistant_part).collect(),
+        Some("user") => content.iter().filter_map(tool_result).collect(),
+        Some("result") => vec![EventBody::Usage {
+            used: None,
+            size: None,
+            cost_usd: v["total_cost_usd"].as_f64(),
+        }],
+        _ => Vec::new(),
+    }
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+fn assistant_part(part: &Value) -> Option<EventBody> {
+    match part["type"].as_str()? {
+        "text" => Some(EventBody::Message {
+            text: text_of(&part["text"])?,
+        }),
+        "thinking" => Some(EventBody::Thought {
+            text: text_of(&part["thinking"])?,
+        }),
+        "tool_use" => Some(EventBody::ToolCall {
+            tool_call_id: text_of(&part["id"]).unwrap_or_default(),
+            title: text_of(&part["name"]).unwrap_or_default(),
+            kind: None,
+            status: Some("in_progress".into()),
+            locations: ["file_path", "path", "notebook_path"]
+                .iter()
+                .filter_map(|k| text_of(&part["input"][k]))
+                .collect(),
+        }),
+        _ => None,
+    }
+}
+
+fn tool_result(part: &Value) -> Option<EventBody> {
+    if part["type"] != "tool_result" {
+        return None;
+    }
+    let failed = part["is_error"].as_bool().unwrap_or(false);
+    Some(EventBody::ToolCallUpdate {
+        tool_call_id: text_of(&part["tool_use_id"]).unwrap_or_default(),
+        title: None,
+        status: Some(if failed { "failed" } else { "completed" }.into()),
+    })
 }
 
 fn non_blank(s: &Option<String>) -> Option<&str> {
@@ -598,5 +714,38 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+
+    #[test]
+    fn stream_json_lines_become_the_contracts_events() {
+        let events = |line: &str| stream_events(line.as_bytes());
+        assert_eq!(
+            events(
+                r#"{"type":"assistant","message":{"content":[{"type":"thinking","thinking":"hm"},{"type":"text","text":"hi"},{"type":"tool_use","id":"t1","name":"Edit","input":{"file_path":"/w/a.rs"}}]}}"#
+            ),
+            vec![
+                EventBody::Thought { text: "hm".into() },
+                EventBody::Message { text: "hi".into() },
+                EventBody::ToolCall {
+                    tool_call_id: "t1".into(),
+                    title: "Edit".into(),
+                    kind: None,
+                    status: Some("in_progress".into()),
+                    locations: vec!["/w/a.rs".into()],
+                },
+            ]
+        );
+        assert_eq!(
+            events(
+                r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t1","is_error":true,"content":"no"}]}}"#
+            ),
+            vec![EventBody::ToolCallUpdate {
+                tool_call_id: "t1".into(),
+                title: None,
+                status: Some("failed".into()),
+            }]
+        );
+        assert!(events(r#"{"type":"system","subtype":"init"}"#).is_empty());
+        assert!(events("not json").is_empty());
     }
 }

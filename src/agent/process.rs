@@ -10,6 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::sync::mpsc;
 
 /// Time allowed, after a process group is killed, for it to be reaped and its pipes to close.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,12 +164,25 @@ impl Spawned {
     /// get `PIPE_GRACE` to close, what the leader wrote is kept, and whatever it left running
     /// in its group is killed.
     pub async fn collect(
-        mut self,
+        self,
         stdout_limit: usize,
         stderr_tail: usize,
         timeout: Duration,
     ) -> std::io::Result<Ended> {
-        let mut out = tokio::spawn(read_bounded(self.take_stdout(), stdout_limit));
+        self.collect_tapped(stdout_limit, stderr_tail, timeout, None)
+            .await
+    }
+
+    /// [`collect`](Self::collect), with each line of stdout also sent to `tap` as soon as it is
+    /// read (a line is at most `stdout_limit` bytes; a longer one is not sent).
+    pub async fn collect_tapped(
+        mut self,
+        stdout_limit: usize,
+        stderr_tail: usize,
+        timeout: Duration,
+        tap: Option<mpsc::Sender<Vec<u8>>>,
+    ) -> std::io::Result<Ended> {
+        let mut out = tokio::spawn(read_bounded(self.take_stdout(), stdout_limit, tap));
         let mut err = tokio::spawn(read_tail(self.take_stderr(), stderr_tail));
         let pid = self.pid;
         let finished = tokio::time::timeout(timeout, async {
@@ -291,15 +305,21 @@ pub(super) async fn read_tail<R: tokio::io::AsyncRead + Unpin>(mut r: R, cap: us
 }
 
 /// Reads a stream to its end, up to `limit` bytes; `None` when it was longer.
-async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(mut r: R, limit: usize) -> Option<Vec<u8>> {
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(
+    mut r: R,
+    limit: usize,
+    tap: Option<mpsc::Sender<Vec<u8>>>,
+) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
+    let mut line = Lines::new(limit, tap);
     let mut buf = [0u8; 8192];
     let mut over = false;
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                line.push(&buf[..n]).await;
                 if out.len() + n > limit {
                     over = true;
                 } else {
@@ -308,7 +328,59 @@ async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(mut r: R, limit: usize) -
             }
         }
     }
+    line.finish().await;
     (!over).then_some(out)
+}
+
+/// Cuts a byte stream into lines for a tap.
+struct Lines {
+    partial: Vec<u8>,
+    too_long: bool,
+    limit: usize,
+    tap: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+impl Lines {
+    fn new(limit: usize, tap: Option<mpsc::Sender<Vec<u8>>>) -> Lines {
+        Lines {
+            partial: Vec::new(),
+            too_long: false,
+            limit,
+            tap,
+        }
+    }
+
+    async fn push(&mut self, mut bytes: &[u8]) {
+        let Some(tap) = self.tap.clone() else {
+            return;
+        };
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            self.extend(&bytes[..end]);
+            let line = std::mem::take(&mut self.partial);
+            if !std::mem::replace(&mut self.too_long, false) {
+                let _ = tap.send(line).await;
+            }
+            bytes = &bytes[end + 1..];
+        }
+        self.extend(bytes);
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        if self.partial.len() + bytes.len() > self.limit {
+            self.too_long = true;
+            self.partial.clear();
+        } else if !self.too_long {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+
+    async fn finish(&mut self) {
+        if let Some(tap) = &self.tap {
+            if !self.partial.is_empty() && !self.too_long {
+                let _ = tap.send(std::mem::take(&mut self.partial)).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -404,6 +476,35 @@ mod tests {
                 let grandchild: i32 = stderr.trim().parse().unwrap();
                 assert!(gone(grandchild).await, "the timeout killed the whole group");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tap_gets_each_line_as_it_is_written() {
+        // The second line is written only once the first has come through the tap.
+        let dir = tempfile::tempdir().unwrap();
+        let go = dir.path().join("go");
+        let script = format!(
+            "echo one; while [ ! -e {0} ]; do sleep 0.01; done; printf 'two\\nthree'",
+            go.display()
+        );
+        let args = sh(&script);
+        let p = Spawned::start(Spec {
+            program: "sh",
+            args: &args,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let run = tokio::spawn(p.collect_tapped(100, 100, Duration::from_secs(30), Some(tx)));
+        assert_eq!(rx.recv().await.unwrap(), b"one");
+        std::fs::write(&go, "").unwrap();
+        assert_eq!(rx.recv().await.unwrap(), b"two");
+        assert_eq!(rx.recv().await.unwrap(), b"three");
+        match run.await.unwrap().unwrap() {
+            Ended::Exited(c) => assert_eq!(c.stdout.as_deref(), Some(&b"one\ntwo\nthree"[..])),
             other => panic!("{other:?}"),
         }
     }

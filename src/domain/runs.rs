@@ -5,8 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::files;
 use super::types::{Model, Prompt, RunId};
-use super::{now, seconds_from_now, Caller, Forge};
-use crate::agent::{ClaudeError, RunOutput};
+use super::{now, seconds_from_now, Caller, EventStream, Forge};
+use crate::agent::{ClaudeError, EventSink, RunOutput};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{Recorded, RunEnd};
 use crate::wire;
@@ -32,6 +32,17 @@ impl From<&ClaudeError> for Error {
 
 impl Forge {
     pub async fn run(&self, caller: &Caller, req: wire::RunRequest) -> Result<wire::Run> {
+        self.live_run(caller, req, None).await
+    }
+
+    /// A run whose events also go to `events` as claude prints them (stream-json), before its
+    /// reply.
+    pub async fn live_run(
+        &self,
+        caller: &Caller,
+        req: wire::RunRequest,
+        events: Option<EventStream>,
+    ) -> Result<wire::Run> {
         let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
         let model = Model::parse(req.model.as_deref().unwrap_or(&self.settings.default_model))?;
         let timeout = self.timeout_secs(req.timeout_secs)?;
@@ -63,8 +74,9 @@ impl Forge {
                 let left = budget.saturating_sub(received.elapsed());
                 // At the end of the shutdown grace the run is dropped, which kills its process
                 // group.
+                let ran = self.claude_run(&id, &dir, model.as_str(), &text, left, events);
                 tokio::select! {
-                    ran = self.claude.run(&dir, model.as_str(), &text, left) => Ran::Claude(ran),
+                    ran = ran => Ran::Claude(ran),
                     _ = self.stopping.cancelled() => Ran::Interrupted,
                 }
             }
@@ -147,6 +159,46 @@ impl Forge {
             }
         }
         reply
+    }
+
+    /// claude, with its events numbered and sent on as they come when the caller streams.
+    async fn claude_run(
+        &self,
+        id: &str,
+        dir: &Path,
+        model: &str,
+        text: &str,
+        left: Duration,
+        out: Option<EventStream>,
+    ) -> std::result::Result<RunOutput, ClaudeError> {
+        let Some(out) = out else {
+            return self.claude.run(dir, model, text, left).await;
+        };
+        let (sink, mut events) = EventSink::channel(64);
+        let run = async move {
+            let ran = self
+                .claude
+                .run_streamed(dir, model, text, left, &sink)
+                .await;
+            drop(sink);
+            ran
+        };
+        let relay = async {
+            let mut seq = 0;
+            while let Some(body) = events.recv().await {
+                seq += 1;
+                let event = wire::Event {
+                    session_id: None,
+                    turn: None,
+                    run_id: Some(id.to_string()),
+                    seq,
+                    at: now(),
+                    body,
+                };
+                let _ = out.send(event).await;
+            }
+        };
+        tokio::join!(run, relay).0
     }
 
     /// Removes the staging directories of runs that ended more than `runs_retention_secs` ago.

@@ -128,7 +128,8 @@ fn wants_stream(subject: &str, headers: Option<&HeaderMap>) -> bool {
     let asked = headers
         .and_then(|h| h.get(wire::STREAM_HEADER))
         .is_some_and(|v| v.as_str().trim() == "1");
-    (asked && subject == subject::SESSION_TURN) || subject == subject::SESSION_EVENTS
+    let streams = [subject::SESSION_TURN, subject::RUN];
+    (asked && streams.contains(&subject)) || subject == subject::SESSION_EVENTS
 }
 
 async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
@@ -156,7 +157,12 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
             max_payload: way_back.max_payload,
         };
         let work = |events| streamed(&forge, &subject, token, body, events);
-        let served = AssertUnwindSafe(streamer.serve("turn", work)).catch_unwind();
+        let final_kind = if subject == subject::RUN {
+            "run"
+        } else {
+            "turn"
+        };
+        let served = AssertUnwindSafe(streamer.serve(final_kind, work)).catch_unwind();
         if served.instrument(span).await.is_err() {
             tracing::error!(subject, "the handler panicked");
         }
@@ -255,6 +261,7 @@ async fn streamed(
     let caller = authenticate(forge, token).await?;
     match subject {
         subject::SESSION_EVENTS => encode(forge.follow_turn(&caller, decode(body)?, events).await),
+        subject::RUN => encode(forge.live_run(&caller, decode(body)?, Some(events)).await),
         _ => encode(forge.live_turn(&caller, decode(body)?, Some(events)).await),
     }
 }

@@ -566,3 +566,77 @@ async fn a_reply_too_large_for_nats_is_refused_not_lost() {
         .unwrap();
     assert_eq!(outcome, "ok", "the run itself succeeded and is recorded");
 }
+
+#[tokio::test]
+async fn a_streamed_run_sends_claudes_events_as_it_prints_them_then_the_run() {
+    let forge = start(&[]).await;
+    let app = forge.app("live-runs").await;
+    let release = forge.dir.path().join("release");
+    let body = serde_json::to_vec(&run(&format!("go #wait-file={}", release.display()))).unwrap();
+    let token = format!("Bearer {}", app.token().unwrap());
+    let mut stream = app
+        .stream(
+            subject::RUN,
+            Some(&token),
+            body.into(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    use clawdforge::client::Frame;
+    use clawdforge::wire::EventBody;
+    // claude printed its thinking before it waits: the event comes while the run runs.
+    let first = match stream.next().await {
+        Some(Ok(Frame::Event(e))) => e,
+        other => panic!("expected an event, got {other:?}"),
+    };
+    assert!(
+        matches!(&first.body, EventBody::Thought { text } if text == "reading the prompt"),
+        "{first:?}"
+    );
+    assert_eq!((first.seq, first.session_id.as_deref()), (1, None));
+    let run_id = first
+        .run_id
+        .clone()
+        .expect("a run's event carries its run_id");
+    assert!(!release.exists());
+    std::fs::write(&release, "").unwrap();
+
+    let mut events = vec![first];
+    let mut reply = None;
+    while let Some(frame) = stream.next().await {
+        match frame.unwrap() {
+            Frame::Event(e) => events.push(e),
+            Frame::Heartbeat => {}
+            Frame::Reply(r) => reply = Some(r),
+        }
+    }
+    let done: Run = reply.expect("the final message").parse().unwrap();
+    assert_eq!(done.run_id, run_id);
+    assert!(done.ok, "{done:?}");
+    let kinds: Vec<&str> = events.iter().map(|e| e.body.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "thought",
+            "tool_call",
+            "tool_call_update",
+            "message",
+            "usage"
+        ]
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert!(
+        matches!(&events[1].body, EventBody::ToolCall { title, locations, .. }
+        if title == "Read" && locations == &["/tmp/stand-in.md".to_string()])
+    );
+    assert!(
+        matches!(&events[3].body, EventBody::Message { text } if Some(text) == done.result.as_ref())
+    );
+    assert!(matches!(events[4].body, EventBody::Usage { cost_usd: Some(c), .. } if c == COST));
+    // The stand-in was asked for stream-json, which claude -p gives only with --verbose.
+    let argv = stand_in_record(&forge, &run_id)["argv"].clone();
+    assert_eq!(argv[2], "stream-json");
+    assert_eq!(argv[3], "--verbose");
+}
