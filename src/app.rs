@@ -110,10 +110,18 @@ async fn nats_options(config: &Config, name: &str) -> anyhow::Result<async_nats:
 /// Connects to NATS with the configured credentials. Retries in the background when the server
 /// is not up yet, and reconnects for ever after a loss.
 pub async fn connect_nats(config: &Config, name: &str) -> anyhow::Result<async_nats::Client> {
-    let options = nats_options(config, name).await?.retry_on_initial_connect();
+    let mut options = nats_options(config, name).await?.retry_on_initial_connect();
     let servers = config
         .nats_servers()
         .map_err(|e| ConfigError::setting("nats_url", e))?;
+    // async-nats leaves a URL's own user and password out of its login: they go in here, unless
+    // nats_user/nats_password are set.
+    let in_url = servers
+        .iter()
+        .find_map(|s| Some((s.username()?.to_string(), s.password()?.to_string())));
+    if let (Some((user, password)), None) = (in_url, &config.nats_user) {
+        options = options.user_and_password(user, password);
+    }
     options
         .connect(servers)
         .await
