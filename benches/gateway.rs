@@ -165,6 +165,7 @@ fn turn(id: &str, prompt: &str) -> TurnRequest {
         prompt: prompt.into(),
         files: vec![],
         timeout_secs: None,
+        wait: None,
     }
 }
 

@@ -303,6 +303,20 @@ impl ForgeClient {
         self.call(subject::SESSION_TURN, req, timeout).await
     }
 
+    /// A turn asked with `"wait": false`: the answer comes as soon as the turn is numbered;
+    /// the turn goes on (follow it with `forge.session.events`).
+    pub async fn turn_nowait(
+        &self,
+        req: &wire::TurnRequest,
+    ) -> Result<wire::TurnAccepted, ClientError> {
+        let req = wire::TurnRequest {
+            wait: Some(false),
+            ..req.clone()
+        };
+        self.call(subject::SESSION_TURN, &req, CONTROL_TIMEOUT)
+            .await
+    }
+
     /// A turn whose events come as they happen (`Forge-Stream: 1`), each to `on_event`; then
     /// its reply. `stall` is how long the stream may stay silent: three heartbeats.
     pub async fn turn_streaming(

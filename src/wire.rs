@@ -82,6 +82,10 @@ pub struct TurnRequest {
     pub files: Vec<FileUpload>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// `false`: answer as soon as the turn is taken and numbered ([`TurnAccepted`]); the turn
+    /// goes on as if the caller waited. Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
 }
 
 /// `forge.session.close` and `forge.session.get`.
@@ -145,6 +149,23 @@ pub struct Session {
     pub turns: u64,
     /// The number of the turn running now, or null.
     pub running_turn: Option<u64>,
+}
+
+/// The reply of a turn asked with `"wait": false`: its number, and whether it waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TurnAccepted {
+    pub session_id: String,
+    pub turn: u64,
+    pub status: TurnStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    /// It waits for the session's earlier turn or for a slot.
+    Queued,
+    /// It starts at once.
+    Running,
 }
 
 /// `forge.session.events`: which turn (default the latest) and from after which `seq`

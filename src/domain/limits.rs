@@ -48,6 +48,19 @@ impl Limiter {
         Ok(Waiting(&self.waiting))
     }
 
+    /// Whether a slot is free now.
+    pub fn has_free_slot(&self) -> bool {
+        self.slots.available_permits() > 0
+    }
+
+    /// A slot, for a request that already holds its place in the queue (given back once the
+    /// slot is taken).
+    pub async fn acquire_in_place(&self, place: Waiting<'_>) -> Result<OwnedSemaphorePermit> {
+        let slot = self.slots.clone().acquire_owned().await;
+        drop(place);
+        slot.map_err(|_| Error::at_capacity("the worker is shutting down"))
+    }
+
     /// A slot: at once if one is free, after a wait in the queue if not, `at_capacity` when the
     /// queue is full too.
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit> {

@@ -10,6 +10,7 @@ mod events;
 mod runs;
 mod sessions;
 mod sweeper;
+mod taken;
 pub mod tokens;
 mod turns;
 

@@ -4,18 +4,19 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, OwnedMutexGuard, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedMutexGuard, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::cancel::Registered;
 use super::events::TurnEvents;
 use super::files::{self, Attachment};
+use super::taken::Taken;
 use super::types::{Prompt, SessionId};
 use super::{now, seconds_from_now, Caller, Forge};
 use crate::agent::{self, AgentError, EventSink, StopReason, TurnEnd};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{BeginTurn, EventDetail, Recorded, SessionRow};
+use crate::ledger::{BeginTurn, EventDetail, Recorded, SessionRow, TurnStart};
 use crate::wire;
 
 /// How often a turn waiting for another worker's turn of its session looks again.
@@ -40,36 +41,9 @@ impl From<AgentError> for Error {
     }
 }
 
-/// A turn taken and not yet begun, as the ledger knows it: its session is not idle, and a
-/// cancel finds this worker. Ended when the turn begins, or at once if it never does.
-struct Wait {
-    ledger: crate::ledger::Ledger,
-    wait_id: Option<String>,
-}
-
-impl Wait {
-    async fn end(&mut self) {
-        if let Some(id) = self.wait_id.take() {
-            if let Err(e) = self.ledger.end_wait(id).await {
-                tracing::warn!(error = %e, "could not record that a turn began");
-            }
-        }
-    }
-}
-
-impl Drop for Wait {
-    fn drop(&mut self) {
-        if let Some(id) = self.wait_id.take() {
-            let ledger = self.ledger.clone();
-            tokio::spawn(async move { ledger.end_wait(id).await });
-        }
-    }
-}
-
 /// A turn this worker took: checked, its session open, its budget counting from `received`.
 struct Accepted {
     row: SessionRow,
-    wait: Wait,
     prompt: Prompt,
     attachments: Vec<Attachment>,
     received: Instant,
@@ -112,32 +86,58 @@ pub type EventStream = mpsc::Sender<wire::Event>;
 
 impl Forge {
     pub async fn turn(&self, caller: &Caller, req: wire::TurnRequest) -> Result<wire::Turn> {
-        self.live_turn(caller, req, None).await
+        self.live_turn(caller, req, None, None).await
     }
 
-    /// A turn whose events also go to `events` as they happen, before its reply. A stream
-    /// nobody reads any more does not stop the turn.
+    /// A turn whose events also go to `events` as they happen, before its reply (a stream
+    /// nobody reads any more does not stop the turn), and whose number goes to `numbered` as
+    /// soon as it is taken (`"wait": false`).
     pub async fn live_turn(
         &self,
         caller: &Caller,
         req: wire::TurnRequest,
         events: Option<EventStream>,
+        numbered: Option<oneshot::Sender<wire::TurnAccepted>>,
     ) -> Result<wire::Turn> {
         let mut accepted = self.accept(caller, req).await?;
         let attachments = std::mem::take(&mut accepted.attachments);
         let span =
             tracing::info_span!("turn", session = %accepted.row.session_id, app = %caller.app);
         async {
-            let admission = self.admit_turn(&accepted).await?;
+            let mut taken = self.take_turn(&accepted.row).await?;
+            if let Some(numbered) = numbered {
+                let _ = numbered.send(taken.reply(&accepted.row.session_id));
+            }
+            let started = self.start(caller, &mut accepted, &mut taken, attachments);
+            let (admission, begun) = match started.await {
+                Ok(started) => started,
+                Err(err) => {
+                    taken.abandon(&err).await;
+                    return Err(err);
+                }
+            };
             let cancel = &admission.registered.cancel;
-            let begun = self
-                .begin(caller, &mut accepted, cancel, attachments)
-                .await?;
             let driven = self.drive(&accepted, &begun, cancel, events).await;
             self.finish(&accepted, &begun, driven).await
         }
         .instrument(span)
         .await
+    }
+
+    /// From taken to begun: the session's earlier turns, a slot, the ledger's running row.
+    async fn start<'a>(
+        &'a self,
+        caller: &Caller,
+        accepted: &mut Accepted,
+        taken: &mut Taken<'a>,
+        attachments: Vec<Attachment>,
+    ) -> Result<(Admission<'a>, Begun)> {
+        let admission = self.admit_turn(accepted, taken).await?;
+        let cancel = &admission.registered.cancel;
+        let begun = self
+            .begin(caller, accepted, taken, cancel, attachments)
+            .await?;
+        Ok((admission, begun))
     }
 
     /// The request's checks, and its session, open and the caller's.
@@ -150,21 +150,7 @@ impl Forge {
         if !row.open {
             return Err(Error::conflict("the session is closed"));
         }
-        let wait_id = uuid::Uuid::new_v4().to_string();
-        self.ledger
-            .begin_wait(
-                wait_id.clone(),
-                row.session_id.clone(),
-                self.settings.worker_id.clone(),
-                now(),
-            )
-            .await
-            .map_err(Error::internal)?;
         Ok(Accepted {
-            wait: Wait {
-                ledger: self.ledger.clone(),
-                wait_id: Some(wait_id),
-            },
             row,
             prompt,
             attachments,
@@ -176,20 +162,21 @@ impl Forge {
     /// Waits for the session's earlier turns in this worker, within the turn's budget, holding
     /// a place in the queue meanwhile; then the turn is the session's current one.
     #[tracing::instrument(name = "admit", skip_all)]
-    async fn admit_turn(&self, t: &Accepted) -> Result<Admission<'_>> {
+    async fn admit_turn<'a>(
+        &'a self,
+        t: &Accepted,
+        taken: &mut Taken<'a>,
+    ) -> Result<Admission<'a>> {
         let session_id = &t.row.session_id;
-        let session = self
-            .admit(t.received, t.budget, async {
-                match self.session_locks.try_lock(session_id) {
-                    Some(session) => Ok(session),
-                    None => {
-                        let _place = self.turns.queue_place()?;
-                        tracing::debug!("turn waiting for the session's earlier turn");
-                        Ok(self.session_locks.lock(session_id).await)
-                    }
-                }
-            })
-            .await?;
+        let session = match taken.lock.take() {
+            Some(session) => session,
+            None => {
+                // Its place in the queue is `taken.place`, held while it waits.
+                tracing::debug!("turn waiting for the session's earlier turn");
+                let lock = async { Ok(self.session_locks.lock(session_id).await) };
+                self.admit(t.received, t.budget, lock).await?
+            }
+        };
         Ok(Admission {
             _session: session,
             registered: Registered::new(&self.running_turns, session_id),
@@ -200,13 +187,21 @@ impl Forge {
     async fn slot(
         &self,
         t: &Accepted,
+        taken: &mut Taken<'_>,
         cancel: &CancellationToken,
     ) -> Result<Option<OwnedSemaphorePermit>> {
+        let place = taken.place.take();
         self.admit(t.received, t.budget, async {
+            let slot = async {
+                match place {
+                    Some(place) => self.turns.acquire_in_place(place).await,
+                    None => self.turns.acquire().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Ok(None),
-                slot = self.turns.acquire() => slot.map(Some),
+                slot = slot => slot.map(Some),
             }
         })
         .await
@@ -221,6 +216,7 @@ impl Forge {
         &self,
         caller: &Caller,
         t: &mut Accepted,
+        taken: &mut Taken<'_>,
         cancel: &CancellationToken,
         attachments: Vec<Attachment>,
     ) -> Result<Begun> {
@@ -231,17 +227,18 @@ impl Forge {
         let recorded = Recorded::of(t.prompt.as_str(), self.settings.ledger_keep_text);
         let mut logged = false;
         let (turn, event_id, mut listed, slot) = loop {
-            let slot = self.slot(t, cancel).await?;
+            let slot = self.slot(t, taken, cancel).await?;
             let begun = self
                 .ledger
-                .begin_turn(
-                    t.row.session_id.clone(),
-                    caller.app.clone(),
-                    now(),
-                    self.settings.worker_id.clone(),
-                    recorded.clone(),
-                    seconds_from_now(-self.dead_after_secs()),
-                )
+                .begin_turn(TurnStart {
+                    session_id: t.row.session_id.clone(),
+                    app: caller.app.clone(),
+                    at: now(),
+                    worker_id: self.settings.worker_id.clone(),
+                    prompt: recorded.clone(),
+                    alive_since: seconds_from_now(-self.dead_after_secs()),
+                    wait_id: taken.wait_id(),
+                })
                 .await
                 .map_err(Error::internal)?;
             match begun {
@@ -249,7 +246,10 @@ impl Forge {
                     turn,
                     event_id,
                     pending_files,
-                } => break (turn, event_id, pending_files, slot),
+                } => {
+                    taken.began();
+                    break (turn, event_id, pending_files, slot);
+                }
                 BeginTurn::NotFound => return Err(Error::not_found("no such session")),
                 BeginTurn::Closed => return Err(Error::conflict("the session is closed")),
                 BeginTurn::Busy => {
@@ -268,7 +268,6 @@ impl Forge {
                 listed.push(p);
             }
         }
-        t.wait.end().await;
         let text = files::with_header(&listed, t.prompt.as_str());
         Ok(Begun {
             turn,

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::live::has_waiting_turn;
+use super::live::{abandon_waits, has_waiting_turn};
 use super::{
     insert_event, session_row, EventDetail, Ledger, LedgerResult, SessionEvent, SessionRow,
     SESSION_SELECT,
@@ -81,10 +81,14 @@ impl Ledger {
                 &at,
                 "the worker running it stopped",
             )?;
-            tx.execute(
-                "DELETE FROM turn_waits WHERE worker_id NOT IN
-                   (SELECT worker_id FROM workers WHERE stopped_at IS NULL AND heartbeat_at >= ?1)",
-                [&stale_before],
+            abandon_waits(
+                &tx,
+                "worker_id NOT IN (SELECT worker_id FROM workers
+                                   WHERE stopped_at IS NULL AND heartbeat_at >= ?1)",
+                &stale_before,
+                &at,
+                "interrupted",
+                "the worker that took it stopped before it began",
             )?;
             tx.commit()?;
             Ok(done)
@@ -103,7 +107,7 @@ impl Ledger {
         self.call(move |c| {
             let tx = c.transaction()?;
             let done = mark_interrupted(&tx, "worker_id = ?1", &worker_id, &at, &why)?;
-            tx.execute("DELETE FROM turn_waits WHERE worker_id = ?1", [&worker_id])?;
+            abandon_waits(&tx, "worker_id = ?1", &worker_id, &at, "interrupted", &why)?;
             tx.commit()?;
             Ok(done)
         })
@@ -272,7 +276,7 @@ fn mark_interrupted(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BeginTurn, CreateOutcome, Recorded};
+    use super::super::{BeginTurn, CreateOutcome, Recorded, TurnStart};
     use super::*;
 
     fn ledger() -> (tempfile::TempDir, Ledger) {
@@ -342,14 +346,15 @@ mod tests {
             l.finish_create(id.into(), "ok".into(), None).await.unwrap();
         }
         let begun = l
-            .begin_turn(
-                "busy".into(),
-                "a".into(),
-                "t02".into(),
-                "w".into(),
-                Recorded::of("x", true),
-                "".into(),
-            )
+            .begin_turn(TurnStart {
+                session_id: "busy".into(),
+                app: "a".into(),
+                at: "t02".into(),
+                worker_id: "w".into(),
+                prompt: Recorded::of("x", true),
+                alive_since: "".into(),
+                wait_id: None,
+            })
             .await
             .unwrap();
         assert!(matches!(begun, BeginTurn::Started { .. }));
@@ -431,14 +436,15 @@ mod tests {
         l.heartbeat("alive".into(), "t10".into()).await.unwrap();
         l.heartbeat("dead".into(), "t02".into()).await.unwrap();
         for (s, w) in [("s1", "alive"), ("s2", "dead")] {
-            l.begin_turn(
-                s.into(),
-                "a".into(),
-                "t03".into(),
-                w.into(),
-                Recorded::of("x", true),
-                "".into(),
-            )
+            l.begin_turn(TurnStart {
+                session_id: s.into(),
+                app: "a".into(),
+                at: "t03".into(),
+                worker_id: w.into(),
+                prompt: Recorded::of("x", true),
+                alive_since: "".into(),
+                wait_id: None,
+            })
             .await
             .unwrap();
         }

@@ -11,29 +11,58 @@ const LIVE_WORKER: &str = "worker_id IN (SELECT worker_id FROM workers
                                          WHERE stopped_at IS NULL AND heartbeat_at >= ?2)";
 
 impl Ledger {
-    /// Records that `worker_id` has taken a turn of `session_id` that has not begun yet.
-    pub async fn begin_wait(
+    /// Records that `worker_id` has taken a turn of `session_id` (the caller's, `app`) that
+    /// has not begun yet, and gives it the session's next number.
+    pub async fn reserve_turn(
         &self,
         wait_id: String,
         session_id: String,
+        app: String,
         worker_id: String,
         at: String,
-    ) -> LedgerResult<()> {
+    ) -> LedgerResult<Reserved> {
         self.call(move |c| {
-            c.execute(
-                "INSERT INTO turn_waits (wait_id, session_id, worker_id, since)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![wait_id, session_id, worker_id, at],
+            let tx = c.transaction()?;
+            let found: Option<(String, String, i64)> = tx
+                .query_row(
+                    "SELECT app, status, turns FROM sessions WHERE session_id = ?1",
+                    [&session_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let turn = match found {
+                Some((owner, ..)) if owner != app => return Ok(Reserved::NotFound),
+                None => return Ok(Reserved::NotFound),
+                Some((_, status, _)) if status != "open" => return Ok(Reserved::Closed),
+                Some((.., turns)) => turns + 1,
+            };
+            tx.execute(
+                "UPDATE sessions SET turns = ?2 WHERE session_id = ?1",
+                params![session_id, turn],
             )?;
-            Ok(())
+            tx.execute(
+                "INSERT INTO turn_waits (wait_id, session_id, app, worker_id, since, turn)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![wait_id, session_id, app, worker_id, at, turn],
+            )?;
+            tx.commit()?;
+            Ok(Reserved::Turn(turn as u64))
         })
         .await
     }
 
-    /// The turn of `wait_id` began, or will not: it waits no more.
-    pub async fn end_wait(&self, wait_id: String) -> LedgerResult<()> {
+    /// A turn taken and numbered that will not begin: its number is recorded with why.
+    pub async fn abandon_turn(
+        &self,
+        wait_id: String,
+        at: String,
+        outcome: String,
+        error: String,
+    ) -> LedgerResult<()> {
         self.call(move |c| {
-            c.execute("DELETE FROM turn_waits WHERE wait_id = ?1", [wait_id])?;
+            let tx = c.transaction()?;
+            abandon_waits(&tx, "wait_id = ?1", &wait_id, &at, &outcome, &error)?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -68,6 +97,35 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// What taking a turn gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    Turn(u64),
+    NotFound,
+    Closed,
+}
+
+/// Records the waiting turns `whose` selects (an SQL condition on `turn_waits` with `?1`) as
+/// turns that ended before they began, with `outcome` and `error`, and forgets them.
+pub(super) fn abandon_waits(
+    tx: &rusqlite::Transaction<'_>,
+    whose: &str,
+    param: &str,
+    at: &str,
+    outcome: &str,
+    error: &str,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        &format!(
+            "INSERT INTO session_events (session_id, app, event, at, worker_id, turn, outcome, error)
+             SELECT session_id, app, 'turn', ?2, worker_id, turn, ?3, ?4 FROM turn_waits
+             WHERE {whose}"
+        ),
+        params![param, at, outcome, error],
+    )?;
+    tx.execute(&format!("DELETE FROM turn_waits WHERE {whose}"), [param])
 }
 
 /// A session with a turn waiting to begin on a live worker (alive since `?2`), as an SQL

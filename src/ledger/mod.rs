@@ -153,6 +153,20 @@ pub enum CreateOutcome {
     },
 }
 
+/// A turn to begin: whose, when, by which worker, its prompt; workers alive since
+/// `alive_since` hold the session while they run a turn of it; `wait_id` is the turn's
+/// reservation (see `reserve_turn`), without which it takes the session's next number.
+#[derive(Debug, Clone)]
+pub struct TurnStart {
+    pub session_id: String,
+    pub app: String,
+    pub at: String,
+    pub worker_id: String,
+    pub prompt: Recorded,
+    pub alive_since: String,
+    pub wait_id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BeginTurn {
     Started {
@@ -555,17 +569,29 @@ impl Ledger {
     }
 
     /// Numbers a new turn and records it as running, if the session is open and `app`'s.
-    pub async fn begin_turn(
-        &self,
-        session_id: String,
-        app: String,
-        at: String,
-        worker_id: String,
-        prompt: Recorded,
-        alive_since: String,
-    ) -> LedgerResult<BeginTurn> {
+    pub async fn begin_turn(&self, start: TurnStart) -> LedgerResult<BeginTurn> {
+        let TurnStart {
+            session_id,
+            app,
+            at,
+            worker_id,
+            prompt,
+            alive_since,
+            wait_id,
+        } = start;
         self.call(move |c| {
             let tx = c.transaction()?;
+            // The number the turn got when it was taken, if it was (see `reserve_turn`).
+            let reserved: Option<i64> = match &wait_id {
+                Some(id) => tx
+                    .query_row(
+                        "SELECT turn FROM turn_waits WHERE wait_id = ?1",
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .optional()?,
+                None => None,
+            };
             // Another worker's turn of this session is running (and that worker's heartbeat is
             // no older than `alive_since`): this one waits, so that one session runs one turn
             // at a time across workers. This worker's own turns of the session are one at a
@@ -594,11 +620,25 @@ impl Ledger {
                 Some(_) if busy => return Ok(BeginTurn::Busy),
                 Some((_, _, turns, pending)) => (turns as u64 + 1, parse_files(pending)),
             };
-            tx.execute(
-                "UPDATE sessions SET turns = ?2, last_turn_at = ?3, pending_files = NULL
-                 WHERE session_id = ?1",
-                params![session_id, turns as i64, at],
-            )?;
+            let turns = match reserved {
+                Some(n) => {
+                    tx.execute("DELETE FROM turn_waits WHERE wait_id = ?1", [&wait_id])?;
+                    tx.execute(
+                        "UPDATE sessions SET last_turn_at = ?2, pending_files = NULL
+                         WHERE session_id = ?1",
+                        params![session_id, at],
+                    )?;
+                    n as u64
+                }
+                None => {
+                    tx.execute(
+                        "UPDATE sessions SET turns = ?2, last_turn_at = ?3, pending_files = NULL
+                         WHERE session_id = ?1",
+                        params![session_id, turns as i64, at],
+                    )?;
+                    turns
+                }
+            };
             let event_id = insert_event(
                 &tx,
                 &session_id,
@@ -987,7 +1027,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 mod lifecycle;
 mod live;
 
-pub use live::TurnRow;
+pub use live::{Reserved, TurnRow};
 
 #[cfg(test)]
 mod tests;

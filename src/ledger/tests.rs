@@ -76,14 +76,15 @@ async fn turns_are_numbered_and_recorded() {
         .await
         .unwrap();
     let first = l
-        .begin_turn(
-            "s1".into(),
-            "a".into(),
-            "t1".into(),
-            "w".into(),
-            Recorded::of("hello", true),
-            "".into(),
-        )
+        .begin_turn(TurnStart {
+            session_id: "s1".into(),
+            app: "a".into(),
+            at: "t1".into(),
+            worker_id: "w".into(),
+            prompt: Recorded::of("hello", true),
+            alive_since: "".into(),
+            wait_id: None,
+        })
         .await
         .unwrap();
     let BeginTurn::Started {
@@ -112,14 +113,15 @@ async fn turns_are_numbered_and_recorded() {
     .await
     .unwrap();
     let second = l
-        .begin_turn(
-            "s1".into(),
-            "a".into(),
-            "t3".into(),
-            "w".into(),
-            Recorded::of("again", true),
-            "".into(),
-        )
+        .begin_turn(TurnStart {
+            session_id: "s1".into(),
+            app: "a".into(),
+            at: "t3".into(),
+            worker_id: "w".into(),
+            prompt: Recorded::of("again", true),
+            alive_since: "".into(),
+            wait_id: None,
+        })
         .await
         .unwrap();
     assert!(
@@ -127,14 +129,15 @@ async fn turns_are_numbered_and_recorded() {
         "{second:?}"
     );
     let other_app = l
-        .begin_turn(
-            "s1".into(),
-            "b".into(),
-            "t".into(),
-            "w".into(),
-            Recorded::of("x", true),
-            "".into(),
-        )
+        .begin_turn(TurnStart {
+            session_id: "s1".into(),
+            app: "b".into(),
+            at: "t".into(),
+            worker_id: "w".into(),
+            prompt: Recorded::of("x", true),
+            alive_since: "".into(),
+            wait_id: None,
+        })
         .await
         .unwrap();
     assert_eq!(other_app, BeginTurn::NotFound);
@@ -183,14 +186,15 @@ async fn closing_twice_and_turning_a_closed_session() {
     assert_eq!(close("a").await.unwrap(), CloseOutcome::Closed);
     assert_eq!(close("a").await.unwrap(), CloseOutcome::AlreadyClosed);
     let turn = l
-        .begin_turn(
-            "s1".into(),
-            "a".into(),
-            "t".into(),
-            "w".into(),
-            Recorded::of("x", true),
-            "".into(),
-        )
+        .begin_turn(TurnStart {
+            session_id: "s1".into(),
+            app: "a".into(),
+            at: "t".into(),
+            worker_id: "w".into(),
+            prompt: Recorded::of("x", true),
+            alive_since: "".into(),
+            wait_id: None,
+        })
         .await
         .unwrap();
     assert_eq!(turn, BeginTurn::Closed);
@@ -433,14 +437,15 @@ async fn a_turn_waits_while_a_live_worker_runs_one_of_its_session() {
         .unwrap();
     l.heartbeat("w1".into(), "t5".into()).await.unwrap();
     let begin = |s: &str, worker: &str, alive_since: &str| {
-        l.begin_turn(
-            s.into(),
-            "a".into(),
-            "t6".into(),
-            worker.into(),
-            Recorded::of("x", true),
-            alive_since.into(),
-        )
+        l.begin_turn(TurnStart {
+            session_id: s.into(),
+            app: "a".into(),
+            at: "t6".into(),
+            worker_id: worker.into(),
+            prompt: Recorded::of("x", true),
+            alive_since: alive_since.into(),
+            wait_id: None,
+        })
     };
     assert!(matches!(
         begin("s1", "w1", "t4").await.unwrap(),
@@ -500,14 +505,18 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
         None
     );
 
-    l.begin_wait(
-        "t1".into(),
-        "s1".into(),
-        "w1".into(),
-        "2026-01-01T00:00:06.000Z".into(),
-    )
-    .await
-    .unwrap();
+    let reserved = l
+        .reserve_turn(
+            "t1".into(),
+            "s1".into(),
+            "a".into(),
+            "w1".into(),
+            "2026-01-01T00:00:06.000Z".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reserved, Reserved::Turn(1), "numbered when taken");
+    assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 1);
     assert!(idle().await.unwrap().is_empty(), "a waiting turn: not idle");
     let swept = l
         .sweep_close(
@@ -543,35 +552,89 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
         1
     );
 
-    // Once running, the running turn's worker holds it; the wait ends.
-    l.heartbeat("w2".into(), "2026-01-01T00:00:05.000Z".into())
+    // Once running, with the number it was given, the running turn's worker holds it.
+    let begun = l
+        .begin_turn(TurnStart {
+            session_id: "s1".into(),
+            app: "a".into(),
+            at: "2026-01-01T00:00:07.000Z".into(),
+            worker_id: "w1".into(),
+            prompt: Recorded::of("x", true),
+            alive_since: alive_since.clone(),
+            wait_id: Some("t1".into()),
+        })
         .await
         .unwrap();
-    let begun = l
-        .begin_turn(
+    assert!(
+        matches!(begun, BeginTurn::Started { turn: 1, .. }),
+        "{begun:?}"
+    );
+    assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 1);
+    // A second turn taken, then given up before it began: its number is recorded with why.
+    let second = l
+        .reserve_turn(
+            "t2".into(),
             "s1".into(),
             "a".into(),
-            "2026-01-01T00:00:07.000Z".into(),
-            "w2".into(),
-            Recorded::of("x", true),
-            alive_since.clone(),
+            "w1".into(),
+            "t".into(),
         )
         .await
         .unwrap();
-    assert!(matches!(begun, BeginTurn::Started { .. }));
-    assert_eq!(
-        l.turn_holder("s1".into(), alive_since.clone())
-            .await
-            .unwrap(),
-        Some("w2".into())
-    );
-    l.end_wait("t1".into()).await.unwrap();
+    assert_eq!(second, Reserved::Turn(2));
+    l.abandon_turn(
+        "t2".into(),
+        "t".into(),
+        "timeout".into(),
+        "did not run".into(),
+    )
+    .await
+    .unwrap();
+    // A third, left waiting by a worker that stops: recorded interrupted.
+    l.reserve_turn(
+        "t3".into(),
+        "s1".into(),
+        "a".into(),
+        "w1".into(),
+        "t".into(),
+    )
+    .await
+    .unwrap();
     l.interrupt_own(
-        "w2".into(),
+        "w1".into(),
         "2026-01-01T00:00:08.000Z".into(),
         "stop".into(),
     )
     .await
     .unwrap();
+    let outcomes: Vec<_> = l
+        .events_of("s1".into())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event == "turn")
+        .map(|e| (e.turn, e.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Some(1), "interrupted".to_string()),
+            (Some(2), "timeout".to_string()),
+            (Some(3), "interrupted".to_string())
+        ]
+    );
     assert_eq!(l.turn_holder("s1".into(), alive_since).await.unwrap(), None);
+    assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 3);
+    assert_eq!(
+        l.reserve_turn(
+            "t4".into(),
+            "nope".into(),
+            "a".into(),
+            "w1".into(),
+            "t".into()
+        )
+        .await
+        .unwrap(),
+        Reserved::NotFound
+    );
 }

@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -168,6 +168,13 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         }
         return;
     }
+    if no_wait(&subject, body) {
+        let answered = AssertUnwindSafe(answer_when_numbered(&forge, &request, token, &way_back));
+        if answered.catch_unwind().instrument(span).await.is_err() {
+            tracing::error!(subject, "the handler panicked");
+        }
+        return;
+    }
     let request_ref = RequestRef {
         subject: &subject,
         token,
@@ -179,7 +186,13 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         .instrument(span)
         .await
         .unwrap_or_else(|_| Err(Error::internal(format!("handler for {subject} panicked"))));
-    let sent = match result.and_then(|reply| fit(reply, way_back.max_payload)) {
+    respond(&request, result, way_back.max_payload).await;
+}
+
+/// Sends the one reply of a request.
+async fn respond(request: &Request, result: Result<Bytes>, max_payload: usize) {
+    let subject = request.message.subject.as_str();
+    let sent = match result.and_then(|reply| fit(reply, max_payload)) {
         Ok(reply) => request.respond(Ok(reply)).await,
         Err(err) => {
             if err.kind == crate::error::ErrorKind::PayloadTooLarge {
@@ -191,6 +204,44 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
     };
     if let Err(e) = sent {
         tracing::warn!(subject, error = %e, "could not send the reply");
+    }
+}
+
+/// Whether a request is a turn asked with `"wait": false`.
+fn no_wait(subject: &str, body: &[u8]) -> bool {
+    subject == subject::SESSION_TURN
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("wait").and_then(serde_json::Value::as_bool))
+            == Some(false)
+}
+
+/// A turn with `"wait": false`: the reply goes out as soon as the turn is numbered, and the
+/// turn goes on here (the worker's shutdown waits for it like for any request). A turn refused
+/// before it is numbered answers its error.
+async fn answer_when_numbered(forge: &Forge, request: &Request, token: Option<&str>, w: &WayBack) {
+    let body = &request.message.payload;
+    let (numbered, mut accepted) = oneshot::channel();
+    let turn = async {
+        let caller = authenticate(forge, token).await?;
+        forge
+            .live_turn(&caller, decode(body)?, None, Some(numbered))
+            .await
+    };
+    tokio::pin!(turn);
+    tokio::select! {
+        biased;
+        Ok(taken) = &mut accepted => {
+            respond(request, encode(Ok(taken)), w.max_payload).await;
+            let _ = turn.await;
+        }
+        ended = &mut turn => {
+            let reply = match accepted.try_recv() {
+                Ok(taken) => encode(Ok(taken)),
+                Err(_) => ended.map(|_| Bytes::new()),
+            };
+            respond(request, reply, w.max_payload).await;
+        }
     }
 }
 
@@ -262,7 +313,11 @@ async fn streamed(
     match subject {
         subject::SESSION_EVENTS => encode(forge.follow_turn(&caller, decode(body)?, events).await),
         subject::RUN => encode(forge.live_run(&caller, decode(body)?, Some(events)).await),
-        _ => encode(forge.live_turn(&caller, decode(body)?, Some(events)).await),
+        _ => encode(
+            forge
+                .live_turn(&caller, decode(body)?, Some(events), None)
+                .await,
+        ),
     }
 }
 

@@ -22,6 +22,7 @@ pub fn turn(session_id: &str, prompt: &str) -> TurnRequest {
         prompt: prompt.into(),
         files: vec![],
         timeout_secs: None,
+        wait: None,
     }
 }
 
@@ -498,10 +499,22 @@ async fn a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout()
 
     let first = slow.await.unwrap().unwrap();
     assert_eq!(first.turn, 1);
+    // The turn that timed out waiting was taken and numbered (2): it is recorded with why; the
+    // refused one (no room in the queue) left no trace and took no number.
+    let (outcome, error): (String, String) = forge
+        .ledger()
+        .query_row(
+            "SELECT outcome, error FROM session_events
+             WHERE session_id = ?1 AND event = 'turn' AND turn = 2",
+            [&s.session_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(outcome, "timeout");
+    assert!(error.contains("did not run"), "{error}");
     let next = app.turn(&turn(&s.session_id, "next")).await.unwrap();
-    assert_eq!((next.turn, next.output.as_str()), (2, "echo: next"));
-    // Neither the turn that timed out waiting nor the refused one left a trace.
-    assert_eq!(turn_events(&forge, &s.session_id), (2, 0));
+    assert_eq!((next.turn, next.output.as_str()), (3, "echo: next"));
+    assert_eq!(turn_events(&forge, &s.session_id), (3, 0));
 }
 
 #[tokio::test]

@@ -296,3 +296,55 @@ async fn a_lost_stream_is_picked_up_again_with_the_same_seqs_and_a_finished_turn
         assert!(s.next().await.is_none());
     }
 }
+
+#[tokio::test]
+async fn a_turn_asked_not_to_wait_answers_with_its_number_and_goes_on() {
+    use clawdforge::wire::{TurnAccepted, TurnStatus};
+    let forge = Forge::start().await;
+    let app = forge.app("nowait").await;
+    let session = app.create_session(&CreateSession::default()).await.unwrap();
+    let id = session.session_id.clone();
+    let release = forge.dir.path().join("release");
+    let first = app
+        .turn_nowait(&turn(
+            &id,
+            &format!("first #wait-file={}", release.display()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        TurnAccepted {
+            session_id: id.clone(),
+            turn: 1,
+            status: TurnStatus::Running
+        }
+    );
+    // Taken while the first runs: numbered at once, and it waits.
+    let second = app.turn_nowait(&turn(&id, "second")).await.unwrap();
+    assert_eq!((second.turn, second.status), (2, TurnStatus::Queued));
+    assert!(
+        !release.exists(),
+        "both answered while the first turn still waits for its file"
+    );
+
+    std::fs::write(&release, "").unwrap();
+    let follow = |turn| wire::EventsRequest {
+        session_id: id.clone(),
+        turn: Some(turn),
+        after: None,
+    };
+    let done = app.follow_turn(&follow(1), STALL, |_| {}).await.unwrap();
+    assert!(done.output.starts_with("echo: first"), "{done:?}");
+    let done = app.follow_turn(&follow(2), STALL, |_| {}).await.unwrap();
+    assert_eq!(done.output, "echo: second");
+    assert_eq!(app.get_session(&id).await.unwrap().turns, 2);
+
+    // Refused before it is numbered: the error, and no number is used up.
+    app.close_session(&id).await.unwrap();
+    match app.turn_nowait(&turn(&id, "late")).await {
+        Err(ClientError::Api(e)) => assert_eq!(e.kind, ErrorKind::Conflict),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(app.get_session(&id).await.unwrap().turns, 2);
+}

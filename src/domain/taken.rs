@@ -1,0 +1,115 @@
+//! Taking a turn: the first step after a turn's checks. The turn gets its place (its session's
+//! lock if free, else a place in the queue, refused when the queue is full: then nothing is
+//! written) and its number from the ledger, which records it as waiting to begin. A turn taken
+//! and numbered that then does not begin is recorded with why, so no number goes missing.
+
+use tokio::sync::OwnedMutexGuard;
+
+use super::limits::Waiting;
+use super::{now, Forge};
+use crate::error::{Error, Result};
+use crate::ledger::{Ledger, Reserved, SessionRow};
+use crate::wire::{TurnAccepted, TurnStatus};
+
+/// A turn this worker took and numbered, until it begins.
+pub(super) struct Taken<'a> {
+    ledger: Ledger,
+    /// The ledger's record of the wait; `None` once the turn began (or was recorded as not).
+    wait_id: Option<String>,
+    pub(super) turn: u64,
+    pub(super) status: TurnStatus,
+    /// The session's lock, when it was free at once.
+    pub(super) lock: Option<OwnedMutexGuard<()>>,
+    /// A place in the queue, for a turn that has to wait for its session or for a slot.
+    pub(super) place: Option<Waiting<'a>>,
+}
+
+impl Taken<'_> {
+    pub(super) fn wait_id(&self) -> Option<String> {
+        self.wait_id.clone()
+    }
+
+    /// The turn began: the ledger took its wait in the same transaction.
+    pub(super) fn began(&mut self) {
+        self.wait_id = None;
+    }
+
+    /// The turn will not begin: its number is recorded with the error (it did not run).
+    pub(super) async fn abandon(&mut self, err: &Error) {
+        let Some(id) = self.wait_id.take() else {
+            return;
+        };
+        let why = format!("{} (the turn did not run)", err.message);
+        let recorded = self
+            .ledger
+            .abandon_turn(id, now(), err.kind.code().to_string(), why)
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "could not record a turn that did not begin");
+        }
+    }
+
+    pub(super) fn reply(&self, session_id: &str) -> TurnAccepted {
+        TurnAccepted {
+            session_id: session_id.to_string(),
+            turn: self.turn,
+            status: self.status,
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        // Dropped on the way (the request went away): recorded all the same.
+        if let Some(id) = self.wait_id.take() {
+            let ledger = self.ledger.clone();
+            tokio::spawn(async move {
+                let why = "the request ended before the turn began (the turn did not run)";
+                ledger
+                    .abandon_turn(id, now(), "internal".into(), why.into())
+                    .await
+            });
+        }
+    }
+}
+
+impl Forge {
+    /// Takes a turn of `row`'s session for `app`.
+    pub(super) async fn take_turn(&self, row: &SessionRow) -> Result<Taken<'_>> {
+        let lock = self.session_locks.try_lock(&row.session_id);
+        let at_once = lock.is_some() && self.turns.has_free_slot();
+        let place = if at_once {
+            None
+        } else {
+            Some(self.turns.queue_place()?)
+        };
+        let wait_id = uuid::Uuid::new_v4().to_string();
+        let reserved = self
+            .ledger
+            .reserve_turn(
+                wait_id.clone(),
+                row.session_id.clone(),
+                row.app.clone(),
+                self.settings.worker_id.clone(),
+                now(),
+            )
+            .await?;
+        let turn = match reserved {
+            Reserved::Turn(n) => n,
+            Reserved::NotFound => return Err(Error::not_found("no such session")),
+            Reserved::Closed => return Err(Error::conflict("the session is closed")),
+        };
+        Ok(Taken {
+            ledger: self.ledger.clone(),
+            wait_id: Some(wait_id),
+            turn,
+            status: if at_once {
+                TurnStatus::Running
+            } else {
+                TurnStatus::Queued
+            },
+            lock,
+            place,
+        })
+    }
+}
