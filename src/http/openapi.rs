@@ -28,6 +28,7 @@ use crate::wire;
         routes::get_session,
         routes::close_session,
         routes::turn,
+        routes::cancel_turn,
         routes::create_token,
         routes::list_tokens,
         routes::revoke_token,
@@ -44,6 +45,7 @@ use crate::wire;
         wire::SessionStatus,
         wire::SessionList,
         wire::SessionClosed,
+        wire::Cancelled,
         wire::Turn,
         wire::Event,
         wire::EventBody,
@@ -178,6 +180,12 @@ mod tests {
             .unwrap()
             .contains("Accept: text/event-stream"));
         assert!(doc["components"]["schemas"]["Event"].is_object());
+        let cancel = &doc["paths"]["/sessions/{id}/cancel"]["post"];
+        assert_eq!(
+            cancel["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Cancelled"
+        );
+        assert!(cancel["responses"]["404"].is_object());
         assert_eq!(
             doc["paths"]["/sessions"]["get"]["responses"]["401"]["content"]["application/json"]
                 ["schema"]["$ref"],

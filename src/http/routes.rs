@@ -414,6 +414,37 @@ pub async fn turn(
 
 #[utoipa::path(
     post,
+    path = "/sessions/{id}/cancel",
+    tag = "sessions",
+    description = "Stops the session's running turn, or the one about to start \
+                   (`forge.session.cancel`), whichever worker holds it. `cancelled: true`: it has \
+                   been told to stop, and that turn's own answer ends with `stop_reason: \
+                   \"cancelled\"` and the output it had. `false`: nothing was running. Turns \
+                   queued behind it are not touched. No request body.",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "Whether a turn was told to stop", body = wire::Cancelled),
+        (status = 400, description = "bad_request: not a session id", body = ErrorBody),
+        (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel_turn(
+    State(s): State<Sidecar>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let body = to_body(&wire::SessionRef {
+        session_id: path_id(path)?,
+    });
+    Ok(
+        s.forward(subject::SESSION_CANCEL, &headers, body, CONTROL_TIMEOUT)
+            .await,
+    )
+}
+
+#[utoipa::path(
+    post,
     path = "/admin/tokens",
     tag = "admin",
     description = "Creates an app token (`forge.admin.token.create`); needs an admin token.",

@@ -715,6 +715,17 @@ async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers(
     );
     assert_eq!(
         get(&sidecar, "/admin/tokens", Some(ROOT_TOKEN)).await,
+        (503, no_worker.clone())
+    );
+    let unknown = "123e4567-e89b-42d3-a456-426614174000";
+    assert_eq!(
+        post(
+            &sidecar,
+            &format!("/sessions/{unknown}/cancel"),
+            Some(ROOT_TOKEN),
+            ""
+        )
+        .await,
         (503, no_worker)
     );
 
@@ -802,6 +813,7 @@ async fn answers_about(
     for (subject, body) in [
         (subject::SESSION_GET, &by_ref),
         (subject::SESSION_TURN, &a_turn),
+        (subject::SESSION_CANCEL, &by_ref),
         (subject::SESSION_CLOSE, &by_ref),
     ] {
         let reply = forge
@@ -820,6 +832,16 @@ async fn answers_about(
     let turn = Some(r#"{"prompt": "hi"}"#.to_string());
     out.push(raw_http(sidecar, Method::GET, &path, token, None).await);
     out.push(raw_http(sidecar, Method::POST, &format!("{path}/turn"), token, turn).await);
+    out.push(
+        raw_http(
+            sidecar,
+            Method::POST,
+            &format!("{path}/cancel"),
+            token,
+            None,
+        )
+        .await,
+    );
     out.push(raw_http(sidecar, Method::DELETE, &path, token, None).await);
     out
 }
@@ -2114,4 +2136,70 @@ async fn a_quiet_sse_turn_sends_heartbeat_comments_and_no_timeout_cuts_it() {
         turn["output"].as_str().unwrap().starts_with("echo: quiet"),
         "{turn}"
     );
+}
+
+// Cancel over HTTP (contract v2): `POST /sessions/{id}/cancel`.
+
+#[tokio::test]
+async fn a_cancel_over_http_stops_the_running_turn_which_answers_cancelled() {
+    let forge = Forge::start().await;
+    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    let (token, id) = app_session(&forge, &sidecar, "canceller").await;
+    let cancel = format!("/sessions/{id}/cancel");
+    let nothing = (200, json!({ "session_id": id, "cancelled": false }));
+    assert_eq!(post(&sidecar, &cancel, Some(&token), "").await, nothing);
+
+    let told = forge.dir.path().join("told-to-cancel");
+    let never = forge.dir.path().join("never");
+    let prompt = format!(
+        "hold #wait-file={} #on-cancel={}",
+        never.display(),
+        told.display()
+    );
+    // Followed as events, so that the cancel comes once the agent has the prompt: it said its
+    // thought and plan, and waits.
+    let request = sse_turn(&sidecar, &token, &id).json(&json!({ "prompt": prompt }));
+    let mut running = SseReader::new(sse_send(request).await);
+    assert_eq!(running.next_event().await.1, "thought");
+    assert_eq!(running.next_event().await.1, "plan");
+    assert!(!told.exists());
+
+    let cancelled = (200, json!({ "session_id": id, "cancelled": true }));
+    assert_eq!(post(&sidecar, &cancel, Some(&token), "").await, cancelled);
+    let (_, last, turn) = running.rest().await;
+    assert_eq!(last, "turn", "{turn}");
+    assert_eq!(
+        (&turn["turn"], &turn["stop_reason"], &turn["output"]),
+        (&json!(1), &json!("cancelled"), &json!("")),
+        "the turn's own answer ends cancelled with what it had said"
+    );
+    assert!(told.is_file(), "the agent was told to cancel");
+    assert_eq!(post(&sidecar, &cancel, Some(&token), "").await, nothing);
+
+    // Another app's session is not found, in the very bytes an unknown id gets.
+    let other = forge
+        .admin
+        .create_token("other", false)
+        .await
+        .unwrap()
+        .token;
+    let unknown = "123e4567-e89b-42d3-a456-426614174000";
+    let theirs = raw_http(&sidecar, Method::POST, &cancel, &other, None).await;
+    let nobodys = raw_http(
+        &sidecar,
+        Method::POST,
+        &format!("/sessions/{unknown}/cancel"),
+        &other,
+        None,
+    )
+    .await;
+    assert_eq!(theirs.0, 404, "{}", String::from_utf8_lossy(&theirs.1));
+    assert_eq!(
+        (theirs.0, String::from_utf8_lossy(&theirs.1)),
+        (nobodys.0, String::from_utf8_lossy(&nobodys.1))
+    );
+    let bad_token = post(&sidecar, &cancel, Some("not-a-token"), "").await;
+    assert_error(&bad_token, 401, "unauthorized");
+    let bad_id = post(&sidecar, "/sessions/not-an-id/cancel", Some(&token), "").await;
+    assert_error(&bad_id, 400, "bad_request");
 }
