@@ -46,7 +46,7 @@ use crate::error::Error;
 use crate::wire::{self, subject};
 
 /// Every route of the sidecar that is a subject of the contract: method, path, subject.
-pub const ROUTES: [(&str, &str, &str); 11] = [
+pub const ROUTES: [(&str, &str, &str); 12] = [
     ("POST", "/run", subject::RUN),
     ("POST", "/sessions", subject::SESSION_CREATE),
     ("GET", "/sessions", subject::SESSION_LIST),
@@ -54,6 +54,7 @@ pub const ROUTES: [(&str, &str, &str); 11] = [
     ("DELETE", "/sessions/{id}", subject::SESSION_CLOSE),
     ("POST", "/sessions/{id}/turn", subject::SESSION_TURN),
     ("POST", "/sessions/{id}/cancel", subject::SESSION_CANCEL),
+    ("GET", "/sessions/{id}/events", subject::SESSION_EVENTS),
     ("POST", "/admin/tokens", subject::TOKEN_CREATE),
     ("GET", "/admin/tokens", subject::TOKEN_LIST),
     ("DELETE", "/admin/tokens/{id}", subject::TOKEN_REVOKE),
@@ -181,6 +182,7 @@ pub fn router(sidecar: Sidecar) -> Router {
         )
         .route("/sessions/{id}/turn", post(routes::turn))
         .route("/sessions/{id}/cancel", post(routes::cancel_turn))
+        .route("/sessions/{id}/events", get(routes::events))
         .route(
             "/admin/tokens",
             post(routes::create_token).get(routes::list_tokens),
