@@ -46,13 +46,15 @@ use crate::error::Error;
 use crate::wire::{self, subject};
 
 /// Every route of the sidecar that is a subject of the contract: method, path, subject.
-pub const ROUTES: [(&str, &str, &str); 10] = [
+pub const ROUTES: [(&str, &str, &str); 12] = [
     ("POST", "/run", subject::RUN),
     ("POST", "/sessions", subject::SESSION_CREATE),
     ("GET", "/sessions", subject::SESSION_LIST),
     ("GET", "/sessions/{id}", subject::SESSION_GET),
     ("DELETE", "/sessions/{id}", subject::SESSION_CLOSE),
     ("POST", "/sessions/{id}/turn", subject::SESSION_TURN),
+    ("POST", "/sessions/{id}/cancel", subject::SESSION_CANCEL),
+    ("GET", "/sessions/{id}/events", subject::SESSION_EVENTS),
     ("POST", "/admin/tokens", subject::TOKEN_CREATE),
     ("GET", "/admin/tokens", subject::TOKEN_LIST),
     ("DELETE", "/admin/tokens/{id}", subject::TOKEN_REVOKE),
@@ -179,6 +181,8 @@ pub fn router(sidecar: Sidecar) -> Router {
             get(routes::get_session).delete(routes::close_session),
         )
         .route("/sessions/{id}/turn", post(routes::turn))
+        .route("/sessions/{id}/cancel", post(routes::cancel_turn))
+        .route("/sessions/{id}/events", get(routes::events))
         .route(
             "/admin/tokens",
             post(routes::create_token).get(routes::list_tokens),

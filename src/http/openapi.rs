@@ -28,6 +28,8 @@ use crate::wire;
         routes::get_session,
         routes::close_session,
         routes::turn,
+        routes::cancel_turn,
+        routes::events,
         routes::create_token,
         routes::list_tokens,
         routes::revoke_token,
@@ -44,6 +46,7 @@ use crate::wire;
         wire::SessionStatus,
         wire::SessionList,
         wire::SessionClosed,
+        wire::Cancelled,
         wire::Turn,
         wire::Event,
         wire::EventBody,
@@ -178,6 +181,42 @@ mod tests {
             .unwrap()
             .contains("Accept: text/event-stream"));
         assert!(doc["components"]["schemas"]["Event"].is_object());
+        let cancel = &doc["paths"]["/sessions/{id}/cancel"]["post"];
+        assert_eq!(
+            cancel["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Cancelled"
+        );
+        assert!(cancel["responses"]["404"].is_object());
+        let events = &doc["paths"]["/sessions/{id}/events"]["get"];
+        let ok = &events["responses"]["200"]["content"];
+        assert_eq!(
+            ok.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["text/event-stream"],
+            "the events route always streams"
+        );
+        assert!(ok["text/event-stream"]["example"]
+            .as_str()
+            .unwrap()
+            .starts_with("id: 3\nevent: message\n"));
+        let params: Vec<(&str, &str)> = events["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["in"].as_str().unwrap(), p["name"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            params,
+            [
+                ("path", "id"),
+                ("query", "turn"),
+                ("query", "after"),
+                ("header", "Last-Event-ID")
+            ]
+        );
+        assert!(events["description"]
+            .as_str()
+            .unwrap()
+            .contains("wins over the query's `after`"));
         assert_eq!(
             doc["paths"]["/sessions"]["get"]["responses"]["401"]["content"]["application/json"]
                 ["schema"]["$ref"],

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::multipart::{self, RunForm, TurnForm};
 use super::{body_too_large, error_body, error_response, json_response, sse, Sidecar};
@@ -409,6 +409,102 @@ pub async fn turn(
     }
     let timeout = s.client.agent_timeout(timeout_secs);
     Ok(s.forward(subject::SESSION_TURN, &headers, body, timeout)
+        .await)
+}
+
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/cancel",
+    tag = "sessions",
+    description = "Stops the session's running turn, or the one about to start \
+                   (`forge.session.cancel`), whichever worker holds it. `cancelled: true`: it has \
+                   been told to stop, and that turn's own answer ends with `stop_reason: \
+                   \"cancelled\"` and the output it had. `false`: nothing was running. Turns \
+                   queued behind it are not touched. No request body.",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "Whether a turn was told to stop", body = wire::Cancelled),
+        (status = 400, description = "bad_request: not a session id", body = ErrorBody),
+        (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel_turn(
+    State(s): State<Sidecar>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let body = to_body(&wire::SessionRef {
+        session_id: path_id(path)?,
+    });
+    Ok(
+        s.forward(subject::SESSION_CANCEL, &headers, body, CONTROL_TIMEOUT)
+            .await,
+    )
+}
+
+/// The query of `GET /sessions/{id}/events`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// The turn's number; without it, the session's latest turn.
+    turn: Option<u64>,
+    /// Only the events with a greater `seq`; without it, from the turn's start. A
+    /// `Last-Event-ID` header takes its place.
+    after: Option<u64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}/events",
+    tag = "sessions",
+    description = "A turn's events as server-sent events (`forge.session.events`), whatever the \
+                   `Accept` header: the events recorded after `after`, then, while the turn \
+                   runs, its new ones as they come, then `event: turn` with the Turn (or `event: \
+                   error` with the error the turn ended with), and the end. Each event is `id: \
+                   <seq>`, `event: <type>`, `data: <Event JSON>`, with the `seq` it had live; a \
+                   `: heartbeat` comment goes out every `stream_heartbeat_secs` while nothing else \
+                   does. A request refused before anything (no such session or turn, another \
+                   app's session, a bad query) answers with its status and JSON error.\n\n\
+                   Re-attaching after a lost connection is this request again: the \
+                   `Last-Event-ID` header (what a browser's `EventSource` sends when it \
+                   reconnects) means `after`, and wins over the query's `after` when both are \
+                   given. Name the `turn` so that a reconnect follows the same turn, and close an \
+                   `EventSource` at the final event, or it reconnects and is answered that turn's \
+                   end again.",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "The `seq` of the last event \
+                                                               received: `after`, and it wins \
+                                                               over the query's"),
+    ),
+    responses(
+        (status = 200, description = "The turn's events, then the Turn", content(
+            (String = "text/event-stream", example = "id: 3\nevent: message\ndata: {\"session_id\":\"…\",\"turn\":1,\"seq\":3,\"at\":\"…\",\"type\":\"message\",\"text\":\"Hello\"}\n\n: heartbeat\n\nevent: turn\ndata: {\"session_id\":\"…\",\"turn\":1,\"output\":\"Hello\",\"stop_reason\":\"end_turn\",\"duration_ms\":812}\n\n"),
+        )),
+        (status = 400, description = "bad_request: not a session id, a bad query or Last-Event-ID", body = ErrorBody),
+        (status = 404, description = "not_found: no such session or turn, or another app's session", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn events(
+    State(s): State<Sidecar>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let session_id = path_id(path)?;
+    let Query(query) =
+        query.map_err(|r| Error::bad_request(format!("invalid query: {}", r.body_text())))?;
+    let after = sse::last_event_id(&headers)?.or(query.after);
+    let body = to_body(&wire::EventsRequest {
+        session_id,
+        turn: query.turn,
+        after,
+    });
+    Ok(s.stream(subject::SESSION_EVENTS, "turn", &headers, body)
         .await)
 }
 

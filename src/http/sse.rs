@@ -1,10 +1,11 @@
 //! Streamed answers over HTTP as server-sent events (contract v2). With
-//! `Accept: text/event-stream` a turn is forwarded with `Forge-Stream: 1`, and its stream is
-//! relayed as it comes: each event as `id: <seq>` / `event: <type>` / `data: <Event JSON>`, each
-//! heartbeat as the comment `: heartbeat`, then the final `event: turn` (or `event: error`) with
-//! the reply's body as data, and the end. A request refused before anything ran (its first
-//! message is the final error) answers as it would without the header: its status and JSON
-//! error body.
+//! `Accept: text/event-stream` a turn is forwarded with `Forge-Stream: 1`, and so is every
+//! `GET /sessions/{id}/events` (`forge.session.events` always streams; its `Last-Event-ID`
+//! header is read here). The stream is relayed as it comes: each event as `id: <seq>` /
+//! `event: <type>` / `data: <Event JSON>`, each heartbeat as the comment `: heartbeat`, then the
+//! final `event: turn` (or `event: error`) with the reply's body as data, and the end. A request
+//! refused before anything ran (its first message is the final error) answers as it would
+//! without streaming: its status and JSON error body.
 //!
 //! No timer of the request cuts the stream while the worker's messages flow: it is given up only
 //! after three heartbeats' time without any, and the turn's own timeout is the worker's to keep.
@@ -27,6 +28,24 @@ use crate::error::Error;
 use crate::wire;
 
 const EVENT_STREAM: &str = "text/event-stream";
+
+/// The header a browser's `EventSource` sends when it reconnects: the `id` of the last event
+/// it got, which is that event's `seq`.
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// The `seq` a `Last-Event-ID` header names; none without the header or with an empty one (as a
+/// client that got no event yet may send). Anything but a whole number is `bad_request`.
+pub(super) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let Some(value) = headers.get(LAST_EVENT_ID) else {
+        return Ok(None);
+    };
+    let bad = || Error::bad_request("Last-Event-ID must be the seq of an event: a whole number");
+    let value = value.to_str().map_err(|_| bad())?.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| bad())
+}
 
 /// Whether the request's `Accept` names `text/event-stream`.
 pub(super) fn wanted(headers: &HeaderMap) -> bool {
@@ -209,6 +228,7 @@ fn events_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn accept(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -216,6 +236,22 @@ mod tests {
             headers.append(ACCEPT, HeaderValue::from_str(v).unwrap());
         }
         headers
+    }
+
+    #[test]
+    fn last_event_id_is_a_seq() {
+        let with = |v: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(LAST_EVENT_ID, HeaderValue::from_str(v).unwrap());
+            last_event_id(&headers)
+        };
+        assert_eq!(last_event_id(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(with("").unwrap(), None);
+        assert_eq!(with("2").unwrap(), Some(2));
+        assert_eq!(with(" 17 ").unwrap(), Some(17));
+        for bad in ["-1", "two", "2.0", "1 2"] {
+            assert_eq!(with(bad).unwrap_err().kind, ErrorKind::BadRequest, "{bad}");
+        }
     }
 
     #[test]
