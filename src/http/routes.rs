@@ -215,13 +215,25 @@ fn with_session_id(body: Bytes, id: &str) -> Result<Bytes> {
     post,
     path = "/run",
     tag = "runs",
-    description = "A one-shot run of claude (`forge.run`).",
+    description = "A one-shot run of claude (`forge.run`).\n\n\
+                   With `Accept: text/event-stream` the run is a live one: 200 `text/event-stream`, \
+                   each event as claude prints it (`id: <seq>`, `event: <type>`, `data: <Event \
+                   JSON>` with `run_id`), `: heartbeat` comments while it is quiet, then \
+                   `event: run` with the Run as data (or `event: error`), and the end. A request \
+                   refused before anything ran answers as without the header.",
+    params(
+        ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live run"),
+    ),
     request_body(content(
         (wire::RunRequest = "application/json"),
         (RunForm = "multipart/form-data")
     )),
     responses(
-        (status = 200, description = "The run ended; `ok` tells how", body = wire::Run),
+        (status = 200, description = "The run ended; `ok` tells how. With `Accept: text/event-stream` \
+                                      its events as they happen, then the Run", content(
+            (wire::Run = "application/json"),
+            (String = "text/event-stream", example = "id: 1\nevent: thought\ndata: {\"run_id\":\"…\",\"seq\":1,\"at\":\"…\",\"type\":\"thought\",\"text\":\"…\"}\n\nevent: run\ndata: {\"run_id\":\"…\",\"ok\":true,\"result\":\"…\",\"error\":null,\"model\":\"sonnet\",\"exit_code\":0,\"duration_ms\":2150,\"cost_usd\":0.04}\n\n"),
+        )),
         (status = 400, description = "bad_request", body = ErrorBody),
         (status = 502, description = "agent_error", body = ErrorBody),
         (status = 504, description = "timeout", body = ErrorBody),
@@ -243,6 +255,9 @@ pub async fn run(
             (to_body(&fields), timeout)
         }
     };
+    if sse::wanted(&headers) {
+        return Ok(s.stream(subject::RUN, "run", &headers, body).await);
+    }
     let timeout = s.client.agent_timeout(timeout_secs);
     Ok(s.forward(subject::RUN, &headers, body, timeout).await)
 }

@@ -1929,7 +1929,7 @@ impl SseReader {
         let mut events = Vec::new();
         loop {
             let (id, event, data) = self.next_event().await;
-            if event == "turn" || event == "error" {
+            if event == "turn" || event == "run" || event == "error" {
                 assert_eq!(id, None, "{data}");
                 assert_eq!(self.next().await, None, "more after the final event");
                 return (events, event, data);
@@ -2389,4 +2389,52 @@ async fn a_refused_events_request_is_its_plain_json_error() {
         assert_eq!(body["error"]["code"], kind, "{what}");
         assert!(body["error"]["message"].is_string(), "{what}");
     }
+}
+
+#[tokio::test]
+async fn a_run_over_sse_relays_claudes_events_while_it_runs_then_the_run() {
+    let forge = Forge::start_with(Options {
+        env: crate::runs::claude_env(&[]),
+        ..Default::default()
+    })
+    .await;
+    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    let token = forge
+        .admin
+        .create_token("sse-runs", false)
+        .await
+        .unwrap()
+        .token;
+    let release = forge.dir.path().join("release-run");
+    let prompt = format!("go #wait-file={}", release.display());
+    let request = http_client()
+        .post(sidecar.url("/run"))
+        .bearer_auth(&token)
+        .header("Accept", "text/event-stream")
+        .json(&json!({ "prompt": prompt }));
+    let mut stream = SseReader::new(sse_send(request).await);
+    // claude printed its thinking before it waits: it comes while the run runs.
+    let (seq, event, thought) = stream.next_event().await;
+    assert_eq!(
+        (seq.as_deref(), event.as_str()),
+        (Some("1"), "thought"),
+        "{thought}"
+    );
+    let run_id = thought["run_id"]
+        .as_str()
+        .expect("a run's event names its run")
+        .to_string();
+    assert!(!release.exists());
+    std::fs::write(&release, "").unwrap();
+    let (events, last, run) = stream.rest().await;
+    assert_eq!(last, "run", "{run}");
+    assert_eq!(
+        (run["run_id"].as_str(), &run["ok"]),
+        (Some(run_id.as_str()), &json!(true))
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["tool_call", "tool_call_update", "message", "usage"]);
+    // Without the header, the same route answers the Run as JSON.
+    let (status, plain) = post(&sidecar, "/run", Some(&token), r#"{"prompt": "plain"}"#).await;
+    assert_eq!((status, &plain["result"]), (200, &json!("plain")));
 }
