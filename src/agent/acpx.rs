@@ -471,6 +471,12 @@ fn delete_record(record_id: &str) -> std::io::Result<usize> {
     Ok(removed)
 }
 
+/// Whether acpx reads a file of this name from a session's working directory (its
+/// per-directory config, `.acpxrc*`).
+pub(super) fn reads_from_cwd(name: &str) -> bool {
+    name.starts_with(".acpxrc")
+}
+
 /// JavaScript's `encodeURIComponent`, which acpx uses for its record file names.
 fn encode_uri_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

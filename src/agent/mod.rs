@@ -18,6 +18,12 @@ use crate::wire::EventBody;
 pub use acpx::Acpx;
 pub use claude::{Claude, ClaudeError, ClaudeOptions, ClaudeResult, RunOutput};
 
+/// Whether an attached file may not have this name: a file an agent runner would read as its
+/// own configuration from the session's directory.
+pub fn reserved_file_name(name: &str) -> bool {
+    acpx::reads_from_cwd(name)
+}
+
 /// How long a backend gives a cancelled turn to answer `cancelled` before it stops the agent's
 /// process and ends the turn itself with what it had: a cancelled turn ends within this.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(10);

@@ -76,6 +76,10 @@ impl Limiter {
     }
 }
 
+/// A lock being waited for (see [`KeyedLocks::queue_for`]).
+pub type PendingLock =
+    std::pin::Pin<Box<dyn std::future::Future<Output = OwnedMutexGuard<()>> + Send>>;
+
 /// One async lock per key, so that turns of one session never interleave in this process.
 #[derive(Default)]
 pub struct KeyedLocks {
@@ -97,6 +101,12 @@ impl KeyedLocks {
 
     pub async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
         self.entry(key).lock_owned().await
+    }
+
+    /// The lock of `key` as a future of its own: once polled it holds its place in the lock's
+    /// queue (first come, first served) until it is dropped.
+    pub fn queue_for(&self, key: &str) -> PendingLock {
+        Box::pin(self.entry(key).lock_owned())
     }
 
     /// The lock if it is free now.

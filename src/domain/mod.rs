@@ -112,7 +112,7 @@ impl Settings {
 #[derive(Debug, Clone, Default)]
 struct ToolProbe {
     at: Option<Instant>,
-    acpx_version: Option<String>,
+    agent_version: Option<String>,
     claude_present: bool,
 }
 
@@ -126,6 +126,8 @@ pub struct Forge {
     turns: limits::Limiter,
     runs: limits::Limiter,
     session_locks: limits::KeyedLocks,
+    /// Held while a turn of the session is numbered and queued for it (see `take_turn`).
+    numbering: limits::KeyedLocks,
     /// Turns this worker is running, to cancel them at close and at shutdown.
     running_turns: cancel::RunningTurns,
     /// Cancelled when the shutdown grace is over: queued requests give up, runs are killed.
@@ -168,6 +170,7 @@ impl Forge {
             ledger,
             agent,
             session_locks: limits::KeyedLocks::default(),
+            numbering: limits::KeyedLocks::default(),
             running_turns: Default::default(),
             stopping: CancellationToken::new(),
             probe: Mutex::new(ToolProbe::default()),
@@ -199,7 +202,7 @@ impl Forge {
             }
         }
         let probe = self.tool_probe().await;
-        if probe.acpx_version.is_none() {
+        if probe.agent_version.is_none() {
             tracing::warn!(
                 backend = self.agent.name(),
                 "the sessions' agent runner is not available: sessions will fail"
@@ -211,7 +214,7 @@ impl Forge {
     async fn tool_probe(&self) -> ToolProbe {
         let mut probe = self.probe.lock().await;
         if probe.at.is_none_or(|at| at.elapsed() > TOOL_PROBE_TTL) {
-            probe.acpx_version = self.agent.version().await.ok();
+            probe.agent_version = self.agent.version().await.ok();
             probe.claude_present = on_path(&self.settings.claude_bin);
             probe.at = Some(Instant::now());
         }
@@ -229,12 +232,12 @@ impl Forge {
             tracing::error!(error = %why, "health: the ledger cannot be written");
         }
         wire::Health {
-            ok: open.is_ok() && writable.is_ok() && probe.acpx_version.is_some(),
+            ok: open.is_ok() && writable.is_ok() && probe.agent_version.is_some(),
             ledger_writable: writable.is_ok(),
             version: VERSION.to_string(),
             worker_id: self.settings.worker_id.clone(),
-            acpx_present: probe.acpx_version.is_some(),
-            acpx_version: probe.acpx_version,
+            acpx_present: probe.agent_version.is_some(),
+            acpx_version: probe.agent_version,
             claude_present: probe.claude_present,
             open_sessions: open.unwrap_or(0),
         }

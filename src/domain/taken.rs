@@ -5,11 +5,18 @@
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::limits::Waiting;
+use super::limits::{PendingLock, Waiting};
 use super::{now, Forge};
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, Reserved, SessionRow};
 use crate::wire::{TurnAccepted, TurnStatus};
+
+/// A turn's hold on its session in this worker.
+pub(super) enum SessionLock {
+    Held(OwnedMutexGuard<()>),
+    /// In the lock's queue already, behind the turns numbered before it.
+    Queued(PendingLock),
+}
 
 /// A turn this worker took and numbered, until it begins.
 pub(super) struct Taken<'a> {
@@ -18,8 +25,8 @@ pub(super) struct Taken<'a> {
     wait_id: Option<String>,
     pub(super) turn: u64,
     pub(super) status: TurnStatus,
-    /// The session's lock, when it was free at once.
-    pub(super) lock: Option<OwnedMutexGuard<()>>,
+    /// The session's lock: held, or waited for in the order the turns were numbered.
+    pub(super) lock: Option<SessionLock>,
     /// A place in the queue, for a turn that has to wait for its session or for a slot.
     pub(super) place: Option<Waiting<'a>>,
 }
@@ -74,10 +81,17 @@ impl Drop for Taken<'_> {
 }
 
 impl Forge {
-    /// Takes a turn of `row`'s session for `app`.
+    /// Takes a turn of `row`'s session for its app. Turns of one session taken by this worker
+    /// are numbered and queued for the session one at a time, so they run in the order of their
+    /// numbers.
     pub(super) async fn take_turn(&self, row: &SessionRow) -> Result<Taken<'_>> {
-        let lock = self.session_locks.try_lock(&row.session_id);
-        let at_once = lock.is_some() && self.turns.has_free_slot();
+        let _numbering = self.numbering.lock(&row.session_id).await;
+        let mut queued = self.session_locks.queue_for(&row.session_id);
+        let lock = match futures::poll!(queued.as_mut()) {
+            std::task::Poll::Ready(held) => SessionLock::Held(held),
+            std::task::Poll::Pending => SessionLock::Queued(queued),
+        };
+        let at_once = matches!(lock, SessionLock::Held(_)) && self.turns.has_free_slot();
         let place = if at_once {
             None
         } else {
@@ -108,7 +122,7 @@ impl Forge {
             } else {
                 TurnStatus::Queued
             },
-            lock,
+            lock: Some(lock),
             place,
         })
     }

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::cancel::Registered;
 use super::events::TurnEvents;
 use super::files::{self, Attachment};
-use super::taken::Taken;
+use super::taken::{SessionLock, Taken};
 use super::types::{Prompt, SessionId};
 use super::{now, seconds_from_now, Caller, Forge};
 use crate::agent::{self, AgentError, EventSink, StopReason, TurnEnd};
@@ -169,10 +169,14 @@ impl Forge {
     ) -> Result<Admission<'a>> {
         let session_id = &t.row.session_id;
         let session = match taken.lock.take() {
-            Some(session) => session,
-            None => {
-                // Its place in the queue is `taken.place`, held while it waits.
+            Some(SessionLock::Held(session)) => session,
+            Some(SessionLock::Queued(queued)) => {
+                // Its place in the worker's queue is `taken.place`, held while it waits.
                 tracing::debug!("turn waiting for the session's earlier turn");
+                self.admit(t.received, t.budget, async { Ok(queued.await) })
+                    .await?
+            }
+            None => {
                 let lock = async { Ok(self.session_locks.lock(session_id).await) };
                 self.admit(t.received, t.budget, lock).await?
             }

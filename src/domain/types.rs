@@ -128,8 +128,7 @@ impl FileName {
             || s == ".."
             || s.contains("..")
             || s.chars().any(|c| c == '/' || c == '\\' || c.is_control())
-            // acpx reads a per-directory config from the session's working directory.
-            || s.starts_with(".acpxrc");
+            || crate::agent::reserved_file_name(s);
         if bad {
             Err(Error::bad_request(format!(
                 "invalid file name {:?}: a plain name, without '/', '\\\\' or '..'",
