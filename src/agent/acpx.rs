@@ -30,6 +30,8 @@ const MAX_CONTROL_OUTPUT: usize = 1024 * 1024;
 const STDERR_TAIL: usize = 4096;
 /// Time allowed for the quick acpx commands (new, close, cancel, version).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a cancel goes on being sent, at most.
+const CANCEL_PERSISTS: Duration = Duration::from_secs(120);
 /// How soon a cancel that found no turn to stop is sent again.
 const CANCEL_RETRY: Duration = Duration::from_millis(250);
 /// Slack on top of a turn's timeout before we stop waiting for acpx to report it.
@@ -355,10 +357,14 @@ impl Acpx {
                     })));
                 }
                 _ = &mut hard_stop => {
-                    return Read::CutShort(if canceller.is_some() {
-                        Ok(stream.cut_short())
-                    } else {
-                        Err(Failure::Timeout)
+                    return Read::CutShort(match canceller {
+                        // acpx has not taken the cancel yet (a slow machine): the turn ends
+                        // here, and the cancel goes on being sent, so the agent stops too.
+                        Some(canceller) => {
+                            drop(canceller.detach());
+                            Ok(stream.cut_short())
+                        }
+                        None => Err(Failure::Timeout),
                     });
                 }
             }
@@ -371,7 +377,8 @@ impl Acpx {
     /// not handed to the session's queue owner yet is not there to cancel, so the first cancel
     /// can miss it.
     async fn cancel_until_heard(&self, s: &AgentSession) {
-        loop {
+        let give_up = Instant::now() + CANCEL_PERSISTS;
+        while Instant::now() < give_up {
             match self.cancel(s).await {
                 Ok(true) => return,
                 Ok(false) => tracing::debug!("acpx had no turn to cancel yet; trying again"),
@@ -379,6 +386,7 @@ impl Acpx {
             }
             tokio::time::sleep(CANCEL_RETRY).await;
         }
+        tracing::warn!("acpx never took the cancel; the agent may still run the prompt");
     }
 }
 
