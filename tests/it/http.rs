@@ -704,7 +704,8 @@ async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers(
         json!({
             "ok": false, "version": null, "worker_id": null, "acpx_present": null,
             "acpx_version": null, "claude_present": null, "open_sessions": null,
-            "ledger_writable": null, "nats_connected": connected, "workers": workers
+            "ledger_writable": null, "confined": null, "landlock_abi": null,
+            "nats_connected": connected, "workers": workers
         })
     };
     assert_eq!(get(&sidecar, "/healthz", None).await, (503, none(true, 0)));
