@@ -1092,6 +1092,38 @@ mod tests {
     }
 
     #[test]
+    fn agent_lists_are_comma_separated_in_the_environment_and_checked() {
+        let c = Config::load_from(
+            None,
+            &env(&[
+                ("CLAWDFORGE_AGENT_ENV", "ANTHROPIC_API_KEY, MY_PROXY"),
+                ("CLAWDFORGE_AGENT_CONNECT_PORTS", "443,8443"),
+                ("CLAWDFORGE_AGENT_READ_DIRS", "/usr,/opt/tools"),
+                ("CLAWDFORGE_AGENT_CONFINEMENT", "landlock"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.agent_env, ["ANTHROPIC_API_KEY", "MY_PROXY"]);
+        assert_eq!(c.agent_connect_ports, [443, 8443]);
+        assert_eq!(
+            c.agent_read_dirs,
+            [PathBuf::from("/usr"), "/opt/tools".into()]
+        );
+        assert_eq!(c.agent_confinement, ConfinementMode::Landlock);
+        let refused = |var: &str, value: &str| {
+            let err = Config::load_from(None, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var), "{var}={value}: {err}");
+        };
+        refused("CLAWDFORGE_AGENT_ENV", "OK,NOT-A-NAME");
+        refused("CLAWDFORGE_AGENT_CONNECT_PORTS", "443,0");
+        refused("CLAWDFORGE_AGENT_CONNECT_PORTS", "https");
+        refused("CLAWDFORGE_AGENT_CONFINEMENT", "sometimes");
+        refused("CLAWDFORGE_AGENT_MAX_FILE_BYTES", "0");
+    }
+
+    #[test]
     fn custom_default_agent_is_named_default() {
         let c =
             Config::load_from(None, &env(&[("ACPX_AGENT", "node /x/agent.mjs --fast")])).unwrap();

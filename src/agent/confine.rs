@@ -232,7 +232,9 @@ fn environment(home: &Path, names: &[String]) -> Vec<(OsString, OsString)> {
         ("CLAUDE_CONFIG_DIR".into(), home.join(".claude").into()),
     ];
     for name in names {
-        if let Some(value) = inherited(name) {
+        // HOME and the rest are the jail's own, whatever agent_env says.
+        let taken = env.iter().any(|(k, _)| k == name.as_str());
+        if let (false, Some(value)) = (taken, inherited(name)) {
             env.push((name.into(), value));
         }
     }
@@ -341,6 +343,21 @@ mod tests {
         assert_eq!(home_name("notes"), "notes");
         assert_eq!(home_name(".."), "%2E%2E");
         assert_eq!(home_name("."), "%2E");
+    }
+
+    #[test]
+    fn the_environment_is_the_home_the_basics_and_the_listed_names_only() {
+        let listed = ["HOME".into(), "UNSET_X_42".into()];
+        let env = environment(Path::new("/h/notes"), &listed);
+        let names: Vec<_> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["PATH", "LANG", "HOME", "TMPDIR", "CLAUDE_CONFIG_DIR"]
+        );
+        let value = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(value("HOME"), Some("/h/notes".into()));
+        assert_eq!(value("TMPDIR"), Some("/h/notes/tmp".into()));
+        assert_eq!(value("CLAUDE_CONFIG_DIR"), Some("/h/notes/.claude".into()));
     }
 
     #[test]
