@@ -209,10 +209,15 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 /// sha256(HOME)>` whatever `TMPDIR` says; it is made here so that only it, not `/tmp`, needs
 /// to be writable.
 fn acpx_socket_dir(home: &Path) -> std::io::Result<PathBuf> {
-    let hash = hex::encode(Sha256::digest(home.as_os_str().as_encoded_bytes()));
-    let dir = PathBuf::from(format!("/tmp/acpx-{}", &hash[..10]));
+    let dir = acpx_socket_dir_of(home);
     private_dir(&dir)?;
     Ok(dir)
+}
+
+/// Where acpx 0.19 keeps the sockets of the agents whose HOME is `home`.
+pub fn acpx_socket_dir_of(home: &Path) -> PathBuf {
+    let hash = hex::encode(Sha256::digest(home.as_os_str().as_encoded_bytes()));
+    PathBuf::from(format!("/tmp/acpx-{}", &hash[..10]))
 }
 
 /// The clean environment of an agent process.
@@ -364,7 +369,7 @@ mod tests {
     fn the_socket_dir_is_the_one_acpx_computes() {
         // acpx: path.join("/tmp", `acpx-${sha256(homeDir).hex.slice(0, 10)}`); for "/home/x",
         // `printf /home/x | sha256sum` begins c0bd14e65e.
-        let hash = hex::encode(Sha256::digest(b"/home/x"));
-        assert_eq!(&hash[..10], "c0bd14e65e");
+        let dir = acpx_socket_dir_of(Path::new("/home/x"));
+        assert_eq!(dir, Path::new("/tmp/acpx-c0bd14e65e"));
     }
 }

@@ -325,6 +325,15 @@ impl Drop for Forge {
             let _ = w.child.wait();
         }
         kill_by_home(self.dir.path());
+        remove_socket_dirs(&self.dir.path().join("data/homes"));
+    }
+}
+
+/// Removes the socket directories the workers made in /tmp for the apps' homes under `homes`.
+pub fn remove_socket_dirs(homes: &Path) {
+    for home in std::fs::read_dir(homes).into_iter().flatten().flatten() {
+        let dir = clawdforge::agent::confine::acpx_socket_dir_of(&home.path());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
