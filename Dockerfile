@@ -71,8 +71,7 @@ ARG UID=10001
 RUN groupadd --gid "${UID}" clawdforge \
     && useradd --uid "${UID}" --gid "${UID}" --create-home --home-dir /home/clawdforge \
         --shell /bin/bash clawdforge \
-    && mkdir -p /data/runs /data/acpx-cwds /config \
-        /home/clawdforge/.acpx /home/clawdforge/.claude \
+    && mkdir -p /data/runs /data/acpx-cwds /data/homes /config \
     && chown -R clawdforge:clawdforge /data /home/clawdforge
 
 COPY --from=tools /opt/clawdforge /opt/clawdforge
@@ -82,8 +81,10 @@ COPY --from=build /out/clawdforge /usr/local/bin/clawdforge
 # data/clawdforge.db, data/runs and data/acpx-cwds are /data/clawdforge.db, /data/runs and
 # /data/acpx-cwds, and config/clawdforge.toml is /config/clawdforge.toml. They are left to the
 # defaults rather than set here, so that the config file can still change them.
-# acpx keeps its state in $HOME/.acpx; Claude Code keeps its login and settings in
-# CLAUDE_CONFIG_DIR (all of it, .claude.json included), and does not update itself.
+# The worker's own HOME; every app's agents get a home of their own under /data/homes (acpx's
+# state in $HOME/.acpx, Claude Code's settings in CLAUDE_CONFIG_DIR=$HOME/.claude), and
+# Claude Code does not update itself (DISABLE_AUTOUPDATER reaches the agents through
+# agent_env). The tools are under /opt/clawdforge, which agents may read and run.
 ENV PATH=/opt/clawdforge/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/home/clawdforge \
     CLAUDE_CONFIG_DIR=/home/clawdforge/.claude \

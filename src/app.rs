@@ -169,6 +169,41 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
+/// How agent processes are confined, checked against the kernel: `landlock` without it stops
+/// startup; `auto` without it says so loudly, at every start.
+fn confinement(config: &Config) -> Result<agent::Confinement, ConfigError> {
+    let settings = agent::ConfineSettings {
+        mode: config.agent_confinement,
+        homes: config.agent_homes_dir.clone(),
+        read_dirs: config.agent_read_dirs.clone(),
+        connect_ports: config.agent_connect_ports.clone(),
+        env_names: config.agent_env.clone(),
+        // Empty (compose's default): none.
+        credentials_file: config
+            .agent_credentials_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty()),
+        max_file_bytes: config.agent_max_file_bytes,
+    };
+    let c = agent::Confinement::new(settings).map_err(|e| match e {
+        agent::ConfineError::NoLandlock => ConfigError::setting("agent_confinement", e),
+        agent::ConfineError::Homes { .. } => ConfigError::setting("agent_homes_dir", e),
+    })?;
+    match (config.agent_confinement, c.confined()) {
+        (crate::config::ConfinementMode::Off, _) => tracing::warn!(
+            "agent_confinement is off: agents can read and write whatever this worker's user can \
+             (the ledger, the config, every app's sessions) and connect anywhere"
+        ),
+        (_, false) => tracing::error!(
+            "THIS KERNEL HAS NO LANDLOCK: agents run UNCONFINED and can read the ledger, the \
+             config and every app's sessions; set agent_confinement = \"landlock\" to refuse to \
+             start instead"
+        ),
+        (_, true) => tracing::info!(landlock_abi = c.abi(), "agents run under Landlock"),
+    }
+    Ok(c)
+}
+
 /// Creates a directory a setting names, or says which setting names one that cannot be made.
 fn prepare_dir(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
     std::fs::create_dir_all(path).map_err(|e| {
@@ -184,11 +219,14 @@ pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<A
     let ledger = open_ledger(config).await?;
     prepare_dir("acpx_sessions_cwd", &config.acpx_sessions_cwd)?;
     prepare_dir("runs_dir", &config.runs_dir)?;
-    let acpx = Acpx::new(config.acpx_bin.clone(), config.acpx_ttl_secs);
+    let confinement = Arc::new(confinement(config)?);
+    let acpx =
+        Acpx::new(config.acpx_bin.clone(), config.acpx_ttl_secs).confined(confinement.clone());
     let forge = Forge::new(
         Settings::from_config(config, worker_id),
         ledger,
         Arc::new(acpx),
+        confinement,
     )
     .context("preparing the sessions and runs directories")?;
     forge.startup_checks().await?;

@@ -96,6 +96,34 @@ pub struct Config {
     /// `text` (colours only on a terminal) or `json` (one object per line, span fields
     /// included, for log collectors).
     pub log_format: LogFormat,
+
+    /// Root of the apps' agent homes: `<agent_homes_dir>/<app>` is HOME (with
+    /// CLAUDE_CONFIG_DIR and TMPDIR inside it) of every agent process of that app.
+    pub agent_homes_dir: PathBuf,
+    /// Whether agent processes run under Landlock.
+    pub agent_confinement: ConfinementMode,
+    /// Variables of the worker's environment that agents get (beside PATH, HOME, LANG, TMPDIR
+    /// and CLAUDE_CONFIG_DIR).
+    pub agent_env: Vec<String>,
+    /// Directories agents may read and execute: the system's and the tools'.
+    pub agent_read_dirs: Vec<PathBuf>,
+    /// TCP ports agents may connect to (with Landlock ABI 4 and up).
+    pub agent_connect_ports: Vec<u16>,
+    /// A Claude credentials file given read-only to every app's home.
+    pub agent_credentials_file: Option<PathBuf>,
+    /// The largest file an agent process may write (RLIMIT_FSIZE).
+    pub agent_max_file_bytes: u64,
+}
+
+/// Whether agents run under Landlock: `auto` when the kernel can (warning loudly when it
+/// cannot), `landlock` always (refusing to start without it), `off` never.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfinementMode {
+    #[default]
+    Auto,
+    Landlock,
+    Off,
 }
 
 /// How log lines are written (to stderr).
@@ -155,9 +183,28 @@ impl Default for Config {
             http_idle_timeout_secs: 60,
             http_max_connections: 512,
             log_format: LogFormat::Text,
+            agent_homes_dir: "data/homes".into(),
+            agent_confinement: ConfinementMode::Auto,
+            agent_env: [
+                "ANTHROPIC_API_KEY",
+                "CLAUDE_CODE_OAUTH_TOKEN",
+                "DISABLE_AUTOUPDATER",
+            ]
+            .map(String::from)
+            .to_vec(),
+            agent_read_dirs: DEFAULT_READ_DIRS.iter().map(PathBuf::from).collect(),
+            agent_connect_ports: vec![443],
+            agent_credentials_file: None,
+            agent_max_file_bytes: 1024 * 1024 * 1024,
         }
     }
 }
+
+/// What agents may read and execute by default: Debian's system directories, the image's
+/// tools (/opt/clawdforge) and a checkout's `.tools/` (relative to the working directory).
+pub const DEFAULT_READ_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt", ".tools",
+];
 
 /// Environment variables and the key each sets. `CLAWDFORGE_<KEY>` works for every key; these are
 /// the old service's names (and the short names the README uses), kept as aliases.
@@ -229,6 +276,13 @@ pub fn env_keys() -> Vec<&'static str> {
         "http_idle_timeout_secs",
         "http_max_connections",
         "log_format",
+        "agent_homes_dir",
+        "agent_confinement",
+        "agent_env",
+        "agent_read_dirs",
+        "agent_connect_ports",
+        "agent_credentials_file",
+        "agent_max_file_bytes",
     ]
 }
 
@@ -315,6 +369,13 @@ pub fn default_agent_name(cmd: &AgentCommand) -> String {
         AgentCommand::Builtin(name) => name.clone(),
         AgentCommand::Custom(_) => "default".into(),
     }
+}
+
+/// A variable name agents may be given: letters, digits and '_', not starting with a digit.
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn valid_agent_name(name: &str) -> bool {
@@ -555,6 +616,7 @@ impl Config {
                 self.http_idle_timeout_secs as usize,
             ),
             ("http_max_connections", self.http_max_connections),
+            ("agent_max_file_bytes", self.agent_max_file_bytes as usize),
         ] {
             if value == 0 {
                 return bad(key, "must be greater than 0");
@@ -571,6 +633,12 @@ impl Config {
         }
         if self.claude_bin.trim().is_empty() {
             return bad("claude_bin", "is empty");
+        }
+        if let Some(name) = self.agent_env.iter().find(|n| !valid_env_name(n)) {
+            return bad("agent_env", &format!("{name:?} is not a variable name"));
+        }
+        if self.agent_connect_ports.contains(&0) {
+            return bad("agent_connect_ports", "a port is 1-65535");
         }
         Ok(())
     }
@@ -693,6 +761,19 @@ fn env_value(key: &str, raw: &str) -> figment::value::Value {
             defaults.get(key),
             Some(serde_json::Value::Number(_) | serde_json::Value::Bool(_))
         );
+    if matches!(defaults.get(key), Some(serde_json::Value::Array(_))) {
+        // A list: comma-separated, each item typed as it reads (a port is a number).
+        let items: Vec<Value> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| match item.parse::<u64>() {
+                Ok(n) => Value::from(n),
+                Err(_) => Value::from(item.to_string()),
+            })
+            .collect();
+        return Value::from(items);
+    }
     if typed {
         let Ok(v) = raw.trim().parse::<Value>();
         if !matches!(v, Value::Dict(..) | Value::Array(..)) {
@@ -1008,6 +1089,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CLAWDFORGE_LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn agent_lists_are_comma_separated_in_the_environment_and_checked() {
+        let c = Config::load_from(
+            None,
+            &env(&[
+                ("CLAWDFORGE_AGENT_ENV", "ANTHROPIC_API_KEY, MY_PROXY"),
+                ("CLAWDFORGE_AGENT_CONNECT_PORTS", "443,8443"),
+                ("CLAWDFORGE_AGENT_READ_DIRS", "/usr,/opt/tools"),
+                ("CLAWDFORGE_AGENT_CONFINEMENT", "landlock"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.agent_env, ["ANTHROPIC_API_KEY", "MY_PROXY"]);
+        assert_eq!(c.agent_connect_ports, [443, 8443]);
+        assert_eq!(
+            c.agent_read_dirs,
+            [PathBuf::from("/usr"), "/opt/tools".into()]
+        );
+        assert_eq!(c.agent_confinement, ConfinementMode::Landlock);
+        let refused = |var: &str, value: &str| {
+            let err = Config::load_from(None, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var), "{var}={value}: {err}");
+        };
+        refused("CLAWDFORGE_AGENT_ENV", "OK,NOT-A-NAME");
+        refused("CLAWDFORGE_AGENT_CONNECT_PORTS", "443,0");
+        refused("CLAWDFORGE_AGENT_CONNECT_PORTS", "https");
+        refused("CLAWDFORGE_AGENT_CONFINEMENT", "sometimes");
+        refused("CLAWDFORGE_AGENT_MAX_FILE_BYTES", "0");
     }
 
     #[test]

@@ -368,6 +368,12 @@ pub struct Health {
     /// writable); `ok` is false when it cannot.
     #[serde(default = "writable_by_default")]
     pub ledger_writable: bool,
+    /// Whether this worker's agent processes run under Landlock (`agent_confinement`).
+    #[serde(default)]
+    pub confined: bool,
+    /// The kernel's Landlock ABI version; null when it has no Landlock.
+    #[serde(default)]
+    pub landlock_abi: Option<u32>,
 }
 
 /// A Health from a worker before `ledger_writable` existed said nothing: it could write.

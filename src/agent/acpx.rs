@@ -6,14 +6,16 @@
 //! `acpx prompt`, whose NDJSON (the raw ACP messages of both directions, each written as soon as
 //! acpx has it) is read line by line and turned into the contract's events.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::confine::{Confinement, Jail, Work};
 use super::process::{exit_text, last_line, Ended, Spawned, Spec};
 use super::{AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd, CANCEL_GRACE};
 use crate::config::AgentCommand;
@@ -92,6 +94,7 @@ impl Output {
 pub struct Acpx {
     bin: String,
     ttl_secs: u64,
+    confinement: Arc<Confinement>,
 }
 
 #[async_trait::async_trait]
@@ -158,7 +161,14 @@ impl Backend for Acpx {
         let Some(record) = &session.state else {
             return Ok(());
         };
-        delete_record(record)
+        let home = self
+            .confinement
+            .home(&session.app)
+            .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+        let Some(home) = home else {
+            return Ok(());
+        };
+        delete_record(&home, record)
             .map(drop)
             .map_err(|e| AgentError::Failed(format!("removing acpx's record failed: {e}")))
     }
@@ -169,7 +179,23 @@ impl Acpx {
         Acpx {
             bin: bin.into(),
             ttl_secs,
+            confinement: Arc::new(Confinement::none()),
         }
+    }
+
+    /// Runs every command of a session in its app's home, under `confinement`.
+    pub fn confined(self, confinement: Arc<Confinement>) -> Acpx {
+        Acpx {
+            confinement,
+            ..self
+        }
+    }
+
+    /// What the processes of session `s` get.
+    fn jail(&self, s: &AgentSession) -> Result<Option<Jail>, Failure> {
+        self.confinement
+            .jail(&s.app, &s.cwd, Work::Session)
+            .map_err(|e| Failure::Agent(format!("preparing the app's home: {e}")))
     }
 
     pub fn bin(&self) -> &str {
@@ -203,7 +229,7 @@ impl Acpx {
 
     /// `acpx --version`.
     async fn version_text(&self) -> Result<String, Failure> {
-        let out = self.run(vec!["--version".into()]).await?;
+        let out = self.run(vec!["--version".into()], None).await?;
         if !out.status.success() {
             return Err(out.failure("--version"));
         }
@@ -220,7 +246,7 @@ impl Acpx {
     async fn command(&self, s: &AgentSession, words: &[&str]) -> Result<Output, Failure> {
         let mut args = self.args(&s.command, &s.cwd, None);
         args.extend(words.iter().map(|w| w.to_string()));
-        let out = self.run(args).await?;
+        let out = self.run(args, self.jail(s)?.as_ref()).await?;
         if out.status.success() {
             Ok(out)
         } else {
@@ -234,10 +260,11 @@ impl Acpx {
     }
 
     /// Runs acpx to its end, within `CONTROL_TIMEOUT` and `MAX_CONTROL_OUTPUT`.
-    async fn run(&self, args: Vec<String>) -> Result<Output, Failure> {
+    async fn run(&self, args: Vec<String>, jail: Option<&Jail>) -> Result<Output, Failure> {
         let spawned = Spawned::start(Spec {
             program: &self.bin,
             args: &args,
+            jail,
             ..Default::default()
         })
         .await
@@ -287,10 +314,12 @@ impl Acpx {
         args.extend(["prompt", "-s", &s.id, "--file", "-"].map(String::from));
         let blocks = serde_json::to_vec(&serde_json::json!([{"type": "text", "text": p.text}]))
             .expect("prompt serializes");
+        let jail = self.jail(s)?;
         let mut child = Spawned::start(Spec {
             program: &self.bin,
             args: &args,
             stdin: Some(blocks),
+            jail: jail.as_ref(),
             ..Default::default()
         })
         .await
@@ -452,13 +481,11 @@ fn plan(update: &Value) -> EventBody {
     }
 }
 
-/// Removes acpx's on-disk record of a closed session (`$HOME/.acpx/sessions/<id>.json` and
-/// its event log). acpx itself can only prune all closed sessions of an agent at once.
-fn delete_record(record_id: &str) -> std::io::Result<usize> {
-    let Some(home) = std::env::var_os("HOME") else {
-        return Ok(0);
-    };
-    let dir = Path::new(&home).join(".acpx/sessions");
+/// Removes acpx's on-disk record of a closed session (`<home>/.acpx/sessions/<id>.json` and
+/// its event log, in the home of the session's app). acpx itself can only prune all closed
+/// sessions of an agent at once.
+fn delete_record(home: &Path, record_id: &str) -> std::io::Result<usize> {
+    let dir = home.join(".acpx/sessions");
     let name = encode_uri_component(record_id);
     let stream_prefix = format!("{name}.stream.");
     let entries = match std::fs::read_dir(&dir) {

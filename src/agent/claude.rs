@@ -5,10 +5,12 @@
 //! stdin instead, which `claude -p` reads when no prompt is given.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::confine::{Confinement, Work};
 use super::process::{exit_text, last_line, Collected, Ended, Spawned, Spec};
 use super::EventSink;
 use crate::error::clip;
@@ -209,6 +211,7 @@ pub struct RunOutput {
 pub struct Claude {
     bin: String,
     options: ClaudeOptions,
+    confinement: Arc<Confinement>,
 }
 
 impl Claude {
@@ -216,6 +219,15 @@ impl Claude {
         Claude {
             bin: bin.into(),
             options,
+            confinement: Arc::new(Confinement::none()),
+        }
+    }
+
+    /// Runs every run in its app's home, under `confinement`.
+    pub fn confined(self, confinement: Arc<Confinement>) -> Claude {
+        Claude {
+            confinement,
+            ..self
         }
     }
 
@@ -259,34 +271,37 @@ impl Claude {
         (args, PromptVia::Argv)
     }
 
-    /// Runs `claude -p` in `cwd`. Past `timeout` the process and everything it started (its
-    /// process group) is killed.
+    /// Runs `claude -p` for `app` in `cwd`. Past `timeout` the process and everything it
+    /// started (its process group) is killed.
     pub async fn run(
         &self,
+        app: &str,
         cwd: &Path,
         model: &str,
         prompt: &str,
         timeout: Duration,
     ) -> Result<RunOutput, ClaudeError> {
-        self.run_with(cwd, model, prompt, timeout, None).await
+        self.run_with(app, cwd, model, prompt, timeout, None).await
     }
 
     /// A run whose events (`--output-format stream-json`) go to `events` as claude prints
     /// them; it ends as [`run`](Self::run) does.
     pub async fn run_streamed(
         &self,
+        app: &str,
         cwd: &Path,
         model: &str,
         prompt: &str,
         timeout: Duration,
         events: &EventSink,
     ) -> Result<RunOutput, ClaudeError> {
-        self.run_with(cwd, model, prompt, timeout, Some(events))
+        self.run_with(app, cwd, model, prompt, timeout, Some(events))
             .await
     }
 
     async fn run_with(
         &self,
+        app: &str,
         cwd: &Path,
         model: &str,
         prompt: &str,
@@ -297,17 +312,23 @@ impl Claude {
             Some(_) => self.stream_args(model, prompt),
             None => self.args(model, prompt),
         };
+        let spawn_error = |e: std::io::Error| ClaudeError::Spawn {
+            bin: self.bin.clone(),
+            reason: e.to_string(),
+        };
+        let jail = self
+            .confinement
+            .jail(app, cwd, Work::Run)
+            .map_err(spawn_error)?;
         let spawned = Spawned::start(Spec {
             program: &self.bin,
             args: &args,
             cwd: Some(cwd),
             stdin: (via == PromptVia::Stdin).then(|| prompt.as_bytes().to_vec()),
+            jail: jail.as_ref(),
         })
         .await
-        .map_err(|e| ClaudeError::Spawn {
-            bin: self.bin.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(spawn_error)?;
         // The run ends when claude exits; anything it left in the background is killed with
         // its process group, as it is at the timeout and when the caller drops the run.
         let ended = match events {
@@ -623,7 +644,7 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
             (300_000, "stdin"),
         ] {
             let out = claude
-                .run(&cwd, "sonnet", &"y".repeat(len), 10 * SECOND)
+                .run("t", &cwd, "sonnet", &"y".repeat(len), 10 * SECOND)
                 .await
                 .unwrap();
             assert_eq!(
@@ -638,7 +659,7 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
     async fn a_failing_exit_names_the_code_and_keeps_stderr() {
         let (dir, claude) = script("echo starting >&2; echo 'it broke' >&2; exit 3");
         let err = claude
-            .run(dir.path(), "sonnet", "hi", 10 * SECOND)
+            .run("t", dir.path(), "sonnet", "hi", 10 * SECOND)
             .await
             .unwrap_err();
         assert_eq!(err.exit_code(), Some(3));
@@ -649,7 +670,7 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
             r#"echo '{"type":"result","subtype":"error_max_turns","is_error":true,"total_cost_usd":1.5}'; exit 1"#,
         );
         let err = claude
-            .run(dir.path(), "sonnet", "hi", 10 * SECOND)
+            .run("t", dir.path(), "sonnet", "hi", 10 * SECOND)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("error_max_turns"), "{err}");
@@ -657,7 +678,7 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
 
         let (dir, claude) = script("echo not json");
         let err = claude
-            .run(dir.path(), "sonnet", "hi", 10 * SECOND)
+            .run("t", dir.path(), "sonnet", "hi", 10 * SECOND)
             .await
             .unwrap_err();
         assert!(
@@ -676,7 +697,7 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
     async fn a_missing_binary_cannot_be_started() {
         let claude = Claude::new("/nonexistent/claude", ClaudeOptions::default());
         let err = claude
-            .run(Path::new("/"), "sonnet", "hi", SECOND)
+            .run("t", Path::new("/"), "sonnet", "hi", SECOND)
             .await
             .unwrap_err();
         assert!(matches!(err, ClaudeError::Spawn { .. }), "{err:?}");
@@ -687,7 +708,7 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
         let (dir, claude) = script("echo waiting >&2; sleep 300 & echo $! > child.pid; wait");
         let started = std::time::Instant::now();
         let err = claude
-            .run(dir.path(), "sonnet", "hi", Duration::from_millis(500))
+            .run("t", dir.path(), "sonnet", "hi", Duration::from_millis(500))
             .await
             .unwrap_err();
         assert!(started.elapsed() < 10 * SECOND);

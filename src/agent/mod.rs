@@ -4,6 +4,7 @@
 
 pub mod acpx;
 pub mod claude;
+pub mod confine;
 pub mod process;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use crate::wire::EventBody;
 
 pub use acpx::Acpx;
 pub use claude::{Claude, ClaudeError, ClaudeOptions, ClaudeResult, RunOutput};
+pub use confine::{ConfineError, ConfineSettings, Confinement};
 
 /// Whether an attached file may not have this name: a file an agent runner would read as its
 /// own configuration from the session's directory.
@@ -86,11 +88,13 @@ pub struct TurnEnd {
     pub stop_reason: StopReason,
 }
 
-/// What a backend needs to reach one session again: our id, its directory, the agent command,
-/// and whatever the backend asked the ledger to keep for it at open (`state`).
+/// What a backend needs to reach one session again: our id, the app it belongs to (whose home
+/// its agent runs in), its directory, the agent command, and whatever the backend asked the
+/// ledger to keep for it at open (`state`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentSession {
     pub id: String,
+    pub app: String,
     pub cwd: PathBuf,
     pub command: AgentCommand,
     pub state: Option<String>,

@@ -12,6 +12,8 @@ use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
 
+use super::confine::Jail;
+
 /// Time allowed, after a process group is killed, for it to be reaped and its pipes to close.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a process's output pipes may stay open after it exits (held by a process it left in
@@ -68,6 +70,8 @@ pub struct Spec<'a> {
     pub cwd: Option<&'a Path>,
     /// Written to the process's stdin, which is then closed; `None`: stdin is /dev/null.
     pub stdin: Option<Vec<u8>>,
+    /// The app's home, environment, Landlock rules and limits; `None`: the worker's own.
+    pub jail: Option<&'a Jail>,
 }
 
 /// A started process in a process group of its own. The group is killed when this is dropped
@@ -105,6 +109,9 @@ pub struct Collected {
 impl Spawned {
     pub async fn start(spec: Spec<'_>) -> std::io::Result<Spawned> {
         let mut cmd = command(spec.program, spec.args, spec.cwd, spec.stdin.is_some());
+        if let Some(jail) = spec.jail {
+            jail.apply(&mut cmd)?;
+        }
         let mut child = spawn(&mut cmd).await?;
         let feed = match (child.stdin.take(), spec.stdin) {
             (Some(mut stdin), Some(bytes)) => Some(tokio::spawn(async move {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Backend, Claude, ClaudeOptions};
+use crate::agent::{Backend, Claude, ClaudeOptions, Confinement};
 use crate::config::{AgentCommand, Config};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
@@ -123,6 +123,7 @@ pub struct Forge {
     /// The backend of sessions.
     agent: Arc<dyn Backend>,
     claude: Claude,
+    confinement: Arc<Confinement>,
     turns: limits::Limiter,
     runs: limits::Limiter,
     session_locks: limits::KeyedLocks,
@@ -136,11 +137,13 @@ pub struct Forge {
 }
 
 impl Forge {
-    /// Builds the service; creates the sessions' and the runs' root directories.
+    /// Builds the service; creates the sessions' and the runs' root directories. Runs are
+    /// started under `confinement` (the sessions' backend has its own).
     pub fn new(
         mut settings: Settings,
         ledger: Ledger,
         agent: Arc<dyn Backend>,
+        confinement: Arc<Confinement>,
     ) -> std::io::Result<Arc<Forge>> {
         std::fs::create_dir_all(&settings.sessions_root)?;
         settings.sessions_root = std::fs::canonicalize(&settings.sessions_root)?;
@@ -153,7 +156,8 @@ impl Forge {
                 allowed_tools: settings.claude_allowed_tools.clone(),
                 max_turns: settings.claude_max_turns,
             },
-        );
+        )
+        .confined(confinement.clone());
         Ok(Arc::new(Forge {
             turns: limits::Limiter::new(
                 "concurrent turns",
@@ -166,6 +170,7 @@ impl Forge {
                 settings.max_queued_runs,
             ),
             claude,
+            confinement,
             settings,
             ledger,
             agent,
@@ -240,6 +245,8 @@ impl Forge {
             acpx_version: probe.agent_version,
             claude_present: probe.claude_present,
             open_sessions: open.unwrap_or(0),
+            confined: self.confinement.confined(),
+            landlock_abi: self.confinement.abi(),
         }
     }
 }

@@ -74,7 +74,17 @@ impl Forge {
                 let left = budget.saturating_sub(received.elapsed());
                 // At the end of the shutdown grace the run is dropped, which kills its process
                 // group.
-                let ran = self.claude_run(&id, &dir, model.as_str(), &text, left, events);
+                let ran = self.claude_run(
+                    Staged {
+                        id: &id,
+                        app: &caller.app,
+                        dir: &dir,
+                    },
+                    model.as_str(),
+                    &text,
+                    left,
+                    events,
+                );
                 tokio::select! {
                     ran = ran => Ran::Claude(ran),
                     _ = self.stopping.cancelled() => Ran::Interrupted,
@@ -164,21 +174,20 @@ impl Forge {
     /// claude, with its events numbered and sent on as they come when the caller streams.
     async fn claude_run(
         &self,
-        id: &str,
-        dir: &Path,
+        Staged { id, app, dir }: Staged<'_>,
         model: &str,
         text: &str,
         left: Duration,
         out: Option<EventStream>,
     ) -> std::result::Result<RunOutput, ClaudeError> {
         let Some(out) = out else {
-            return self.claude.run(dir, model, text, left).await;
+            return self.claude.run(app, dir, model, text, left).await;
         };
         let (sink, mut events) = EventSink::channel(64);
         let run = async move {
             let ran = self
                 .claude
-                .run_streamed(dir, model, text, left, &sink)
+                .run_streamed(app, dir, model, text, left, &sink)
                 .await;
             drop(sink);
             ran
@@ -269,6 +278,13 @@ enum Ran {
 /// Why a run killed at shutdown ended.
 const SHUT_DOWN_RUNNING: &str = "the worker shut down during the run; it was killed";
 
+/// A run's id, its app and its staging directory.
+struct Staged<'a> {
+    id: &'a str,
+    app: &'a str,
+    dir: &'a Path,
+}
+
 /// Creates the run's staging directory and writes the attachments into it; returns their
 /// absolute paths.
 async fn stage(dir: &Path, attachments: Vec<files::Attachment>) -> std::io::Result<Vec<String>> {
@@ -312,6 +328,7 @@ mod tests {
             Settings::from_config(&config, "w1".into()),
             ledger,
             std::sync::Arc::new(Acpx::new("acpx", 0)),
+            std::sync::Arc::new(crate::agent::Confinement::none()),
         )
         .unwrap()
     }

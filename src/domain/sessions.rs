@@ -57,6 +57,7 @@ impl Forge {
     pub(super) fn agent_session(&self, row: &SessionRow) -> AgentSession {
         AgentSession {
             id: row.session_id.clone(),
+            app: row.app.clone(),
             cwd: row.cwd.clone().into(),
             // The ledger holds what this worker wrote, from the configured commands.
             command: AgentCommand::parse(&row.agent_command)

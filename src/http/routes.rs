@@ -605,6 +605,8 @@ pub struct SidecarHealth {
     pub claude_present: Option<bool>,
     pub open_sessions: Option<u64>,
     pub ledger_writable: Option<bool>,
+    pub confined: Option<bool>,
+    pub landlock_abi: Option<u32>,
     /// The sidecar's NATS connection is up.
     pub nats_connected: bool,
     /// Worker instances that answered `$SRV.PING`.
@@ -623,6 +625,8 @@ impl SidecarHealth {
                 claude_present: Some(h.claude_present),
                 open_sessions: Some(h.open_sessions),
                 ledger_writable: Some(h.ledger_writable),
+                confined: Some(h.confined),
+                landlock_abi: h.landlock_abi,
                 nats_connected,
                 workers,
             },
@@ -635,6 +639,8 @@ impl SidecarHealth {
                 claude_present: None,
                 open_sessions: None,
                 ledger_writable: None,
+                confined: None,
+                landlock_abi: None,
                 nats_connected,
                 workers,
             },

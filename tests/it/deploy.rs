@@ -91,6 +91,10 @@ impl Bus {
             ("ACPX_AGENT", agent_command("")),
             ("CLAUDE_BIN", path("no-claude-here")),
             ("RUST_LOG", "info".into()),
+            (
+                "CLAWDFORGE_AGENT_READ_DIRS",
+                crate::harness::agent_read_dirs(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -188,7 +192,7 @@ impl Drop for Bus {
             let _ = child.kill();
             let _ = child.wait();
         }
-        kill_by_home(&self.dir.path().join("home"));
+        kill_by_home(self.dir.path());
         let _ = self.server.kill();
         let _ = self.server.wait();
     }

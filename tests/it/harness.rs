@@ -166,6 +166,7 @@ impl Forge {
             ("CLAWDFORGE_ACPX_TTL_SECS".into(), "120".into()),
             ("CLAUDE_BIN".into(), path("no-claude-here")),
             ("RUST_LOG".into(), "info,clawdforge=debug".into()),
+            ("CLAWDFORGE_AGENT_READ_DIRS".into(), agent_read_dirs()),
         ];
         if let Some(toml) = &opts.config_toml {
             let file = dir.path().join("clawdforge.toml");
@@ -195,8 +196,17 @@ impl Forge {
         forge
     }
 
+    /// The workers' own HOME (their agents have the apps' homes); the benchmark's direct acpx
+    /// runs use it.
+    #[allow(dead_code)]
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
+    }
+
+    /// The HOME of `app`'s agents (the default `agent_homes_dir`, `data/homes`, in the
+    /// workers' working directory).
+    pub fn app_home(&self, app: &str) -> PathBuf {
+        self.dir.path().join("data/homes").join(app)
     }
 
     pub fn ledger_path(&self) -> PathBuf {
@@ -314,12 +324,30 @@ impl Drop for Forge {
             let _ = w.child.kill();
             let _ = w.child.wait();
         }
-        kill_by_home(&self.home());
+        kill_by_home(self.dir.path());
+        remove_socket_dirs(&self.dir.path().join("data/homes"));
     }
 }
 
-/// Kills every process whose environment has HOME=`home`: acpx's queue owners and the agents
-/// they started, which detach from the worker.
+/// Removes the socket directories the workers made in /tmp for the apps' homes under `homes`.
+pub fn remove_socket_dirs(homes: &Path) {
+    for home in std::fs::read_dir(homes).into_iter().flatten().flatten() {
+        let dir = clawdforge::agent::confine::acpx_socket_dir_of(&home.path());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// What the tests' agents may read and execute: the system, the tools and the fixtures.
+pub fn agent_read_dirs() -> String {
+    let mut dirs: Vec<String> = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"]
+        .map(String::from)
+        .to_vec();
+    for sub in [".tools", "tests/fixtures"] {
+        dirs.push(repo().join(sub).to_string_lossy().into_owned());
+    }
+    dirs.join(",")
+}
+
 /// The ledger at `path`, opened read-only for assertions.
 pub fn read_only_ledger(path: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -348,8 +376,11 @@ pub async fn wait_for_running_turn(path: &Path, session_id: &str) {
     }
 }
 
-pub fn kill_by_home(home: &Path) {
-    let needle = format!("HOME={}", home.display());
+/// Kills every process whose HOME is `dir` or lies under it: acpx's queue owners and the agents
+/// they started (in the apps' homes), which detach from the worker.
+pub fn kill_by_home(dir: &Path) {
+    let needle = format!("HOME={}", dir.display());
+    let under = format!("{needle}/");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -364,7 +395,10 @@ pub fn kill_by_home(home: &Path) {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+        if environ
+            .split(|b| *b == 0)
+            .any(|kv| kv == needle.as_bytes() || kv.starts_with(under.as_bytes()))
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

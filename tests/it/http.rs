@@ -704,7 +704,8 @@ async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers(
         json!({
             "ok": false, "version": null, "worker_id": null, "acpx_present": null,
             "acpx_version": null, "claude_present": null, "open_sessions": null,
-            "ledger_writable": null, "nats_connected": connected, "workers": workers
+            "ledger_writable": null, "confined": null, "landlock_abi": null,
+            "nats_connected": connected, "workers": workers
         })
     };
     assert_eq!(get(&sidecar, "/healthz", None).await, (503, none(true, 0)));
@@ -2160,7 +2161,8 @@ async fn a_cancel_over_http_stops_the_running_turn_which_answers_cancelled() {
     let nothing = (200, json!({ "session_id": id, "cancelled": false }));
     assert_eq!(post(&sidecar, &cancel, Some(&token), "").await, nothing);
 
-    let told = forge.dir.path().join("told-to-cancel");
+    // In the app's home: the confined agent may write there.
+    let told = forge.app_home("canceller").join("told-to-cancel");
     let never = forge.dir.path().join("never");
     let prompt = format!(
         "hold #wait-file={} #on-cancel={}",

@@ -55,7 +55,7 @@ async fn idle_sessions_are_closed_then_deleted_and_the_trail_stays() {
     let app = forge.app("sweep").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     app.turn(&turn(&s.session_id, "hello")).await.unwrap();
-    let record_dir = forge.home().join(".acpx/sessions");
+    let record_dir = forge.app_home("sweep").join(".acpx/sessions");
     let records_before = std::fs::read_dir(&record_dir).unwrap().count();
     assert!(records_before > 0);
 
@@ -272,8 +272,9 @@ async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
         req.timeout_secs = Some(30);
         tokio::spawn(async move { app.turn(&req).await })
     };
-    let told = forge.dir.path().join("agent-told-to-cancel");
-    let got = forge.dir.path().join("agent-got-the-prompt");
+    // In the app's home: the confined agent may write there.
+    let told = forge.app_home("impatient").join("agent-told-to-cancel");
+    let got = forge.app_home("impatient").join("agent-got-the-prompt");
     let hung = spawn_turn(&format!(
         "#hang #on-cancel={} #on-prompt={}",
         told.display(),

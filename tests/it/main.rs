@@ -2,6 +2,7 @@
 
 mod cancel;
 mod cli;
+mod confinement;
 mod deploy;
 mod faults;
 mod harness;

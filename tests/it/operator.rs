@@ -111,7 +111,7 @@ impl Drop for UpScript {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        crate::harness::kill_by_home(&self.data_dir().join("home"));
+        crate::harness::kill_by_home(&self.data_dir());
     }
 }
 
@@ -403,7 +403,7 @@ async fn secrets_are_not_readable_in_proc_environ_of_the_worker_or_its_agents() 
     let app = forge.app("secretive").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     app.turn(&turn(&s.session_id, "hello")).await.unwrap();
-    let agents = agent_environs(&forge.home());
+    let agents = agent_environs(&forge.app_home("secretive"));
     assert!(agents.len() >= 2, "acpx and the agent run");
     assert!(agents.iter().all(|env| !holds(env, ROOT_TOKEN)));
 

@@ -229,7 +229,11 @@ async fn a_hung_turn_times_out_is_cancelled_and_the_next_one_works() {
     let forge = Forge::start().await;
     let app = forge.app("hangs").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
-    let told = forge.dir.path().join("agent-told-to-cancel");
+    // In the session's directory: the confined agent may write nowhere else.
+    let told = forge
+        .sessions_root()
+        .join(&s.session_id)
+        .join("agent-told-to-cancel");
     let mut hang = turn(
         &s.session_id,
         &format!("#hang #on-cancel={}", told.display()),

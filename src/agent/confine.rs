@@ -1,0 +1,375 @@
+//! What an agent process may reach: its app's own home, a clean environment, Landlock rules and
+//! resource limits, all applied in the child between fork and exec, so that everything it
+//! starts (acpx's queue owner, the agent, the agent's tools) inherits them.
+//!
+//! - **Home.** Each app's agents run with `HOME`, `CLAUDE_CONFIG_DIR` (`<home>/.claude`) and
+//!   `TMPDIR` (`<home>/tmp`) under `agent_homes_dir/<app>`: acpx's records, Claude Code's
+//!   transcripts and temporary files of one app are apart from another's.
+//! - **Environment.** `PATH`, `HOME`, `LANG`, `TMPDIR`, `CLAUDE_CONFIG_DIR` and the variables
+//!   named in `agent_env`; nothing else of the worker's.
+//! - **Landlock.** Write: the app's home, the work directory (a session's or a run's), and for
+//!   sessions acpx's socket directory `/tmp/acpx-<hash of HOME>`; `/dev/null`. Read and
+//!   execute: the configured system and tool directories and `/dev`. Nothing else: `/proc`
+//!   stays closed too (a confined process could otherwise read the worker's
+//!   `/proc/<pid>/environ`: Landlock's ptrace check does not cover it on the kernels tried).
+//!   With ABI 4 and up, TCP connect only to `agent_connect_ports`; with ABI 6 and up, no
+//!   abstract unix socket of a process outside the domain.
+//! - **Limits.** No core dumps; no file larger than `agent_max_file_bytes`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, RulesetError, Scope, ABI,
+};
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+use crate::config::ConfinementMode;
+
+/// What the operator configured.
+#[derive(Debug, Clone)]
+pub struct ConfineSettings {
+    pub mode: ConfinementMode,
+    pub homes: PathBuf,
+    pub read_dirs: Vec<PathBuf>,
+    pub connect_ports: Vec<u16>,
+    pub env_names: Vec<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    #[error(
+        "agent_confinement is \"landlock\", but this kernel has no Landlock (it needs Linux 5.13 \
+         or later with landlock in the lsm= list)"
+    )]
+    NoLandlock,
+    #[error("agent_homes_dir {path}: {source}")]
+    Homes {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How agent processes are started: unconfined (only for unit tests and the version probe), or
+/// under an app's home, with Landlock when the kernel has it and the mode allows it.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    policy: Option<Policy>,
+    kernel_abi: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Policy {
+    settings: ConfineSettings,
+    /// The ABI rules are written for; `None`: no Landlock (mode off, or no kernel support).
+    landlock: Option<ABI>,
+}
+
+/// Which kind of work a process does: sessions go through acpx, which needs its socket
+/// directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    Session,
+    Run,
+}
+
+/// The Landlock ABI of the running kernel; `None` when it has none.
+pub fn kernel_abi() -> Option<u32> {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns the
+    // ABI version (or an error); it touches no memory.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    (v > 0).then_some(v as u32)
+}
+
+impl Confinement {
+    /// No home, no rules: the process inherits the worker's environment.
+    pub fn none() -> Confinement {
+        Confinement {
+            policy: None,
+            kernel_abi: None,
+        }
+    }
+
+    /// Checks the mode against the kernel and makes the homes' root.
+    pub fn new(mut settings: ConfineSettings) -> Result<Confinement, ConfineError> {
+        let kernel = kernel_abi();
+        let landlock = match (settings.mode, kernel) {
+            (ConfinementMode::Off, _) => None,
+            (ConfinementMode::Landlock, None) => return Err(ConfineError::NoLandlock),
+            (_, None) => None,
+            (_, Some(v)) => Some(ABI::from(v as i32)),
+        };
+        let homes_error = |source| ConfineError::Homes {
+            path: settings.homes.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&settings.homes).map_err(homes_error)?;
+        settings.homes = std::fs::canonicalize(&settings.homes).map_err(homes_error)?;
+        Ok(Confinement {
+            policy: Some(Policy { settings, landlock }),
+            kernel_abi: kernel,
+        })
+    }
+
+    /// Whether agent processes run under Landlock.
+    pub fn confined(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| p.landlock.is_some())
+    }
+
+    /// The kernel's Landlock ABI, whatever the mode.
+    pub fn abi(&self) -> Option<u32> {
+        self.kernel_abi
+    }
+
+    /// The home of `app`'s agents, when agents get homes.
+    pub fn home(&self, app: &str) -> Option<PathBuf> {
+        let p = self.policy.as_ref()?;
+        Some(p.settings.homes.join(home_name(app)))
+    }
+
+    /// Prepares `app`'s home and what a process working in `work_dir` may reach; `None` when
+    /// processes are not confined at all.
+    pub fn jail(&self, app: &str, work_dir: &Path, work: Work) -> std::io::Result<Option<Jail>> {
+        let Some(p) = &self.policy else {
+            return Ok(None);
+        };
+        let home = p.settings.homes.join(home_name(app));
+        let mut write = prepare_home(&home, p.settings.credentials_file.as_deref())?;
+        write.push(work_dir.to_path_buf());
+        if work == Work::Session {
+            write.push(acpx_socket_dir(&home)?);
+        }
+        let mut read = p.settings.read_dirs.clone();
+        // Not /proc: see the module's documentation.
+        read.push(PathBuf::from("/dev"));
+        read.extend(p.settings.credentials_file.clone());
+        Ok(Some(Jail {
+            env: environment(&home, &p.settings.env_names),
+            rules: p.landlock.map(|abi| Rules {
+                abi,
+                read,
+                write,
+                ports: p.settings.connect_ports.clone(),
+            }),
+            max_file_bytes: p.settings.max_file_bytes,
+        }))
+    }
+}
+
+/// An app's home directory name: the app's name (letters, digits, '-', '_', '.'), with "." and
+/// ".." spelled so that they stay inside the homes' root.
+fn home_name(app: &str) -> String {
+    match app {
+        "." => "%2E".into(),
+        ".." => "%2E%2E".into(),
+        other => other.into(),
+    }
+}
+
+/// Makes `home`, its `tmp` and `.claude` (mode 700), with the operator's credentials file
+/// linked in; returns the directories a process may write.
+fn prepare_home(home: &Path, credentials: Option<&Path>) -> std::io::Result<Vec<PathBuf>> {
+    let claude = home.join(".claude");
+    for dir in [home.to_path_buf(), home.join("tmp"), claude.clone()] {
+        private_dir(&dir)?;
+    }
+    if let Some(file) = credentials {
+        let link = claude.join(".credentials.json");
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(file, &link)?;
+        }
+    }
+    Ok(vec![home.to_path_buf()])
+}
+
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// acpx 0.19 keeps its queue owners' sockets in `/tmp/acpx-<first 10 hex digits of
+/// sha256(HOME)>` whatever `TMPDIR` says; it is made here so that only it, not `/tmp`, needs
+/// to be writable.
+fn acpx_socket_dir(home: &Path) -> std::io::Result<PathBuf> {
+    let dir = acpx_socket_dir_of(home);
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Where acpx 0.19 keeps the sockets of the agents whose HOME is `home`.
+pub fn acpx_socket_dir_of(home: &Path) -> PathBuf {
+    let hash = hex::encode(Sha256::digest(home.as_os_str().as_encoded_bytes()));
+    PathBuf::from(format!("/tmp/acpx-{}", &hash[..10]))
+}
+
+/// The clean environment of an agent process.
+fn environment(home: &Path, names: &[String]) -> Vec<(OsString, OsString)> {
+    let inherited = |name: &str| std::env::var_os(name);
+    let mut env: Vec<(OsString, OsString)> = vec![
+        (
+            "PATH".into(),
+            inherited("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        (
+            "LANG".into(),
+            inherited("LANG").unwrap_or_else(|| "C.UTF-8".into()),
+        ),
+        ("HOME".into(), home.into()),
+        ("TMPDIR".into(), home.join("tmp").into()),
+        ("CLAUDE_CONFIG_DIR".into(), home.join(".claude").into()),
+    ];
+    for name in names {
+        // HOME and the rest are the jail's own, whatever agent_env says.
+        let taken = env.iter().any(|(k, _)| k == name.as_str());
+        if let (false, Some(value)) = (taken, inherited(name)) {
+            env.push((name.into(), value));
+        }
+    }
+    env
+}
+
+/// What one process gets: its environment, its Landlock rules and its limits.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    env: Vec<(OsString, OsString)>,
+    rules: Option<Rules>,
+    max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Rules {
+    abi: ABI,
+    read: Vec<PathBuf>,
+    write: Vec<PathBuf>,
+    ports: Vec<u16>,
+}
+
+impl Rules {
+    /// The ruleset, made in the parent: between fork and exec only `restrict_self` runs.
+    fn create(&self) -> Result<RulesetCreated, RulesetError> {
+        let abi = self.abi;
+        let read = AccessFs::from_read(abi);
+        let all = AccessFs::from_all(abi);
+        let mut ruleset = Ruleset::default().handle_access(all)?;
+        if abi >= ABI::V4 {
+            ruleset = ruleset.handle_access(AccessNet::ConnectTcp)?;
+        }
+        if abi >= ABI::V6 {
+            // No abstract unix sockets of processes outside the domain. Signals stay open:
+            // every acpx command runs in a domain of its own, and checks its queue owner with
+            // kill(pid, 0).
+            ruleset = ruleset.scope(Scope::AbstractUnixSocket)?;
+        }
+        let mut created = ruleset.create()?;
+        for (dirs, access) in [(&self.read, read), (&self.write, all)] {
+            for dir in dirs {
+                // A directory that does not exist on this host has nothing to allow.
+                if let Ok(fd) = PathFd::new(dir) {
+                    created = created.add_rule(PathBeneath::new(fd, access))?;
+                }
+            }
+        }
+        if let Ok(fd) = PathFd::new("/dev/null") {
+            created = created.add_rule(PathBeneath::new(fd, AccessFs::from_file(abi)))?;
+        }
+        if abi >= ABI::V4 {
+            for port in &self.ports {
+                created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
+            }
+        }
+        Ok(created)
+    }
+}
+
+impl Jail {
+    /// Gives `cmd` the jail's environment, and, in the child before exec, its limits and rules.
+    pub(super) fn apply(&self, cmd: &mut Command) -> std::io::Result<()> {
+        cmd.env_clear().envs(self.env.iter().cloned());
+        let mut ruleset = match &self.rules {
+            Some(rules) => Some(rules.create().map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let max_file = self.max_file_bytes;
+        // SAFETY: the closure runs in the forked child; it only makes system calls (setrlimit,
+        // prctl, landlock_restrict_self) and allocates nothing on success.
+        unsafe {
+            cmd.pre_exec(move || {
+                limit(libc::RLIMIT_CORE, 0)?;
+                limit(libc::RLIMIT_FSIZE, max_file)?;
+                if let Some(ruleset) = ruleset.take() {
+                    ruleset
+                        .restrict_self()
+                        .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+fn limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(resource, &lim) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_apps_stay_inside_the_homes_root() {
+        assert_eq!(home_name("notes"), "notes");
+        assert_eq!(home_name(".."), "%2E%2E");
+        assert_eq!(home_name("."), "%2E");
+    }
+
+    #[test]
+    fn the_environment_is_the_home_the_basics_and_the_listed_names_only() {
+        let listed = ["HOME".into(), "UNSET_X_42".into()];
+        let env = environment(Path::new("/h/notes"), &listed);
+        let names: Vec<_> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["PATH", "LANG", "HOME", "TMPDIR", "CLAUDE_CONFIG_DIR"]
+        );
+        let value = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(value("HOME"), Some("/h/notes".into()));
+        assert_eq!(value("TMPDIR"), Some("/h/notes/tmp".into()));
+        assert_eq!(value("CLAUDE_CONFIG_DIR"), Some("/h/notes/.claude".into()));
+    }
+
+    #[test]
+    fn the_socket_dir_is_the_one_acpx_computes() {
+        // acpx: path.join("/tmp", `acpx-${sha256(homeDir).hex.slice(0, 10)}`); for "/home/x",
+        // `printf /home/x | sha256sum` begins c0bd14e65e.
+        let dir = acpx_socket_dir_of(Path::new("/home/x"));
+        assert_eq!(dir, Path::new("/tmp/acpx-c0bd14e65e"));
+    }
+}
