@@ -116,6 +116,10 @@ impl Confinement {
         };
         std::fs::create_dir_all(&settings.homes).map_err(homes_error)?;
         settings.homes = std::fs::canonicalize(&settings.homes).map_err(homes_error)?;
+        // Linked into every home: a relative path would be read from the link's directory.
+        settings.credentials_file = settings
+            .credentials_file
+            .map(|file| std::path::absolute(&file).unwrap_or(file));
         Ok(Confinement {
             policy: Some(Policy { settings, landlock }),
             kernel_abi: kernel,
