@@ -102,8 +102,15 @@ impl Confinement {
     }
 
     /// Checks the mode against the kernel and makes the homes' root.
-    pub fn new(mut settings: ConfineSettings) -> Result<Confinement, ConfineError> {
-        let kernel = kernel_abi();
+    pub fn new(settings: ConfineSettings) -> Result<Confinement, ConfineError> {
+        Self::on_kernel(settings, kernel_abi())
+    }
+
+    /// [`new`](Self::new) on a kernel whose Landlock ABI is `kernel`.
+    fn on_kernel(
+        mut settings: ConfineSettings,
+        kernel: Option<u32>,
+    ) -> Result<Confinement, ConfineError> {
         let landlock = match (settings.mode, kernel) {
             (ConfinementMode::Off, _) => None,
             (ConfinementMode::Landlock, None) => return Err(ConfineError::NoLandlock),
@@ -346,6 +353,36 @@ fn limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(mode: ConfinementMode, homes: &Path) -> ConfineSettings {
+        ConfineSettings {
+            mode,
+            homes: homes.to_path_buf(),
+            read_dirs: vec![],
+            connect_ports: vec![443],
+            env_names: vec![],
+            credentials_file: None,
+            max_file_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn the_mode_decides_with_the_kernel() {
+        use ConfinementMode::*;
+        let dir = tempfile::tempdir().unwrap();
+        let on = |mode, kernel| Confinement::on_kernel(settings(mode, dir.path()), kernel);
+        assert!(matches!(on(Landlock, None), Err(ConfineError::NoLandlock)));
+        let auto_without = on(Auto, None).unwrap();
+        assert!(!auto_without.confined() && auto_without.abi().is_none());
+        assert!(on(Auto, Some(7)).unwrap().confined());
+        assert!(on(Landlock, Some(1)).unwrap().confined());
+        let off = on(Off, Some(7)).unwrap();
+        assert!(!off.confined() && off.abi() == Some(7));
+        // Off still gives each app its home.
+        let jail = off.jail("notes", dir.path(), Work::Run).unwrap().unwrap();
+        assert!(jail.rules.is_none());
+        assert!(dir.path().join("notes/.claude").is_dir() && dir.path().join("notes/tmp").is_dir());
+    }
 
     #[test]
     fn dot_apps_stay_inside_the_homes_root() {
