@@ -23,6 +23,7 @@ use landlock::{
     Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreated, RulesetCreatedAttr, RulesetError, Scope, ABI,
 };
+use nix::sys::resource::{setrlimit, Resource};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
@@ -320,11 +321,12 @@ impl Jail {
         };
         let max_file = self.max_file_bytes;
         // SAFETY: the closure runs in the forked child; it only makes system calls (setrlimit,
-        // prctl, landlock_restrict_self) and allocates nothing on success.
+        // prctl, landlock_restrict_self) and allocates nothing on success (a nix error
+        // converts to an io::Error by its errno).
         unsafe {
             cmd.pre_exec(move || {
-                limit(libc::RLIMIT_CORE, 0)?;
-                limit(libc::RLIMIT_FSIZE, max_file)?;
+                setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+                setrlimit(Resource::RLIMIT_FSIZE, max_file, max_file)?;
                 if let Some(ruleset) = ruleset.take() {
                     ruleset
                         .restrict_self()
@@ -334,19 +336,6 @@ impl Jail {
             });
         }
         Ok(())
-    }
-}
-
-fn limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
-    };
-    // SAFETY: setrlimit reads the struct it is given.
-    if unsafe { libc::setrlimit(resource, &lim) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
