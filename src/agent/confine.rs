@@ -23,6 +23,7 @@ use landlock::{
     Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreated, RulesetCreatedAttr, RulesetError, Scope, ABI,
 };
+use nix::sys::resource::{setrlimit, Resource};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
@@ -102,8 +103,15 @@ impl Confinement {
     }
 
     /// Checks the mode against the kernel and makes the homes' root.
-    pub fn new(mut settings: ConfineSettings) -> Result<Confinement, ConfineError> {
-        let kernel = kernel_abi();
+    pub fn new(settings: ConfineSettings) -> Result<Confinement, ConfineError> {
+        Self::on_kernel(settings, kernel_abi())
+    }
+
+    /// [`new`](Self::new) on a kernel whose Landlock ABI is `kernel`.
+    fn on_kernel(
+        mut settings: ConfineSettings,
+        kernel: Option<u32>,
+    ) -> Result<Confinement, ConfineError> {
         let landlock = match (settings.mode, kernel) {
             (ConfinementMode::Off, _) => None,
             (ConfinementMode::Landlock, None) => return Err(ConfineError::NoLandlock),
@@ -116,6 +124,10 @@ impl Confinement {
         };
         std::fs::create_dir_all(&settings.homes).map_err(homes_error)?;
         settings.homes = std::fs::canonicalize(&settings.homes).map_err(homes_error)?;
+        // Linked into every home: a relative path would be read from the link's directory.
+        settings.credentials_file = settings
+            .credentials_file
+            .map(|file| std::path::absolute(&file).unwrap_or(file));
         Ok(Confinement {
             policy: Some(Policy { settings, landlock }),
             kernel_abi: kernel,
@@ -309,11 +321,12 @@ impl Jail {
         };
         let max_file = self.max_file_bytes;
         // SAFETY: the closure runs in the forked child; it only makes system calls (setrlimit,
-        // prctl, landlock_restrict_self) and allocates nothing on success.
+        // prctl, landlock_restrict_self) and allocates nothing on success (a nix error
+        // converts to an io::Error by its errno).
         unsafe {
             cmd.pre_exec(move || {
-                limit(libc::RLIMIT_CORE, 0)?;
-                limit(libc::RLIMIT_FSIZE, max_file)?;
+                setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+                setrlimit(Resource::RLIMIT_FSIZE, max_file, max_file)?;
                 if let Some(ruleset) = ruleset.take() {
                     ruleset
                         .restrict_self()
@@ -326,22 +339,39 @@ impl Jail {
     }
 }
 
-fn limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
-    };
-    // SAFETY: setrlimit reads the struct it is given.
-    if unsafe { libc::setrlimit(resource, &lim) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(mode: ConfinementMode, homes: &Path) -> ConfineSettings {
+        ConfineSettings {
+            mode,
+            homes: homes.to_path_buf(),
+            read_dirs: vec![],
+            connect_ports: vec![443],
+            env_names: vec![],
+            credentials_file: None,
+            max_file_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn the_mode_decides_with_the_kernel() {
+        use ConfinementMode::*;
+        let dir = tempfile::tempdir().unwrap();
+        let on = |mode, kernel| Confinement::on_kernel(settings(mode, dir.path()), kernel);
+        assert!(matches!(on(Landlock, None), Err(ConfineError::NoLandlock)));
+        let auto_without = on(Auto, None).unwrap();
+        assert!(!auto_without.confined() && auto_without.abi().is_none());
+        assert!(on(Auto, Some(7)).unwrap().confined());
+        assert!(on(Landlock, Some(1)).unwrap().confined());
+        let off = on(Off, Some(7)).unwrap();
+        assert!(!off.confined() && off.abi() == Some(7));
+        // Off still gives each app its home.
+        let jail = off.jail("notes", dir.path(), Work::Run).unwrap().unwrap();
+        assert!(jail.rules.is_none());
+        assert!(dir.path().join("notes/.claude").is_dir() && dir.path().join("notes/tmp").is_dir());
+    }
 
     #[test]
     fn dot_apps_stay_inside_the_homes_root() {

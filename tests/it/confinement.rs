@@ -46,17 +46,27 @@ struct Setup {
     other_port: std::net::TcpListener,
 }
 
+/// The operator's Claude credentials file, outside every agent's directories.
+const CREDENTIALS: &str = "claude-credentials.json";
+
 async fn setup(mode: &str) -> Setup {
     let max_file = MAX_FILE.to_string();
+    // The harness's workers run in their test directory: the file is relative to it.
     let forge = Forge::start_with(Options {
         env: claude_env(&[
             ("CLAWDFORGE_AGENT_CONFINEMENT", mode),
             ("CLAWDFORGE_AGENT_MAX_FILE_BYTES", &max_file),
+            ("CLAWDFORGE_AGENT_CREDENTIALS_FILE", CREDENTIALS),
         ]),
         config_toml: Some("max_live_sessions = 8\n".into()),
         ..Default::default()
     })
     .await;
+    std::fs::write(
+        forge.dir.path().join(CREDENTIALS),
+        "{\"claudeAiOauth\": {}}",
+    )
+    .unwrap();
     let photos = forge.app("photos").await;
     let s = photos
         .create_session(&CreateSession {
@@ -117,6 +127,7 @@ impl Setup {
                 "tmp",
                 format!("/tmp/clawdforge-probe-{}", std::process::id()),
             ),
+            write("credentials_file", f.dir.path().join(CREDENTIALS)),
             json!({"name": "nats", "op": "connect", "host": "127.0.0.1", "port": f.nats.port()}),
             json!({"name": "other_port", "op": "connect", "host": "127.0.0.1",
                    "port": self.other_port.local_addr().unwrap().port()}),
@@ -132,6 +143,7 @@ impl Setup {
             write("own_dir", "probe-own.txt"),
             write("home", "~/probe-home.txt"),
             write("home_tmp", "~/tmp/probe.txt"),
+            read("credentials", "~/.claude/.credentials.json"),
             read("tool_file", std::fs::canonicalize(tool("node")).unwrap()),
             read("system_file", "/bin/sh"),
             json!({"name": "too_big", "op": "write_big", "path": "probe-big", "bytes": MAX_FILE + 1}),
