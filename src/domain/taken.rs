@@ -67,10 +67,12 @@ impl Taken<'_> {
 
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
-        // Dropped on the way (the request went away): recorded all the same.
-        if let Some(id) = self.wait_id.take() {
+        // Dropped on the way (the request went away): recorded all the same. (Outside a runtime
+        // — the process ending — the worker's stop or the sweep records it as interrupted.)
+        let runtime = tokio::runtime::Handle::try_current();
+        if let (Some(id), Ok(runtime)) = (self.wait_id.take(), runtime) {
             let ledger = self.ledger.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let why = "the request ended before the turn began (the turn did not run)";
                 ledger
                     .abandon_turn(id, now(), "internal".into(), why.into())
