@@ -94,8 +94,36 @@ impl Forge {
         };
         let duration_ms = started.elapsed().as_millis() as u64;
 
+        let (reply, end) = self.settle(&id, model.as_str(), outcome, duration_ms);
+        let outcome = end.outcome.clone();
+        self.ledger
+            .finish_run(id.clone(), now(), end)
+            .await
+            .map_err(Error::internal)?;
+        match &reply {
+            Ok(run) => {
+                tracing::info!(run = %id, app = %caller.app, model = %run.model, ok = run.ok, duration_ms, "run finished")
+            }
+            Err(err) if err.kind == ErrorKind::Timeout => {
+                tracing::info!(run = %id, app = %caller.app, "run timed out")
+            }
+            Err(err) => {
+                tracing::warn!(run = %id, app = %caller.app, outcome, error = %err, "run failed")
+            }
+        }
+        reply
+    }
+
+    /// The reply of a run and the ledger's record of its end.
+    fn settle(
+        &self,
+        id: &str,
+        model: &str,
+        outcome: Ran,
+        duration_ms: u64,
+    ) -> (Result<wire::Run>, RunEnd) {
         let keep = self.settings.ledger_keep_text;
-        let (reply, end) = match outcome {
+        match outcome {
             Ran::Claude(Ok(RunOutput { result, stderr })) => {
                 let failed = result.failed();
                 let error = failed.then(|| result.error_message());
@@ -109,11 +137,11 @@ impl Forge {
                     stderr_tail: failed.then_some(stderr).filter(|s| !s.is_empty()),
                 };
                 let run = wire::Run {
-                    run_id: id.clone(),
+                    run_id: id.to_string(),
                     ok: !failed,
                     result: result.result,
                     error,
-                    model: model.as_str().to_string(),
+                    model: model.to_string(),
                     exit_code: Some(0),
                     duration_ms,
                     cost_usd: result.cost_usd,
@@ -151,24 +179,7 @@ impl Forge {
                 };
                 (Err(Error::internal(format!("staging run {id}: {e}"))), end)
             }
-        };
-        let outcome = end.outcome.clone();
-        self.ledger
-            .finish_run(id.clone(), now(), end)
-            .await
-            .map_err(Error::internal)?;
-        match &reply {
-            Ok(run) => {
-                tracing::info!(run = %id, app = %caller.app, model = %run.model, ok = run.ok, duration_ms, "run finished")
-            }
-            Err(err) if err.kind == ErrorKind::Timeout => {
-                tracing::info!(run = %id, app = %caller.app, "run timed out")
-            }
-            Err(err) => {
-                tracing::warn!(run = %id, app = %caller.app, outcome, error = %err, "run failed")
-            }
         }
-        reply
     }
 
     /// claude, with its events numbered and sent on as they come when the caller streams.
