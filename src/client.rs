@@ -325,17 +325,8 @@ impl ForgeClient {
         stall: Duration,
         on_event: impl FnMut(&wire::Event),
     ) -> Result<wire::Turn, ClientError> {
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let authorization = self.token.as_deref().map(|t| format!("Bearer {t}"));
-        self.stream(
-            subject::SESSION_TURN,
-            authorization.as_deref(),
-            body.into(),
-            stall,
-        )
-        .await?
-        .finish(on_event)
-        .await
+        self.call_streaming(subject::SESSION_TURN, req, stall, on_event)
+            .await
     }
 
     /// A run whose events come as claude prints them (`Forge-Stream: 1`), each to
@@ -346,11 +337,7 @@ impl ForgeClient {
         stall: Duration,
         on_event: impl FnMut(&wire::Event),
     ) -> Result<wire::Run, ClientError> {
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let authorization = self.token.as_deref().map(|t| format!("Bearer {t}"));
-        self.stream(subject::RUN, authorization.as_deref(), body.into(), stall)
-            .await?
-            .finish(on_event)
+        self.call_streaming(subject::RUN, req, stall, on_event)
             .await
     }
 
@@ -362,17 +349,36 @@ impl ForgeClient {
         stall: Duration,
         on_event: impl FnMut(&wire::Event),
     ) -> Result<wire::Turn, ClientError> {
+        self.call_streaming(subject::SESSION_EVENTS, req, stall, on_event)
+            .await
+    }
+
+    /// A typed request with this client's token that asks for a streamed reply: each event to
+    /// `on_event`, then the typed reply.
+    pub async fn call_streaming<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: &str,
+        req: &Req,
+        stall: Duration,
+        on_event: impl FnMut(&wire::Event),
+    ) -> Result<Resp, ClientError> {
+        self.open_stream(subject, req, stall)
+            .await?
+            .finish(on_event)
+            .await
+    }
+
+    /// The stream of a typed request with this client's token, to read frame by frame.
+    pub async fn open_stream<Req: Serialize>(
+        &self,
+        subject: &str,
+        req: &Req,
+        stall: Duration,
+    ) -> Result<ReplyStream, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
         let authorization = self.token.as_deref().map(|t| format!("Bearer {t}"));
-        self.stream(
-            subject::SESSION_EVENTS,
-            authorization.as_deref(),
-            body.into(),
-            stall,
-        )
-        .await?
-        .finish(on_event)
-        .await
+        self.stream(subject, authorization.as_deref(), body.into(), stall)
+            .await
     }
 
     /// Sends a request that asks for a streamed reply, with an `Authorization` header value as

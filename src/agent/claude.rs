@@ -339,49 +339,54 @@ impl Claude {
                 tokio::join!(run, relay_events(lines, sink)).0
             }
         };
-        let Collected {
-            status,
-            stdout,
+        outcome(ended)
+    }
+}
+
+/// How a run ended, from what the process did and printed.
+fn outcome(ended: std::io::Result<Ended>) -> Result<RunOutput, ClaudeError> {
+    let Collected {
+        status,
+        stdout,
+        stderr,
+    } = match ended {
+        Ok(Ended::Exited(c)) => c,
+        Ok(Ended::TimedOut { stderr }) => return Err(ClaudeError::Timeout { stderr }),
+        Err(e) => {
+            return Err(ClaudeError::BadOutput {
+                exit_code: None,
+                reason: format!("waiting for claude: {e}"),
+                stderr: String::new(),
+            })
+        }
+    };
+    let exit_code = status.code();
+    let parsed = match &stdout {
+        Some(out) => ClaudeResult::parse(out),
+        None => Err(format!("output over {MAX_STDOUT} bytes")),
+    };
+    if !status.success() {
+        let message = match &parsed {
+            Ok(r) if r.failed() => r.error_message(),
+            _ => match last_line(&stderr) {
+                "" => "no error message".to_string(),
+                line => clip(line, MAX_MESSAGE),
+            },
+        };
+        return Err(ClaudeError::Failed {
+            exit_code,
+            message,
             stderr,
-        } = match ended {
-            Ok(Ended::Exited(c)) => c,
-            Ok(Ended::TimedOut { stderr }) => return Err(ClaudeError::Timeout { stderr }),
-            Err(e) => {
-                return Err(ClaudeError::BadOutput {
-                    exit_code: None,
-                    reason: format!("waiting for claude: {e}"),
-                    stderr: String::new(),
-                })
-            }
-        };
-        let exit_code = status.code();
-        let parsed = match &stdout {
-            Some(out) => ClaudeResult::parse(out),
-            None => Err(format!("output over {MAX_STDOUT} bytes")),
-        };
-        if !status.success() {
-            let message = match &parsed {
-                Ok(r) if r.failed() => r.error_message(),
-                _ => match last_line(&stderr) {
-                    "" => "no error message".to_string(),
-                    line => clip(line, MAX_MESSAGE),
-                },
-            };
-            return Err(ClaudeError::Failed {
-                exit_code,
-                message,
-                stderr,
-                cost_usd: parsed.ok().and_then(|r| r.cost_usd),
-            });
-        }
-        match parsed {
-            Ok(result) => Ok(RunOutput { result, stderr }),
-            Err(reason) => Err(ClaudeError::BadOutput {
-                exit_code,
-                reason,
-                stderr,
-            }),
-        }
+            cost_usd: parsed.ok().and_then(|r| r.cost_usd),
+        });
+    }
+    match parsed {
+        Ok(result) => Ok(RunOutput { result, stderr }),
+        Err(reason) => Err(ClaudeError::BadOutput {
+            exit_code,
+            reason,
+            stderr,
+        }),
     }
 }
 

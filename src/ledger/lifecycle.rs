@@ -3,7 +3,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::live::{abandon_waits, has_waiting_turn};
+use super::live::{abandon_waits, has_waiting_turn, live_worker};
 use super::{
     insert_event, session_row, EventDetail, Ledger, LedgerResult, SessionEvent, SessionRow,
     SESSION_SELECT,
@@ -73,18 +73,17 @@ impl Ledger {
     ) -> LedgerResult<Interrupted> {
         self.call(move |c| {
             let tx = c.transaction()?;
+            let dead = format!("NOT {}", live_worker("?1"));
             let done = mark_interrupted(
                 &tx,
-                "worker_id NOT IN (SELECT worker_id FROM workers
-                                   WHERE stopped_at IS NULL AND heartbeat_at >= ?1)",
+                &dead,
                 &stale_before,
                 &at,
                 "the worker running it stopped",
             )?;
             abandon_waits(
                 &tx,
-                "worker_id NOT IN (SELECT worker_id FROM workers
-                                   WHERE stopped_at IS NULL AND heartbeat_at >= ?1)",
+                &dead,
                 &stale_before,
                 &at,
                 "interrupted",

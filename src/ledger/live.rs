@@ -6,9 +6,14 @@ use rusqlite::{params, OptionalExtension};
 use super::{Ledger, LedgerResult};
 use crate::wire;
 
-/// Workers alive since `?2`: an SQL condition on `worker_id`.
-const LIVE_WORKER: &str = "worker_id IN (SELECT worker_id FROM workers
-                                         WHERE stopped_at IS NULL AND heartbeat_at >= ?2)";
+/// An SQL condition on `worker_id`: the worker has not stopped and its heartbeat is no older
+/// than the parameter `alive_since` (e.g. `?2`). A worker that never wrote one is not alive.
+pub(super) fn live_worker(alive_since: &str) -> String {
+    format!(
+        "worker_id IN (SELECT worker_id FROM workers
+                       WHERE stopped_at IS NULL AND heartbeat_at >= {alive_since})"
+    )
+}
 
 impl Ledger {
     /// Records that `worker_id` has taken a turn of `session_id` (the caller's, `app`) that
@@ -79,12 +84,14 @@ impl Ledger {
         self.call(move |c| {
             let running = format!(
                 "SELECT worker_id FROM session_events
-                 WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running' AND {LIVE_WORKER}
-                 ORDER BY id DESC LIMIT 1"
+                 WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running' AND {}
+                 ORDER BY id DESC LIMIT 1",
+                live_worker("?2")
             );
             let waiting = format!(
-                "SELECT worker_id FROM turn_waits WHERE session_id = ?1 AND {LIVE_WORKER}
-                 ORDER BY since LIMIT 1"
+                "SELECT worker_id FROM turn_waits WHERE session_id = ?1 AND {}
+                 ORDER BY since LIMIT 1",
+                live_worker("?2")
             );
             let holder = |sql: &str| {
                 c.query_row(sql, params![session_id, alive_since], |r| r.get(0))
@@ -132,9 +139,8 @@ pub(super) fn abandon_waits(
 /// condition on `sessions.session_id`.
 pub(super) fn has_waiting_turn(alive_since_param: &str) -> String {
     format!(
-        "EXISTS (SELECT 1 FROM turn_waits w WHERE w.session_id = sessions.session_id
-                   AND w.worker_id IN (SELECT worker_id FROM workers
-                                       WHERE stopped_at IS NULL AND heartbeat_at >= {alive_since_param}))"
+        "EXISTS (SELECT 1 FROM turn_waits w WHERE w.session_id = sessions.session_id AND w.{})",
+        live_worker(alive_since_param)
     )
 }
 

@@ -581,28 +581,18 @@ impl Ledger {
         } = start;
         self.call(move |c| {
             let tx = c.transaction()?;
-            // The number the turn got when it was taken, if it was (see `reserve_turn`).
-            let reserved: Option<i64> = match &wait_id {
-                Some(id) => tx
-                    .query_row(
-                        "SELECT turn FROM turn_waits WHERE wait_id = ?1",
-                        [id],
-                        |r| r.get(0),
-                    )
-                    .optional()?,
-                None => None,
-            };
+            let reserved = reserved_turn(&tx, wait_id.as_deref())?;
             // Another worker's turn of this session is running (and that worker's heartbeat is
             // no older than `alive_since`): this one waits, so that one session runs one turn
             // at a time across workers. This worker's own turns of the session are one at a
             // time already; a `running` row of its own is one it could not finish recording.
             let busy: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM session_events
-                                WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'
-                                  AND worker_id != ?3
-                                  AND worker_id IN (SELECT worker_id FROM workers
-                                                    WHERE stopped_at IS NULL
-                                                      AND heartbeat_at >= ?2))",
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM session_events
+                                    WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'
+                                      AND worker_id != ?3 AND {})",
+                    live_worker("?2")
+                ),
                 params![session_id, alive_since, worker_id],
                 |r| r.get(0),
             )?;
@@ -620,25 +610,16 @@ impl Ledger {
                 Some(_) if busy => return Ok(BeginTurn::Busy),
                 Some((_, _, turns, pending)) => (turns as u64 + 1, parse_files(pending)),
             };
-            let turns = match reserved {
-                Some(n) => {
-                    tx.execute("DELETE FROM turn_waits WHERE wait_id = ?1", [&wait_id])?;
-                    tx.execute(
-                        "UPDATE sessions SET last_turn_at = ?2, pending_files = NULL
-                         WHERE session_id = ?1",
-                        params![session_id, at],
-                    )?;
-                    n as u64
-                }
-                None => {
-                    tx.execute(
-                        "UPDATE sessions SET turns = ?2, last_turn_at = ?3, pending_files = NULL
-                         WHERE session_id = ?1",
-                        params![session_id, turns as i64, at],
-                    )?;
-                    turns
-                }
-            };
+            // A reserved number is counted in `turns` already; an unreserved turn takes the next.
+            let turns = reserved.unwrap_or(turns);
+            tx.execute(
+                "UPDATE sessions SET turns = MAX(turns, ?2), last_turn_at = ?3, pending_files = NULL
+                 WHERE session_id = ?1",
+                params![session_id, turns as i64, at],
+            )?;
+            if let Some(id) = &wait_id {
+                tx.execute("DELETE FROM turn_waits WHERE wait_id = ?1", [id])?;
+            }
             let event_id = insert_event(
                 &tx,
                 &session_id,
@@ -814,6 +795,24 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
         created_at: r.get(4)?,
         revoked_at: r.get(5)?,
     })
+}
+
+/// The number a turn got when it was taken (see `reserve_turn`), if it was.
+fn reserved_turn(
+    tx: &rusqlite::Transaction<'_>,
+    wait_id: Option<&str>,
+) -> rusqlite::Result<Option<u64>> {
+    let Some(id) = wait_id else {
+        return Ok(None);
+    };
+    let turn: Option<i64> = tx
+        .query_row(
+            "SELECT turn FROM turn_waits WHERE wait_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(turn.map(|t| t as u64))
 }
 
 pub(crate) fn insert_event(
@@ -1027,6 +1026,7 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 mod lifecycle;
 mod live;
 
+use live::live_worker;
 pub use live::{Reserved, TurnRow};
 
 #[cfg(test)]

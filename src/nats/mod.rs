@@ -168,8 +168,8 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         }
         return;
     }
-    if no_wait(&subject, body) {
-        let answered = AssertUnwindSafe(answer_when_numbered(&forge, &request, token, &way_back));
+    if subject == subject::SESSION_TURN {
+        let answered = AssertUnwindSafe(answer_turn(&forge, &request, token, &way_back));
         if answered.catch_unwind().instrument(span).await.is_err() {
             tracing::error!(subject, "the handler panicked");
         }
@@ -207,27 +207,26 @@ async fn respond(request: &Request, result: Result<Bytes>, max_payload: usize) {
     }
 }
 
-/// Whether a request is a turn asked with `"wait": false`.
-fn no_wait(subject: &str, body: &[u8]) -> bool {
-    subject == subject::SESSION_TURN
-        && serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("wait").and_then(serde_json::Value::as_bool))
-            == Some(false)
-}
-
-/// A turn with `"wait": false`: the reply goes out as soon as the turn is numbered, and the
-/// turn goes on here (the worker's shutdown waits for it like for any request). A turn refused
-/// before it is numbered answers its error.
-async fn answer_when_numbered(forge: &Forge, request: &Request, token: Option<&str>, w: &WayBack) {
-    let body = &request.message.payload;
-    let (numbered, mut accepted) = oneshot::channel();
-    let turn = async {
+/// `forge.session.turn` (not streamed): authenticated, then decoded once. A turn asked with
+/// `"wait": false` is answered as soon as it is numbered, and goes on here (the worker's
+/// shutdown waits for it like for any request); a turn refused before it is numbered answers
+/// its error.
+async fn answer_turn(forge: &Forge, request: &Request, token: Option<&str>, w: &WayBack) {
+    let decoded = async {
         let caller = authenticate(forge, token).await?;
-        forge
-            .live_turn(&caller, decode(body)?, None, Some(numbered))
-            .await
+        let req: wire::TurnRequest = decode(&request.message.payload)?;
+        Ok::<_, Error>((caller, req))
     };
+    let (caller, req) = match decoded.await {
+        Ok(decoded) => decoded,
+        Err(err) => return respond(request, Err(err), w.max_payload).await,
+    };
+    if req.wait != Some(false) {
+        let reply = encode(forge.turn(&caller, req).await);
+        return respond(request, reply, w.max_payload).await;
+    }
+    let (numbered, mut accepted) = oneshot::channel();
+    let turn = forge.live_turn(&caller, req, None, Some(numbered));
     tokio::pin!(turn);
     tokio::select! {
         biased;
@@ -362,7 +361,6 @@ async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]
     }
     match subject {
         subject::SESSION_CREATE => encode(forge.create_session(caller, decode(body)?).await),
-        subject::SESSION_TURN => encode(forge.turn(caller, decode(body)?).await),
         subject::SESSION_CLOSE => encode(forge.close_session(caller, decode(body)?).await),
         subject::SESSION_GET => encode(forge.get_session(caller, decode(body)?).await),
         subject::SESSION_LIST => encode(forge.list_sessions(caller, decode(body)?).await),

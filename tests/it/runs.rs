@@ -572,15 +572,9 @@ async fn a_streamed_run_sends_claudes_events_as_it_prints_them_then_the_run() {
     let forge = start(&[]).await;
     let app = forge.app("live-runs").await;
     let release = forge.dir.path().join("release");
-    let body = serde_json::to_vec(&run(&format!("go #wait-file={}", release.display()))).unwrap();
-    let token = format!("Bearer {}", app.token().unwrap());
+    let req = run(&format!("go #wait-file={}", release.display()));
     let mut stream = app
-        .stream(
-            subject::RUN,
-            Some(&token),
-            body.into(),
-            Duration::from_secs(60),
-        )
+        .open_stream(subject::RUN, &req, Duration::from_secs(60))
         .await
         .unwrap();
     use clawdforge::client::Frame;

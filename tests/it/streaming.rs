@@ -19,9 +19,7 @@ async fn stream_turn(
     app: &clawdforge::client::ForgeClient,
     req: &wire::TurnRequest,
 ) -> ReplyStream {
-    let body = Bytes::from(serde_json::to_vec(req).unwrap());
-    let token = format!("Bearer {}", app.token().unwrap());
-    app.stream(wire::subject::SESSION_TURN, Some(&token), body, STALL)
+    app.open_stream(wire::subject::SESSION_TURN, req, STALL)
         .await
         .unwrap()
 }
@@ -204,9 +202,7 @@ async fn events_of(
     app: &clawdforge::client::ForgeClient,
     req: &wire::EventsRequest,
 ) -> ReplyStream {
-    let body = Bytes::from(serde_json::to_vec(req).unwrap());
-    let token = format!("Bearer {}", app.token().unwrap());
-    app.stream(wire::subject::SESSION_EVENTS, Some(&token), body, STALL)
+    app.open_stream(wire::subject::SESSION_EVENTS, req, STALL)
         .await
         .unwrap()
 }
