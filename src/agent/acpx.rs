@@ -36,6 +36,8 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 const CANCEL_PERSISTS: Duration = Duration::from_secs(120);
 /// How soon a cancel that found no turn to stop is sent again.
 const CANCEL_RETRY: Duration = Duration::from_millis(250);
+/// How many times a prompt is sent while acpx's queue owner is still starting.
+const OWNER_START_TRIES: u32 = 4;
 /// Slack on top of a turn's timeout before we stop waiting for acpx to report it.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(15);
 
@@ -46,6 +48,10 @@ enum Failure {
     Timeout,
     /// acpx has no record of the session (its state directory was wiped).
     NoSession,
+    /// acpx's queue owner for the session did not bind its socket in acpx's start-up window
+    /// (about 6 s; a loaded machine starting many at once). It goes on starting: the prompt was
+    /// never queued, so it can be sent again.
+    OwnerNotUp(String),
     Agent(String),
 }
 
@@ -58,6 +64,7 @@ impl Failure {
             },
             Failure::Timeout => AgentError::Timeout,
             Failure::NoSession => AgentError::Failed("acpx has no record of the session".into()),
+            Failure::OwnerNotUp(m) => AgentError::Failed(m),
             Failure::Agent(m) => AgentError::Failed(m),
         }
     }
@@ -121,12 +128,12 @@ impl Backend for Acpx {
         session: &AgentSession,
         prompt: Prompt<'_>,
     ) -> Result<TurnEnd, AgentError> {
-        let result = match self.prompt_once(session, &prompt).await {
+        let result = match self.prompt_started(session, &prompt).await {
             Err(Failure::NoSession) => {
                 // acpx lost its record: bring it back and try again, within the same deadline.
                 tracing::warn!("acpx had no record of the session; re-creating it");
                 match self.session_command(session, "ensure").await {
-                    Ok(_) => self.prompt_once(session, &prompt).await,
+                    Ok(_) => self.prompt_started(session, &prompt).await,
                     Err(f) => Err(f),
                 }
             }
@@ -299,6 +306,26 @@ impl Acpx {
                     stderr: c.stderr,
                 }),
             },
+        }
+    }
+
+    /// `acpx prompt`, sent again while acpx reports that the session's queue owner is still
+    /// starting (nothing was queued), within the turn's deadline and `OWNER_START_TRIES`.
+    async fn prompt_started(&self, s: &AgentSession, p: &Prompt<'_>) -> Result<TurnEnd, Failure> {
+        let mut tries = 1;
+        loop {
+            match self.prompt_once(s, p).await {
+                Err(Failure::OwnerNotUp(m))
+                    if tries < OWNER_START_TRIES && !p.cancel.is_cancelled() =>
+                {
+                    tracing::warn!(
+                        try_number = tries,
+                        "acpx's queue owner was not up in time; sending the prompt again: {m}"
+                    );
+                    tries += 1;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -733,11 +760,22 @@ impl PromptStream {
             .map(|(_, m)| m.clone())
             .or_else(|| Some(last_line(stderr).to_string()).filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "no result from the agent".into());
-        Failure::Agent(format!(
-            "acpx exited with {}: {message}",
-            exit_text(status.code())
-        ))
+        let message = format!("acpx exited with {}: {message}", exit_text(status.code()));
+        if self.prompt_id.is_some() || !owner_still_starting(&message) {
+            Failure::Agent(message)
+        } else {
+            Failure::OwnerNotUp(message)
+        }
     }
+}
+
+/// Whether acpx gave up waiting for the session's queue owner while it was still starting: it
+/// neither exited nor failed to spawn, and nothing was queued.
+fn owner_still_starting(message: &str) -> bool {
+    message.contains("Session queue owner failed to start")
+        && !message.contains("before binding its socket")
+        && !message.contains("spawn error:")
+        && !message.contains("startup input failed:")
 }
 
 #[cfg(test)]
@@ -828,6 +866,33 @@ mod tests {
         );
         let (s, _) = run_fixture(&fixture("prompt-no-session.ndjson"));
         assert_eq!(s.failure(exit(4), ""), Failure::NoSession);
+    }
+
+    #[test]
+    fn a_queue_owner_still_starting_can_be_sent_again_but_one_that_died_cannot() {
+        let exit = ExitStatus::from_raw(1 << 8);
+        let line = |m: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32603,"message":"{m}","data":{{"acpxCode":"RUNTIME","origin":"cli"}}}}}}"#
+            )
+        };
+        let slow = line("Session queue owner failed to start for session s");
+        let (s, _) = run_fixture(&slow);
+        assert!(
+            matches!(s.failure(exit, ""), Failure::OwnerNotUp(_)),
+            "{:?}",
+            s.failure(exit, "")
+        );
+        let died = line("Session queue owner failed to start for session s: exited with code 1 before binding its socket");
+        let (s, _) = run_fixture(&died);
+        assert!(matches!(s.failure(exit, ""), Failure::Agent(_)));
+        // Once the prompt went in, nothing is sent twice.
+        let sent = format!(
+            "{}\n{slow}",
+            r#"{"jsonrpc":"2.0","id":2,"method":"session/prompt","params":{"sessionId":"s","prompt":[]}}"#
+        );
+        let (s, _) = run_fixture(&sent);
+        assert!(matches!(s.failure(exit, ""), Failure::Agent(_)));
     }
 
     /// Each kind of update of a turn as ACP (schema 1.17) writes it, with a permission request

@@ -427,3 +427,44 @@ async fn a_raw_message_with_a_bad_header_costs_no_other_reply() {
         "{logs}"
     );
 }
+
+/// On a loaded machine acpx's queue owner can take longer to start than acpx waits for it
+/// (about 6 s). The prompt was never queued then, so the worker sends it again and the turn
+/// answers; here the owner is held at its start until the worker has said it is trying again.
+#[tokio::test]
+async fn a_queue_owner_slow_to_start_costs_a_retry_not_the_turn() {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("open");
+    let preload = crate::harness::repo().join("tests/fixtures/owner-gate.cjs");
+    let read_dirs = format!(
+        "{},{}",
+        crate::harness::agent_read_dirs(),
+        gate_dir.path().display()
+    );
+    let forge = Forge::start_with(Options {
+        env: vec![
+            ("NODE_OPTIONS".into(), format!("--require {}", preload.display())),
+            ("FORGE_TEST_OWNER_GATE".into(), gate.display().to_string()),
+            (
+                "CLAWDFORGE_AGENT_ENV".into(),
+                "NODE_OPTIONS,FORGE_TEST_OWNER_GATE".into(),
+            ),
+            ("CLAWDFORGE_AGENT_READ_DIRS".into(), read_dirs),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("slowstart").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let pending = tokio::spawn({
+        let (app, id) = (app.clone(), s.session_id.clone());
+        async move { app.turn(&turn(&id, "late but whole")).await }
+    });
+    forge
+        .wait_for_log(&["queue owner was not up in time", &s.session_id])
+        .await;
+    std::fs::write(&gate, b"").unwrap();
+    let t = pending.await.unwrap().expect("the turn answers after the retry");
+    assert_eq!(t.output, "echo: late but whole");
+    assert_eq!(t.turn, 1);
+}
