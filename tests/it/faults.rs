@@ -443,7 +443,10 @@ async fn a_queue_owner_slow_to_start_costs_a_retry_not_the_turn() {
     );
     let forge = Forge::start_with(Options {
         env: vec![
-            ("NODE_OPTIONS".into(), format!("--require {}", preload.display())),
+            (
+                "NODE_OPTIONS".into(),
+                format!("--require {}", preload.display()),
+            ),
             ("FORGE_TEST_OWNER_GATE".into(), gate.display().to_string()),
             (
                 "CLAWDFORGE_AGENT_ENV".into(),
@@ -464,7 +467,10 @@ async fn a_queue_owner_slow_to_start_costs_a_retry_not_the_turn() {
         .wait_for_log(&["queue owner was not up in time", &s.session_id])
         .await;
     std::fs::write(&gate, b"").unwrap();
-    let t = pending.await.unwrap().expect("the turn answers after the retry");
+    let t = pending
+        .await
+        .unwrap()
+        .expect("the turn answers after the retry");
     assert_eq!(t.output, "echo: late but whole");
     assert_eq!(t.turn, 1);
 }
