@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, Acpx};
+use crate::agent::{self, Acp, Acpx, Backends};
 use crate::client::ForgeClient;
 use crate::config::{Config, ConfigError};
 use crate::domain::{Forge, Settings};
@@ -225,7 +225,13 @@ pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<A
     let forge = Forge::new(
         Settings::from_config(config, worker_id),
         ledger,
-        Arc::new(acpx),
+        Arc::new(Backends {
+            acpx,
+            acp: Acp::new(
+                confinement.clone(),
+                std::time::Duration::from_secs(config.agent_idle_secs),
+            ),
+        }),
         confinement,
     )
     .context("preparing the sessions and runs directories")?;

@@ -38,8 +38,12 @@ pub struct Config {
     pub acpx_agent: String,
     /// Seconds an idle agent process is kept warm by acpx (`--ttl`; 0 keeps it forever).
     pub acpx_ttl_secs: u64,
-    /// Further agents a request may name: name → built-in name or command line.
-    pub agents: BTreeMap<String, String>,
+    /// Further agents a request may name: name → built-in name or command line (acpx), or a
+    /// table with `command`, `backend` and `permissions`. A table named like the default agent
+    /// sets the default agent's backend and permissions.
+    pub agents: BTreeMap<String, AgentEntry>,
+    /// Seconds a native (`acp`) agent process is kept without a turn before it is stopped.
+    pub agent_idle_secs: u64,
 
     pub max_live_sessions: u64,
     pub session_ttl_secs: u64,
@@ -151,6 +155,7 @@ impl Default for Config {
             acpx_agent: "claude".into(),
             acpx_ttl_secs: 300,
             agents: BTreeMap::new(),
+            agent_idle_secs: 600,
             max_live_sessions: 32,
             session_ttl_secs: 3600,
             session_hard_ttl_secs: 86400,
@@ -244,6 +249,7 @@ pub fn env_keys() -> Vec<&'static str> {
         "acpx_sessions_cwd",
         "acpx_agent",
         "acpx_ttl_secs",
+        "agent_idle_secs",
         "max_live_sessions",
         "session_ttl_secs",
         "session_hard_ttl_secs",
@@ -330,6 +336,87 @@ pub fn setting_name(key: &str) -> String {
     format!("{env} ({key})")
 }
 
+/// An agent as the config writes it: `NAME = "command"` (acpx) or a `[agents.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AgentEntry {
+    Command(String),
+    Table {
+        command: String,
+        #[serde(default)]
+        backend: BackendKind,
+        #[serde(default)]
+        permissions: PermissionPolicy,
+    },
+}
+
+impl AgentEntry {
+    fn parts(&self) -> (&str, BackendKind, PermissionPolicy) {
+        match self {
+            AgentEntry::Command(c) => (c, BackendKind::Acpx, PermissionPolicy::AllowAll),
+            AgentEntry::Table {
+                command,
+                backend,
+                permissions,
+            } => (command, *backend, *permissions),
+        }
+    }
+}
+
+/// Which backend drives an agent's sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Through the acpx CLI: one queue owner and agent process per session.
+    #[default]
+    Acpx,
+    /// The worker speaks ACP to the agent itself: one agent process per app hosts its sessions.
+    Acp,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Acpx => "acpx",
+            BackendKind::Acp => "acp",
+        }
+    }
+}
+
+/// How an agent's permission requests are answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionPolicy {
+    /// Every request allowed.
+    #[default]
+    AllowAll,
+    /// Tools of kind `read` and `search` allowed, the rest rejected.
+    AllowReads,
+    /// Every request rejected.
+    DenyAll,
+    /// Left to the streaming caller (native backend only; refused at load until it lands).
+    Ask,
+}
+
+impl PermissionPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PermissionPolicy::AllowAll => "allow_all",
+            PermissionPolicy::AllowReads => "allow_reads",
+            PermissionPolicy::DenyAll => "deny_all",
+            PermissionPolicy::Ask => "ask",
+        }
+    }
+}
+
+/// A configured agent: how it is started, by which backend, and who answers its permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentDef {
+    pub command: AgentCommand,
+    pub backend: BackendKind,
+    pub permissions: PermissionPolicy,
+}
+
 /// How a named agent is started by acpx.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentCommand {
@@ -352,6 +439,20 @@ impl AgentCommand {
             Ok(AgentCommand::Builtin(spec.to_string()))
         } else {
             Ok(AgentCommand::Custom(spec.to_string()))
+        }
+    }
+
+    /// The command line that starts this agent as an ACP server for the native backend: a
+    /// custom command split at whitespace, or the ACP adapter of a built-in agent acpx knows.
+    pub fn acp_argv(&self) -> Option<Vec<String>> {
+        match self {
+            AgentCommand::Custom(cmd) => Some(cmd.split_whitespace().map(String::from).collect()),
+            AgentCommand::Builtin(name) => match name.as_str() {
+                "claude" => Some(vec!["claude-agent-acp".into()]),
+                "codex" => Some(vec!["codex-acp".into()]),
+                "gemini" => Some(vec!["gemini".into(), "--acp".into()]),
+                _ => None,
+            },
         }
     }
 
@@ -644,14 +745,40 @@ impl Config {
     }
 
     fn validate_agents(&self) -> Result<(), ConfigError> {
-        for (name, spec) in &self.agents {
+        for (name, entry) in &self.agents {
             if !valid_agent_name(name) {
                 return Err(ConfigError(format!(
                     "agents.{name}: an agent name is 1-64 letters, digits, '-', '_' or '.'"
                 )));
             }
-            if let Err(why) = AgentCommand::parse(spec) {
-                return Err(ConfigError(format!("agents.{name}: {why}")));
+            let (spec, backend, permissions) = entry.parts();
+            let key = match entry {
+                AgentEntry::Command(_) => format!("agents.{name}"),
+                AgentEntry::Table { .. } => format!("agents.{name}.command"),
+            };
+            let command =
+                AgentCommand::parse(spec).map_err(|why| ConfigError(format!("{key}: {why}")))?;
+            if backend == BackendKind::Acp {
+                if let AgentCommand::Builtin(b) = &command {
+                    if command.acp_argv().is_none() {
+                        return Err(ConfigError(format!(
+                            "{key}: {b:?} is not an agent the acp backend knows by name \
+                             (claude, codex, gemini); give its command line"
+                        )));
+                    }
+                }
+            }
+            if backend == BackendKind::Acp && permissions == PermissionPolicy::Ask {
+                return Err(ConfigError(format!(
+                    "agents.{name}.permissions: \"ask\" is not available yet; \
+                     use allow_all, allow_reads or deny_all"
+                )));
+            }
+            if backend == BackendKind::Acpx && permissions == PermissionPolicy::Ask {
+                return Err(ConfigError(format!(
+                    "agents.{name}.permissions: \"ask\" needs backend = \"acp\" \
+                     (acpx answers permissions itself)"
+                )));
             }
         }
         Ok(())
@@ -671,6 +798,7 @@ impl Config {
             ("runs_retention_secs", self.runs_retention_secs),
             ("max_timeout_secs", self.max_timeout_secs),
             ("acpx_ttl_secs", self.acpx_ttl_secs),
+            ("agent_idle_secs", self.agent_idle_secs),
             ("http_header_timeout_secs", self.http_header_timeout_secs),
             ("http_idle_timeout_secs", self.http_idle_timeout_secs),
         ]
@@ -698,21 +826,29 @@ impl Config {
             .collect()
     }
 
-    /// The default agent and every configured named agent: name → command.
-    pub fn agent_table(&self) -> (String, BTreeMap<String, AgentCommand>) {
+    /// The default agent and every configured named agent. A table named like the default
+    /// agent gives it its backend and permissions (and its command, when it names one).
+    pub fn agent_table(&self) -> (String, BTreeMap<String, AgentDef>) {
         let default = AgentCommand::parse(&self.acpx_agent).expect("validated at load");
         let default_name = default_agent_name(&default);
-        let mut table: BTreeMap<String, AgentCommand> = self
+        let mut table: BTreeMap<String, AgentDef> = self
             .agents
             .iter()
-            .map(|(name, spec)| {
-                (
-                    name.clone(),
-                    AgentCommand::parse(spec).expect("validated at load"),
-                )
+            .map(|(name, entry)| {
+                let (spec, backend, permissions) = entry.parts();
+                let def = AgentDef {
+                    command: AgentCommand::parse(spec).expect("validated at load"),
+                    backend,
+                    permissions,
+                };
+                (name.clone(), def)
             })
             .collect();
-        table.insert(default_name.clone(), default);
+        table.entry(default_name.clone()).or_insert(AgentDef {
+            command: default,
+            backend: BackendKind::Acpx,
+            permissions: PermissionPolicy::AllowAll,
+        });
         (default_name, table)
     }
 }
@@ -896,11 +1032,97 @@ mod tests {
         assert_eq!(c.default_model, "opus");
         let (default, table) = c.agent_table();
         assert_eq!(default, "claude");
-        assert_eq!(table["claude"], AgentCommand::Builtin("claude".into()));
-        assert_eq!(table["codex"], AgentCommand::Builtin("codex".into()));
         assert_eq!(
-            table["echo"],
+            table["claude"].command,
+            AgentCommand::Builtin("claude".into())
+        );
+        assert_eq!(
+            table["codex"].command,
+            AgentCommand::Builtin("codex".into())
+        );
+        assert_eq!(
+            table["echo"].command,
             AgentCommand::Custom("node /x/agent.mjs".into())
+        );
+        assert!(
+            table
+                .values()
+                .all(|d| d.backend == BackendKind::Acpx
+                    && d.permissions == PermissionPolicy::AllowAll)
+        );
+    }
+
+    #[test]
+    fn agent_tables_give_backend_and_permissions_and_bad_ones_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load_from(Some(&path), &[])
+        };
+        let c = load(
+            "[agents.native]\ncommand = \"node /x/agent.mjs\"\nbackend = \"acp\"\n\
+             [agents.reader]\ncommand = \"codex\"\npermissions = \"allow_reads\"\n\
+             [agents.claude]\ncommand = \"claude\"\nbackend = \"acp\"\npermissions = \"deny_all\"\n",
+        )
+        .unwrap();
+        let (default, table) = c.agent_table();
+        let def = |b, p, c: AgentCommand| AgentDef {
+            command: c,
+            backend: b,
+            permissions: p,
+        };
+        assert_eq!(
+            table["native"],
+            def(
+                BackendKind::Acp,
+                PermissionPolicy::AllowAll,
+                AgentCommand::Custom("node /x/agent.mjs".into())
+            )
+        );
+        assert_eq!(
+            table["reader"],
+            def(
+                BackendKind::Acpx,
+                PermissionPolicy::AllowReads,
+                AgentCommand::Builtin("codex".into())
+            )
+        );
+        // A table named like the default agent sets the default agent.
+        assert_eq!(default, "claude");
+        assert_eq!(
+            table["claude"],
+            def(
+                BackendKind::Acp,
+                PermissionPolicy::DenyAll,
+                AgentCommand::Builtin("claude".into())
+            )
+        );
+        assert_eq!(
+            table["claude"].command.acp_argv().unwrap(),
+            ["claude-agent-acp"]
+        );
+
+        let refused = |toml: &str, key: &str| {
+            let e = load(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        };
+        refused(
+            "[agents.a]\ncommand = \"x\"\npermissions = \"ask\"\n",
+            "agents.a.permissions",
+        );
+        refused(
+            "[agents.a]\ncommand = \"nosuch\"\nbackend = \"acp\"\n",
+            "agents.a.command",
+        );
+        refused("[agents.a]\ncommand = \"\"\n", "agents.a.command");
+        refused(
+            "[agents.a]\ncommand = \"x\"\nbackend = \"http\"\n",
+            "agents",
+        );
+        refused(
+            "[agents.a]\ncommand = \"x\"\npermissions = \"maybe\"\n",
+            "agents",
         );
     }
 
@@ -1130,7 +1352,7 @@ mod tests {
         let (default, table) = c.agent_table();
         assert_eq!(default, "default");
         assert_eq!(
-            table["default"],
+            table["default"].command,
             AgentCommand::Custom("node /x/agent.mjs --fast".into())
         );
     }

@@ -17,15 +17,14 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::confine::{Confinement, Jail, Work};
 use super::process::{exit_text, last_line, Ended, Spawned, Spec};
-use super::{AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd, CANCEL_GRACE};
-use crate::config::AgentCommand;
-use crate::wire::{DecidedBy, EventBody, PermissionDecision, PlanEntry};
+use super::{
+    updates, AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd, CANCEL_GRACE,
+};
+use crate::config::{AgentCommand, PermissionPolicy};
+use crate::wire::{DecidedBy, EventBody};
 
 /// Longest stdout line we accept from acpx (one JSON-RPC message).
 const MAX_LINE: usize = 16 * 1024 * 1024;
-/// Longest turn output we collect; more is cut, with a note. A reply must fit in one NATS
-/// message (1 MiB by default).
-const MAX_OUTPUT: usize = 768 * 1024;
 /// Longest output of a control command (new, ensure, close, cancel, version).
 const MAX_CONTROL_OUTPUT: usize = 1024 * 1024;
 /// How much of acpx's stderr is kept for messages.
@@ -213,21 +212,21 @@ impl Acpx {
         f.into_agent_error(&self.bin)
     }
 
-    fn args(&self, agent: &AgentCommand, cwd: &Path, timeout: Option<u64>) -> Vec<String> {
+    fn args(&self, s: &AgentSession, timeout: Option<u64>) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--format".into(),
             "json".into(),
             "--json-strict".into(),
-            "--approve-all".into(),
+            permission_flag(s.permissions).into(),
             "--cwd".into(),
-            cwd.to_string_lossy().into_owned(),
+            s.cwd.to_string_lossy().into_owned(),
             "--ttl".into(),
             self.ttl_secs.to_string(),
         ];
         if let Some(t) = timeout {
             args.extend(["--timeout".into(), t.to_string()]);
         }
-        match agent {
+        match &s.command {
             AgentCommand::Builtin(name) => args.push(name.clone()),
             AgentCommand::Custom(cmd) => args.extend(["--agent".into(), cmd.clone()]),
         }
@@ -251,7 +250,7 @@ impl Acpx {
 
     /// A control command of one session; a non-zero exit is a failure.
     async fn command(&self, s: &AgentSession, words: &[&str]) -> Result<Output, Failure> {
-        let mut args = self.args(&s.command, &s.cwd, None);
+        let mut args = self.args(s, None);
         args.extend(words.iter().map(|w| w.to_string()));
         let out = self.run(args, self.jail(s)?.as_ref()).await?;
         if out.status.success() {
@@ -335,7 +334,7 @@ impl Acpx {
         if left.is_zero() {
             return Err(Failure::Timeout);
         }
-        let mut args = self.args(&s.command, &s.cwd, Some(left.as_secs().max(1)));
+        let mut args = self.args(s, Some(left.as_secs().max(1)));
         // The prompt goes in on stdin as ACP content blocks: byte-exact, no argv size limit, and
         // a prompt that starts with '-' is never read as an option.
         args.extend(["prompt", "-s", &s.id, "--file", "-"].map(String::from));
@@ -465,49 +464,6 @@ struct PendingPermission {
     options: Vec<Value>,
 }
 
-fn string(v: &Value) -> Option<String> {
-    v.as_str().map(str::to_string)
-}
-
-/// An ACP `cost` (`{amount, currency}`) in US dollars, when it is in dollars.
-fn usd(cost: &Value) -> Option<f64> {
-    match cost["currency"].as_str() {
-        Some(c) if c.eq_ignore_ascii_case("USD") => cost["amount"].as_f64(),
-        _ => None,
-    }
-}
-
-fn tool_call(update: &Value) -> EventBody {
-    let locations = update["locations"]
-        .as_array()
-        .map(|ls| ls.iter().filter_map(|l| string(&l["path"])).collect())
-        .unwrap_or_default();
-    EventBody::ToolCall {
-        tool_call_id: string(&update["toolCallId"]).unwrap_or_default(),
-        title: string(&update["title"]).unwrap_or_default(),
-        kind: string(&update["kind"]),
-        status: string(&update["status"]),
-        locations,
-    }
-}
-
-fn plan(update: &Value) -> EventBody {
-    let entries = update["entries"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    EventBody::Plan {
-        entries: entries
-            .iter()
-            .map(|e| PlanEntry {
-                content: string(&e["content"]).unwrap_or_default(),
-                priority: string(&e["priority"]),
-                status: string(&e["status"]),
-            })
-            .collect(),
-    }
-}
-
 /// Removes acpx's on-disk record of a closed session (`<home>/.acpx/sessions/<id>.json` and
 /// its event log, in the home of the session's app). acpx itself can only prune all closed
 /// sessions of an agent at once.
@@ -569,8 +525,7 @@ fn error_message(v: &Value) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct PromptStream {
     prompt_id: Option<Value>,
-    output: String,
-    truncated: bool,
+    output: updates::Output,
     events: Vec<EventBody>,
     /// Permission requests of the agent that acpx has not answered yet.
     permissions: Vec<PendingPermission>,
@@ -584,7 +539,7 @@ impl PromptStream {
         let v: Value = serde_json::from_slice(line).ok()?;
         if v["method"] == "session/prompt" && v.get("id").is_some() {
             self.prompt_id = Some(v["id"].clone());
-            self.output.clear();
+            self.output = updates::Output::default();
             self.events.clear();
             return None;
         }
@@ -639,12 +594,8 @@ impl PromptStream {
     }
 
     fn end(&mut self, stop_reason: StopReason) -> TurnEnd {
-        let mut output = std::mem::take(&mut self.output);
-        if self.truncated {
-            output.push_str("\n[output truncated]");
-        }
         TurnEnd {
-            output,
+            output: std::mem::take(&mut self.output).finish(),
             stop_reason,
         }
     }
@@ -652,33 +603,10 @@ impl PromptStream {
     /// A `session/update` of the turn: the agent's text goes into the output, and every kind
     /// the contract names becomes its event. Kinds it does not name are left out.
     fn update(&mut self, update: &Value) {
-        let text = || update["content"]["text"].as_str().map(str::to_string);
-        let kind = update["sessionUpdate"].as_str().unwrap_or_default();
-        let event = match kind {
-            "agent_message_chunk" => text().map(|text| {
-                if self.output.len() + text.len() <= MAX_OUTPUT {
-                    self.output.push_str(&text);
-                } else {
-                    self.truncated = true;
-                }
-                EventBody::Message { text }
-            }),
-            "agent_thought_chunk" => text().map(|text| EventBody::Thought { text }),
-            "tool_call" => Some(tool_call(update)),
-            "tool_call_update" => Some(EventBody::ToolCallUpdate {
-                tool_call_id: string(&update["toolCallId"]).unwrap_or_default(),
-                title: string(&update["title"]),
-                status: string(&update["status"]),
-            }),
-            "plan" => Some(plan(update)),
-            "usage_update" => Some(EventBody::Usage {
-                used: update["used"].as_u64(),
-                size: update["size"].as_u64(),
-                cost_usd: usd(&update["cost"]),
-            }),
-            _ => None,
-        };
-        self.events.extend(event);
+        if let Some(event) = updates::event_of(update) {
+            self.output.add(&event);
+            self.events.push(event);
+        }
     }
 
     /// A permission request of the agent, to pair with its answer.
@@ -687,8 +615,8 @@ impl PromptStream {
         let options = params["options"].as_array().cloned().unwrap_or_default();
         self.permissions.push(PendingPermission {
             id: v["id"].clone(),
-            title: string(&params["toolCall"]["title"]),
-            tool_call_id: string(&params["toolCall"]["toolCallId"]),
+            title: updates::string(&params["toolCall"]["title"]),
+            tool_call_id: updates::string(&params["toolCall"]["toolCallId"]),
             options,
         });
     }
@@ -708,15 +636,7 @@ impl PromptStream {
             .options
             .iter()
             .find(|o| o["optionId"] == outcome["optionId"]);
-        let decision = match (outcome["outcome"].as_str(), chosen) {
-            (Some("selected"), Some(o))
-                if o["kind"].as_str().is_some_and(|k| k.starts_with("allow")) =>
-            {
-                PermissionDecision::Allowed
-            }
-            (Some("cancelled"), _) => PermissionDecision::Cancelled,
-            _ => PermissionDecision::Rejected,
-        };
+        let decision = updates::decision(outcome["outcome"].as_str(), chosen.map(|o| &o["kind"]));
         self.events.push(EventBody::Permission {
             title: asked.title,
             tool_call_id: asked.tool_call_id,
@@ -769,6 +689,15 @@ impl PromptStream {
     }
 }
 
+/// acpx's own flag for a permission policy (`ask` is refused at config load for acpx).
+fn permission_flag(p: PermissionPolicy) -> &'static str {
+    match p {
+        PermissionPolicy::AllowAll | PermissionPolicy::Ask => "--approve-all",
+        PermissionPolicy::AllowReads => "--approve-reads",
+        PermissionPolicy::DenyAll => "--deny-all",
+    }
+}
+
 /// Whether acpx gave up waiting for the session's queue owner while it was still starting: it
 /// neither exited nor failed to spawn, and nothing was queued.
 fn owner_still_starting(message: &str) -> bool {
@@ -781,6 +710,7 @@ fn owner_still_starting(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{PermissionDecision, PlanEntry};
     use std::os::unix::process::ExitStatusExt;
 
     fn run_fixture(text: &str) -> (PromptStream, Option<Result<TurnEnd, Failure>>) {

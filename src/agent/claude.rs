@@ -326,6 +326,7 @@ impl Claude {
             cwd: Some(cwd),
             stdin: (via == PromptVia::Stdin).then(|| prompt.as_bytes().to_vec()),
             jail: jail.as_ref(),
+            keep_stdin: false,
         })
         .await
         .map_err(spawn_error)?;

@@ -76,6 +76,8 @@ struct Policy {
 pub enum Work {
     Session,
     Run,
+    /// A native agent process: it hosts sessions of its app, without acpx.
+    Native,
 }
 
 /// The Landlock ABI of the running kernel; `None` when it has none.
@@ -147,7 +149,7 @@ impl Confinement {
     /// The home of `app`'s agents, when agents get homes.
     pub fn home(&self, app: &str) -> Option<PathBuf> {
         let p = self.policy.as_ref()?;
-        Some(p.settings.homes.join(home_name(app)))
+        Some(p.settings.homes.join(app_dir_name(app)))
     }
 
     /// Prepares `app`'s home and what a process working in `work_dir` may reach; `None` when
@@ -156,7 +158,7 @@ impl Confinement {
         let Some(p) = &self.policy else {
             return Ok(None);
         };
-        let home = p.settings.homes.join(home_name(app));
+        let home = p.settings.homes.join(app_dir_name(app));
         let mut write = prepare_home(&home, p.settings.credentials_file.as_deref())?;
         write.push(work_dir.to_path_buf());
         if work == Work::Session {
@@ -181,7 +183,7 @@ impl Confinement {
 
 /// An app's home directory name: the app's name (letters, digits, '-', '_', '.'), with "." and
 /// ".." spelled so that they stay inside the homes' root.
-fn home_name(app: &str) -> String {
+pub fn app_dir_name(app: &str) -> String {
     match app {
         "." => "%2E".into(),
         ".." => "%2E%2E".into(),
@@ -375,9 +377,9 @@ mod tests {
 
     #[test]
     fn dot_apps_stay_inside_the_homes_root() {
-        assert_eq!(home_name("notes"), "notes");
-        assert_eq!(home_name(".."), "%2E%2E");
-        assert_eq!(home_name("."), "%2E");
+        assert_eq!(app_dir_name("notes"), "notes");
+        assert_eq!(app_dir_name(".."), "%2E%2E");
+        assert_eq!(app_dir_name("."), "%2E");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! a cancellation, a deadline), cancel, close. acpx is the first backend; `claude -p` runs
 //! one-shot runs. The only module that spawns processes.
 
+pub mod acp;
 pub mod acpx;
 pub mod claude;
 pub mod confine;
 pub mod process;
+mod updates;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,12 +15,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentCommand;
+use crate::config::{AgentCommand, BackendKind, PermissionPolicy};
 use crate::wire::EventBody;
 
+pub use acp::Acp;
 pub use acpx::Acpx;
 pub use claude::{Claude, ClaudeError, ClaudeOptions, ClaudeResult, RunOutput};
-pub use confine::{ConfineError, ConfineSettings, Confinement};
+pub use confine::{app_dir_name, ConfineError, ConfineSettings, Confinement};
+
+/// Below the sessions' root, where the native backend's sessions live, one directory per app.
+pub const APPS_DIR: &str = "apps";
 
 /// Whether an attached file may not have this name: a file an agent runner would read as its
 /// own configuration from the session's directory.
@@ -97,6 +103,8 @@ pub struct AgentSession {
     pub app: String,
     pub cwd: PathBuf,
     pub command: AgentCommand,
+    pub backend: BackendKind,
+    pub permissions: PermissionPolicy,
     pub state: Option<String>,
 }
 
@@ -126,6 +134,8 @@ impl EventSink {
 /// One prompt: the text, where its events go, what stops it early, and when it must be over.
 pub struct Prompt<'a> {
     pub text: &'a str,
+    /// The turn's number in its session (1, 2, …).
+    pub turn: u64,
     /// Dropped when the turn is over, which tells the reader of the events.
     pub sink: EventSink,
     /// Cancelled: the agent is told to stop, and the turn ends with `StopReason::Cancelled` and
@@ -156,4 +166,56 @@ pub trait Backend: Send + Sync {
     async fn close(&self, session: &AgentSession) -> Result<(), AgentError>;
     /// Removes what the backend keeps of a closed session for good.
     async fn forget(&self, session: &AgentSession) -> Result<(), AgentError>;
+}
+
+/// The backends of sessions, each session sent to the one its agent is configured with.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub acpx: Acpx,
+    pub acp: Acp,
+}
+
+impl Backends {
+    fn of(&self, s: &AgentSession) -> &dyn Backend {
+        match s.backend {
+            BackendKind::Acpx => &self.acpx,
+            BackendKind::Acp => &self.acp,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Backends {
+    fn name(&self) -> &'static str {
+        "acpx+acp"
+    }
+
+    /// acpx's version: the one runner health reports.
+    async fn version(&self) -> Result<String, AgentError> {
+        self.acpx.version().await
+    }
+
+    async fn open(&self, session: &AgentSession) -> Result<Opened, AgentError> {
+        self.of(session).open(session).await
+    }
+
+    async fn prompt(
+        &self,
+        session: &AgentSession,
+        prompt: Prompt<'_>,
+    ) -> Result<TurnEnd, AgentError> {
+        self.of(session).prompt(session, prompt).await
+    }
+
+    async fn cancel(&self, session: &AgentSession) -> Result<bool, AgentError> {
+        self.of(session).cancel(session).await
+    }
+
+    async fn close(&self, session: &AgentSession) -> Result<(), AgentError> {
+        self.of(session).close(session).await
+    }
+
+    async fn forget(&self, session: &AgentSession) -> Result<(), AgentError> {
+        self.of(session).forget(session).await
+    }
 }

@@ -68,8 +68,11 @@ pub struct Spec<'a> {
     pub program: &'a str,
     pub args: &'a [String],
     pub cwd: Option<&'a Path>,
-    /// Written to the process's stdin, which is then closed; `None`: stdin is /dev/null.
+    /// Written to the process's stdin, which is then closed; `None`: stdin is /dev/null (unless
+    /// `keep_stdin`).
     pub stdin: Option<Vec<u8>>,
+    /// stdin is a pipe left open for [`Spawned::take_stdin`] (a process spoken to over stdio).
+    pub keep_stdin: bool,
     /// The app's home, environment, Landlock rules and limits; `None`: the worker's own.
     pub jail: Option<&'a Jail>,
 }
@@ -108,12 +111,18 @@ pub struct Collected {
 
 impl Spawned {
     pub async fn start(spec: Spec<'_>) -> std::io::Result<Spawned> {
-        let mut cmd = command(spec.program, spec.args, spec.cwd, spec.stdin.is_some());
+        let piped = spec.stdin.is_some() || spec.keep_stdin;
+        let mut cmd = command(spec.program, spec.args, spec.cwd, piped);
         if let Some(jail) = spec.jail {
             jail.apply(&mut cmd)?;
         }
         let mut child = spawn(&mut cmd).await?;
-        let feed = match (child.stdin.take(), spec.stdin) {
+        let stdin = if spec.keep_stdin {
+            None
+        } else {
+            child.stdin.take()
+        };
+        let feed = match (stdin, spec.stdin) {
             (Some(mut stdin), Some(bytes)) => Some(tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 // The process may exit without reading it all; its exit status tells the story.
@@ -128,6 +137,15 @@ impl Spawned {
             reaped: false,
             feed,
         })
+    }
+
+    pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// The leader's process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.pid
     }
 
     pub fn take_stdout(&mut self) -> ChildStdout {

@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Backend, Claude, ClaudeOptions, Confinement};
-use crate::config::{AgentCommand, Config};
+use crate::config::{AgentDef, Config};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::wire;
@@ -46,7 +46,7 @@ pub struct Settings {
     pub ledger_keep_text: bool,
     pub sessions_root: PathBuf,
     pub default_agent: String,
-    pub agents: BTreeMap<String, AgentCommand>,
+    pub agents: BTreeMap<String, AgentDef>,
     pub max_live_sessions: u64,
     pub session_ttl_secs: u64,
     pub session_hard_ttl_secs: u64,

@@ -8,7 +8,7 @@ use super::files::{self, Attachment};
 use super::types::SessionId;
 use super::{now, Caller, Forge};
 use crate::agent::AgentSession;
-use crate::config::AgentCommand;
+use crate::config::{AgentCommand, AgentDef, BackendKind, PermissionPolicy};
 use crate::error::{Error, Result};
 use crate::ledger::{CloseOutcome, CreateOutcome, EventDetail, SessionEvent, SessionRow};
 use crate::wire;
@@ -54,7 +54,10 @@ impl Forge {
     }
 
     /// What the agent backend needs to reach the session of `row`.
+    /// The session's agent keeps the command it was created with; its backend and permissions
+    /// are the configured agent's of that name (acpx, allow all, if the name is gone).
     pub(super) fn agent_session(&self, row: &SessionRow) -> AgentSession {
+        let def = self.settings.agents.get(&row.agent);
         AgentSession {
             id: row.session_id.clone(),
             app: row.app.clone(),
@@ -62,15 +65,31 @@ impl Forge {
             // The ledger holds what this worker wrote, from the configured commands.
             command: AgentCommand::parse(&row.agent_command)
                 .unwrap_or_else(|_| AgentCommand::Custom(row.agent_command.clone())),
+            backend: def.map_or(BackendKind::Acpx, |d| d.backend),
+            permissions: def.map_or(PermissionPolicy::AllowAll, |d| d.permissions),
             state: row.agent_state.clone(),
         }
     }
 
+    /// Where a new session of `app` works: `<root>/<id>`, or for a native agent process, which
+    /// hosts all of an app's sessions and may write only below one directory of the app's,
+    /// `<root>/apps/<app>/<id>`.
+    fn session_dir(&self, def: &AgentDef, app: &str, id: &str) -> std::path::PathBuf {
+        let root = &self.settings.sessions_root;
+        match def.backend {
+            BackendKind::Acpx => root.join(id),
+            BackendKind::Acp => root
+                .join(crate::agent::APPS_DIR)
+                .join(crate::agent::app_dir_name(app))
+                .join(id),
+        }
+    }
+
     /// The configured agent a create names, or the default one.
-    fn pick_agent(&self, name: Option<String>) -> Result<(String, AgentCommand)> {
+    fn pick_agent(&self, name: Option<String>) -> Result<(String, AgentDef)> {
         let name = name.unwrap_or_else(|| self.settings.default_agent.clone());
         match self.settings.agents.get(&name) {
-            Some(command) => Ok((name, command.clone())),
+            Some(def) => Ok((name, def.clone())),
             None => Err(Error::bad_request(format!(
                 "unknown agent {name:?}; configured agents: {}",
                 self.settings
@@ -88,10 +107,10 @@ impl Forge {
         caller: &Caller,
         req: wire::CreateSession,
     ) -> Result<wire::Session> {
-        let (agent, command) = self.pick_agent(req.agent)?;
+        let (agent, def) = self.pick_agent(req.agent)?;
         let attachments = self.attachments(&req.files)?;
         let id = SessionId::new().as_string();
-        let cwd = self.settings.sessions_root.join(&id);
+        let cwd = self.session_dir(&def, &caller.app, &id);
         let row = SessionRow {
             pending_files: attachments
                 .iter()
@@ -100,7 +119,7 @@ impl Forge {
             session_id: id,
             app: caller.app.clone(),
             agent,
-            agent_command: command.spec().to_string(),
+            agent_command: def.command.spec().to_string(),
             cwd: cwd.to_string_lossy().into_owned(),
             open: true,
             created_at: now(),

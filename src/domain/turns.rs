@@ -307,6 +307,7 @@ impl Forge {
         let (sink, mut events) = EventSink::channel(EVENT_BUFFER);
         let prompt = agent::Prompt {
             text: &b.text,
+            turn: b.turn,
             sink,
             cancel,
             deadline: t.deadline(),

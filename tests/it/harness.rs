@@ -120,8 +120,38 @@ pub struct Forge {
     pub admin: ForgeClient,
 }
 
+/// Which backend the default agent's sessions go through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Via {
+    #[default]
+    Acpx,
+    Acp,
+}
+
+/// Runs each named `async fn(Via)` of the module as two tests, `acpx::<name>` and
+/// `acp::<name>`: the same test against both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod acpx {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::harness::Via::Acpx).await
+            })*
+        }
+        mod acp {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::harness::Via::Acp).await
+            })*
+        }
+    };
+}
+
 pub struct Options {
     pub workers: usize,
+    /// The default agent's backend (its command is `ACPX_AGENT`'s either way).
+    pub via: Via,
     pub env: Vec<(String, String)>,
     pub config_toml: Option<String>,
     /// A nats-server configuration (with `no_auth_user`, so that the harness's clients and
@@ -133,6 +163,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             workers: 1,
+            via: Via::Acpx,
             env: Vec::new(),
             config_toml: None,
             nats_config: None,
@@ -143,6 +174,15 @@ impl Default for Options {
 impl Forge {
     pub async fn start() -> Forge {
         Self::start_with(Options::default()).await
+    }
+
+    /// One worker, its default agent through `via`.
+    pub async fn start_via(via: Via) -> Forge {
+        Self::start_with(Options {
+            via,
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn start_with(opts: Options) -> Forge {
@@ -168,17 +208,24 @@ impl Forge {
             ("RUST_LOG".into(), "info,clawdforge=debug".into()),
             ("CLAWDFORGE_AGENT_READ_DIRS".into(), agent_read_dirs()),
         ];
-        if let Some(toml) = &opts.config_toml {
+        for (k, v) in opts.env {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v));
+        }
+        let mut toml = opts.config_toml.clone().unwrap_or_default();
+        if opts.via == Via::Acp {
+            let (_, command) = env.iter().find(|(k, _)| k == "ACPX_AGENT").unwrap();
+            toml.push_str(&format!(
+                "\n[agents.default]\ncommand = {command:?}\nbackend = \"acp\"\n"
+            ));
+        }
+        if !toml.is_empty() {
             let file = dir.path().join("clawdforge.toml");
             std::fs::write(&file, toml).unwrap();
             env.push((
                 "CLAWDFORGE_CONFIG".into(),
                 file.to_string_lossy().into_owned(),
             ));
-        }
-        for (k, v) in opts.env {
-            env.retain(|(key, _)| *key != k);
-            env.push((k, v));
         }
         let client = async_nats::connect(&nats.url).await.unwrap();
         let admin = ForgeClient::new(client, Some(ROOT_TOKEN.into()));
@@ -211,6 +258,19 @@ impl Forge {
 
     pub fn ledger_path(&self) -> PathBuf {
         self.dir.path().join("data/ledger.db")
+    }
+
+    /// A session's working directory, as the ledger has it.
+    pub fn session_dir(&self, session_id: &str) -> PathBuf {
+        let cwd: String = self
+            .ledger()
+            .query_row(
+                "SELECT cwd FROM sessions WHERE session_id = ?1",
+                [session_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        PathBuf::from(cwd)
     }
 
     pub fn sessions_root(&self) -> PathBuf {

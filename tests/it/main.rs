@@ -9,6 +9,7 @@ mod harness;
 mod http;
 mod input;
 mod lifecycle;
+mod native;
 mod operator;
 mod runs;
 mod sessions;

@@ -7,7 +7,21 @@ use clawdforge::error::ErrorKind;
 use clawdforge::wire::{CreateSession, FileUpload, SessionStatus, Turn, TurnRequest};
 
 use crate::faults::ledger_counts;
-use crate::harness::{Forge, Options};
+use crate::harness::{Forge, Options, Via};
+
+crate::both_backends!(
+    a_session_from_create_to_close,
+    sessions_of_other_apps_do_not_exist,
+    the_live_session_cap_holds,
+    a_crash_fails_one_turn_and_the_next_one_works,
+    a_hung_turn_times_out_is_cancelled_and_the_next_one_works,
+    files_land_in_the_session_directory_and_are_listed_ahead_of_the_prompt,
+    turns_of_one_session_queue_and_sessions_run_in_parallel,
+    beyond_the_concurrency_limit_and_its_queue_turns_get_at_capacity,
+    a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout,
+    a_large_prompt_arrives_byte_exact,
+    close_during_a_turn_closes_first_cancels_the_turn_and_leaves_no_agent,
+);
 
 pub fn kind<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorKind {
     match r {
@@ -33,9 +47,8 @@ pub fn file(name: &str, content: &str) -> FileUpload {
     }
 }
 
-#[tokio::test]
-async fn a_session_from_create_to_close() {
-    let forge = Forge::start().await;
+async fn a_session_from_create_to_close(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("notes").await;
 
     let s = app.create_session(&CreateSession::default()).await.unwrap();
@@ -45,7 +58,7 @@ async fn a_session_from_create_to_close() {
     assert_eq!(s.turns, 0);
     assert!(s.last_turn_at.is_none() && s.closed_at.is_none());
     assert!(
-        forge.sessions_root().join(&s.session_id).is_dir(),
+        forge.session_dir(&s.session_id).is_dir(),
         "the session has its own directory"
     );
 
@@ -124,9 +137,8 @@ async fn a_session_from_create_to_close() {
     );
 }
 
-#[tokio::test]
-async fn sessions_of_other_apps_do_not_exist() {
-    let forge = Forge::start().await;
+async fn sessions_of_other_apps_do_not_exist(via: Via) {
+    let forge = Forge::start_via(via).await;
     let a = forge.app("app-a").await;
     let b = forge.app("app-b").await;
     let s = a.create_session(&CreateSession::default()).await.unwrap();
@@ -153,10 +165,10 @@ async fn sessions_of_other_apps_do_not_exist() {
     assert_eq!(got.turns, 0);
 }
 
-#[tokio::test]
-async fn the_live_session_cap_holds() {
+async fn the_live_session_cap_holds(via: Via) {
     let forge = Forge::start_with(Options {
         env: vec![("CLAWDFORGE_MAX_LIVE_SESSIONS".into(), "2".into())],
+        via,
         ..Default::default()
     })
     .await;
@@ -186,9 +198,8 @@ async fn the_live_session_cap_holds() {
     assert_eq!(open, 2);
 }
 
-#[tokio::test]
-async fn a_crash_fails_one_turn_and_the_next_one_works() {
-    let forge = Forge::start().await;
+async fn a_crash_fails_one_turn_and_the_next_one_works(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("crashy").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     let first = app
@@ -224,15 +235,13 @@ async fn a_crash_fails_one_turn_and_the_next_one_works() {
     assert_eq!(outcome, "agent_error");
 }
 
-#[tokio::test]
-async fn a_hung_turn_times_out_is_cancelled_and_the_next_one_works() {
-    let forge = Forge::start().await;
+async fn a_hung_turn_times_out_is_cancelled_and_the_next_one_works(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("hangs").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     // In the session's directory: the confined agent may write nowhere else.
     let told = forge
-        .sessions_root()
-        .join(&s.session_id)
+        .session_dir(&s.session_id)
         .join("agent-told-to-cancel");
     let mut hang = turn(
         &s.session_id,
@@ -259,9 +268,8 @@ async fn a_hung_turn_times_out_is_cancelled_and_the_next_one_works() {
     assert!(duration >= 2000, "{duration}");
 }
 
-#[tokio::test]
-async fn files_land_in_the_session_directory_and_are_listed_ahead_of_the_prompt() {
-    let forge = Forge::start().await;
+async fn files_land_in_the_session_directory_and_are_listed_ahead_of_the_prompt(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("files").await;
     let s = app
         .create_session(&CreateSession {
@@ -273,11 +281,7 @@ async fn files_land_in_the_session_directory_and_are_listed_ahead_of_the_prompt(
     let mut req = turn(&s.session_id, "read them #cat");
     req.files = vec![file("data.txt", "from turn")];
     let t = app.turn(&req).await.unwrap();
-    let dir = forge
-        .sessions_root()
-        .join(&s.session_id)
-        .canonicalize()
-        .unwrap();
+    let dir = forge.session_dir(&s.session_id).canonicalize().unwrap();
     let notes = dir.join("notes.md");
     let data = dir.join("data.txt");
     assert!(
@@ -367,9 +371,8 @@ fn second_turn_started_after_the_first_ended(forge: &Forge, session_id: &str) ->
         .unwrap()
 }
 
-#[tokio::test]
-async fn turns_of_one_session_queue_and_sessions_run_in_parallel() {
-    let forge = Forge::start().await;
+async fn turns_of_one_session_queue_and_sessions_run_in_parallel(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("parallel").await;
     let a = app.create_session(&CreateSession::default()).await.unwrap();
     let b = app.create_session(&CreateSession::default()).await.unwrap();
@@ -402,13 +405,13 @@ async fn turns_of_one_session_queue_and_sessions_run_in_parallel() {
     assert_eq!(b1.await.unwrap().unwrap().turn, 1);
 }
 
-#[tokio::test]
-async fn beyond_the_concurrency_limit_and_its_queue_turns_get_at_capacity() {
+async fn beyond_the_concurrency_limit_and_its_queue_turns_get_at_capacity(via: Via) {
     let forge = Forge::start_with(Options {
         env: vec![
             ("CLAWDFORGE_MAX_CONCURRENT_TURNS".into(), "1".into()),
             ("CLAWDFORGE_MAX_QUEUED_TURNS".into(), "0".into()),
         ],
+        via,
         ..Default::default()
     })
     .await;
@@ -462,10 +465,10 @@ async fn wait_for_running_turn(forge: &Forge, session_id: &str) {
     panic!("no turn of {session_id} started:\n{}", forge.logs());
 }
 
-#[tokio::test]
-async fn a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout() {
+async fn a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout(via: Via) {
     let forge = Forge::start_with(Options {
         env: vec![("CLAWDFORGE_MAX_QUEUED_TURNS".into(), "1".into())],
+        via,
         ..Default::default()
     })
     .await;
@@ -521,9 +524,8 @@ async fn a_turn_waiting_for_its_session_holds_a_queue_place_within_its_timeout()
     assert_eq!(turn_events(&forge, &s.session_id), (3, 0));
 }
 
-#[tokio::test]
-async fn a_large_prompt_arrives_byte_exact() {
-    let forge = Forge::start().await;
+async fn a_large_prompt_arrives_byte_exact(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("big").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     let mut prompt = String::from("--not-an-option \"quoted\" [brackets] ünïcödé\n");
@@ -549,9 +551,8 @@ fn alive(pid: i32) -> bool {
         .is_ok_and(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
 }
 
-#[tokio::test]
-async fn close_during_a_turn_closes_first_cancels_the_turn_and_leaves_no_agent() {
-    let forge = Forge::start().await;
+async fn close_during_a_turn_closes_first_cancels_the_turn_and_leaves_no_agent(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("closer").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     let id = s.session_id.clone();

@@ -1,0 +1,304 @@
+//! The native backend: the worker speaks ACP (the `agent-client-protocol` crate) to the agent
+//! itself. One agent process per (app, agent command) hosts all of that app's open sessions
+//! of that agent on this worker; it is started on the first need, stopped after `idle`
+//! without a turn, and started again after a crash, loading each session it then serves again
+//! with `session/load` when the agent can. A turn is `session/prompt`; its updates arrive as
+//! notifications and become the contract's events; cancel is `session/cancel`.
+
+mod host;
+mod routes;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_client_protocol::v1::schema::{
+    CancelNotification, ContentBlock, PromptRequest, SessionId, TextContent,
+};
+
+use self::host::Live;
+use super::confine::{Confinement, Work};
+use super::CANCEL_GRACE;
+use super::{updates, AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd};
+use crate::wire::EventBody;
+
+/// Which process hosts a session: its app's, for its agent's command.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct HostKey {
+    app: String,
+    command: String,
+}
+
+/// The agent process of one key, while it runs, and what tells when it was last used.
+#[derive(Default)]
+struct Host {
+    live: tokio::sync::Mutex<Option<Arc<Live>>>,
+    /// Turns running now.
+    turns: AtomicUsize,
+    /// Bumped at every turn's end: an idle stop armed before it is stale.
+    activity: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Acp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    confinement: Arc<Confinement>,
+    idle: Duration,
+    hosts: Mutex<HashMap<HostKey, Arc<Host>>>,
+}
+
+impl Acp {
+    pub fn new(confinement: Arc<Confinement>, idle: Duration) -> Acp {
+        Acp {
+            inner: Arc::new(Inner {
+                confinement,
+                idle,
+                hosts: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The agent processes running now (for health and tests): their process ids.
+    pub async fn processes(&self) -> Vec<u32> {
+        let hosts: Vec<Arc<Host>> = self
+            .inner
+            .hosts
+            .lock()
+            .expect("hosts lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut pids = Vec::new();
+        for host in hosts {
+            if let Some(live) = host.live.lock().await.as_ref() {
+                if !live.ended.is_cancelled() {
+                    pids.extend(live.pid);
+                }
+            }
+        }
+        pids
+    }
+
+    fn host(&self, s: &AgentSession) -> Arc<Host> {
+        let key = HostKey {
+            app: s.app.clone(),
+            command: s.command.spec().to_string(),
+        };
+        let mut hosts = self.inner.hosts.lock().expect("hosts lock");
+        hosts.entry(key).or_default().clone()
+    }
+
+    /// The session's host process, started (or started again after a crash) when it is not
+    /// running. It works in the directory of the app's sessions: the parent of the session's.
+    async fn live(&self, host: &Host, s: &AgentSession) -> Result<Arc<Live>, AgentError> {
+        let mut slot = host.live.lock().await;
+        if let Some(live) = slot.as_ref().filter(|l| !l.ended.is_cancelled()) {
+            return Ok(live.clone());
+        }
+        let argv = s.command.acp_argv().ok_or_else(|| {
+            AgentError::Failed(format!("{:?} has no ACP command", s.command.spec()))
+        })?;
+        let dir = s.cwd.parent().unwrap_or(&s.cwd).to_path_buf();
+        let jail = self
+            .inner
+            .confinement
+            .jail(&s.app, &dir, Work::Native)
+            .map_err(|e| AgentError::Failed(format!("preparing the app's home: {e}")))?;
+        let live = Arc::new(Live::start(&argv, &dir, jail.as_ref()).await?);
+        tracing::info!(pid = live.pid, app = %s.app, "agent process started");
+        *slot = Some(live.clone());
+        Ok(live)
+    }
+
+    /// After a turn: stops the host's process once it has had no turn for `idle`.
+    fn arm_idle_stop(&self, host: Arc<Host>) {
+        let stamp = host.activity.fetch_add(1, Ordering::SeqCst) + 1;
+        let idle = self.inner.idle;
+        tokio::spawn(async move {
+            tokio::time::sleep(idle).await;
+            let mut slot = host.live.lock().await;
+            let quiet = host.turns.load(Ordering::SeqCst) == 0;
+            if quiet && host.activity.load(Ordering::SeqCst) == stamp {
+                if let Some(live) = slot.take() {
+                    tracing::info!(pid = live.pid, "agent process idle; stopping it");
+                }
+            }
+        });
+    }
+
+    async fn turn(
+        &self,
+        host: &Arc<Host>,
+        s: &AgentSession,
+        p: &Prompt<'_>,
+    ) -> Result<TurnEnd, AgentError> {
+        let live = self.live(host, s).await?;
+        let attached = live
+            .attach(&s.id, s.state.as_deref(), &s.cwd, p.turn)
+            .await?;
+        if attached.history_lost {
+            p.sink
+                .emit(EventBody::Notice {
+                    text: "the agent was started again and cannot load sessions: \
+                           this session's earlier turns are gone from its memory"
+                        .into(),
+                })
+                .await;
+        }
+        let ended = prompt(&live, &attached.agent_id, s, p).await;
+        live.served_turn(&s.id, p.turn);
+        ended
+    }
+}
+
+/// One `session/prompt`: its events into the sink as they come, until the agent's answer; a
+/// cancel or the deadline sends `session/cancel` and waits `CANCEL_GRACE` for the answer.
+async fn prompt(
+    live: &Live,
+    id: &SessionId,
+    s: &AgentSession,
+    p: &Prompt<'_>,
+) -> Result<TurnEnd, AgentError> {
+    let (_route, mut events) = live.routes.open(id, s.permissions);
+    let text = ContentBlock::Text(TextContent::new(p.text.to_string()));
+    let request = live
+        .cx
+        .send_request(PromptRequest::new(id.clone(), vec![text]))
+        .block_task();
+    tokio::pin!(request);
+    let mut output = updates::Output::default();
+    let mut stop = Box::pin(tokio::time::sleep_until(p.deadline.into()));
+    let (mut cancelled, mut timed_out) = (false, false);
+    let answer = loop {
+        tokio::select! {
+            biased;
+            Some(event) = events.recv() => {
+                output.add(&event);
+                p.sink.emit(event).await;
+            }
+            answer = &mut request => break Some(answer),
+            _ = p.cancel.cancelled(), if !cancelled => {
+                cancelled = true;
+                stop = Box::pin(tokio::time::sleep(CANCEL_GRACE));
+                let _ = live.cx.send_notification(CancelNotification::new(id.clone()));
+            }
+            _ = &mut stop => {
+                if cancelled {
+                    break None;
+                }
+                (cancelled, timed_out) = (true, true);
+                stop = Box::pin(tokio::time::sleep(CANCEL_GRACE));
+                let _ = live.cx.send_notification(CancelNotification::new(id.clone()));
+            }
+            _ = live.ended.cancelled() => return Err(live.exited("")),
+        }
+    };
+    // Updates sent before the answer are already queued: they belong to the turn.
+    while let Ok(event) = events.try_recv() {
+        output.add(&event);
+        p.sink.emit(event).await;
+    }
+    let stop_reason = match answer {
+        None => StopReason::Cancelled,
+        Some(Ok(r)) => StopReason::parse(
+            serde_json::to_value(r.stop_reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .as_deref()
+                .unwrap_or("end_turn"),
+        ),
+        Some(Err(_)) if live.ended.is_cancelled() => return Err(live.exited("")),
+        Some(Err(e)) => {
+            return Err(AgentError::Failed(format!(
+                "the agent failed the turn: {e}"
+            )))
+        }
+    };
+    if timed_out {
+        return Err(AgentError::Timeout);
+    }
+    Ok(TurnEnd {
+        output: output.finish(),
+        stop_reason,
+    })
+}
+
+#[async_trait::async_trait]
+impl Backend for Acp {
+    fn name(&self) -> &'static str {
+        "acp"
+    }
+
+    async fn version(&self) -> Result<String, AgentError> {
+        Ok("ACP v1".into())
+    }
+
+    async fn open(&self, session: &AgentSession) -> Result<Opened, AgentError> {
+        let host = self.host(session);
+        let live = self.live(&host, session).await?;
+        let id = live.new_session(&session.id, &session.cwd).await?;
+        self.arm_idle_stop(host);
+        Ok(Opened {
+            state: Some(id.to_string()),
+        })
+    }
+
+    async fn prompt(
+        &self,
+        session: &AgentSession,
+        prompt: Prompt<'_>,
+    ) -> Result<TurnEnd, AgentError> {
+        let host = self.host(session);
+        host.turns.fetch_add(1, Ordering::SeqCst);
+        let ended = self.turn(&host, session, &prompt).await;
+        host.turns.fetch_sub(1, Ordering::SeqCst);
+        self.arm_idle_stop(host);
+        ended
+    }
+
+    async fn cancel(&self, session: &AgentSession) -> Result<bool, AgentError> {
+        let host = self.host(session);
+        let live = host.live.lock().await.clone();
+        let Some(live) = live else { return Ok(false) };
+        let Some(id) = live
+            .served(&session.id)
+            .filter(|id| live.routes.running(id))
+        else {
+            return Ok(false);
+        };
+        let _ = live.cx.send_notification(CancelNotification::new(id));
+        Ok(true)
+    }
+
+    /// The process stops serving the session, and stops when it was its last one.
+    async fn close(&self, session: &AgentSession) -> Result<(), AgentError> {
+        let host = self.host(session);
+        let mut slot = host.live.lock().await;
+        let last = slot.as_ref().is_some_and(|live| live.release(&session.id));
+        if last && host.turns.load(Ordering::SeqCst) == 0 {
+            if let Some(live) = slot.take() {
+                tracing::info!(
+                    pid = live.pid,
+                    "agent process has no session left; stopping it"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, _session: &AgentSession) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Acp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acp")
+            .field("idle", &self.inner.idle)
+            .finish()
+    }
+}

@@ -1,0 +1,267 @@
+//! The native (`backend = "acp"`) backend: one agent process per app hosting its sessions,
+//! crash and idle restarts with the sessions loaded again, and permission policies (these on
+//! both backends).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clawdforge::client::ForgeClient;
+use clawdforge::error::ErrorKind;
+use clawdforge::wire::{CreateSession, EventBody, PermissionDecision};
+
+use crate::harness::{agent_command, Forge, Options, Via};
+use crate::sessions::{kind, turn};
+
+/// The pid of `[n=<count> pid=<pid>]` (the test agent's `#count`).
+fn pid_of(output: &str) -> u32 {
+    output
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {output:?}"))
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+}
+
+async fn wait_until_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "agent process {pid} is still alive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The test agent processes whose HOME is under `homes`.
+fn agent_processes(homes: &Path) -> BTreeSet<u32> {
+    let mut pids = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let home = format!("HOME={}", homes.display());
+        let in_homes = environ
+            .split(|b| *b == 0)
+            .any(|v| v.starts_with(home.as_bytes()));
+        let is_agent = String::from_utf8_lossy(&cmdline).contains("acp-agent.mjs");
+        if is_agent && in_homes && alive(pid) {
+            pids.insert(pid);
+        }
+    }
+    pids
+}
+
+async fn session(app: &ForgeClient) -> String {
+    app.create_session(&CreateSession::default())
+        .await
+        .unwrap()
+        .session_id
+}
+
+#[tokio::test]
+async fn one_agent_process_hosts_every_session_of_an_app() {
+    let forge = Forge::start_via(Via::Acp).await;
+    let mut pids = Vec::new();
+    for name in ["left", "right"] {
+        let app = forge.app(name).await;
+        let mut mine = BTreeSet::new();
+        for _ in 0..4 {
+            let id = session(&app).await;
+            for n in 1..=2 {
+                let t = app.turn(&turn(&id, &format!("{n} #count"))).await.unwrap();
+                assert!(t.output.starts_with(&format!("echo: {n} #count [n=")));
+                mine.insert(pid_of(&t.output));
+            }
+        }
+        assert_eq!(
+            mine.len(),
+            1,
+            "{name}: one process for its sessions: {mine:?}"
+        );
+        pids.extend(mine);
+    }
+    assert_ne!(pids[0], pids[1], "each app has its own agent process");
+    let homes = forge.dir.path().join("data/homes");
+    assert_eq!(
+        agent_processes(&homes),
+        pids.iter().copied().collect(),
+        "8 open sessions of 2 apps: 2 agent processes"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_crashes_fails_its_turns_and_the_next_turns_load_their_sessions() {
+    let forge = Forge::start_via(Via::Acp).await;
+    let app = forge.app("fragile").await;
+    let (a, b, c) = (
+        session(&app).await,
+        session(&app).await,
+        session(&app).await,
+    );
+    let first = app.turn(&turn(&a, "warm #count")).await.unwrap();
+    // In the sessions' directories: the confined agent may write nowhere else.
+    let running = |id: &str| forge.session_dir(id).join("running");
+    let held = |id: &str| {
+        let (app, id) = (app.clone(), id.to_string());
+        let prompt = format!(
+            "held #on-prompt={} #wait-file={}",
+            running(&id).display(),
+            forge.session_dir(&id).join("never").display()
+        );
+        tokio::spawn(async move { app.turn(&turn(&id, &prompt)).await })
+    };
+    let (ha, hb) = (held(&a), held(&b));
+    wait_for_file(&running(&a)).await;
+    wait_for_file(&running(&b)).await;
+    assert_eq!(
+        kind(app.turn(&turn(&c, "#crash")).await),
+        ErrorKind::AgentError
+    );
+    assert_eq!(kind(ha.await.unwrap()), ErrorKind::AgentError);
+    assert_eq!(kind(hb.await.unwrap()), ErrorKind::AgentError);
+    wait_until_gone(pid_of(&first.output)).await;
+
+    let mut pids = BTreeSet::new();
+    for id in [&a, &b, &c] {
+        let t = app.turn(&turn(id, "again #origin #count")).await.unwrap();
+        assert!(
+            t.output.starts_with("echo: again #origin #count [n=")
+                && t.output.contains("[origin=load]"),
+            "loaded into the new process: {}",
+            t.output
+        );
+        pids.insert(pid_of(&t.output));
+    }
+    assert_eq!(pids.len(), 1, "one new process: {pids:?}");
+    assert!(!pids.contains(&pid_of(&first.output)));
+    let failed: i64 = forge
+        .ledger()
+        .query_row(
+            "SELECT COUNT(*) FROM session_events WHERE event = 'turn' AND outcome = 'agent_error'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(failed, 3);
+}
+
+#[tokio::test]
+async fn an_idle_agent_process_stops_and_the_next_turn_starts_it_with_the_session_loaded() {
+    let forge = Forge::start_with(Options {
+        via: Via::Acp,
+        env: vec![("CLAWDFORGE_AGENT_IDLE_SECS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("sleepy").await;
+    let id = session(&app).await;
+    let first = app.turn(&turn(&id, "one #origin #count")).await.unwrap();
+    assert!(first.output.contains("[origin=new]"), "{}", first.output);
+    let pid = pid_of(&first.output);
+    wait_until_gone(pid).await;
+    forge
+        .wait_for_log(&["agent process idle; stopping it"])
+        .await;
+    let second = app.turn(&turn(&id, "two #origin #count")).await.unwrap();
+    assert!(
+        second
+            .output
+            .starts_with("echo: two #origin #count [n=1 pid=")
+            && second.output.contains("[origin=load]"),
+        "{}",
+        second.output
+    );
+    assert_ne!(pid_of(&second.output), pid);
+}
+
+/// Named agents `all`, `reads` and `deny`, through `via`, with those permission policies.
+fn policy_agents(via: Via) -> String {
+    let backend = match via {
+        Via::Acpx => "acpx",
+        Via::Acp => "acp",
+    };
+    ["allow_all", "allow_reads", "deny_all"]
+        .iter()
+        .map(|p| {
+            format!(
+                "[agents.{p}]\ncommand = {:?}\nbackend = \"{backend}\"\npermissions = \"{p}\"\n",
+                agent_command("")
+            )
+        })
+        .collect()
+}
+
+async fn permissions_follow_the_agents_policy_and_each_decision_is_an_event(via: Via) {
+    let forge = Forge::start_with(Options {
+        config_toml: Some(policy_agents(via)),
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("careful").await;
+    let cases = [
+        ("allow_all", "execute", "allow", PermissionDecision::Allowed),
+        ("allow_reads", "read", "allow", PermissionDecision::Allowed),
+        (
+            "allow_reads",
+            "execute",
+            "reject",
+            PermissionDecision::Rejected,
+        ),
+        ("deny_all", "read", "reject", PermissionDecision::Rejected),
+    ];
+    for (agent, tool, chosen, decision) in cases {
+        let s = app
+            .create_session(&CreateSession {
+                agent: Some(agent.into()),
+                files: vec![],
+            })
+            .await
+            .unwrap();
+        let req = turn(&s.session_id, &format!("#permission={tool}"));
+        let mut decisions = Vec::new();
+        let t = app
+            .turn_streaming(&req, Duration::from_secs(60), |e| {
+                if let EventBody::Permission {
+                    decision, title, ..
+                } = &e.body
+                {
+                    decisions.push((*decision, title.clone()));
+                }
+            })
+            .await
+            .unwrap();
+        assert!(
+            t.output.ends_with(&format!("[permission={chosen}]")),
+            "{agent} {tool}: {}",
+            t.output
+        );
+        assert_eq!(
+            decisions,
+            vec![(decision, Some(format!("Try {tool}")))],
+            "{agent} {tool}"
+        );
+    }
+}
+
+crate::both_backends!(permissions_follow_the_agents_policy_and_each_decision_is_an_event);
