@@ -159,6 +159,113 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The native backend (`backend = "acp"`, the same test agent) against acpx: a warm turn
+/// against acpx's result line, create+close against the gateway's acpx create+close, and the
+/// agent processes of warm sessions of two apps against as many acpx sessions.
+async fn native_rows(
+    forge: &Forge,
+    report: &mut Report,
+    acpx_turn: &Stats,
+    acpx_create: &Stats,
+    quick: bool,
+) {
+    let native = || CreateSession {
+        agent: Some("native".into()),
+        files: vec![],
+    };
+    let app = forge.app("bench-native").await;
+    let s = app.create_session(&native()).await.unwrap();
+    app.turn(&turn(&s.session_id, "warm up")).await.unwrap();
+    let n = if quick { 100 } else { 500 };
+    let mut turns = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        app.turn(&turn(&s.session_id, &format!("native {i}")))
+            .await
+            .unwrap();
+        turns.push(t.elapsed());
+    }
+    let turns = Stats::new(turns);
+    report.row(
+        "turn p50, backend acp (warm)",
+        "acpx prompt: result line",
+        ms(acpx_turn.p50()),
+        ms(turns.p50()),
+        "ms",
+    );
+    report.row(
+        "turn p99, backend acp (warm)",
+        "acpx prompt: result line p99",
+        ms(acpx_turn.p99()),
+        ms(turns.p99()),
+        "ms",
+    );
+    let mut creates = Vec::new();
+    for _ in 0..if quick { 10 } else { 50 } {
+        let t = Instant::now();
+        let c = app.create_session(&native()).await.unwrap();
+        app.close_session(&c.session_id).await.unwrap();
+        creates.push(t.elapsed());
+    }
+    let creates = Stats::new(creates);
+    report.row(
+        "create+close p50, backend acp",
+        "create+close p50, acpx",
+        ms(acpx_create.p50()),
+        ms(creates.p50()),
+        "ms",
+    );
+    app.close_session(&s.session_id).await.unwrap();
+    let homes = forge.dir.path().join("data/homes");
+    let acpx_sessions = if quick { 2 } else { 4 };
+    let acpx_app = forge.app("bench-acpx-procs").await;
+    let before = harness::agent_processes(&homes).len();
+    let mut acpx_ids = Vec::new();
+    for _ in 0..acpx_sessions {
+        let s = acpx_app
+            .create_session(&CreateSession::default())
+            .await
+            .unwrap();
+        acpx_app.turn(&turn(&s.session_id, "warm")).await.unwrap();
+        acpx_ids.push(s.session_id);
+    }
+    let acpx_per_session =
+        (harness::agent_processes(&homes).len() - before) as f64 / acpx_sessions as f64;
+    for id in &acpx_ids {
+        acpx_app.close_session(id).await.unwrap();
+    }
+    let before = harness::agent_processes(&homes).len();
+    let worker = forge.workers[0].child.id();
+    let rss_before = rss_kib(worker) as f64 / 1024.0;
+    let mut native_ids = Vec::new();
+    for name in ["bench-native-a", "bench-native-b"] {
+        let a = forge.app(name).await;
+        for _ in 0..16 {
+            let s = a.create_session(&native()).await.unwrap();
+            a.turn(&turn(&s.session_id, "warm")).await.unwrap();
+            native_ids.push((a.clone(), s.session_id));
+        }
+    }
+    let native_procs = (harness::agent_processes(&homes).len() - before) as f64;
+    report.row(
+        "agent processes, 32 warm sessions of 2 apps",
+        &format!("acpx: {acpx_sessions} warm sessions, scaled to 32"),
+        acpx_per_session * 32.0,
+        native_procs,
+        "procs",
+    );
+    report.row(
+        "worker RSS, 32 warm acp sessions of 2 apps",
+        "worker RSS before them",
+        rss_before,
+        rss_kib(worker) as f64 / 1024.0,
+        "MiB",
+    );
+    for (a, id) in native_ids {
+        a.close_session(&id).await.unwrap();
+    }
+}
+
 fn turn(id: &str, prompt: &str) -> TurnRequest {
     TurnRequest {
         session_id: id.into(),
@@ -257,6 +364,10 @@ async fn main() {
             ("CLAWDFORGE_MAX_LIVE_SESSIONS".into(), "100".into()),
             ("RUST_LOG".into(), "warn".into()),
         ],
+        config_toml: Some(format!(
+            "[agents.native]\ncommand = {:?}\nbackend = \"acp\"\n",
+            harness::agent_command("")
+        )),
         ..Default::default()
     })
     .await;
@@ -499,6 +610,7 @@ async fn main() {
         "  gateway overhead per turn over acpx's result line: {:.1} ms",
         ms(gw_turns.p50()) - ms(to_result.p50())
     );
+    native_rows(&forge, &mut report, &to_result, &gw, quick).await;
 
     // --- HTTP (sidecar) vs NATS ---
     let sidecar = forge.spawn_http("sidecar", &[("RUST_LOG", "warn")]).await;

@@ -9,7 +9,13 @@ use clawdforge::client::{ClientError, ForgeClient};
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::{self, CreateSession};
 
-use crate::harness::{read_only_ledger, wait_for_running_turn, Forge, Options};
+use crate::harness::{read_only_ledger, wait_for_running_turn, Forge, Options, Via};
+
+crate::both_backends!(
+    a_cancel_stops_the_running_turn_which_answers_cancelled,
+    a_cancel_while_the_turn_waits_for_a_slot_is_not_lost,
+    a_cancel_reaches_the_turn_on_the_worker_that_runs_it,
+);
 use crate::sessions::turn;
 
 /// The outcome and stop reason the ledger recorded for turn `n` of `session_id`.
@@ -58,9 +64,8 @@ async fn raw_cancel(app: &ForgeClient, session_id: &str) -> (Option<u16>, Bytes)
     (raw.status, raw.body)
 }
 
-#[tokio::test]
-async fn a_cancel_stops_the_running_turn_which_answers_cancelled() {
-    let forge = Forge::start().await;
+async fn a_cancel_stops_the_running_turn_which_answers_cancelled(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("canceller").await;
     let session = app.create_session(&CreateSession::default()).await.unwrap();
     let id = session.session_id.clone();
@@ -117,10 +122,10 @@ async fn a_cancel_stops_the_running_turn_which_answers_cancelled() {
     assert_eq!(theirs, unknown);
 }
 
-#[tokio::test]
-async fn a_cancel_while_the_turn_waits_for_a_slot_is_not_lost() {
+async fn a_cancel_while_the_turn_waits_for_a_slot_is_not_lost(via: Via) {
     let forge = Forge::start_with(Options {
         env: vec![("CLAWDFORGE_MAX_CONCURRENT_TURNS".into(), "1".into())],
+        via,
         ..Default::default()
     })
     .await;
@@ -180,11 +185,11 @@ authorization {
 no_auth_user: free
 "#;
 
-#[tokio::test]
-async fn a_cancel_reaches_the_turn_on_the_worker_that_runs_it() {
+async fn a_cancel_reaches_the_turn_on_the_worker_that_runs_it(via: Via) {
     let mut forge = Forge::start_with(Options {
         workers: 0,
         nats_config: Some(BLIND_TO_CANCELS.into()),
+        via,
         ..Default::default()
     })
     .await;

@@ -2,6 +2,7 @@
 //! with their own HOME, the real acpx driving the test ACP agent. Everything it started is
 //! ended when the harness drops, acpx's detached queue owners included.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -601,4 +602,34 @@ impl Forge {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Whether process `pid` runs (and is not a zombie).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+}
+
+/// The processes of agents whose HOME is under `homes`: the test agent's, and acpx's queue
+/// owners'.
+pub fn agent_processes(homes: &Path) -> BTreeSet<u32> {
+    let mut pids = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let home = format!("HOME={}", homes.display());
+        let in_homes = environ
+            .split(|b| *b == 0)
+            .any(|v| v.starts_with(home.as_bytes()));
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_agent = args.get(1).is_some_and(|a| a.ends_with(b"acp-agent.mjs"))
+            || args.contains(&&b"__queue-owner"[..]);
+        if is_agent && in_homes && running(pid) {
+            pids.insert(pid);
+        }
+    }
+    pids
 }

@@ -10,7 +10,7 @@ use clawdforge::client::ForgeClient;
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::{CreateSession, EventBody, PermissionDecision};
 
-use crate::harness::{agent_command, Forge, Options, Via};
+use crate::harness::{agent_command, agent_processes, Forge, Options, Via};
 use crate::sessions::{kind, turn};
 
 /// The pid of `[n=<count> pid=<pid>]` (the test agent's `#count`).
@@ -49,27 +49,6 @@ async fn wait_for_file(path: &Path) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The test agent processes whose HOME is under `homes`.
-fn agent_processes(homes: &Path) -> BTreeSet<u32> {
-    let mut pids = BTreeSet::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let home = format!("HOME={}", homes.display());
-        let in_homes = environ
-            .split(|b| *b == 0)
-            .any(|v| v.starts_with(home.as_bytes()));
-        let is_agent = String::from_utf8_lossy(&cmdline).contains("acp-agent.mjs");
-        if is_agent && in_homes && alive(pid) {
-            pids.insert(pid);
-        }
-    }
-    pids
 }
 
 async fn session(app: &ForgeClient) -> String {
@@ -265,3 +244,57 @@ async fn permissions_follow_the_agents_policy_and_each_decision_is_an_event(via:
 }
 
 crate::both_backends!(permissions_follow_the_agents_policy_and_each_decision_is_an_event);
+
+#[tokio::test]
+async fn a_worker_killed_mid_session_loses_nothing_the_survivor_loads_the_session() {
+    let mut forge = Forge::start_via(Via::Acp).await;
+    let app = forge.app("durable").await;
+    let id = session(&app).await;
+    let first = app.turn(&turn(&id, "one #origin #count")).await.unwrap();
+    assert!(first.output.contains("[origin=new]"), "{}", first.output);
+    forge.spawn_worker(&[]);
+    forge.wait_for_workers(2).await;
+    forge.kill_worker(0);
+    let second = app.turn(&turn(&id, "two #origin #count")).await.unwrap();
+    assert_eq!(second.turn, 2);
+    assert!(
+        second
+            .output
+            .starts_with("echo: two #origin #count [n=1 pid=")
+            && second.output.contains("[origin=load]"),
+        "the survivor's own agent process, with the session loaded: {}",
+        second.output
+    );
+    assert_ne!(pid_of(&second.output), pid_of(&first.output));
+    // The killed worker's agent went with it (its stdin closed).
+    wait_until_gone(pid_of(&first.output)).await;
+}
+
+#[tokio::test]
+async fn an_agent_that_cannot_load_sessions_starts_them_anew_and_the_turn_says_so() {
+    let forge = Forge::start_with(Options {
+        env: vec![
+            ("ACPX_AGENT".into(), agent_command(" --no-load")),
+            ("CLAWDFORGE_AGENT_IDLE_SECS".into(), "1".into()),
+        ],
+        via: Via::Acp,
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("forgetful").await;
+    let id = session(&app).await;
+    let first = app.turn(&turn(&id, "one #count")).await.unwrap();
+    wait_until_gone(pid_of(&first.output)).await;
+    let mut notices = Vec::new();
+    let second = app
+        .turn_streaming(&turn(&id, "two #origin"), Duration::from_secs(60), |e| {
+            if let EventBody::Notice { text } = &e.body {
+                notices.push(text.clone());
+            }
+        })
+        .await
+        .unwrap();
+    assert!(second.output.ends_with("[origin=new]"), "{}", second.output);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains("earlier turns are gone"), "{notices:?}");
+}

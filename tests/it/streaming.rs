@@ -9,7 +9,13 @@ use clawdforge::client::{ClientError, Frame, ReplyStream};
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::{self, CreateSession, EventBody};
 
-use crate::harness::{Forge, Options};
+use crate::harness::{Forge, Options, Via};
+
+crate::both_backends!(
+    a_streamed_turn_sends_its_events_while_it_runs_then_the_turn_then_the_end,
+    a_lost_stream_is_picked_up_again_with_the_same_seqs_and_a_finished_turn_replays,
+    a_turn_asked_not_to_wait_answers_with_its_number_and_goes_on,
+);
 use crate::sessions::turn;
 
 /// Silence longer than this fails a test's stream (it is three heartbeats by default).
@@ -34,10 +40,10 @@ async fn next_event(stream: &mut ReplyStream) -> wire::Event {
     }
 }
 
-#[tokio::test]
-async fn a_streamed_turn_sends_its_events_while_it_runs_then_the_turn_then_the_end() {
+async fn a_streamed_turn_sends_its_events_while_it_runs_then_the_turn_then_the_end(via: Via) {
     let forge = Forge::start_with(Options {
         env: vec![("CLAWDFORGE_STREAM_HEARTBEAT_SECS".into(), "1".into())],
+        via,
         ..Default::default()
     })
     .await;
@@ -178,7 +184,8 @@ async fn a_v1_turn_reply_carries_no_stream_headers() {
         reply.headers
     );
     let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
     assert_eq!(
         keys,
         ["duration_ms", "output", "session_id", "stop_reason", "turn"]
@@ -207,9 +214,8 @@ async fn events_of(
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_lost_stream_is_picked_up_again_with_the_same_seqs_and_a_finished_turn_replays() {
-    let forge = Forge::start().await;
+async fn a_lost_stream_is_picked_up_again_with_the_same_seqs_and_a_finished_turn_replays(via: Via) {
+    let forge = Forge::start_via(via).await;
     let app = forge.app("reattach").await;
     let session = app.create_session(&CreateSession::default()).await.unwrap();
     let id = session.session_id.clone();
@@ -293,10 +299,9 @@ async fn a_lost_stream_is_picked_up_again_with_the_same_seqs_and_a_finished_turn
     }
 }
 
-#[tokio::test]
-async fn a_turn_asked_not_to_wait_answers_with_its_number_and_goes_on() {
+async fn a_turn_asked_not_to_wait_answers_with_its_number_and_goes_on(via: Via) {
     use clawdforge::wire::{TurnAccepted, TurnStatus};
-    let forge = Forge::start().await;
+    let forge = Forge::start_via(via).await;
     let app = forge.app("nowait").await;
     let session = app.create_session(&CreateSession::default()).await.unwrap();
     let id = session.session_id.clone();
