@@ -397,6 +397,8 @@ async fn start_sidecar(
     let limits = settings.conn;
     let router = http::router(http::Sidecar::new(client, settings));
     let stop = CancellationToken::new();
+    // Said before the first request can be answered, so that the log never lags behind.
+    tracing::info!(%addr, nats = %nats_urls(config), "sidecar ready");
     let server = tokio::spawn(http::serve(
         listener,
         router,
@@ -404,7 +406,6 @@ async fn start_sidecar(
         limits,
         stop.clone().cancelled_owned(),
     ));
-    tracing::info!(%addr, nats = %nats_urls(config), "sidecar ready");
     Ok(RunningSidecar {
         client: nats,
         stop,

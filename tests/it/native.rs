@@ -10,7 +10,7 @@ use clawdforge::client::ForgeClient;
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::{CreateSession, EventBody, PermissionDecision};
 
-use crate::harness::{agent_command, agent_processes, Forge, Options, Via};
+use crate::harness::{agent_command, agent_processes, running, Forge, Options, Via};
 use crate::sessions::{kind, turn};
 
 /// The pid of `[n=<count> pid=<pid>]` (the test agent's `#count`).
@@ -23,14 +23,9 @@ fn pid_of(output: &str) -> u32 {
         .unwrap_or_else(|| panic!("no pid in {output:?}"))
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
-}
-
 async fn wait_until_gone(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while alive(pid) {
+    while running(pid) {
         assert!(
             Instant::now() < deadline,
             "agent process {pid} is still alive"

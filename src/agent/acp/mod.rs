@@ -9,9 +9,9 @@ mod host;
 mod routes;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_client_protocol::v1::schema::{
     CancelNotification, ContentBlock, PromptRequest, SessionId, TextContent,
@@ -36,8 +36,10 @@ struct Host {
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
     /// Turns running now.
     turns: AtomicUsize,
-    /// Bumped at every turn's end: an idle stop armed before it is stale.
-    activity: AtomicU64,
+    /// When the last turn (or open) ended.
+    last_used: Mutex<Option<Instant>>,
+    /// Whether a task is waiting to stop the process once it is idle (one per host).
+    reaper: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -114,17 +116,42 @@ impl Acp {
         Ok(live)
     }
 
-    /// After a turn: stops the host's process once it has had no turn for `idle`.
+    /// After a turn: the host's process is stopped once it has had no turn for `idle`, by one
+    /// waiting task per host.
     fn arm_idle_stop(&self, host: Arc<Host>) {
-        let stamp = host.activity.fetch_add(1, Ordering::SeqCst) + 1;
+        *host.last_used.lock().expect("last_used lock") = Some(Instant::now());
+        if host.reaper.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let idle = self.inner.idle;
         tokio::spawn(async move {
-            tokio::time::sleep(idle).await;
-            let mut slot = host.live.lock().await;
-            let quiet = host.turns.load(Ordering::SeqCst) == 0;
-            if quiet && host.activity.load(Ordering::SeqCst) == stamp {
-                if let Some(live) = slot.take() {
-                    tracing::info!(pid = live.pid, "agent process idle; stopping it");
+            loop {
+                let last = host
+                    .last_used
+                    .lock()
+                    .expect("last_used lock")
+                    .unwrap_or_else(Instant::now);
+                // While a turn runs, the process is not idle: look again later.
+                let due = if host.turns.load(Ordering::SeqCst) > 0 {
+                    Instant::now() + idle
+                } else {
+                    last + idle
+                };
+                tokio::time::sleep_until(due.into()).await;
+                let mut slot = host.live.lock().await;
+                let last = host
+                    .last_used
+                    .lock()
+                    .expect("last_used lock")
+                    .unwrap_or_else(Instant::now);
+                let quiet = host.turns.load(Ordering::SeqCst) == 0 && last.elapsed() >= idle;
+                if quiet || slot.is_none() {
+                    if let Some(live) = slot.take() {
+                        tracing::info!(pid = live.pid, "agent process idle; stopping it");
+                    }
+                    // Cleared under the lock: a turn that starts the process again arms anew.
+                    host.reaper.store(false, Ordering::SeqCst);
+                    return;
                 }
             }
         });
