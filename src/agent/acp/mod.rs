@@ -64,27 +64,6 @@ impl Acp {
         }
     }
 
-    /// The agent processes running now (for health and tests): their process ids.
-    pub async fn processes(&self) -> Vec<u32> {
-        let hosts: Vec<Arc<Host>> = self
-            .inner
-            .hosts
-            .lock()
-            .expect("hosts lock")
-            .values()
-            .cloned()
-            .collect();
-        let mut pids = Vec::new();
-        for host in hosts {
-            if let Some(live) = host.live.lock().await.as_ref() {
-                if !live.ended.is_cancelled() {
-                    pids.extend(live.pid);
-                }
-            }
-        }
-        pids
-    }
-
     fn host(&self, s: &AgentSession) -> Arc<Host> {
         let key = HostKey {
             app: s.app.clone(),
@@ -104,7 +83,7 @@ impl Acp {
         let argv = s.command.acp_argv().ok_or_else(|| {
             AgentError::Failed(format!("{:?} has no ACP command", s.command.spec()))
         })?;
-        let dir = s.cwd.parent().unwrap_or(&s.cwd).to_path_buf();
+        let dir = app_dir(s)?;
         let jail = self
             .inner
             .confinement
@@ -179,6 +158,26 @@ impl Acp {
         let ended = prompt(&live, &attached.agent_id, s, p).await;
         live.served_turn(&s.id, p.turn);
         ended
+    }
+}
+
+/// The directory of the app's native sessions, `<root>/apps/<app>`: the parent of the
+/// session's, which the app's agent process may write. A session made on the acpx backend
+/// (whose agent was switched to `acp` since) lives elsewhere, and is refused rather than given
+/// a process that could write every app's sessions.
+fn app_dir(s: &AgentSession) -> Result<std::path::PathBuf, AgentError> {
+    let parent = s.cwd.parent();
+    let ok = parent.is_some_and(|p| {
+        p.file_name() == Some(std::ffi::OsStr::new(&super::app_dir_name(&s.app)))
+            && p.parent().and_then(|g| g.file_name()) == Some(std::ffi::OsStr::new(super::APPS_DIR))
+    });
+    match parent {
+        Some(dir) if ok => Ok(dir.to_path_buf()),
+        _ => Err(AgentError::Failed(
+            "this session was made on the acpx backend; its agent is now configured with \
+             backend = \"acp\": create a new session"
+                .into(),
+        )),
     }
 }
 
@@ -327,5 +326,33 @@ impl std::fmt::Debug for Acp {
         f.debug_struct("Acp")
             .field("idle", &self.inner.idle)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AgentCommand, BackendKind, PermissionPolicy};
+
+    fn session(app: &str, cwd: &str) -> AgentSession {
+        AgentSession {
+            id: "s".into(),
+            app: app.into(),
+            cwd: cwd.into(),
+            command: AgentCommand::Custom("agent".into()),
+            backend: BackendKind::Acp,
+            permissions: PermissionPolicy::AllowAll,
+            state: None,
+        }
+    }
+
+    #[test]
+    fn the_process_works_in_its_apps_directory_and_nowhere_wider() {
+        let dir = app_dir(&session("notes", "/data/sessions/apps/notes/s")).unwrap();
+        assert_eq!(dir, std::path::Path::new("/data/sessions/apps/notes"));
+        // A session made on acpx lives directly in the root: its parent holds every app's.
+        assert!(app_dir(&session("notes", "/data/sessions/s")).is_err());
+        assert!(app_dir(&session("notes", "/data/sessions/apps/other/s")).is_err());
+        assert!(app_dir(&session("..", "/data/sessions/apps/../s")).is_err());
     }
 }
