@@ -80,6 +80,9 @@ pub async fn start(
             }
         }));
     }
+    // Once the server has answered a ping, it has every subscription above: a worker that says
+    // it is ready gets requests.
+    client.flush().await?;
     Ok(Worker {
         service,
         loops,

@@ -374,6 +374,28 @@ impl Forge {
         let _ = self.workers[n].child.kill();
         let _ = self.workers[n].child.wait();
     }
+
+    /// Kills worker `n` and waits until NATS has dropped its subscriptions (one worker fewer
+    /// answers a ping), so that no request goes to it after.
+    pub async fn kill_worker_and_wait(&mut self, n: usize) {
+        let ping = || self.admin.ping_workers(Duration::from_millis(200));
+        let before = ping().await.unwrap_or_default().len();
+        self.kill_worker(n);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .admin
+            .ping_workers(Duration::from_millis(200))
+            .await
+            .unwrap_or_default()
+            .len()
+            >= before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "NATS still sees the killed worker"
+            );
+        }
+    }
 }
 
 impl Drop for Forge {

@@ -249,7 +249,7 @@ async fn a_worker_killed_mid_session_loses_nothing_the_survivor_loads_the_sessio
     assert!(first.output.contains("[origin=new]"), "{}", first.output);
     forge.spawn_worker(&[]);
     forge.wait_for_workers(2).await;
-    forge.kill_worker(0);
+    forge.kill_worker_and_wait(0).await;
     let second = app.turn(&turn(&id, "two #origin #count")).await.unwrap();
     assert_eq!(second.turn, 2);
     assert!(

@@ -24,7 +24,7 @@ async fn two_workers_share_the_ledger_and_serve_each_others_sessions() {
     // A second worker joins; the first goes away. The session carries on through the second.
     forge.spawn_worker(&[]);
     forge.wait_for_workers(2).await;
-    forge.kill_worker(0);
+    forge.kill_worker_and_wait(0).await;
     let t2 = app
         .turn(&turn(&s.session_id, "on the second"))
         .await
