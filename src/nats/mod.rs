@@ -81,8 +81,10 @@ pub async fn start(
         }));
     }
     // Once the server has answered a ping, it has every subscription above: a worker that says
-    // it is ready gets requests.
-    client.flush().await?;
+    // it is ready gets requests. Without NATS yet, the subscriptions go out once it connects.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+    }
     Ok(Worker {
         service,
         loops,
