@@ -378,18 +378,17 @@ impl Forge {
     /// Kills worker `n` and waits until NATS has dropped its subscriptions (one worker fewer
     /// answers a ping), so that no request goes to it after.
     pub async fn kill_worker_and_wait(&mut self, n: usize) {
-        let ping = || self.admin.ping_workers(Duration::from_millis(200));
-        let before = ping().await.unwrap_or_default().len();
+        let answering = |forge: &Forge| {
+            let admin = forge.admin.clone();
+            async move {
+                let ids = admin.ping_workers(Duration::from_millis(200)).await;
+                ids.unwrap_or_default().len()
+            }
+        };
+        let before = answering(self).await;
         self.kill_worker(n);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .admin
-            .ping_workers(Duration::from_millis(200))
-            .await
-            .unwrap_or_default()
-            .len()
-            >= before
-        {
+        while answering(self).await >= before {
             assert!(
                 Instant::now() < deadline,
                 "NATS still sees the killed worker"

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_client_protocol::v1::schema::{
-    CancelNotification, ContentBlock, PromptRequest, SessionId, TextContent,
+    CancelNotification, ContentBlock, PromptRequest, PromptResponse, SessionId, TextContent,
 };
 
 use self::host::Live;
@@ -228,22 +228,7 @@ async fn prompt(
         output.add(&event);
         p.sink.emit(event).await;
     }
-    let stop_reason = match answer {
-        None => StopReason::Cancelled,
-        Some(Ok(r)) => StopReason::parse(
-            serde_json::to_value(r.stop_reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .as_deref()
-                .unwrap_or("end_turn"),
-        ),
-        Some(Err(_)) if live.ended.is_cancelled() => return Err(live.exited("")),
-        Some(Err(e)) => {
-            return Err(AgentError::Failed(format!(
-                "the agent failed the turn: {e}"
-            )))
-        }
-    };
+    let stop_reason = stop_reason(live, answer)?;
     if timed_out {
         return Err(AgentError::Timeout);
     }
@@ -251,6 +236,25 @@ async fn prompt(
         output: output.finish(),
         stop_reason,
     })
+}
+
+/// How the prompt ended: the agent's stop reason, `cancelled` when it did not answer a cancel
+/// within the grace, or why it failed.
+fn stop_reason(
+    live: &Live,
+    answer: Option<Result<PromptResponse, agent_client_protocol::Error>>,
+) -> Result<StopReason, AgentError> {
+    match answer {
+        None => Ok(StopReason::Cancelled),
+        Some(Ok(r)) => {
+            let said = serde_json::to_value(r.stop_reason).unwrap_or_default();
+            Ok(StopReason::parse(said.as_str().unwrap_or("end_turn")))
+        }
+        Some(Err(_)) if live.ended.is_cancelled() => Err(live.exited("")),
+        Some(Err(e)) => Err(AgentError::Failed(format!(
+            "the agent failed the turn: {e}"
+        ))),
+    }
 }
 
 #[async_trait::async_trait]
