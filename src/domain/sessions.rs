@@ -78,10 +78,7 @@ impl Forge {
         let root = &self.settings.sessions_root;
         match def.backend {
             BackendKind::Acpx => root.join(id),
-            BackendKind::Acp => root
-                .join(crate::agent::APPS_DIR)
-                .join(crate::agent::app_dir_name(app))
-                .join(id),
+            BackendKind::Acp => crate::agent::acp::session_dir(root, app, id),
         }
     }
 

@@ -625,6 +625,16 @@ impl Forge {
     }
 }
 
+/// The pid the test agent reports for `#count`: `[n=<count> pid=<pid>]`.
+pub fn agent_pid(output: &str) -> u32 {
+    output
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {output:?}"))
+}
+
 /// Whether process `pid` runs (and is not a zombie).
 pub fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

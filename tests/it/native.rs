@@ -10,18 +10,8 @@ use clawdforge::client::ForgeClient;
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::{CreateSession, EventBody, PermissionDecision};
 
-use crate::harness::{agent_command, agent_processes, running, Forge, Options, Via};
+use crate::harness::{agent_command, agent_pid, agent_processes, running, Forge, Options, Via};
 use crate::sessions::{kind, turn};
-
-/// The pid of `[n=<count> pid=<pid>]` (the test agent's `#count`).
-fn pid_of(output: &str) -> u32 {
-    output
-        .split("pid=")
-        .nth(1)
-        .and_then(|rest| rest.split(']').next())
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {output:?}"))
-}
 
 async fn wait_until_gone(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -65,7 +55,7 @@ async fn one_agent_process_hosts_every_session_of_an_app() {
             for n in 1..=2 {
                 let t = app.turn(&turn(&id, &format!("{n} #count"))).await.unwrap();
                 assert!(t.output.starts_with(&format!("echo: {n} #count [n=")));
-                mine.insert(pid_of(&t.output));
+                mine.insert(agent_pid(&t.output));
             }
         }
         assert_eq!(
@@ -114,7 +104,7 @@ async fn an_agent_that_crashes_fails_its_turns_and_the_next_turns_load_their_ses
     );
     assert_eq!(kind(ha.await.unwrap()), ErrorKind::AgentError);
     assert_eq!(kind(hb.await.unwrap()), ErrorKind::AgentError);
-    wait_until_gone(pid_of(&first.output)).await;
+    wait_until_gone(agent_pid(&first.output)).await;
 
     let mut pids = BTreeSet::new();
     for id in [&a, &b, &c] {
@@ -125,10 +115,10 @@ async fn an_agent_that_crashes_fails_its_turns_and_the_next_turns_load_their_ses
             "loaded into the new process: {}",
             t.output
         );
-        pids.insert(pid_of(&t.output));
+        pids.insert(agent_pid(&t.output));
     }
     assert_eq!(pids.len(), 1, "one new process: {pids:?}");
-    assert!(!pids.contains(&pid_of(&first.output)));
+    assert!(!pids.contains(&agent_pid(&first.output)));
     let failed: i64 = forge
         .ledger()
         .query_row(
@@ -152,7 +142,7 @@ async fn an_idle_agent_process_stops_and_the_next_turn_starts_it_with_the_sessio
     let id = session(&app).await;
     let first = app.turn(&turn(&id, "one #origin #count")).await.unwrap();
     assert!(first.output.contains("[origin=new]"), "{}", first.output);
-    let pid = pid_of(&first.output);
+    let pid = agent_pid(&first.output);
     wait_until_gone(pid).await;
     forge
         .wait_for_log(&["agent process idle; stopping it"])
@@ -166,7 +156,7 @@ async fn an_idle_agent_process_stops_and_the_next_turn_starts_it_with_the_sessio
         "{}",
         second.output
     );
-    assert_ne!(pid_of(&second.output), pid);
+    assert_ne!(agent_pid(&second.output), pid);
 }
 
 /// Named agents `all`, `reads` and `deny`, through `via`, with those permission policies.
@@ -260,9 +250,9 @@ async fn a_worker_killed_mid_session_loses_nothing_the_survivor_loads_the_sessio
         "the survivor's own agent process, with the session loaded: {}",
         second.output
     );
-    assert_ne!(pid_of(&second.output), pid_of(&first.output));
+    assert_ne!(agent_pid(&second.output), agent_pid(&first.output));
     // The killed worker's agent went with it (its stdin closed).
-    wait_until_gone(pid_of(&first.output)).await;
+    wait_until_gone(agent_pid(&first.output)).await;
 }
 
 #[tokio::test]
@@ -279,7 +269,7 @@ async fn an_agent_that_cannot_load_sessions_starts_them_anew_and_the_turn_says_s
     let app = forge.app("forgetful").await;
     let id = session(&app).await;
     let first = app.turn(&turn(&id, "one #count")).await.unwrap();
-    wait_until_gone(pid_of(&first.output)).await;
+    wait_until_gone(agent_pid(&first.output)).await;
     let mut notices = Vec::new();
     let second = app
         .turn_streaming(&turn(&id, "two #origin"), Duration::from_secs(60), |e| {

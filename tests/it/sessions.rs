@@ -537,28 +537,14 @@ async fn a_large_prompt_arrives_byte_exact(via: Via) {
     assert_eq!(t.output, format!("echo: {prompt}"));
 }
 
-/// The pid the test agent reports for `#count`: `[n=<count> pid=<pid>]`.
-fn agent_pid(output: &str) -> i32 {
-    output
-        .split("pid=")
-        .nth(1)
-        .and_then(|rest| rest.trim_end_matches(']').trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {output:?}"))
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
-}
-
 async fn close_during_a_turn_closes_first_cancels_the_turn_and_leaves_no_agent(via: Via) {
     let forge = Forge::start_via(via).await;
     let app = forge.app("closer").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     let id = s.session_id.clone();
     let counted = app.turn(&turn(&id, "#count")).await.unwrap();
-    let agent = agent_pid(&counted.output);
-    assert!(alive(agent), "the session's agent runs");
+    let agent = crate::harness::agent_pid(&counted.output);
+    assert!(crate::harness::running(agent), "the session's agent runs");
     let never = forge.dir.path().join("never-released");
     let running = {
         let app = app.clone();
@@ -587,7 +573,7 @@ async fn close_during_a_turn_closes_first_cancels_the_turn_and_leaves_no_agent(v
     );
     // The close stopped the agent.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while alive(agent) {
+    while crate::harness::running(agent) {
         assert!(
             std::time::Instant::now() < deadline,
             "the agent {agent} outlives the close"

@@ -150,11 +150,12 @@ impl Live {
         &self,
         ours: &str,
         cwd: &std::path::Path,
+        last_turn: u64,
     ) -> Result<SessionId, AgentError> {
         let made = self
             .setup(NewSessionRequest::new(cwd.to_path_buf()))
             .await?;
-        self.serve(ours, made.session_id.clone(), 0);
+        self.serve(ours, made.session_id.clone(), last_turn);
         Ok(made.session_id)
     }
 
@@ -194,16 +195,10 @@ impl Live {
                 agent_id: s.id,
                 history_lost: false,
             }),
-            (None, _) => {
-                let made = self
-                    .setup(NewSessionRequest::new(cwd.to_path_buf()))
-                    .await?;
-                self.serve(ours, made.session_id.clone(), turn - 1);
-                Ok(Attached {
-                    agent_id: made.session_id,
-                    history_lost: kept.is_some(),
-                })
-            }
+            (None, _) => Ok(Attached {
+                agent_id: self.new_session(ours, cwd, turn - 1).await?,
+                history_lost: kept.is_some(),
+            }),
         }
     }
 

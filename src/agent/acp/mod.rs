@@ -9,6 +9,7 @@ mod host;
 mod routes;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -161,18 +162,24 @@ impl Acp {
     }
 }
 
-/// The directory of the app's native sessions, `<root>/apps/<app>`: the parent of the
-/// session's, which the app's agent process may write. A session made on the acpx backend
-/// (whose agent was switched to `acp` since) lives elsewhere, and is refused rather than given
-/// a process that could write every app's sessions.
-fn app_dir(s: &AgentSession) -> Result<std::path::PathBuf, AgentError> {
-    let parent = s.cwd.parent();
-    let ok = parent.is_some_and(|p| {
-        p.file_name() == Some(std::ffi::OsStr::new(&super::app_dir_name(&s.app)))
-            && p.parent().and_then(|g| g.file_name()) == Some(std::ffi::OsStr::new(super::APPS_DIR))
-    });
-    match parent {
-        Some(dir) if ok => Ok(dir.to_path_buf()),
+/// Where a native session of `app` works: `<root>/apps/<app>/<id>`. Its parent is the one
+/// directory of the app's that the app's agent process may write.
+pub fn session_dir(root: &Path, app: &str, id: &str) -> PathBuf {
+    root.join(super::APPS_DIR)
+        .join(super::app_dir_name(app))
+        .join(id)
+}
+
+/// The directory of the app's native sessions: the parent of the session's. A session made on
+/// the acpx backend (whose agent was switched to `acp` since) lives elsewhere, and is refused
+/// rather than given a process that could write every app's sessions.
+fn app_dir(s: &AgentSession) -> Result<PathBuf, AgentError> {
+    let root = s.cwd.ancestors().nth(3);
+    let id = s.cwd.file_name().and_then(|n| n.to_str());
+    match (root, id) {
+        (Some(root), Some(id)) if session_dir(root, &s.app, id) == s.cwd => {
+            Ok(s.cwd.parent().expect("has a root").to_path_buf())
+        }
         _ => Err(AgentError::Failed(
             "this session was made on the acpx backend; its agent is now configured with \
              backend = \"acp\": create a new session"
@@ -270,7 +277,7 @@ impl Backend for Acp {
     async fn open(&self, session: &AgentSession) -> Result<Opened, AgentError> {
         let host = self.host(session);
         let live = self.live(&host, session).await?;
-        let id = live.new_session(&session.id, &session.cwd).await?;
+        let id = live.new_session(&session.id, &session.cwd, 0).await?;
         self.arm_idle_stop(host);
         Ok(Opened {
             state: Some(id.to_string()),
