@@ -230,6 +230,7 @@ pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<A
             acp: Acp::new(
                 confinement.clone(),
                 std::time::Duration::from_secs(config.agent_idle_secs),
+                std::time::Duration::from_secs(config.permission_timeout_secs),
             ),
         }),
         confinement,
@@ -318,6 +319,8 @@ impl RunningWorker {
             background,
             grace,
         } = self;
+        // First the ledger: another worker then takes this one's sessions at their next request.
+        forge.drain().await;
         let tracker = worker.stop_intake().await;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             let cancelled = forge.interrupt_in_flight();

@@ -429,6 +429,23 @@ impl ForgeClient {
             .await
     }
 
+    /// Answers permission request `request_id` of the session's running turn with one of its
+    /// options (`forge.session.permission`).
+    pub async fn answer_permission(
+        &self,
+        session_id: &str,
+        request_id: &str,
+        option_id: &str,
+    ) -> Result<wire::PermissionAnswered, ClientError> {
+        let req = wire::PermissionAnswer {
+            session_id: session_id.into(),
+            request_id: request_id.into(),
+            option_id: option_id.into(),
+        };
+        self.call(subject::SESSION_PERMISSION, &req, CONTROL_TIMEOUT)
+            .await
+    }
+
     pub async fn close_session(
         &self,
         session_id: &str,

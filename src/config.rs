@@ -44,6 +44,9 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentEntry>,
     /// Seconds a native (`acp`) agent process is kept without a turn before it is stopped.
     pub agent_idle_secs: u64,
+    /// Seconds a permission request left to the caller (`permissions = "ask"`) waits for an
+    /// answer before it is rejected.
+    pub permission_timeout_secs: u64,
 
     pub max_live_sessions: u64,
     pub session_ttl_secs: u64,
@@ -156,6 +159,7 @@ impl Default for Config {
             acpx_ttl_secs: 300,
             agents: BTreeMap::new(),
             agent_idle_secs: 600,
+            permission_timeout_secs: 60,
             max_live_sessions: 32,
             session_ttl_secs: 3600,
             session_hard_ttl_secs: 86400,
@@ -250,6 +254,7 @@ pub fn env_keys() -> Vec<&'static str> {
         "acpx_agent",
         "acpx_ttl_secs",
         "agent_idle_secs",
+        "permission_timeout_secs",
         "max_live_sessions",
         "session_ttl_secs",
         "session_hard_ttl_secs",
@@ -768,12 +773,6 @@ impl Config {
                     }
                 }
             }
-            if backend == BackendKind::Acp && permissions == PermissionPolicy::Ask {
-                return Err(ConfigError(format!(
-                    "agents.{name}.permissions: \"ask\" is not available yet; \
-                     use allow_all, allow_reads or deny_all"
-                )));
-            }
             if backend == BackendKind::Acpx && permissions == PermissionPolicy::Ask {
                 return Err(ConfigError(format!(
                     "agents.{name}.permissions: \"ask\" needs backend = \"acp\" \
@@ -799,6 +798,7 @@ impl Config {
             ("max_timeout_secs", self.max_timeout_secs),
             ("acpx_ttl_secs", self.acpx_ttl_secs),
             ("agent_idle_secs", self.agent_idle_secs),
+            ("permission_timeout_secs", self.permission_timeout_secs),
             ("http_header_timeout_secs", self.http_header_timeout_secs),
             ("http_idle_timeout_secs", self.http_idle_timeout_secs),
         ]
@@ -1103,6 +1103,12 @@ mod tests {
             ["claude-agent-acp"]
         );
 
+        let asking =
+            load("[agents.a]\ncommand = \"x\"\nbackend = \"acp\"\npermissions = \"ask\"\n")
+                .unwrap()
+                .agent_table()
+                .1;
+        assert_eq!(asking["a"].permissions, PermissionPolicy::Ask);
         let refused = |toml: &str, key: &str| {
             let e = load(toml).unwrap_err().to_string();
             assert!(e.contains(key), "{toml}: {e}");

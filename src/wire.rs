@@ -13,6 +13,7 @@ pub mod subject {
     pub const SESSION_CLOSE: &str = "forge.session.close";
     pub const SESSION_CANCEL: &str = "forge.session.cancel";
     pub const SESSION_EVENTS: &str = "forge.session.events";
+    pub const SESSION_PERMISSION: &str = "forge.session.permission";
     pub const SESSION_GET: &str = "forge.session.get";
     pub const SESSION_LIST: &str = "forge.session.list";
     pub const RUN: &str = "forge.run";
@@ -22,9 +23,23 @@ pub mod subject {
     pub const HEALTH: &str = "forge.health";
 }
 
-/// A worker's own subject for the cancels other workers pass on to it: `forge.worker.<id>.cancel`,
-/// the id's characters that a subject token cannot hold written as `_`.
-pub fn worker_cancel_subject(worker_id: &str) -> String {
+/// The subjects another worker may pass a request on to this one with: the request, served
+/// here whatever the ledger says, answers the caller directly.
+pub const PASSED_ON: [&str; 4] = [
+    subject::SESSION_TURN,
+    subject::SESSION_CLOSE,
+    subject::SESSION_CANCEL,
+    subject::SESSION_PERMISSION,
+];
+
+/// What a worker's own `ping` subject is, below `forge.worker.<id>`: a worker answers it while it
+/// takes requests.
+pub const PING: &str = "ping";
+
+/// A worker's own subject for `subject` (`forge.session.turn` → `forge.worker.<id>.session.turn`;
+/// `PING` → `forge.worker.<id>.ping`), the id's characters that a subject token cannot hold
+/// written as `_`.
+pub fn worker_subject(worker_id: &str, subject: &str) -> String {
     let token: String = worker_id
         .chars()
         .map(|c| {
@@ -35,7 +50,8 @@ pub fn worker_cancel_subject(worker_id: &str) -> String {
             }
         })
         .collect();
-    format!("forge.worker.{token}.cancel")
+    let rest = subject.strip_prefix("forge.").unwrap_or(subject);
+    format!("forge.worker.{token}.{rest}")
 }
 
 /// The NATS micro service name and queue group.
@@ -222,6 +238,7 @@ impl EventBody {
             EventBody::Plan { .. } => "plan",
             EventBody::Usage { .. } => "usage",
             EventBody::Permission { .. } => "permission",
+            EventBody::PermissionRequest { .. } => "permission_request",
             EventBody::Notice { .. } => "notice",
             EventBody::Unknown => "unknown",
         }
@@ -269,6 +286,14 @@ pub enum EventBody {
         decision: PermissionDecision,
         by: DecidedBy,
     },
+    /// A permission the policy (`ask`) leaves to the caller: answer it with
+    /// `forge.session.permission` and one of the options' ids.
+    PermissionRequest {
+        request_id: String,
+        title: Option<String>,
+        tool_call_id: Option<String>,
+        options: Vec<PermissionOption>,
+    },
     /// The gateway's own word about the turn.
     Notice { text: String },
     /// A type this version does not know.
@@ -281,6 +306,33 @@ pub struct PlanEntry {
     pub content: String,
     pub priority: Option<String>,
     pub status: Option<String>,
+}
+
+/// One answer a permission request offers, as the agent put it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PermissionOption {
+    pub option_id: String,
+    pub name: String,
+    /// ACP's kind: `allow_once`, `allow_always`, `reject_once` or `reject_always`.
+    pub kind: String,
+}
+
+/// `forge.session.permission`: the caller's answer to a `permission_request`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionAnswer {
+    pub session_id: String,
+    pub request_id: String,
+    pub option_id: String,
+}
+
+/// The reply of `forge.session.permission`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PermissionAnswered {
+    pub session_id: String,
+    pub request_id: String,
+    /// False when that request is no longer waiting (answered, timed out or cancelled).
+    pub accepted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

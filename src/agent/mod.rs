@@ -143,6 +143,20 @@ pub struct Prompt<'a> {
     pub cancel: &'a CancellationToken,
     /// Past this the turn is cancelled and answers `AgentError::Timeout`.
     pub deadline: Instant,
+    /// Whether someone follows the turn's events as they come: only then can a permission
+    /// that the policy leaves to the caller (`ask`) be asked; otherwise it is rejected.
+    pub followed: bool,
+}
+
+/// What became of a caller's answer to a permission request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The request was waiting; the agent has the answer.
+    Taken,
+    /// No such request is waiting (answered, timed out, cancelled, or never asked).
+    NotWaiting,
+    /// The request offers other options than the one answered.
+    UnknownOption { offered: Vec<String> },
 }
 
 /// A backend that runs multi-turn agent sessions.
@@ -166,6 +180,15 @@ pub trait Backend: Send + Sync {
     async fn close(&self, session: &AgentSession) -> Result<(), AgentError>;
     /// Removes what the backend keeps of a closed session for good.
     async fn forget(&self, session: &AgentSession) -> Result<(), AgentError>;
+    /// The caller's answer to permission request `request_id` of the session's running turn.
+    async fn answer(
+        &self,
+        _session: &AgentSession,
+        _request_id: &str,
+        _option_id: &str,
+    ) -> Result<Answer, AgentError> {
+        Ok(Answer::NotWaiting)
+    }
 }
 
 /// The backends of sessions, each session sent to the one its agent is configured with.
@@ -217,5 +240,16 @@ impl Backend for Backends {
 
     async fn forget(&self, session: &AgentSession) -> Result<(), AgentError> {
         self.of(session).forget(session).await
+    }
+
+    async fn answer(
+        &self,
+        session: &AgentSession,
+        request_id: &str,
+        option_id: &str,
+    ) -> Result<Answer, AgentError> {
+        self.of(session)
+            .answer(session, request_id, option_id)
+            .await
     }
 }

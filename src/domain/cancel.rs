@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 
 use super::types::SessionId;
-use super::{seconds_from_now, Caller, Forge};
-use crate::error::{Error, Result};
+use super::{Caller, Forge};
+use crate::error::Result;
 use crate::wire;
 
 /// The turns this worker holds (each session's current one: running, or admitted and about to
@@ -58,47 +58,21 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// Where a cancel was decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cancel {
-    /// This worker holds the session's turn (or nobody does): the answer.
-    Here(wire::Cancelled),
-    /// Another worker holds it: the request goes on to that worker.
-    On { worker_id: String },
-}
-
 impl Forge {
-    /// `forge.session.cancel`. A cancel passed on from another worker (`passed_on`) is decided
-    /// here, by this worker's registry alone.
+    /// `forge.session.cancel`, decided by this worker's registry: the request reaches the
+    /// worker holding the turn (see [`Forge::route`]).
     pub async fn cancel_turn(
         &self,
         caller: &Caller,
         req: wire::SessionRef,
-        passed_on: bool,
-    ) -> Result<Cancel> {
+    ) -> Result<wire::Cancelled> {
         let id = SessionId::parse(&req.session_id)?;
         let row = self.owned_session(caller, &id).await?;
-        let here = |cancelled| {
-            Cancel::Here(wire::Cancelled {
-                session_id: row.session_id.clone(),
-                cancelled,
-            })
-        };
-        if passed_on {
-            return Ok(here(self.cancel_running_turn(&row.session_id, "cancel")));
-        }
-        let holder = self
-            .ledger
-            .turn_holder(
-                row.session_id.clone(),
-                seconds_from_now(-self.dead_after_secs()),
-            )
-            .await
-            .map_err(Error::internal)?;
-        match holder {
-            Some(worker_id) if worker_id != self.settings.worker_id => Ok(Cancel::On { worker_id }),
-            _ => Ok(here(self.cancel_running_turn(&row.session_id, "cancel"))),
-        }
+        let cancelled = self.cancel_running_turn(&row.session_id, "cancel");
+        Ok(wire::Cancelled {
+            session_id: row.session_id,
+            cancelled,
+        })
     }
 
     /// Cancels the turn of `session_id` this worker holds, if it holds one: it answers

@@ -7,6 +7,8 @@ pub mod types;
 
 mod cancel;
 mod events;
+mod owners;
+mod permissions;
 mod runs;
 mod sessions;
 mod sweeper;
@@ -28,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::wire;
 
-pub use cancel::Cancel;
+pub use owners::{Route, Step};
 pub use tokens::Caller;
 pub use turns::EventStream;
 

@@ -170,10 +170,14 @@ impl Forge {
         files::write(cwd, attachments)
             .await
             .map_err(Error::internal)?;
-        let opened = self.agent.open(&self.agent_session(row)).await?;
+        let session = self.agent_session(row);
+        let opened = self.agent.open(&session).await?;
         if let Some(state) = opened.state {
+            // A native session lives in this worker's agent process: this worker owns it.
+            let owner =
+                (session.backend == BackendKind::Acp).then(|| self.settings.worker_id.clone());
             self.ledger
-                .set_agent_state(row.session_id.clone(), state)
+                .set_agent_state(row.session_id.clone(), state, owner)
                 .await
                 .map_err(Error::internal)?;
         }

@@ -311,6 +311,7 @@ impl Forge {
             sink,
             cancel,
             deadline: t.deadline(),
+            followed: out.is_some(),
         };
         let run = self.agent.prompt(&session, prompt);
         let take = async {

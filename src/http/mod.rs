@@ -182,6 +182,10 @@ pub fn router(sidecar: Sidecar) -> Router {
         )
         .route("/sessions/{id}/turn", post(routes::turn))
         .route("/sessions/{id}/cancel", post(routes::cancel_turn))
+        .route(
+            "/sessions/{id}/permissions/{request_id}",
+            post(routes::answer_permission),
+        )
         .route("/sessions/{id}/events", get(routes::events))
         .route(
             "/admin/tokens",

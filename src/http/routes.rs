@@ -458,6 +458,56 @@ pub async fn cancel_turn(
     )
 }
 
+/// The body of `POST /sessions/{id}/permissions/{request_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionChoice {
+    /// One of the `options` of the `permission_request` event.
+    option_id: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/permissions/{request_id}",
+    tag = "sessions",
+    description = "Answers a `permission_request` event of the session's running turn \
+                   (`forge.session.permission`; agents with `permissions = \"ask\"`), whichever \
+                   worker runs it. `accepted: false`: that request is no longer waiting (answered, \
+                   timed out, or its turn was cancelled).",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("request_id" = String, Path, description = "The event's `request_id`"),
+    ),
+    request_body = PermissionChoice,
+    responses(
+        (status = 200, description = "Whether the request took the answer", body = wire::PermissionAnswered),
+        (status = 400, description = "bad_request: not a session id, or an option the request does not offer", body = ErrorBody),
+        (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn answer_permission(
+    State(s): State<Sidecar>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let (session_id, request_id) = path
+        .map(|Path(ids)| ids)
+        .map_err(|r| Error::bad_request(format!("invalid path: {}", r.body_text())))?;
+    let body = read_body(body, s.max_request_bytes)?;
+    let choice: PermissionChoice = wire::decode(&body)?;
+    let body = to_body(&wire::PermissionAnswer {
+        session_id,
+        request_id,
+        option_id: choice.option_id,
+    });
+    Ok(
+        s.forward(subject::SESSION_PERMISSION, &headers, body, CONTROL_TIMEOUT)
+            .await,
+    )
+}
+
 /// The query of `GET /sessions/{id}/events`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

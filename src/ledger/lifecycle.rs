@@ -30,13 +30,16 @@ impl Ledger {
         .await
     }
 
-    /// Records that `worker_id` stopped on purpose.
+    /// Records that `worker_id` stopped on purpose: the sessions it owned are nobody's.
     pub async fn worker_stopped(&self, worker_id: String, at: String) -> LedgerResult<()> {
         self.call(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "UPDATE workers SET stopped_at = ?2, heartbeat_at = ?2 WHERE worker_id = ?1",
                 params![worker_id, at],
             )?;
+            super::owners::release_all(&tx, &worker_id)?;
+            tx.commit()?;
             Ok(())
         })
         .await

@@ -43,6 +43,7 @@ fn migrations() -> Migrations<'static> {
         // The backend's own state of a session, whichever backend it is.
         M::up("ALTER TABLE sessions RENAME COLUMN acpx_record_id TO agent_state;"),
         M::up(include_str!("live.sql")),
+        M::up(include_str!("owners.sql")),
     ])
 }
 
@@ -546,12 +547,20 @@ impl Ledger {
         .await
     }
 
-    /// Keeps what the agent backend needs to reach the session again.
-    pub async fn set_agent_state(&self, session_id: String, state: String) -> LedgerResult<()> {
+    /// Keeps what the agent backend needs to reach the session again, and the worker whose
+    /// agent process now holds it, if one does (`owner`: the first generation).
+    pub async fn set_agent_state(
+        &self,
+        session_id: String,
+        state: String,
+        owner: Option<String>,
+    ) -> LedgerResult<()> {
         self.call(move |c| {
             c.execute(
-                "UPDATE sessions SET agent_state = ?2 WHERE session_id = ?1",
-                params![session_id, state],
+                "UPDATE sessions SET agent_state = ?2, owner_worker = ?3,
+                                     owner_generation = owner_generation + (?3 IS NOT NULL)
+                 WHERE session_id = ?1",
+                params![session_id, state, owner],
             )?;
             Ok(())
         })
@@ -1025,9 +1034,11 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
 
 mod lifecycle;
 mod live;
+mod owners;
 
 use live::live_worker;
 pub use live::{Reserved, TurnRow};
+pub use owners::Owner;
 
 #[cfg(test)]
 mod tests;

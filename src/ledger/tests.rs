@@ -638,3 +638,72 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
         Reserved::NotFound
     );
 }
+
+#[tokio::test]
+async fn a_session_changes_owner_only_by_compare_and_set() {
+    let (_d, l) = ledger();
+    let (a, b) = ("wa".to_string(), "wb".to_string());
+    let (long_ago, now) = ("2000-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z");
+    for w in [&a, &b] {
+        l.heartbeat(w.clone(), now.into()).await.unwrap();
+    }
+    l.create_session(session("s1", "app"), a.clone(), 10)
+        .await
+        .unwrap();
+    l.set_agent_state("s1".into(), "agent-1".into(), Some(a.clone()))
+        .await
+        .unwrap();
+    let claim = |w: &String, since: &str| l.claim_session("s1".into(), w.clone(), since.into());
+    assert_eq!(
+        claim(&a, long_ago).await.unwrap(),
+        Some(Owner::Mine { generation: 1 })
+    );
+    let held = Owner::Held {
+        worker_id: a.clone(),
+        generation: 1,
+    };
+    assert_eq!(claim(&b, long_ago).await.unwrap(), Some(held));
+    // A stale taker loses: the generation moved on.
+    assert_eq!(
+        l.take_session("s1".into(), b.clone(), 1).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        l.take_session("s1".into(), a.clone(), 1).await.unwrap(),
+        None
+    );
+    // An owner whose heartbeat is older than `alive_since` is dead: the claimer takes it.
+    assert_eq!(
+        claim(&a, "2200-01-01T00:00:00.000Z").await.unwrap(),
+        Some(Owner::Mine { generation: 3 })
+    );
+    // A draining owner loses it at the next claim.
+    l.worker_draining(a.clone(), now.into()).await.unwrap();
+    assert_eq!(
+        claim(&b, long_ago).await.unwrap(),
+        Some(Owner::Mine { generation: 4 })
+    );
+    // A worker that stops owns nothing.
+    l.worker_stopped(b.clone(), now.into()).await.unwrap();
+    let owner: (Option<String>, i64) = l
+        .call(|c| {
+            Ok(c.query_row(
+                "SELECT owner_worker, owner_generation FROM sessions WHERE session_id = 's1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(owner, (None, 5));
+    assert_eq!(
+        claim(&a, long_ago).await.unwrap(),
+        Some(Owner::Mine { generation: 6 })
+    );
+    assert_eq!(
+        l.claim_session("nope".into(), a, long_ago.into())
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -18,16 +18,16 @@ mod stream;
 
 use std::time::Duration;
 
-use crate::client::{self, ClientError, ForgeClient};
-use crate::domain::{Caller, Cancel, Forge, VERSION};
+use crate::domain::{Caller, Forge, Route, Step, VERSION};
 use crate::error::{Error, Result};
 use crate::wire::{self, decode, subject};
 
-/// Every subject the worker serves (and its own, `wire::worker_cancel_subject`).
-pub const SUBJECTS: [&str; 12] = [
+/// Every subject the worker serves (and its own, `wire::worker_subject`).
+pub const SUBJECTS: [&str; 13] = [
     subject::SESSION_CREATE,
     subject::SESSION_TURN,
     subject::SESSION_CANCEL,
+    subject::SESSION_PERMISSION,
     subject::SESSION_EVENTS,
     subject::SESSION_CLOSE,
     subject::SESSION_GET,
@@ -63,8 +63,16 @@ pub async fn start(
         .await?;
     let tracker = TaskTracker::new();
     let mut loops = Vec::new();
-    let own = wire::worker_cancel_subject(forge.worker_id());
-    for subject in subjects.iter().copied().chain([own.as_str()]) {
+    let own: Vec<String> = wire::PASSED_ON
+        .iter()
+        .chain([&wire::PING])
+        .map(|s| wire::worker_subject(forge.worker_id(), s))
+        .collect();
+    for subject in subjects
+        .iter()
+        .copied()
+        .chain(own.iter().map(String::as_str))
+    {
         let mut endpoint = service.endpoint(subject).await?;
         let forge = forge.clone();
         let tracker = tracker.clone();
@@ -142,7 +150,10 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         tracing::debug!(subject = %request.message.subject, "message without a reply subject ignored");
         return;
     };
-    let subject = request.message.subject.to_string();
+    let Some((subject, passed_on)) = served_as(&forge, request.message.subject.as_str()) else {
+        // This worker's ping: it takes requests.
+        return respond(&request, Ok(Bytes::new()), way_back.max_payload).await;
+    };
     let headers = request.message.headers.as_ref();
     let auth = headers
         .and_then(|h| {
@@ -154,6 +165,12 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
     let body = &request.message.payload;
     // Every log line of the request carries its subject, and its app once authenticated.
     let span = tracing::info_span!("request", subject, app = tracing::field::Empty);
+    if !passed_on && wire::PASSED_ON.contains(&subject.as_str()) {
+        let passing = pass_on(&forge, &request, &subject, token, &way_back.client);
+        if passing.instrument(span.clone()).await {
+            return;
+        }
+    }
     if wants_stream(&subject, headers) {
         let streamer = stream::Streamer {
             client: way_back.client,
@@ -183,10 +200,9 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
     let request_ref = RequestRef {
         subject: &subject,
         token,
-        authorization: auth.as_deref(),
         body,
     };
-    let result = AssertUnwindSafe(route(&forge, &way_back, request_ref))
+    let result = AssertUnwindSafe(dispatch(&forge, request_ref))
         .catch_unwind()
         .instrument(span)
         .await
@@ -254,54 +270,90 @@ async fn answer_turn(forge: &Forge, request: &Request, token: Option<&str>, w: &
 struct RequestRef<'a> {
     subject: &'a str,
     token: Option<&'a str>,
-    /// The `Authorization` header as the caller sent it, for a request passed on.
-    authorization: Option<&'a str>,
     body: &'a [u8],
 }
 
-/// Cancels go their own way (they may be passed on to another worker); the rest is dispatched.
-async fn route(forge: &Forge, way_back: &WayBack, r: RequestRef<'_>) -> Result<Bytes> {
-    let own = wire::worker_cancel_subject(forge.worker_id());
-    match r.subject {
-        subject::SESSION_CANCEL => cancel(forge, way_back, r, false).await,
-        s if s == own => cancel(forge, way_back, r, true).await,
-        s if s.starts_with("forge.worker.") => {
-            Err(Error::not_found(format!("no such subject {s}")))
-        }
-        _ => dispatch(forge, r.subject, r.token, r.body).await,
+/// The subject a request is served as, and whether another worker passed it on to this one
+/// (on this worker's own subject); `None` for this worker's ping.
+fn served_as(forge: &Forge, subject: &str) -> Option<(String, bool)> {
+    let own = |s: &str| wire::worker_subject(forge.worker_id(), s) == subject;
+    if own(wire::PING) {
+        return None;
+    }
+    match wire::PASSED_ON.iter().find(|s| own(s)) {
+        Some(base) => Some((base.to_string(), true)),
+        None => Some((subject.to_string(), false)),
     }
 }
 
-/// `forge.session.cancel`, or a cancel another worker passed on to this one (`passed_on`).
-async fn cancel(
+/// How long a worker waits for another to answer its ping before it takes the session over.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A turn, close, cancel or permission answer that another worker serves (see `Forge::route`) is
+/// passed on to that worker's own subject with the caller's reply subject and headers, so that
+/// it answers the caller directly, streams included; `true` once passed on. A worker that does
+/// not answer its ping is gone: a turn's session is taken over and served here.
+async fn pass_on(
     forge: &Forge,
-    way_back: &WayBack,
-    r: RequestRef<'_>,
-    passed_on: bool,
-) -> Result<Bytes> {
-    let caller = authenticate(forge, r.token).await?;
-    match forge
-        .cancel_turn(&caller, decode(r.body)?, passed_on)
-        .await?
-    {
-        Cancel::Here(reply) => encode(Ok(reply)),
-        Cancel::On { worker_id } => {
-            tracing::debug!(worker = %worker_id, "cancel passed on to the worker holding the turn");
-            let target = wire::worker_cancel_subject(&worker_id);
-            let client = ForgeClient::new(way_back.client.clone(), None);
-            let body = Bytes::copy_from_slice(r.body);
-            let reply = client
-                .forward(&target, r.authorization, body, client::CONTROL_TIMEOUT)
-                .await;
-            match reply.and_then(|raw| raw.parse::<wire::Cancelled>()) {
-                Ok(reply) => encode(Ok(reply)),
-                Err(ClientError::Api(e)) => Err(e),
-                Err(e) => Err(Error::at_capacity(format!(
-                    "the worker running the turn did not answer the cancel ({e}); send it again"
-                ))),
+    request: &Request,
+    subject: &str,
+    token: Option<&str>,
+    client: &async_nats::Client,
+) -> bool {
+    #[derive(serde::Deserialize)]
+    struct About {
+        session_id: String,
+    }
+    let (Ok(caller), Ok(about)) = (
+        forge.authenticate(token).await,
+        serde_json::from_slice::<About>(&request.message.payload),
+    ) else {
+        return false;
+    };
+    let step = match subject {
+        subject::SESSION_TURN => Step::Turn,
+        subject::SESSION_CLOSE => Step::Close,
+        subject::SESSION_CANCEL => Step::Cancel,
+        _ => Step::Permission,
+    };
+    let Route::On {
+        worker_id,
+        generation,
+    } = forge.route(&caller, step, &about.session_id).await
+    else {
+        return false;
+    };
+    let ping = client.request(wire::worker_subject(&worker_id, wire::PING), Bytes::new());
+    if let Ok(Ok(_)) = tokio::time::timeout(PING_TIMEOUT, ping).await {
+        let target = wire::worker_subject(&worker_id, subject);
+        let reply = request
+            .message
+            .reply
+            .clone()
+            .expect("checked by the caller");
+        let headers = request.message.headers.clone().unwrap_or_default();
+        let payload = request.message.payload.clone();
+        match client
+            .publish_with_reply_and_headers(target, reply, headers, payload)
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(worker = %worker_id, session = %about.session_id, "{subject} passed on");
+                return true;
             }
+            Err(e) => tracing::warn!(error = %e, worker = %worker_id, "passing a request on"),
         }
     }
+    match generation {
+        Some(generation) => {
+            tracing::info!(worker = %worker_id, "the session's owner does not answer");
+            forge
+                .take_over(&about.session_id, &worker_id, generation)
+                .await;
+        }
+        None => tracing::info!(worker = %worker_id, "the worker holding the turn does not answer"),
+    }
+    false
 }
 
 /// A streamed request, authenticated and decoded like any other, its events into `events` as
@@ -355,7 +407,12 @@ fn encode<T: Serialize>(result: Result<T>) -> Result<Bytes> {
 
 /// Authenticates (every subject but health), then decodes the body and calls the domain: an
 /// unauthenticated caller learns nothing, not even whether its body was well-formed.
-async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]) -> Result<Bytes> {
+async fn dispatch(forge: &Forge, r: RequestRef<'_>) -> Result<Bytes> {
+    let RequestRef {
+        subject,
+        token,
+        body,
+    } = r;
     if subject == subject::HEALTH {
         let wire::Empty {} = decode(body)?;
         return encode(Ok(forge.health().await));
@@ -367,6 +424,8 @@ async fn dispatch(forge: &Forge, subject: &str, token: Option<&str>, body: &[u8]
     match subject {
         subject::SESSION_CREATE => encode(forge.create_session(caller, decode(body)?).await),
         subject::SESSION_CLOSE => encode(forge.close_session(caller, decode(body)?).await),
+        subject::SESSION_CANCEL => encode(forge.cancel_turn(caller, decode(body)?).await),
+        subject::SESSION_PERMISSION => encode(forge.answer_permission(caller, decode(body)?).await),
         subject::SESSION_GET => encode(forge.get_session(caller, decode(body)?).await),
         subject::SESSION_LIST => encode(forge.list_sessions(caller, decode(body)?).await),
         subject::RUN => encode(forge.run(caller, decode(body)?).await),

@@ -359,6 +359,36 @@ impl Forge {
         }
     }
 
+    /// Which of the workers has the id `worker_id` (as its "worker ready" line says).
+    pub fn worker_index(&self, worker_id: &str) -> usize {
+        let needle = format!("worker_id={worker_id} ");
+        self.workers
+            .iter()
+            .position(|w| {
+                let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+                text.lines()
+                    .any(|l| l.contains("worker ready") && l.contains(&needle))
+            })
+            .unwrap_or_else(|| panic!("no worker {worker_id}:\n{}", self.logs()))
+    }
+
+    /// The worker the ledger names as the owner of a session, and its generation.
+    pub fn owner(&self, session_id: &str) -> (Option<String>, u64) {
+        self.ledger()
+            .query_row(
+                "SELECT owner_worker, owner_generation FROM sessions WHERE session_id = ?1",
+                [session_id],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .unwrap()
+    }
+
+    /// How many workers answer a ping.
+    pub async fn answering(&self) -> usize {
+        let ids = self.admin.ping_workers(Duration::from_millis(200)).await;
+        ids.unwrap_or_default().len()
+    }
+
     /// A client with a fresh app token.
     pub async fn app(&self, app: &str) -> ForgeClient {
         let created = self.admin.create_token(app, false).await.unwrap();
@@ -378,17 +408,10 @@ impl Forge {
     /// Kills worker `n` and waits until NATS has dropped its subscriptions (one worker fewer
     /// answers a ping), so that no request goes to it after.
     pub async fn kill_worker_and_wait(&mut self, n: usize) {
-        let answering = |forge: &Forge| {
-            let admin = forge.admin.clone();
-            async move {
-                let ids = admin.ping_workers(Duration::from_millis(200)).await;
-                ids.unwrap_or_default().len()
-            }
-        };
-        let before = answering(self).await;
+        let before = self.answering().await;
         self.kill_worker(n);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while answering(self).await >= before {
+        while self.answering().await >= before {
             assert!(
                 Instant::now() < deadline,
                 "NATS still sees the killed worker"

@@ -1,5 +1,6 @@
 //! Integration tests: real nats-server, real worker processes, real acpx, the test ACP agent.
 
+mod asks;
 mod cancel;
 mod cli;
 mod confinement;
@@ -11,6 +12,7 @@ mod input;
 mod lifecycle;
 mod native;
 mod operator;
+mod owners;
 mod runs;
 mod sessions;
 mod streaming;

@@ -13,7 +13,7 @@ use clawdforge::wire::{CreateSession, EventBody, PermissionDecision};
 use crate::harness::{agent_command, agent_pid, agent_processes, running, Forge, Options, Via};
 use crate::sessions::{kind, turn};
 
-async fn wait_until_gone(pid: u32) {
+pub async fn wait_until_gone(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while running(pid) {
         assert!(
@@ -24,7 +24,7 @@ async fn wait_until_gone(pid: u32) {
     }
 }
 
-async fn wait_for_file(path: &Path) {
+pub async fn wait_for_file(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
         assert!(

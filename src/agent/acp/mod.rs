@@ -5,6 +5,7 @@
 //! with `session/load` when the agent can. A turn is `session/prompt`; its updates arrive as
 //! notifications and become the contract's events; cancel is `session/cancel`.
 
+mod asks;
 mod host;
 mod routes;
 
@@ -18,11 +19,15 @@ use agent_client_protocol::v1::schema::{
     CancelNotification, ContentBlock, PromptRequest, PromptResponse, SessionId, TextContent,
 };
 
+use self::asks::TurnAsks;
 use self::host::Live;
 use super::confine::{Confinement, Work};
 use super::CANCEL_GRACE;
-use super::{updates, AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd};
-use crate::wire::EventBody;
+use super::{
+    updates, AgentError, AgentSession, Answer, Backend, Opened, Prompt, StopReason, TurnEnd,
+};
+use crate::config::PermissionPolicy;
+use crate::wire::{DecidedBy, EventBody};
 
 /// Which process hosts a session: its app's, for its agent's command.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,15 +56,18 @@ pub struct Acp {
 struct Inner {
     confinement: Arc<Confinement>,
     idle: Duration,
+    /// How long a permission request left to the caller waits for an answer.
+    permission_timeout: Duration,
     hosts: Mutex<HashMap<HostKey, Arc<Host>>>,
 }
 
 impl Acp {
-    pub fn new(confinement: Arc<Confinement>, idle: Duration) -> Acp {
+    pub fn new(confinement: Arc<Confinement>, idle: Duration, permission_timeout: Duration) -> Acp {
         Acp {
             inner: Arc::new(Inner {
                 confinement,
                 idle,
+                permission_timeout,
                 hosts: Mutex::new(HashMap::new()),
             }),
         }
@@ -156,7 +164,14 @@ impl Acp {
                 })
                 .await;
         }
-        let ended = prompt(&live, &attached.agent_id, s, p).await;
+        let ended = prompt(
+            &live,
+            &attached.agent_id,
+            s,
+            p,
+            self.inner.permission_timeout,
+        )
+        .await;
         live.served_turn(&s.id, p.turn);
         ended
     }
@@ -189,14 +204,21 @@ fn app_dir(s: &AgentSession) -> Result<PathBuf, AgentError> {
 }
 
 /// One `session/prompt`: its events into the sink as they come, until the agent's answer; a
-/// cancel or the deadline sends `session/cancel` and waits `CANCEL_GRACE` for the answer.
+/// cancel or the deadline sends `session/cancel` (answering every permission request still
+/// waiting `cancelled`) and waits `CANCEL_GRACE` for the answer.
 async fn prompt(
     live: &Live,
     id: &SessionId,
     s: &AgentSession,
     p: &Prompt<'_>,
+    permission_timeout: Duration,
 ) -> Result<TurnEnd, AgentError> {
-    let (_route, mut events) = live.routes.open(id, s.permissions);
+    let (mut asks, to_asks) =
+        TurnAsks::new(live.routes.waiting.clone(), id.clone(), permission_timeout);
+    let asking = p.followed && s.permissions == PermissionPolicy::Ask;
+    let (_route, mut events) = live
+        .routes
+        .open(id, s.permissions, asking.then_some(to_asks));
     let text = ContentBlock::Text(TextContent::new(p.text.to_string()));
     let request = live
         .cx
@@ -206,6 +228,13 @@ async fn prompt(
     let mut output = updates::Output::default();
     let mut stop = Box::pin(tokio::time::sleep_until(p.deadline.into()));
     let (mut cancelled, mut timed_out) = (false, false);
+    let cancel = |by: DecidedBy, asks: &mut TurnAsks| {
+        asks.stop(by);
+        let _ = live
+            .cx
+            .send_notification(CancelNotification::new(id.clone()));
+        Box::pin(tokio::time::sleep(CANCEL_GRACE))
+    };
     let answer = loop {
         tokio::select! {
             biased;
@@ -214,18 +243,17 @@ async fn prompt(
                 p.sink.emit(event).await;
             }
             answer = &mut request => break Some(answer),
+            event = asks.next_event() => p.sink.emit(event).await,
             _ = p.cancel.cancelled(), if !cancelled => {
                 cancelled = true;
-                stop = Box::pin(tokio::time::sleep(CANCEL_GRACE));
-                let _ = live.cx.send_notification(CancelNotification::new(id.clone()));
+                stop = cancel(DecidedBy::Caller, &mut asks);
             }
             _ = &mut stop => {
                 if cancelled {
                     break None;
                 }
                 (cancelled, timed_out) = (true, true);
-                stop = Box::pin(tokio::time::sleep(CANCEL_GRACE));
-                let _ = live.cx.send_notification(CancelNotification::new(id.clone()));
+                stop = cancel(DecidedBy::Timeout, &mut asks);
             }
             _ = live.ended.cancelled() => return Err(live.exited("")),
         }
@@ -233,6 +261,9 @@ async fn prompt(
     // Updates sent before the answer are already queued: they belong to the turn.
     while let Ok(event) = events.try_recv() {
         output.add(&event);
+        p.sink.emit(event).await;
+    }
+    for event in asks.finish(DecidedBy::Caller).await {
         p.sink.emit(event).await;
     }
     let stop_reason = stop_reason(live, answer)?;
@@ -329,6 +360,20 @@ impl Backend for Acp {
 
     async fn forget(&self, _session: &AgentSession) -> Result<(), AgentError> {
         Ok(())
+    }
+
+    async fn answer(
+        &self,
+        session: &AgentSession,
+        request_id: &str,
+        option_id: &str,
+    ) -> Result<Answer, AgentError> {
+        let live = self.host(session).live.lock().await.clone();
+        let agent_id = live.as_ref().and_then(|l| l.served(&session.id));
+        Ok(match (live, agent_id) {
+            (Some(live), Some(id)) => live.routes.waiting.answer(&id, request_id, option_id),
+            _ => Answer::NotWaiting,
+        })
     }
 }
 

@@ -13,19 +13,24 @@ use agent_client_protocol::v1::Responder;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::asks::{Asked, Waiting};
 use crate::agent::updates;
-use crate::config::PermissionPolicy;
+use crate::config::PermissionPolicy::{self, Ask};
 use crate::wire::{DecidedBy, EventBody, PermissionDecision};
 
 /// The running turns of one agent process, by the agent's session id.
 #[derive(Default)]
 pub struct Routes {
     turns: Mutex<HashMap<String, Route>>,
+    /// The permission requests waiting for a caller's answer.
+    pub waiting: Arc<Waiting>,
 }
 
 struct Route {
     events: mpsc::UnboundedSender<EventBody>,
     policy: PermissionPolicy,
+    /// Where requests left to the caller go, when the turn's caller follows it.
+    asks: Option<mpsc::UnboundedSender<Asked>>,
 }
 
 /// A turn's place in [`Routes`]; removed when dropped.
@@ -45,16 +50,22 @@ impl Routes {
         self.turns.lock().expect("routes lock")
     }
 
-    /// Sends what session `id` says from now on to the returned receiver, until the guard drops.
+    /// Sends what session `id` says from now on to the returned receiver, until the guard drops;
+    /// with policy `ask`, the permission requests to `asks` (rejected without one).
     pub fn open(
         self: &Arc<Self>,
         id: &SessionId,
         policy: PermissionPolicy,
+        asks: Option<mpsc::UnboundedSender<Asked>>,
     ) -> (RouteGuard, mpsc::UnboundedReceiver<EventBody>) {
         let (events, rx) = mpsc::unbounded_channel();
         let session = id.to_string();
-        self.lock()
-            .insert(session.clone(), Route { events, policy });
+        let route = Route {
+            events,
+            policy,
+            asks,
+        };
+        self.lock().insert(session.clone(), route);
         let guard = RouteGuard {
             routes: self.clone(),
             session,
@@ -81,7 +92,8 @@ impl Routes {
     }
 
     /// A permission request, answered at once by the turn's policy (rejected when no turn of
-    /// the session runs); the decision is the turn's `permission` event.
+    /// the session runs), or left to the turn's caller; the decision is the turn's `permission`
+    /// event.
     pub fn permission(
         &self,
         request: RequestPermissionRequest,
@@ -90,6 +102,18 @@ impl Routes {
         let asked = serde_json::to_value(&request).unwrap_or(Value::Null);
         let routes = self.lock();
         let route = routes.get(&request.session_id.to_string());
+        let asks = route.and_then(|r| r.asks.as_ref());
+        let responder = match asks.filter(|_| route.is_some_and(|r| r.policy == Ask)) {
+            Some(asks) => match asks.send(Asked {
+                request: asked.clone(),
+                responder,
+            }) {
+                Ok(()) => return,
+                // The turn is over: its policy answers.
+                Err(mpsc::error::SendError(back)) => back.responder,
+            },
+            None => responder,
+        };
         let policy = route.map_or(PermissionPolicy::DenyAll, |r| r.policy);
         let (outcome, decision) = by_policy(policy, &asked);
         if let Some(route) = route {
@@ -109,7 +133,7 @@ impl Routes {
 
 /// The answer `policy` gives to a permission request (as ACP's JSON): the option of the right
 /// kind it selects, or `cancelled` when the request offers none.
-fn by_policy(
+pub(super) fn by_policy(
     policy: PermissionPolicy,
     asked: &Value,
 ) -> (RequestPermissionOutcome, PermissionDecision) {

@@ -1,0 +1,243 @@
+//! Permission requests the policy leaves to the caller (`permissions = "ask"`): each is the
+//! turn's `permission_request` event, and is answered by the caller (`forge.session.permission`),
+//! rejected when no answer comes in time, or answered `cancelled` when the turn is cancelled
+//! (ACP requires that every request still waiting then is). The decision is a `permission` event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_client_protocol::v1::schema::{
+    RequestPermissionOutcome, RequestPermissionResponse, SelectedPermissionOutcome, SessionId,
+};
+use agent_client_protocol::v1::Responder;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::routes::by_policy;
+use crate::agent::{updates, Answer};
+use crate::config::PermissionPolicy;
+use crate::wire::{DecidedBy, EventBody, PermissionDecision, PermissionOption};
+
+/// A permission request of the agent's, with the way to answer it.
+pub struct Asked {
+    /// The request as ACP's JSON.
+    pub request: Value,
+    pub responder: Responder<RequestPermissionResponse>,
+}
+
+/// The requests of one agent process that wait for a caller's answer, by request id.
+#[derive(Default)]
+pub struct Waiting(Mutex<HashMap<String, Slot>>);
+
+struct Slot {
+    session: String,
+    offered: Vec<String>,
+    answer: oneshot::Sender<String>,
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The caller's answer `option_id` to request `request_id` of the agent's session `session`.
+    pub fn answer(&self, session: &SessionId, request_id: &str, option_id: &str) -> Answer {
+        let mut slots = self.lock();
+        match slots.get(request_id) {
+            Some(slot) if slot.session == session.to_string() => {
+                if !slot.offered.iter().any(|o| o == option_id) {
+                    return Answer::UnknownOption {
+                        offered: slot.offered.clone(),
+                    };
+                }
+                let slot = slots.remove(request_id).expect("found above");
+                match slot.answer.send(option_id.to_string()) {
+                    Ok(()) => Answer::Taken,
+                    Err(_) => Answer::NotWaiting,
+                }
+            }
+            _ => Answer::NotWaiting,
+        }
+    }
+}
+
+/// How a request was decided.
+enum Verdict {
+    Chosen(String),
+    TimedOut,
+    Cancelled,
+}
+
+/// A request decided, still to be answered.
+struct Decided {
+    asked: Asked,
+    verdict: Verdict,
+}
+
+/// The requests one turn asks its caller: fed by the turn's route, decided as they come.
+pub struct TurnAsks {
+    waiting: Arc<Waiting>,
+    session: SessionId,
+    timeout: Duration,
+    incoming: mpsc::UnboundedReceiver<Asked>,
+    pending: FuturesUnordered<BoxFuture<'static, Decided>>,
+    stop: CancellationToken,
+    /// Who stopped the turn, for the requests cancelled with it.
+    stopped_by: DecidedBy,
+}
+
+impl TurnAsks {
+    /// The asks of a turn of `session`, and where its route sends them.
+    pub fn new(
+        waiting: Arc<Waiting>,
+        session: SessionId,
+        timeout: Duration,
+    ) -> (TurnAsks, mpsc::UnboundedSender<Asked>) {
+        let (tx, incoming) = mpsc::unbounded_channel();
+        let asks = TurnAsks {
+            waiting,
+            session,
+            timeout,
+            incoming,
+            pending: FuturesUnordered::new(),
+            stop: CancellationToken::new(),
+            stopped_by: DecidedBy::Caller,
+        };
+        (asks, tx)
+    }
+
+    /// The next event of the turn's asks: a request asked, or one decided and answered.
+    /// Never ends while nothing happens.
+    pub async fn next_event(&mut self) -> EventBody {
+        tokio::select! {
+            Some(asked) = self.incoming.recv() => self.ask(asked),
+            Some(decided) = self.pending.next(), if !self.pending.is_empty() => {
+                self.settle(decided)
+            }
+            else => std::future::pending().await,
+        }
+    }
+
+    /// The turn is being cancelled (`by` the caller, or by its timeout): every request waiting
+    /// is answered `cancelled`.
+    pub fn stop(&mut self, by: DecidedBy) {
+        if !self.stop.is_cancelled() {
+            self.stopped_by = by;
+            self.stop.cancel();
+        }
+    }
+
+    /// At the turn's end: what still waits is answered `cancelled`; their events.
+    pub async fn finish(mut self, by: DecidedBy) -> Vec<EventBody> {
+        self.stop(by);
+        self.incoming.close();
+        let mut events = Vec::new();
+        while let Ok(asked) = self.incoming.try_recv() {
+            events.push(self.ask(asked));
+        }
+        while let Some(decided) = self.pending.next().await {
+            events.push(self.settle(decided));
+        }
+        events
+    }
+
+    /// Asks the caller: the `permission_request` event, and a wait for the answer.
+    fn ask(&mut self, asked: Asked) -> EventBody {
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let options = options(&asked.request);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().insert(
+            request_id.clone(),
+            Slot {
+                session: self.session.to_string(),
+                offered: options.iter().map(|o| o.option_id.clone()).collect(),
+                answer: tx,
+            },
+        );
+        let event = EventBody::PermissionRequest {
+            request_id: request_id.clone(),
+            title: updates::string(&asked.request["toolCall"]["title"]),
+            tool_call_id: updates::string(&asked.request["toolCall"]["toolCallId"]),
+            options,
+        };
+        let (waiting, stop, timeout) = (self.waiting.clone(), self.stop.clone(), self.timeout);
+        self.pending.push(Box::pin(async move {
+            let verdict = tokio::select! {
+                biased;
+                _ = stop.cancelled() => Verdict::Cancelled,
+                chosen = rx => chosen.map_or(Verdict::Cancelled, Verdict::Chosen),
+                _ = tokio::time::sleep(timeout) => Verdict::TimedOut,
+            };
+            waiting.lock().remove(&request_id);
+            Decided { asked, verdict }
+        }));
+        event
+    }
+
+    /// Answers the agent as decided; the `permission` event.
+    fn settle(&self, d: Decided) -> EventBody {
+        let request = &d.asked.request;
+        let (outcome, decision, by) = match d.verdict {
+            Verdict::Chosen(option) => {
+                let kind = options(request)
+                    .into_iter()
+                    .find(|o| o.option_id == option)
+                    .map(|o| o.kind)
+                    .unwrap_or_default();
+                let decision = if kind.starts_with("allow") {
+                    PermissionDecision::Allowed
+                } else {
+                    PermissionDecision::Rejected
+                };
+                let chosen = SelectedPermissionOutcome::new(option);
+                (
+                    RequestPermissionOutcome::Selected(chosen),
+                    decision,
+                    DecidedBy::Caller,
+                )
+            }
+            Verdict::TimedOut => {
+                let (outcome, decision) = by_policy(PermissionPolicy::DenyAll, request);
+                (outcome, decision, DecidedBy::Timeout)
+            }
+            Verdict::Cancelled => (
+                RequestPermissionOutcome::Cancelled,
+                PermissionDecision::Cancelled,
+                self.stopped_by,
+            ),
+        };
+        if let Err(e) = d
+            .asked
+            .responder
+            .respond(RequestPermissionResponse::new(outcome))
+        {
+            tracing::debug!(error = %e, "answering a permission request failed");
+        }
+        EventBody::Permission {
+            title: updates::string(&request["toolCall"]["title"]),
+            tool_call_id: updates::string(&request["toolCall"]["toolCallId"]),
+            decision,
+            by,
+        }
+    }
+}
+
+/// The options a request offers, as the contract names them.
+fn options(request: &Value) -> Vec<PermissionOption> {
+    let listed = request["options"].as_array().map(Vec::as_slice);
+    listed
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| {
+            Some(PermissionOption {
+                option_id: o["optionId"].as_str()?.to_string(),
+                name: o["name"].as_str().unwrap_or_default().to_string(),
+                kind: o["kind"].as_str().unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
+}

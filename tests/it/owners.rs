@@ -1,0 +1,187 @@
+//! Session ownership on the native backend: the worker whose agent process holds a session
+//! serves its turns; a request that reaches another worker is passed on to it, and a dead or
+//! draining owner's sessions are taken over.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use clawdforge::wire::{CreateSession, EventBody, TurnRequest};
+
+use crate::harness::{agent_pid, agent_processes, Forge, Options, Via};
+use crate::sessions::turn;
+
+fn two_native_workers(env: &[(&str, &str)]) -> Options {
+    Options {
+        workers: 2,
+        via: Via::Acp,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The worker id each turn of the session ran on, in turn order.
+fn turn_workers(forge: &Forge, session_id: &str) -> Vec<String> {
+    let ledger = forge.ledger();
+    let mut stmt = ledger
+        .prepare(
+            "SELECT worker_id FROM session_events
+             WHERE session_id = ?1 AND event = 'turn' ORDER BY turn",
+        )
+        .unwrap();
+    let rows = stmt.query_map([session_id], |r| r.get(0)).unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn turns_that_reach_another_worker_are_passed_on_to_the_owner_streams_included() {
+    let forge = Forge::start_with(two_native_workers(&[])).await;
+    let app = forge.app("shared").await;
+    let id = app
+        .create_session(&CreateSession::default())
+        .await
+        .unwrap()
+        .session_id;
+    let (owner, generation) = forge.owner(&id);
+    let owner = owner.expect("the worker that made the session owns it");
+    assert_eq!(generation, 1);
+    let mut pids = BTreeSet::new();
+    // Through the queue group, about half of these reach the other worker first.
+    for n in 1..=16 {
+        let req = turn(&id, &format!("{n} #count"));
+        let t = if n % 2 == 0 {
+            let mut messages = 0;
+            let t = app
+                .turn_streaming(&req, Duration::from_secs(60), |e| {
+                    messages += matches!(e.body, EventBody::Message { .. }) as usize;
+                })
+                .await
+                .unwrap();
+            assert!(messages >= 2, "the owner streams to the caller: {messages}");
+            t
+        } else {
+            app.turn(&req).await.unwrap()
+        };
+        assert!(
+            t.output.starts_with(&format!("echo: {n} #count [n={n} ")),
+            "{}",
+            t.output
+        );
+        pids.insert(agent_pid(&t.output));
+    }
+    assert_eq!(
+        pids.len(),
+        1,
+        "one agent process served every turn: {pids:?}"
+    );
+    let homes = forge.dir.path().join("data/homes");
+    assert_eq!(agent_processes(&homes), pids, "and no other was started");
+    let workers = turn_workers(&forge, &id);
+    assert_eq!(workers.len(), 16);
+    assert!(workers.iter().all(|w| *w == owner), "{workers:?}");
+    assert_eq!(forge.owner(&id), (Some(owner), 1), "it never changed hands");
+    forge.wait_for_log(&["passed on", &id]).await;
+
+    // A close goes to the owner too: its agent process lets the session go, and stops with
+    // its last one.
+    let mut last = pids.into_iter().next().unwrap();
+    for n in 0..6 {
+        if n > 0 {
+            let s = app.create_session(&CreateSession::default()).await;
+            let id = s.unwrap().session_id;
+            last = agent_pid(&app.turn(&turn(&id, "#count")).await.unwrap().output);
+            app.close_session(&id).await.unwrap();
+        } else {
+            app.close_session(&id).await.unwrap();
+        }
+        crate::native::wait_until_gone(last).await;
+    }
+}
+
+#[tokio::test]
+async fn a_draining_owner_hands_its_session_over_as_soon_as_its_turn_ends() {
+    // Heartbeats this slow would keep a dead owner's sessions for 90 s: the hand-over does not
+    // wait for them.
+    let env = [
+        ("CLAWDFORGE_WORKER_HEARTBEAT_SECS", "30"),
+        ("CLAWDFORGE_SHUTDOWN_GRACE_SECS", "60"),
+    ];
+    let mut forge = Forge::start_with(two_native_workers(&env)).await;
+    let app = forge.app("moving").await;
+    let id = app
+        .create_session(&CreateSession::default())
+        .await
+        .unwrap()
+        .session_id;
+    let owner = forge.owner(&id).0.unwrap();
+    let a = forge.worker_index(&owner);
+    let dir = forge.session_dir(&id);
+    let (running, release) = (dir.join("running"), dir.join("release"));
+    let held = {
+        let (app, req) = (
+            app.clone(),
+            turn(
+                &id,
+                &format!(
+                    "one #count #on-prompt={} #wait-file={}",
+                    running.display(),
+                    release.display()
+                ),
+            ),
+        );
+        tokio::spawn(async move { app.turn(&req).await })
+    };
+    crate::native::wait_for_file(&running).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(forge.workers[a].child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The owner takes no more requests; its turn goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while forge.answering().await > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the draining worker still takes requests"
+        );
+    }
+    let next = {
+        let req = TurnRequest {
+            timeout_secs: Some(30),
+            ..turn(&id, "two #origin #count")
+        };
+        let app = app.clone();
+        tokio::spawn(async move { app.turn(&req).await })
+    };
+    forge
+        .wait_for_log(&["turn waiting for another worker's turn of the session", &id])
+        .await;
+    std::fs::write(&release, "go").unwrap();
+    let first = held.await.unwrap().unwrap();
+    let second = next.await.unwrap().unwrap();
+    assert!(
+        second
+            .output
+            .starts_with("echo: two #origin #count [n=1 pid=")
+            && second.output.contains("[origin=load]"),
+        "the other worker's agent process, the session loaded: {}",
+        second.output
+    );
+    assert_ne!(agent_pid(&first.output), agent_pid(&second.output));
+    let workers = turn_workers(&forge, &id);
+    let survivor = workers[1].clone();
+    assert_eq!(workers[0], owner);
+    assert_ne!(survivor, owner);
+    assert_eq!(
+        forge.owner(&id),
+        (Some(survivor), 2),
+        "taken over: a new generation"
+    );
+    let exited = forge.workers[a].child.wait().unwrap();
+    assert!(
+        exited.success(),
+        "the drained worker exits cleanly: {exited:?}"
+    );
+}
