@@ -1103,11 +1103,12 @@ mod tests {
             ["claude-agent-acp"]
         );
 
-        let asking =
-            load("[agents.a]\ncommand = \"x\"\nbackend = \"acp\"\npermissions = \"ask\"\n")
-                .unwrap()
-                .agent_table()
-                .1;
+        let asking = load(
+            "[agents.a]\ncommand = \"node a.mjs\"\nbackend = \"acp\"\npermissions = \"ask\"\n",
+        )
+        .unwrap()
+        .agent_table()
+        .1;
         assert_eq!(asking["a"].permissions, PermissionPolicy::Ask);
         let refused = |toml: &str, key: &str| {
             let e = load(toml).unwrap_err().to_string();

@@ -65,6 +65,8 @@ pub const STREAM_HEADER: &str = "Forge-Stream";
 /// `turn`, `run` or `error`).
 pub const EVENT_HEADER: &str = "Forge-Event";
 pub const ERROR_HEADER: &str = "Nats-Service-Error";
+/// A request header between workers: the caller's reply subject of a request passed on.
+pub const REPLY_TO_HEADER: &str = "Forge-Reply-To";
 pub const ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
 /// An attached file: a plain name and its content in standard base64.

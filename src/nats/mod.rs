@@ -146,15 +146,31 @@ fn wants_stream(subject: &str, headers: Option<&HeaderMap>) -> bool {
 }
 
 async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
-    let Some(reply) = request.message.reply.clone() else {
+    let served = served_as(&forge, request.message.subject.as_str());
+    let headers = request.message.headers.as_ref();
+    // A request passed on carries its caller's reply subject in a header: NATS keeps a reply
+    // subject that crossed accounts (`_R_.…`) for the server's own use.
+    let passed_on = matches!(served, Some((_, true)));
+    let reply = if passed_on {
+        headers
+            .and_then(|h| h.get(wire::REPLY_TO_HEADER))
+            .map(|v| async_nats::Subject::from(v.as_str()))
+    } else {
+        request.message.reply.clone()
+    };
+    let Some(reply) = reply else {
         tracing::debug!(subject = %request.message.subject, "message without a reply subject ignored");
         return;
     };
-    let Some((subject, passed_on)) = served_as(&forge, request.message.subject.as_str()) else {
-        // This worker's ping: it takes requests.
-        return respond(&request, Ok(Bytes::new()), way_back.max_payload).await;
+    let replier = Replier {
+        request: &request,
+        caller: passed_on.then(|| (&way_back.client, reply.clone())),
+        max_payload: way_back.max_payload,
     };
-    let headers = request.message.headers.as_ref();
+    let Some((subject, passed_on)) = served else {
+        // This worker's ping: it takes requests.
+        return replier.send(Ok(Bytes::new())).await;
+    };
     let auth = headers
         .and_then(|h| {
             h.get(wire::AUTHORIZATION)
@@ -191,7 +207,7 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         return;
     }
     if subject == subject::SESSION_TURN {
-        let answered = AssertUnwindSafe(answer_turn(&forge, &request, token, &way_back));
+        let answered = AssertUnwindSafe(answer_turn(&forge, &replier, token));
         if answered.catch_unwind().instrument(span).await.is_err() {
             tracing::error!(subject, "the handler panicked");
         }
@@ -207,24 +223,50 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         .instrument(span)
         .await
         .unwrap_or_else(|_| Err(Error::internal(format!("handler for {subject} panicked"))));
-    respond(&request, result, way_back.max_payload).await;
+    replier.send(result).await;
 }
 
-/// Sends the one reply of a request.
-async fn respond(request: &Request, result: Result<Bytes>, max_payload: usize) {
-    let subject = request.message.subject.as_str();
-    let sent = match result.and_then(|reply| fit(reply, max_payload)) {
-        Ok(reply) => request.respond(Ok(reply)).await,
-        Err(err) => {
-            if err.kind == crate::error::ErrorKind::PayloadTooLarge {
-                tracing::warn!(subject, error = %err, "reply too large");
+/// Where a request's one reply goes: back through the service, or, for a request another
+/// worker passed on, to the caller's reply subject it carried.
+struct Replier<'a> {
+    request: &'a Request,
+    caller: Option<(&'a async_nats::Client, async_nats::Subject)>,
+    max_payload: usize,
+}
+
+impl Replier<'_> {
+    /// Sends the one reply of the request.
+    async fn send(&self, result: Result<Bytes>) {
+        let subject = self.request.message.subject.as_str();
+        let (headers, body) = match result.and_then(|reply| fit(reply, self.max_payload)) {
+            Ok(reply) => (None, reply),
+            Err(err) => {
+                if err.kind == crate::error::ErrorKind::PayloadTooLarge {
+                    tracing::warn!(subject, error = %err, "reply too large");
+                }
+                let (headers, body) = error_reply(&err);
+                (Some(headers), body)
             }
-            let (headers, body) = error_reply(&err);
-            request.respond_with_headers(Ok(body), headers).await
+        };
+        let sent = match (&self.caller, headers) {
+            (Some((client, to)), headers) => {
+                let headers = headers.unwrap_or_default();
+                let sent = client.publish_with_headers(to.clone(), headers, body);
+                sent.await.map_err(|e| e.to_string())
+            }
+            (None, None) => self
+                .request
+                .respond(Ok(body))
+                .await
+                .map_err(|e| e.to_string()),
+            (None, Some(headers)) => {
+                let sent = self.request.respond_with_headers(Ok(body), headers);
+                sent.await.map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = sent {
+            tracing::warn!(subject, error = %e, "could not send the reply");
         }
-    };
-    if let Err(e) = sent {
-        tracing::warn!(subject, error = %e, "could not send the reply");
     }
 }
 
@@ -232,19 +274,19 @@ async fn respond(request: &Request, result: Result<Bytes>, max_payload: usize) {
 /// `"wait": false` is answered as soon as it is numbered, and goes on here (the worker's
 /// shutdown waits for it like for any request); a turn refused before it is numbered answers
 /// its error.
-async fn answer_turn(forge: &Forge, request: &Request, token: Option<&str>, w: &WayBack) {
+async fn answer_turn(forge: &Forge, replier: &Replier<'_>, token: Option<&str>) {
     let decoded = async {
         let caller = authenticate(forge, token).await?;
-        let req: wire::TurnRequest = decode(&request.message.payload)?;
+        let req: wire::TurnRequest = decode(&replier.request.message.payload)?;
         Ok::<_, Error>((caller, req))
     };
     let (caller, req) = match decoded.await {
         Ok(decoded) => decoded,
-        Err(err) => return respond(request, Err(err), w.max_payload).await,
+        Err(err) => return replier.send(Err(err)).await,
     };
     if req.wait != Some(false) {
         let reply = encode(forge.turn(&caller, req).await);
-        return respond(request, reply, w.max_payload).await;
+        return replier.send(reply).await;
     }
     let (numbered, mut accepted) = oneshot::channel();
     let turn = forge.live_turn(&caller, req, None, Some(numbered));
@@ -252,7 +294,7 @@ async fn answer_turn(forge: &Forge, request: &Request, token: Option<&str>, w: &
     tokio::select! {
         biased;
         Ok(taken) = &mut accepted => {
-            respond(request, encode(Ok(taken)), w.max_payload).await;
+            replier.send(encode(Ok(taken))).await;
             let _ = turn.await;
         }
         ended = &mut turn => {
@@ -260,7 +302,7 @@ async fn answer_turn(forge: &Forge, request: &Request, token: Option<&str>, w: &
                 Ok(taken) => encode(Ok(taken)),
                 Err(_) => ended.map(|_| Bytes::new()),
             };
-            respond(request, reply, w.max_payload).await;
+            replier.send(reply).await;
         }
     }
 }
@@ -290,8 +332,8 @@ fn served_as(forge: &Forge, subject: &str) -> Option<(String, bool)> {
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A turn, close, cancel or permission answer that another worker serves (see `Forge::route`) is
-/// passed on to that worker's own subject with the caller's reply subject and headers, so that
-/// it answers the caller directly, streams included; `true` once passed on. A worker that does
+/// passed on to that worker's own subject with the caller's headers and its reply subject (in
+/// `Forge-Reply-To`), so that it answers the caller directly, streams included; `true` once passed on. A worker that does
 /// not answer its ping is gone: a turn's session is taken over and served here.
 async fn pass_on(
     forge: &Forge,
@@ -331,12 +373,10 @@ async fn pass_on(
             .reply
             .clone()
             .expect("checked by the caller");
-        let headers = request.message.headers.clone().unwrap_or_default();
+        let mut headers = request.message.headers.clone().unwrap_or_default();
+        headers.insert(wire::REPLY_TO_HEADER, reply.as_str());
         let payload = request.message.payload.clone();
-        match client
-            .publish_with_reply_and_headers(target, reply, headers, payload)
-            .await
-        {
+        match client.publish_with_headers(target, headers, payload).await {
             Ok(()) => {
                 tracing::debug!(worker = %worker_id, session = %about.session_id, "{subject} passed on");
                 return true;

@@ -398,3 +398,64 @@ async fn an_app_account_reaches_the_workers_through_the_forge_export() {
     assert!(photos.health().await.unwrap().ok);
     assert!(photos.list_sessions().await.unwrap().sessions.is_empty());
 }
+
+#[tokio::test]
+async fn native_turns_passed_on_between_workers_reach_an_app_in_another_account() {
+    let mut bus = Bus::start("nats-accounts.conf");
+    let mut worker_env = bus.env("forge", "NATS_FORGE_PASSWORD");
+    let config = bus.dir.path().join("clawdforge.toml");
+    let toml = format!(
+        "[agents.default]\ncommand = {:?}\nbackend = \"acp\"\n",
+        agent_command("")
+    );
+    std::fs::write(&config, toml).unwrap();
+    worker_env.retain(|(k, _)| k != "RUST_LOG");
+    worker_env.push(("RUST_LOG".into(), "info,clawdforge=debug".into()));
+    worker_env.push((
+        "CLAWDFORGE_CONFIG".into(),
+        config.to_string_lossy().into_owned(),
+    ));
+    bus.spawn(&["worker"], &worker_env);
+    bus.spawn(&["worker"], &worker_env);
+    let (sidecar_nats, _) = bus
+        .connect("sidecar", password("NATS_SIDECAR_PASSWORD"))
+        .await
+        .unwrap();
+    wait_for_workers(&bus, &ForgeClient::new(sidecar_nats, None), 2).await;
+    let (notes_nats, notes_errors) = bus
+        .connect("notes", password("NATS_APP_NOTES_PASSWORD"))
+        .await
+        .unwrap();
+    let notes = ForgeClient::new(notes_nats.clone(), Some(bus.mint("notes")));
+    let id = notes
+        .create_session(&CreateSession::default())
+        .await
+        .unwrap()
+        .session_id;
+    let mut pids = std::collections::BTreeSet::new();
+    // Through the queue group, about half reach the worker that does not own the session.
+    for n in 1..=12 {
+        let req = turn(&id, &format!("{n} #count"));
+        let mut events = 0;
+        let t = notes
+            .turn_streaming(&req, Duration::from_secs(60), |_| events += 1)
+            .await
+            .unwrap();
+        assert!(
+            events >= 4,
+            "the owner's events cross the accounts: {events}"
+        );
+        pids.insert(crate::harness::agent_pid(&t.output));
+    }
+    assert_eq!(
+        pids.len(),
+        1,
+        "one agent process served every turn: {pids:?}"
+    );
+    let logs = bus.logs();
+    assert!(logs.contains("forge.session.turn passed on"), "{logs}");
+    // The workers' own subjects are theirs: an app cannot pass requests on itself.
+    let own = "forge.worker.x.session.turn".to_string();
+    notes_nats.publish(own.clone(), "{}".into()).await.unwrap();
+    violation(&notes_errors, &format!("Publish to {own:?}")).await;
+}
