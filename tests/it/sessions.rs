@@ -265,7 +265,9 @@ async fn a_hung_turn_times_out_is_cancelled_and_the_next_one_works(via: Via) {
         )
         .unwrap();
     assert_eq!(outcome, "timeout");
-    assert!(duration >= 2000, "{duration}");
+    // It ran until its timeout (which counts from when the worker took the request, so the
+    // agent's part is a little shorter), not failed at once.
+    assert!(duration >= 1500, "{duration}");
 }
 
 async fn files_land_in_the_session_directory_and_are_listed_ahead_of_the_prompt(via: Via) {
