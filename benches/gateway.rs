@@ -266,6 +266,59 @@ async fn native_rows(
     }
 }
 
+/// acp turns per second with 8 sessions and 8 turns in flight: on one worker, then on two
+/// (the sessions made with both up, so each owns about half; turns that reach the other worker
+/// are passed on to the owner).
+async fn two_worker_rows(forge: &mut Forge, report: &mut Report, quick: bool) {
+    let total = if quick { 400 } else { 2000 };
+    let rate = |app: ForgeClient, ids: Vec<String>| {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        throughput(total, ids.len(), move || {
+            let (app, ids, next) = (app.clone(), ids.clone(), next.clone());
+            async move {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                app.turn(&turn(&ids[i % ids.len()], "tps")).await.unwrap();
+            }
+        })
+    };
+    let sessions = |app: ForgeClient| async move {
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            let s = app
+                .create_session(&CreateSession {
+                    agent: Some("native".into()),
+                    files: vec![],
+                })
+                .await
+                .unwrap();
+            app.turn(&turn(&s.session_id, "warm")).await.unwrap();
+            ids.push(s.session_id);
+        }
+        ids
+    };
+    let one = forge.app("bench-tps-one").await;
+    let ids = sessions(one.clone()).await;
+    let single = rate(one.clone(), ids.clone()).await;
+    for id in &ids {
+        one.close_session(id).await.unwrap();
+    }
+    forge.spawn_worker(&[]);
+    forge.wait_for_workers(2).await;
+    let two = forge.app("bench-tps-two").await;
+    let ids = sessions(two.clone()).await;
+    let double = rate(two.clone(), ids.clone()).await;
+    for id in &ids {
+        two.close_session(id).await.unwrap();
+    }
+    report.row(
+        "acp turns/s, 2 workers (8 sessions, 8 in flight)",
+        "acp turns/s, 1 worker",
+        single,
+        double,
+        "turns/s",
+    );
+}
+
 fn turn(id: &str, prompt: &str) -> TurnRequest {
     TurnRequest {
         session_id: id.into(),
@@ -773,6 +826,11 @@ async fn main() {
         "MiB",
     );
     println!("  worker RSS idle: {idle:.1} MiB (target: under 30 MiB)");
+    for id in opened {
+        app.close_session(&id).await.unwrap();
+    }
+
+    two_worker_rows(&mut forge, &mut report, quick).await;
 
     let _ = echo.kill();
     let _ = echo.wait();
