@@ -321,7 +321,8 @@ impl RunningWorker {
         } = self;
         // First the ledger: another worker then takes this one's sessions at their next request.
         forge.drain().await;
-        let tracker = worker.stop_intake().await;
+        let draining = worker.stop_intake().await;
+        let tracker = draining.tracker.clone();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             let cancelled = forge.interrupt_in_flight();
             tracing::warn!(
@@ -333,6 +334,7 @@ impl RunningWorker {
             // time to stop); give the replies a chance to go out.
             let _ = tokio::time::timeout(CANCELLED_REPLY_WAIT, tracker.wait()).await;
         }
+        draining.close_own();
         background.abort();
         match forge
             .stopped("the worker shut down before this finished")

@@ -32,12 +32,8 @@ pub const PASSED_ON: [&str; 4] = [
     subject::SESSION_PERMISSION,
 ];
 
-/// What a worker's own `ping` subject is, below `forge.worker.<id>`: a worker answers it while it
-/// takes requests.
-pub const PING: &str = "ping";
-
-/// A worker's own subject for `subject` (`forge.session.turn` → `forge.worker.<id>.session.turn`;
-/// `PING` → `forge.worker.<id>.ping`), the id's characters that a subject token cannot hold
+/// A worker's own subject for `subject` (`forge.session.turn` → `forge.worker.<id>.session.turn`),
+/// the id's characters that a subject token cannot hold
 /// written as `_`.
 pub fn worker_subject(worker_id: &str, subject: &str) -> String {
     let token: String = worker_id

@@ -77,8 +77,9 @@ impl Forge {
     }
 
     /// The owner at `generation` could not be reached: this worker takes the session over,
-    /// unless it changed hands meanwhile. The agent process here loads it at its next turn.
-    pub async fn take_over(&self, session_id: &str, from: &str, generation: u64) {
+    /// unless it changed hands meanwhile (`false`: route again). The agent process here loads
+    /// it at its next turn.
+    pub async fn take_over(&self, session_id: &str, from: &str, generation: u64) -> bool {
         let me = self.settings.worker_id.clone();
         let taken = self
             .ledger
@@ -87,9 +88,16 @@ impl Forge {
         match taken {
             Ok(Some(generation)) => {
                 tracing::info!(session = %session_id, from, generation, "session taken over");
+                true
             }
-            Ok(None) => tracing::debug!(session = %session_id, "the session changed hands"),
-            Err(e) => tracing::error!(error = %e, "ledger: taking a session over"),
+            Ok(None) => {
+                tracing::debug!(session = %session_id, "the session changed hands");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ledger: taking a session over");
+                true
+            }
         }
     }
 

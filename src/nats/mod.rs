@@ -43,7 +43,26 @@ pub const SUBJECTS: [&str; 13] = [
 pub struct Worker {
     service: async_nats::service::Service,
     loops: Vec<tokio::task::JoinHandle<()>>,
+    /// The worker's own subjects (requests other workers pass on to it), served until the
+    /// worker is done with its turns, after its intake has stopped.
+    own: Vec<tokio::task::JoinHandle<()>>,
     pub tracker: TaskTracker,
+}
+
+/// A worker that takes no more requests: its requests in flight go on in `tracker`, and its
+/// own subjects stay served (a cancel or permission answer for a turn running here still
+/// reaches it) until `close_own`.
+pub struct Draining {
+    pub tracker: TaskTracker,
+    own: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Draining {
+    pub fn close_own(self) {
+        for l in self.own {
+            l.abort();
+        }
+    }
 }
 
 /// Registers the service and starts serving every subject this worker implements.
@@ -62,29 +81,31 @@ pub async fn start(
         .start(wire::SERVICE_NAME, VERSION)
         .await?;
     let tracker = TaskTracker::new();
+    let way_back = move |client: &async_nats::Client| WayBack {
+        client: client.clone(),
+        max_payload: client.server_info().max_payload,
+        stream_heartbeat,
+    };
     let mut loops = Vec::new();
-    let own: Vec<String> = wire::PASSED_ON
-        .iter()
-        .chain([&wire::PING])
-        .map(|s| wire::worker_subject(forge.worker_id(), s))
-        .collect();
-    for subject in subjects
-        .iter()
-        .copied()
-        .chain(own.iter().map(String::as_str))
-    {
+    for subject in subjects.iter().copied() {
         let mut endpoint = service.endpoint(subject).await?;
-        let forge = forge.clone();
-        let tracker = tracker.clone();
-        let client = client.clone();
+        let (forge, tracker, client) = (forge.clone(), tracker.clone(), client.clone());
         loops.push(tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
-                let way_back = WayBack {
-                    client: client.clone(),
-                    max_payload: client.server_info().max_payload,
-                    stream_heartbeat,
-                };
-                tracker.spawn(handle(forge.clone(), request, way_back));
+                tracker.spawn(handle(forge.clone(), request, way_back(&client)));
+            }
+        }));
+    }
+    let mut own = Vec::new();
+    for verb in wire::PASSED_ON {
+        let mut messages = client
+            .subscribe(wire::worker_subject(forge.worker_id(), verb))
+            .await?;
+        let (forge, tracker, client) = (forge.clone(), tracker.clone(), client.clone());
+        own.push(tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                let served = handle_passed_on(forge.clone(), message, verb, way_back(&client));
+                tracker.spawn(served);
             }
         }));
     }
@@ -96,13 +117,14 @@ pub async fn start(
     Ok(Worker {
         service,
         loops,
+        own,
         tracker,
     })
 }
 
 impl Worker {
-    /// Stops taking requests; requests already taken go on in `tracker`.
-    pub async fn stop_intake(self) -> TaskTracker {
+    /// Stops taking requests from the queue group; requests already taken go on.
+    pub async fn stop_intake(self) -> Draining {
         if let Err(e) = self.service.stop().await {
             tracing::warn!(error = %e, "stopping the NATS service");
         }
@@ -110,7 +132,10 @@ impl Worker {
             l.abort();
         }
         self.tracker.close();
-        self.tracker
+        Draining {
+            tracker: self.tracker,
+            own: self.own,
+        }
     }
 }
 
@@ -146,31 +171,65 @@ fn wants_stream(subject: &str, headers: Option<&HeaderMap>) -> bool {
 }
 
 async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
-    let served = served_as(&forge, request.message.subject.as_str());
-    let headers = request.message.headers.as_ref();
-    // A request passed on carries its caller's reply subject in a header: NATS keeps a reply
-    // subject that crossed accounts (`_R_.…`) for the server's own use.
-    let passed_on = matches!(served, Some((_, true)));
-    let reply = if passed_on {
-        headers
-            .and_then(|h| h.get(wire::REPLY_TO_HEADER))
-            .map(|v| async_nats::Subject::from(v.as_str()))
-    } else {
-        request.message.reply.clone()
-    };
-    let Some(reply) = reply else {
+    let Some(reply) = request.message.reply.clone() else {
         tracing::debug!(subject = %request.message.subject, "message without a reply subject ignored");
         return;
     };
     let replier = Replier {
-        request: &request,
-        caller: passed_on.then(|| (&way_back.client, reply.clone())),
+        message: &request.message,
+        to: To::Service(&request),
         max_payload: way_back.max_payload,
     };
-    let Some((subject, passed_on)) = served else {
-        // This worker's ping: it takes requests.
-        return replier.send(Ok(Bytes::new())).await;
+    let subject = request.message.subject.to_string();
+    serve(&forge, &subject, false, reply, replier, way_back).await;
+}
+
+/// A request another worker passed on to this one: acknowledged at once (the other worker
+/// then knows it is served here), then served as `subject`, its replies to the caller's reply
+/// subject it carries in `Forge-Reply-To`.
+async fn handle_passed_on(
+    forge: Arc<Forge>,
+    message: async_nats::Message,
+    subject: &'static str,
+    way_back: WayBack,
+) {
+    let carried = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(wire::REPLY_TO_HEADER))
+        .map(|v| async_nats::Subject::from(v.as_str()));
+    let (Some(ack), Some(reply)) = (message.reply.clone(), carried) else {
+        tracing::debug!(
+            subject,
+            "a request passed on without its reply subjects ignored"
+        );
+        return;
     };
+    if let Err(e) = way_back.client.publish(ack, Bytes::new()).await {
+        tracing::warn!(error = %e, "acknowledging a request passed on");
+    }
+    let replier = Replier {
+        message: &message,
+        to: To::Caller(&way_back.client, reply.clone()),
+        max_payload: way_back.max_payload,
+    };
+    let client = way_back.client.clone();
+    let way_back = WayBack { client, ..way_back };
+    serve(&forge, subject, true, reply, replier, way_back).await;
+}
+
+/// Serves one request as `subject`: passed on to the worker that serves it, streamed, or
+/// answered once.
+async fn serve(
+    forge: &Forge,
+    subject: &str,
+    passed_on: bool,
+    reply: async_nats::Subject,
+    replier: Replier<'_>,
+    way_back: WayBack,
+) {
+    let message = replier.message;
+    let headers = message.headers.as_ref();
     let auth = headers
         .and_then(|h| {
             h.get(wire::AUTHORIZATION)
@@ -178,23 +237,23 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         })
         .map(|v| v.as_str().to_string());
     let token = wire::bearer(auth.as_deref());
-    let body = &request.message.payload;
+    let body = &message.payload;
     // Every log line of the request carries its subject, and its app once authenticated.
     let span = tracing::info_span!("request", subject, app = tracing::field::Empty);
-    if !passed_on && wire::PASSED_ON.contains(&subject.as_str()) {
-        let passing = pass_on(&forge, &request, &subject, token, &way_back.client);
+    if !passed_on && wire::PASSED_ON.contains(&subject) {
+        let passing = pass_on(forge, message, subject, token, &way_back.client);
         if passing.instrument(span.clone()).await {
             return;
         }
     }
-    if wants_stream(&subject, headers) {
+    if wants_stream(subject, headers) {
         let streamer = stream::Streamer {
             client: way_back.client,
             reply,
             heartbeat: way_back.stream_heartbeat,
             max_payload: way_back.max_payload,
         };
-        let work = |events| streamed(&forge, &subject, token, body, events);
+        let work = |events| streamed(forge, subject, token, body, events);
         let final_kind = if subject == subject::RUN {
             "run"
         } else {
@@ -207,18 +266,18 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
         return;
     }
     if subject == subject::SESSION_TURN {
-        let answered = AssertUnwindSafe(answer_turn(&forge, &replier, token));
+        let answered = AssertUnwindSafe(answer_turn(forge, &replier, token));
         if answered.catch_unwind().instrument(span).await.is_err() {
             tracing::error!(subject, "the handler panicked");
         }
         return;
     }
     let request_ref = RequestRef {
-        subject: &subject,
+        subject,
         token,
         body,
     };
-    let result = AssertUnwindSafe(dispatch(&forge, request_ref))
+    let result = AssertUnwindSafe(dispatch(forge, request_ref))
         .catch_unwind()
         .instrument(span)
         .await
@@ -229,15 +288,20 @@ async fn handle(forge: Arc<Forge>, request: Request, way_back: WayBack) {
 /// Where a request's one reply goes: back through the service, or, for a request another
 /// worker passed on, to the caller's reply subject it carried.
 struct Replier<'a> {
-    request: &'a Request,
-    caller: Option<(&'a async_nats::Client, async_nats::Subject)>,
+    message: &'a async_nats::Message,
+    to: To<'a>,
     max_payload: usize,
+}
+
+enum To<'a> {
+    Service(&'a Request),
+    Caller(&'a async_nats::Client, async_nats::Subject),
 }
 
 impl Replier<'_> {
     /// Sends the one reply of the request.
     async fn send(&self, result: Result<Bytes>) {
-        let subject = self.request.message.subject.as_str();
+        let subject = self.message.subject.as_str();
         let (headers, body) = match result.and_then(|reply| fit(reply, self.max_payload)) {
             Ok(reply) => (None, reply),
             Err(err) => {
@@ -248,19 +312,17 @@ impl Replier<'_> {
                 (Some(headers), body)
             }
         };
-        let sent = match (&self.caller, headers) {
-            (Some((client, to)), headers) => {
+        let sent = match (&self.to, headers) {
+            (To::Caller(client, to), headers) => {
                 let headers = headers.unwrap_or_default();
                 let sent = client.publish_with_headers(to.clone(), headers, body);
                 sent.await.map_err(|e| e.to_string())
             }
-            (None, None) => self
-                .request
-                .respond(Ok(body))
-                .await
-                .map_err(|e| e.to_string()),
-            (None, Some(headers)) => {
-                let sent = self.request.respond_with_headers(Ok(body), headers);
+            (To::Service(request), None) => {
+                request.respond(Ok(body)).await.map_err(|e| e.to_string())
+            }
+            (To::Service(request), Some(headers)) => {
+                let sent = request.respond_with_headers(Ok(body), headers);
                 sent.await.map_err(|e| e.to_string())
             }
         };
@@ -277,7 +339,7 @@ impl Replier<'_> {
 async fn answer_turn(forge: &Forge, replier: &Replier<'_>, token: Option<&str>) {
     let decoded = async {
         let caller = authenticate(forge, token).await?;
-        let req: wire::TurnRequest = decode(&replier.request.message.payload)?;
+        let req: wire::TurnRequest = decode(&replier.message.payload)?;
         Ok::<_, Error>((caller, req))
     };
     let (caller, req) = match decoded.await {
@@ -315,29 +377,18 @@ struct RequestRef<'a> {
     body: &'a [u8],
 }
 
-/// The subject a request is served as, and whether another worker passed it on to this one
-/// (on this worker's own subject); `None` for this worker's ping.
-fn served_as(forge: &Forge, subject: &str) -> Option<(String, bool)> {
-    let own = |s: &str| wire::worker_subject(forge.worker_id(), s) == subject;
-    if own(wire::PING) {
-        return None;
-    }
-    match wire::PASSED_ON.iter().find(|s| own(s)) {
-        Some(base) => Some((base.to_string(), true)),
-        None => Some((subject.to_string(), false)),
-    }
-}
+/// How long a worker waits for another to acknowledge a request passed on before it takes
+/// the request (and a turn's session) itself.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a worker waits for another to answer its ping before it takes the session over.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A turn, close, cancel or permission answer that another worker serves (see `Forge::route`) is
-/// passed on to that worker's own subject with the caller's headers and its reply subject (in
-/// `Forge-Reply-To`), so that it answers the caller directly, streams included; `true` once passed on. A worker that does
-/// not answer its ping is gone: a turn's session is taken over and served here.
+/// A turn, close, cancel or permission answer that another worker serves (see `Forge::route`)
+/// is passed on to that worker's own subject with the caller's headers and its reply subject
+/// (in `Forge-Reply-To`), as a request the worker acknowledges at once; it then answers the
+/// caller directly, streams included. `true` once passed on. A worker that does not
+/// acknowledge is gone: a turn's session is taken over, and the request served here.
 async fn pass_on(
     forge: &Forge,
-    request: &Request,
+    message: &async_nats::Message,
     subject: &str,
     token: Option<&str>,
     client: &async_nats::Client,
@@ -348,7 +399,7 @@ async fn pass_on(
     }
     let (Ok(caller), Ok(about)) = (
         forge.authenticate(token).await,
-        serde_json::from_slice::<About>(&request.message.payload),
+        serde_json::from_slice::<About>(&message.payload),
     ) else {
         return false;
     };
@@ -358,42 +409,76 @@ async fn pass_on(
         subject::SESSION_CANCEL => Step::Cancel,
         _ => Step::Permission,
     };
-    let Route::On {
-        worker_id,
-        generation,
-    } = forge.route(&caller, step, &about.session_id).await
-    else {
-        return false;
-    };
-    let ping = client.request(wire::worker_subject(&worker_id, wire::PING), Bytes::new());
-    if let Ok(Ok(_)) = tokio::time::timeout(PING_TIMEOUT, ping).await {
-        let target = wire::worker_subject(&worker_id, subject);
-        let reply = request
-            .message
-            .reply
-            .clone()
-            .expect("checked by the caller");
-        let mut headers = request.message.headers.clone().unwrap_or_default();
-        headers.insert(wire::REPLY_TO_HEADER, reply.as_str());
-        let payload = request.message.payload.clone();
-        match client.publish_with_headers(target, headers, payload).await {
-            Ok(()) => {
+    // Twice at most: a takeover lost to a third worker routes once more, to that worker.
+    for _ in 0..2 {
+        let Route::On {
+            worker_id,
+            generation,
+        } = forge.route(&caller, step, &about.session_id).await
+        else {
+            return false;
+        };
+        match hand_over(message, subject, &worker_id, client).await {
+            Handed::Taken => {
                 tracing::debug!(worker = %worker_id, session = %about.session_id, "{subject} passed on");
                 return true;
             }
-            Err(e) => tracing::warn!(error = %e, worker = %worker_id, "passing a request on"),
+            Handed::Failed => return false,
+            Handed::Gone => {}
         }
-    }
-    match generation {
-        Some(generation) => {
-            tracing::info!(worker = %worker_id, "the session's owner does not answer");
-            forge
-                .take_over(&about.session_id, &worker_id, generation)
-                .await;
+        let Some(generation) = generation else {
+            tracing::info!(worker = %worker_id, "the worker holding the turn does not answer");
+            return false;
+        };
+        tracing::info!(worker = %worker_id, "the session's owner does not answer");
+        if forge
+            .take_over(&about.session_id, &worker_id, generation)
+            .await
+        {
+            return false;
         }
-        None => tracing::info!(worker = %worker_id, "the worker holding the turn does not answer"),
     }
     false
+}
+
+/// How passing a request on to another worker went.
+enum Handed {
+    /// The worker acknowledged it: it answers the caller.
+    Taken,
+    /// The worker is not there (no subscriber, or no acknowledgement in time).
+    Gone,
+    /// It could not be sent; it is served here.
+    Failed,
+}
+
+async fn hand_over(
+    message: &async_nats::Message,
+    subject: &str,
+    worker_id: &str,
+    client: &async_nats::Client,
+) -> Handed {
+    use async_nats::RequestErrorKind;
+    let reply = message.reply.clone().expect("checked by the caller");
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert(wire::REPLY_TO_HEADER, reply.as_str());
+    let target = wire::worker_subject(worker_id, subject);
+    let sent = client.request_with_headers(target, headers, message.payload.clone());
+    match tokio::time::timeout(ACK_TIMEOUT, sent).await {
+        Ok(Ok(_)) => Handed::Taken,
+        Err(_) => Handed::Gone,
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                RequestErrorKind::NoResponders | RequestErrorKind::TimedOut
+            ) =>
+        {
+            Handed::Gone
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, worker = %worker_id, "passing a request on");
+            Handed::Failed
+        }
+    }
 }
 
 /// A streamed request, authenticated and decoded like any other, its events into `events` as

@@ -97,7 +97,7 @@ async fn the_caller_answers_a_permission_request_over_http_whichever_worker_gets
     let app = forge.app("asker").await;
     let token = app.token().unwrap().to_string();
     let http = crate::harness::http_client();
-    for _ in 0..4 {
+    for _ in 0..6 {
         let (id, mut events, running) = asked_turn(&app).await;
         let request = request_id(&mut events).await;
         let offered = app.answer_permission(&id, &request, "maybe").await;
@@ -127,6 +127,10 @@ async fn the_caller_answers_a_permission_request_over_http_whichever_worker_gets
             .unwrap();
         assert!(!again.accepted, "answered already");
     }
+    // Through the queue group, some of those answers reached the worker not running the turn.
+    forge
+        .wait_for_log(&["forge.session.permission passed on"])
+        .await;
 }
 
 #[tokio::test]

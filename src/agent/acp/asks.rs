@@ -166,13 +166,19 @@ impl TurnAsks {
         };
         let (waiting, stop, timeout) = (self.waiting.clone(), self.stop.clone(), self.timeout);
         self.pending.push(Box::pin(async move {
-            let verdict = tokio::select! {
+            let mut rx = rx;
+            let mut verdict = tokio::select! {
                 biased;
                 _ = stop.cancelled() => Verdict::Cancelled,
-                chosen = rx => chosen.map_or(Verdict::Cancelled, Verdict::Chosen),
+                chosen = &mut rx => chosen.map_or(Verdict::Cancelled, Verdict::Chosen),
                 _ = tokio::time::sleep(timeout) => Verdict::TimedOut,
             };
-            waiting.lock().remove(&request_id);
+            // Decided under the lock: an answer the caller was told was taken is the answer.
+            if waiting.lock().remove(&request_id).is_none() {
+                if let Ok(chosen) = rx.try_recv() {
+                    verdict = Verdict::Chosen(chosen);
+                }
+            }
             Decided { asked, verdict }
         }));
         event
