@@ -210,11 +210,9 @@ async fn handle_passed_on(
     }
     let replier = Replier {
         message: &message,
-        to: To::Caller(&way_back.client, reply.clone()),
+        to: To::Caller(way_back.client.clone(), reply.clone()),
         max_payload: way_back.max_payload,
     };
-    let client = way_back.client.clone();
-    let way_back = WayBack { client, ..way_back };
     serve(&forge, subject, true, reply, replier, way_back).await;
 }
 
@@ -295,7 +293,7 @@ struct Replier<'a> {
 
 enum To<'a> {
     Service(&'a Request),
-    Caller(&'a async_nats::Client, async_nats::Subject),
+    Caller(async_nats::Client, async_nats::Subject),
 }
 
 impl Replier<'_> {

@@ -23,10 +23,7 @@ async fn asking(workers: usize, env: &[(&str, &str)]) -> Forge {
         workers,
         via: Via::Acpx,
         config_toml: Some(toml),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        env: crate::harness::env_of(env),
         ..Default::default()
     })
     .await

@@ -149,6 +149,14 @@ macro_rules! both_backends {
     };
 }
 
+/// `(key, value)` pairs as the harness's environment holds them.
+pub fn env_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 pub struct Options {
     pub workers: usize,
     /// The default agent's backend (its command is `ACPX_AGENT`'s either way).

@@ -14,10 +14,7 @@ fn two_native_workers(env: &[(&str, &str)]) -> Options {
     Options {
         workers: 2,
         via: Via::Acp,
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        env: crate::harness::env_of(env),
         ..Default::default()
     }
 }
