@@ -219,6 +219,7 @@ pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<A
     let ledger = open_ledger(config).await?;
     prepare_dir("acpx_sessions_cwd", &config.acpx_sessions_cwd)?;
     prepare_dir("runs_dir", &config.runs_dir)?;
+    agent::confine::hide_worker().context("making the worker not dumpable")?;
     let confinement = Arc::new(confinement(config)?);
     let acpx =
         Acpx::new(config.acpx_bin.clone(), config.acpx_ttl_secs).confined(confinement.clone());

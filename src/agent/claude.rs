@@ -1,8 +1,9 @@
 //! One-shot runs through `claude -p … --output-format json`.
 //!
-//! The prompt goes last, after `--`, so a prompt that starts with '-' is never read as an
-//! option. Linux caps one argv string at 128 KiB (MAX_ARG_STRLEN): a larger prompt goes in on
-//! stdin instead, which `claude -p` reads when no prompt is given.
+//! The prompt goes in on stdin, which `claude -p` reads when no prompt is given: never on the
+//! command line, which every process can read in `/proc/<pid>/cmdline` (other apps' agents
+//! included), and which Linux caps at 128 KiB a string. A prompt that starts with '-' is never
+//! read as an option either.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,8 +17,6 @@ use super::EventSink;
 use crate::error::clip;
 use crate::wire::EventBody;
 
-/// Prompts longer than this go in on stdin rather than as an argument.
-pub const ARGV_PROMPT_MAX: usize = 100 * 1024;
 /// Longest stdout we accept: the one result object.
 const MAX_STDOUT: usize = 16 * 1024 * 1024;
 /// How much of stderr is kept for error messages and the ledger.
@@ -192,13 +191,6 @@ pub struct ClaudeOptions {
     pub max_turns: Option<u32>,
 }
 
-/// How the prompt reaches claude.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PromptVia {
-    Argv,
-    Stdin,
-}
-
 /// A finished run: the process exited 0 and printed a result object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutput {
@@ -235,18 +227,18 @@ impl Claude {
         &self.bin
     }
 
-    /// The arguments of one run, and how the prompt is passed.
-    pub fn args(&self, model: &str, prompt: &str) -> (Vec<String>, PromptVia) {
-        self.args_as(model, prompt, false)
+    /// The arguments of one run (the prompt goes on stdin).
+    pub fn args(&self, model: &str) -> Vec<String> {
+        self.args_as(model, false)
     }
 
     /// The arguments of a run whose events are streamed: `--output-format stream-json`, which
     /// `claude -p` takes only with `--verbose`.
-    pub fn stream_args(&self, model: &str, prompt: &str) -> (Vec<String>, PromptVia) {
-        self.args_as(model, prompt, true)
+    pub fn stream_args(&self, model: &str) -> Vec<String> {
+        self.args_as(model, true)
     }
 
-    fn args_as(&self, model: &str, prompt: &str, streamed: bool) -> (Vec<String>, PromptVia) {
+    fn args_as(&self, model: &str, streamed: bool) -> Vec<String> {
         let mut args: Vec<String> = vec!["-p".into(), "--output-format".into()];
         if streamed {
             args.extend(["stream-json".into(), "--verbose".into()]);
@@ -264,11 +256,7 @@ impl Claude {
         if let Some(turns) = o.max_turns {
             args.extend(["--max-turns".into(), turns.to_string()]);
         }
-        if prompt.len() > ARGV_PROMPT_MAX {
-            return (args, PromptVia::Stdin);
-        }
-        args.extend(["--".into(), prompt.into()]);
-        (args, PromptVia::Argv)
+        args
     }
 
     /// Runs `claude -p` for `app` in `cwd`. Past `timeout` the process and everything it
@@ -308,9 +296,9 @@ impl Claude {
         timeout: Duration,
         events: Option<&EventSink>,
     ) -> Result<RunOutput, ClaudeError> {
-        let (args, via) = match events {
-            Some(_) => self.stream_args(model, prompt),
-            None => self.args(model, prompt),
+        let args = match events {
+            Some(_) => self.stream_args(model),
+            None => self.args(model),
         };
         let spawn_error = |e: std::io::Error| ClaudeError::Spawn {
             bin: self.bin.clone(),
@@ -324,7 +312,7 @@ impl Claude {
             program: &self.bin,
             args: &args,
             cwd: Some(cwd),
-            stdin: (via == PromptVia::Stdin).then(|| prompt.as_bytes().to_vec()),
+            stdin: Some(prompt.as_bytes().to_vec()),
             jail: jail.as_ref(),
             keep_stdin: false,
         })
@@ -556,7 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn the_prompt_goes_last_after_a_double_dash() {
+    fn the_command_line_holds_the_options_and_never_the_prompt() {
         let claude = Claude::new(
             "claude",
             ClaudeOptions {
@@ -565,8 +553,7 @@ mod tests {
                 max_turns: Some(3),
             },
         );
-        let (args, via) = claude.args("opus", "--help me");
-        assert_eq!(via, PromptVia::Argv);
+        let args = claude.args("opus");
         assert_eq!(
             args,
             [
@@ -581,24 +568,11 @@ mod tests {
                 "Read,Edit",
                 "--max-turns",
                 "3",
-                "--",
-                "--help me"
             ]
         );
         let plain = Claude::new("claude", ClaudeOptions::default());
-        let (args, _) = plain.args("sonnet", "hi");
-        assert_eq!(
-            args,
-            [
-                "-p",
-                "--output-format",
-                "json",
-                "--model",
-                "sonnet",
-                "--",
-                "hi"
-            ]
-        );
+        let args = plain.args("sonnet");
+        assert_eq!(args, ["-p", "--output-format", "json", "--model", "sonnet"]);
         let blank = Claude::new(
             "claude",
             ClaudeOptions {
@@ -607,20 +581,8 @@ mod tests {
             },
         );
         assert!(!blank
-            .args("sonnet", "hi")
-            .0
+            .args("sonnet")
             .contains(&"--permission-mode".to_string()));
-    }
-
-    #[test]
-    fn a_long_prompt_goes_on_stdin() {
-        let claude = Claude::new("claude", ClaudeOptions::default());
-        let (args, via) = claude.args("sonnet", &"x".repeat(ARGV_PROMPT_MAX));
-        assert_eq!(via, PromptVia::Argv);
-        assert_eq!(args.len(), 7);
-        let (args, via) = claude.args("sonnet", &"x".repeat(ARGV_PROMPT_MAX + 1));
-        assert_eq!(via, PromptVia::Stdin);
-        assert_eq!(args, ["-p", "--output-format", "json", "--model", "sonnet"]);
     }
 
     /// A `claude` made of a shell script, in a fresh directory that is also the run's cwd.
@@ -637,18 +599,14 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     #[tokio::test]
-    async fn the_prompt_arrives_whole_by_argv_or_stdin() {
+    async fn the_prompt_arrives_whole_on_stdin_whatever_its_size() {
         // Answers with where it ran, how the prompt came and how long it was.
         let (dir, claude) = script(
             r#"if [ "$6" = "--" ]; then p="$7"; via=argv; else p="$(cat)"; via=stdin; fi
 printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s","total_cost_usd":0.25}' "$(pwd)" "$via" "${#p}""#,
         );
         let cwd = std::fs::canonicalize(dir.path()).unwrap();
-        for (len, via) in [
-            (10, "argv"),
-            (ARGV_PROMPT_MAX + 1, "stdin"),
-            (300_000, "stdin"),
-        ] {
+        for (len, via) in [(10, "stdin"), (200_000, "stdin"), (300_000, "stdin")] {
             let out = claude
                 .run("t", &cwd, "sonnet", &"y".repeat(len), 10 * SECOND)
                 .await

@@ -9,11 +9,22 @@
 //!   named in `agent_env`; nothing else of the worker's.
 //! - **Landlock.** Write: the app's home, the work directory (a session's or a run's), and for
 //!   sessions acpx's socket directory `/tmp/acpx-<hash of HOME>`; `/dev/null`. Read and
-//!   execute: the configured system and tool directories and `/dev`. Nothing else: `/proc`
-//!   stays closed too (a confined process could otherwise read the worker's
-//!   `/proc/<pid>/environ`: Landlock's ptrace check does not cover it on the kernels tried).
-//!   With ABI 4 and up, TCP connect only to `agent_connect_ports`; with ABI 6 and up, no
-//!   abstract unix socket of a process outside the domain.
+//!   execute: the configured system and tool directories, `/dev` and `/proc`. With ABI 4 and
+//!   up, TCP connect only to `agent_connect_ports`; with ABI 6 and up, no abstract unix socket
+//!   of a process outside the domain.
+//! - **`/proc`.** Real agents need it (the Bun executable inside Claude Code's ACP adapter
+//!   aborts at start without it). What guards the other processes' `environ`, `mem`, `fd/` and
+//!   the like is the kernel's ptrace access check, which Landlock extends: a process in a
+//!   Landlock domain may not inspect one outside it, nor one in a sibling domain (another
+//!   app's agent, another session's acpx). That check lets `CAP_SYS_PTRACE` through, so an
+//!   agent of a worker running as root starts with no capabilities at all (bounding,
+//!   permitted, effective, inheritable and ambient sets emptied); root without capabilities
+//!   is also refused the `environ` of a process holding more of them. The worker itself is
+//!   not dumpable ([`hide_worker`]), which keeps its `/proc/<pid>` closed to processes of its
+//!   user even where Landlock is off or missing. Command lines stay readable to all, so no
+//!   prompt goes on an agent's argv.
+//! - **Capabilities.** None, whatever the worker holds (see `/proc`), unless confinement is
+//!   off.
 //! - **Limits.** No core dumps; no file larger than `agent_max_file_bytes`.
 
 use std::ffi::OsString;
@@ -78,6 +89,13 @@ pub enum Work {
     Run,
     /// A native agent process: it hosts sessions of its app, without acpx.
     Native,
+}
+
+/// Makes the calling process (a worker) not dumpable: its `/proc/<pid>` entries (`environ`,
+/// `mem`, `fd/`, …) then belong to root and need `CAP_SYS_PTRACE`, so no process of its own
+/// user can read them, confined or not. Its children are dumpable again once they exec.
+pub fn hide_worker() -> std::io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(std::io::Error::from)
 }
 
 /// The Landlock ABI of the running kernel; `None` when it has none.
@@ -165,11 +183,18 @@ impl Confinement {
             write.push(acpx_socket_dir(&home)?);
         }
         let mut read = p.settings.read_dirs.clone();
-        // Not /proc: see the module's documentation.
-        read.push(PathBuf::from("/dev"));
+        // /proc: see the module's documentation.
+        read.extend(["/dev", "/proc"].map(PathBuf::from));
         read.extend(p.settings.credentials_file.clone());
+        let mut env = environment(&home, &p.settings.env_names);
+        if p.landlock.is_some() {
+            // Claude Code refuses to skip its permission prompts as root unless it is told it
+            // runs in a sandbox, which a confined agent does.
+            env.push(("IS_SANDBOX".into(), "1".into()));
+        }
         Ok(Some(Jail {
-            env: environment(&home, &p.settings.env_names),
+            env,
+            drop_capabilities: p.settings.mode != ConfinementMode::Off,
             rules: p.landlock.map(|abi| Rules {
                 abi,
                 read,
@@ -264,6 +289,8 @@ fn environment(home: &Path, names: &[String]) -> Vec<(OsString, OsString)> {
 #[derive(Debug, Clone)]
 pub struct Jail {
     env: Vec<(OsString, OsString)>,
+    /// Whether the process starts with no capabilities (confinement not off).
+    drop_capabilities: bool,
     rules: Option<Rules>,
     max_file_bytes: u64,
 }
@@ -322,8 +349,9 @@ impl Jail {
             None => None,
         };
         let max_file = self.max_file_bytes;
+        let drop_capabilities = self.drop_capabilities;
         // SAFETY: the closure runs in the forked child; it only makes system calls (setrlimit,
-        // prctl, landlock_restrict_self) and allocates nothing on success (a nix error
+        // prctl, landlock_restrict_self, capset) and allocates nothing on success (a nix error
         // converts to an io::Error by its errno).
         unsafe {
             cmd.pre_exec(move || {
@@ -334,11 +362,66 @@ impl Jail {
                         .restrict_self()
                         .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
                 }
+                if drop_capabilities {
+                    drop_all_capabilities()?;
+                }
                 Ok(())
             });
         }
         Ok(())
     }
+}
+
+/// Empties every capability set of the calling process, for good. `no_new_privs` keeps exec
+/// of a root-owned program from granting any back (the kernel then caps what exec gives at what
+/// the process held); the bounding set goes too where the process may drop it (`CAP_SETPCAP`).
+/// A process without capabilities (a worker not run as root) has nothing to lose and gets no
+/// error. Runs between fork and exec: system calls only.
+fn drop_all_capabilities() -> std::io::Result<()> {
+    const LAST_CAP_BOUND: libc::c_ulong = 63;
+    // SAFETY: prctl and capset with plain integers and a stack buffer; no memory is shared.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for cap in 0..=LAST_CAP_BOUND {
+            // EINVAL past the kernel's last capability, EPERM without CAP_SETPCAP: both leave
+            // nothing exec could grant, given no_new_privs.
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 //! for sessions, the stand-in claude for runs — runs as the worker's user, so only the
 //! confinement stops it. Told to try (`#probe=<json>`, tests/fixtures/probes.mjs), it is refused
 //! the ledger, the config, the sessions root, another app's files and acpx records, the
-//! worker's environ, any other place to write and the NATS port, while its own directory, its
-//! home and the tools work. With `agent_confinement = "off"` the same probes succeed: the
-//! checks can fail.
+//! worker's and another app's agent's `/proc/<pid>/environ` and `mem`, any other place to write
+//! and the NATS port, while its own directory, its home, its own `/proc/self` and the tools
+//! work. With `agent_confinement = "off"` the same probes succeed: the checks can fail. Both
+//! backends are probed: acpx's agents and the native backend's one process per app.
 
 use std::collections::BTreeSet;
 
@@ -12,7 +13,7 @@ use clawdforge::client::ForgeClient;
 use clawdforge::wire::{CreateSession, TurnRequest};
 use serde_json::{json, Value};
 
-use crate::harness::{tool, Forge, Options};
+use crate::harness::{agent_pid, tool, Forge, Options, Via};
 use crate::runs::{claude_env, run};
 use crate::sessions::{file, turn};
 
@@ -40,8 +41,11 @@ fn kernel_has_landlock() -> bool {
 /// attached file and acpx records of its own, and app "notes" whose agents probe.
 struct Setup {
     forge: Forge,
+    via: Via,
     notes: ForgeClient,
     photos_session: String,
+    /// The process of the agent that serves "photos"' session.
+    photos_agent: u32,
     /// A TCP port on loopback that is neither NATS nor in `agent_connect_ports`.
     other_port: std::net::TcpListener,
 }
@@ -49,7 +53,7 @@ struct Setup {
 /// The operator's Claude credentials file, outside every agent's directories.
 const CREDENTIALS: &str = "claude-credentials.json";
 
-async fn setup(mode: &str) -> Setup {
+async fn setup(mode: &str, via: Via) -> Setup {
     let max_file = MAX_FILE.to_string();
     // The harness's workers run in their test directory: the file is relative to it.
     let forge = Forge::start_with(Options {
@@ -59,6 +63,7 @@ async fn setup(mode: &str) -> Setup {
             ("CLAWDFORGE_AGENT_CREDENTIALS_FILE", CREDENTIALS),
         ]),
         config_toml: Some("max_live_sessions = 8\n".into()),
+        via,
         ..Default::default()
     })
     .await;
@@ -75,12 +80,15 @@ async fn setup(mode: &str) -> Setup {
         })
         .await
         .unwrap();
-    photos.turn(&turn(&s.session_id, "hello")).await.unwrap();
+    let hello = photos.turn(&turn(&s.session_id, "hello #count")).await;
+    let photos_agent = agent_pid(&hello.unwrap().output);
     let notes = forge.app("notes").await;
     Setup {
         forge,
+        via,
         notes,
         photos_session: s.session_id,
+        photos_agent,
         other_port: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
     }
 }
@@ -97,31 +105,34 @@ fn list(name: &str, path: impl AsRef<std::path::Path>) -> Value {
     json!({"name": name, "op": "list", "path": path.as_ref()})
 }
 
+/// Opens a file for reading without reading it: `/proc/<pid>/mem` is checked at open (a read at
+/// offset 0 would fail on an unmapped page whoever asks).
+fn open(name: &str, path: impl AsRef<std::path::Path>) -> Value {
+    json!({"name": name, "op": "open", "path": path.as_ref()})
+}
+
 impl Setup {
     /// What an agent of "notes" must not reach.
     fn forbidden(&self) -> Vec<Value> {
         let f = &self.forge;
         let data = f.dir.path().join("data");
-        vec![
+        let worker = f.workers[0].child.id();
+        let agent = self.photos_agent;
+        let mut probes = vec![
             read("ledger", f.ledger_path()),
             write("beside_ledger", data.join("probe-beside-ledger")),
             list("sessions_root", f.sessions_root()),
             read(
                 "other_apps_file",
-                f.sessions_root()
-                    .join(&self.photos_session)
-                    .join("secret.txt"),
-            ),
-            list(
-                "other_apps_records",
-                f.app_home("photos").join(".acpx/sessions"),
+                f.session_dir(&self.photos_session).join("secret.txt"),
             ),
             list("other_apps_home", f.app_home("photos")),
             read("config", f.dir.path().join("clawdforge.toml")),
-            read(
-                "worker_environ",
-                format!("/proc/{}/environ", f.workers[0].child.id()),
-            ),
+            read("worker_environ", format!("/proc/{worker}/environ")),
+            open("worker_mem", format!("/proc/{worker}/mem")),
+            list("worker_cwd", format!("/proc/{worker}/cwd")),
+            read("other_agent_environ", format!("/proc/{agent}/environ")),
+            open("other_agent_mem", format!("/proc/{agent}/mem")),
             write("outside", f.dir.path().join("probe-outside")),
             write(
                 "tmp",
@@ -131,7 +142,12 @@ impl Setup {
             json!({"name": "nats", "op": "connect", "host": "127.0.0.1", "port": f.nats.port()}),
             json!({"name": "other_port", "op": "connect", "host": "127.0.0.1",
                    "port": self.other_port.local_addr().unwrap().port()}),
-        ]
+        ];
+        if self.via == Via::Acpx {
+            let records = f.app_home("photos").join(".acpx/sessions");
+            probes.push(list("other_apps_records", records));
+        }
+        probes
     }
 
     /// What it must still do: its own directory, its home, the tools; and what it sees. (The
@@ -146,6 +162,9 @@ impl Setup {
             read("credentials", "~/.claude/.credentials.json"),
             read("tool_file", std::fs::canonicalize(tool("node")).unwrap()),
             read("system_file", "/bin/sh"),
+            read("own_proc_status", "/proc/self/status"),
+            read("own_proc_environ", "/proc/self/environ"),
+            read("proc_cpuinfo", "/proc/cpuinfo"),
             json!({"name": "too_big", "op": "write_big", "path": "probe-big", "bytes": MAX_FILE + 1}),
             json!({"name": "env", "op": "env"}),
         ];
@@ -244,8 +263,16 @@ fn assert_confined(setup: &Setup, results: &Value, who: &str, work: Work) {
     assert_bounded(results, who, work);
     // A clean environment: what the worker was given (NATS_URL, DB_PATH, RUST_LOG, …) is not
     // there.
-    let allowed: BTreeSet<&str> =
-        ["PATH", "HOME", "LANG", "TMPDIR", "CLAUDE_CONFIG_DIR", "PWD"].into();
+    let allowed: BTreeSet<&str> = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "TMPDIR",
+        "CLAUDE_CONFIG_DIR",
+        "PWD",
+        "IS_SANDBOX",
+    ]
+    .into();
     let seen = env_names(results);
     let extra: Vec<&String> = seen
         .iter()
@@ -272,7 +299,7 @@ async fn an_agent_reaches_its_own_work_and_nothing_else() {
     if !kernel_has_landlock() {
         return;
     }
-    let setup = setup("landlock").await;
+    let setup = setup("landlock", Via::Acpx).await;
     let health = setup.notes.health().await.unwrap();
     assert!(health.confined, "{health:?}");
     assert!(health.landlock_abi.is_some_and(|v| v >= 1), "{health:?}");
@@ -297,25 +324,62 @@ async fn an_agent_reaches_its_own_work_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn a_native_agent_process_reaches_its_own_work_and_nothing_else() {
+    if !kernel_has_landlock() {
+        return;
+    }
+    let setup = setup("landlock", Via::Acp).await;
+    let session = setup.in_a_session().await;
+    assert_confined(&setup, &session, "a native agent", Work::Session);
+}
+
+#[tokio::test]
 async fn with_confinement_off_the_same_probes_succeed() {
-    let setup = setup("off").await;
-    let health = setup.notes.health().await.unwrap();
-    assert!(!health.confined, "{health:?}");
-    for (who, results, work) in [
-        (
+    for via in [Via::Acpx, Via::Acp] {
+        let setup = setup("off", via).await;
+        let health = setup.notes.health().await.unwrap();
+        assert!(!health.confined, "{health:?}");
+        let mut probed = vec![(
             "a session's agent",
             setup.in_a_session().await,
             Work::Session,
-        ),
-        ("a run's claude", setup.in_a_run().await, Work::Run),
-    ] {
-        for probe in setup.forbidden() {
-            let name = probe["name"].as_str().unwrap();
-            assert_eq!(outcome(&results[name]), "ok", "{who}: {name}: {results}");
+        )];
+        if via == Via::Acpx {
+            probed.push(("a run's claude", setup.in_a_run().await, Work::Run));
         }
-        let sessions = results["sessions_root"][1].to_string();
-        assert!(sessions.contains(&setup.photos_session), "{who}: {results}");
-        assert_bounded(&results, who, work);
+        for (who, results, work) in probed {
+            assert_unconfined(&setup, &results, &format!("{who} ({via:?})"), work);
+        }
     }
     let _ = std::fs::remove_file(format!("/tmp/clawdforge-probe-{}", std::process::id()));
+}
+
+fn assert_unconfined(setup: &Setup, results: &Value, who: &str, work: Work) {
+    for probe in setup.forbidden() {
+        let name = probe["name"].as_str().unwrap();
+        let expected = if name.starts_with("worker_") && !running_as_root() {
+            // Not dumpable: closed to its own user even with confinement off.
+            "EACCES"
+        } else {
+            "ok"
+        };
+        assert_eq!(
+            outcome(&results[name]),
+            expected,
+            "{who}: {name}: {results}"
+        );
+    }
+    let sessions = results["sessions_root"][1].to_string();
+    let seen = match setup.via {
+        Via::Acpx => setup.photos_session.as_str(),
+        // Native sessions live under apps/<app>/.
+        Via::Acp => "apps",
+    };
+    assert!(sessions.contains(seen), "{who}: {results}");
+    assert_bounded(results, who, work);
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

@@ -178,7 +178,10 @@ async fn a_run_answers_with_the_result_and_is_recorded() {
 
     let record = stand_in_record(&forge, &r.run_id);
     assert_eq!(record["model"], "sonnet");
-    assert_eq!(record["prompt_via"], "argv");
+    assert_eq!(
+        record["prompt_via"], "stdin",
+        "never on the command line, which other processes can read"
+    );
     assert_eq!(record["options"], serde_json::json!({}));
     assert_eq!(
         record["cwd"].as_str().unwrap(),
@@ -248,8 +251,6 @@ async fn the_command_line_model_options_and_a_prompt_that_looks_like_an_option()
             "Read,Edit",
             "--max-turns",
             "3",
-            "--",
-            prompt
         ])
     );
 
@@ -263,7 +264,7 @@ async fn the_command_line_model_options_and_a_prompt_that_looks_like_an_option()
 }
 
 #[tokio::test]
-async fn a_prompt_too_long_for_argv_goes_on_stdin() {
+async fn a_prompt_too_long_for_argv_arrives_whole() {
     let forge = start(&[]).await;
     let app = forge.app("big").await;
     let prompt = format!("{}\nend ✓", "0123456789abcdef".repeat(150 * 1024 / 16));
