@@ -34,4 +34,6 @@ echo "== cargo test"
 # then the integration tests (tests/it), so the last line is the integration tests' count. The
 # binary has no tests of its own.
 cargo test --locked --doc
+cargo test --locked --lib --test it --no-run
+scripts/test-unprivileged.sh
 cargo test --locked --lib --test it -- --test-threads=2
