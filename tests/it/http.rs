@@ -1877,13 +1877,13 @@ fn sse_block(block: &str) -> Sse {
 }
 
 /// Reads an event stream block by block, as its bytes arrive.
-struct SseReader {
+pub struct SseReader {
     response: reqwest::Response,
     buffer: Vec<u8>,
 }
 
 impl SseReader {
-    fn new(response: reqwest::Response) -> SseReader {
+    pub fn new(response: reqwest::Response) -> SseReader {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         SseReader {
@@ -1926,7 +1926,7 @@ impl SseReader {
 
     /// The rest of the stream: its events up to the final one, which must be the last; and the
     /// final one's name and data.
-    async fn rest(&mut self) -> (Vec<Value>, String, Value) {
+    pub async fn rest(&mut self) -> (Vec<Value>, String, Value) {
         let mut events = Vec::new();
         loop {
             let (id, event, data) = self.next_event().await;
@@ -1943,7 +1943,7 @@ impl SseReader {
 }
 
 /// A turn request on `session` that asks for server-sent events.
-fn sse_turn(sidecar: &HttpProcess, token: &str, session: &str) -> reqwest::RequestBuilder {
+pub fn sse_turn(sidecar: &HttpProcess, token: &str, session: &str) -> reqwest::RequestBuilder {
     http_client()
         .post(sidecar.url(&format!("/sessions/{session}/turn")))
         .bearer_auth(token)
@@ -1951,7 +1951,7 @@ fn sse_turn(sidecar: &HttpProcess, token: &str, session: &str) -> reqwest::Reque
 }
 
 /// Sends `request`; its headers must come within [`SSE_WAIT`].
-async fn sse_send(request: reqwest::RequestBuilder) -> reqwest::Response {
+pub async fn sse_send(request: reqwest::RequestBuilder) -> reqwest::Response {
     tokio::time::timeout(SSE_WAIT, request.send())
         .await
         .expect("the answer's headers within SSE_WAIT")

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::both_backends;
 use crate::harness::{repo, tool, Forge, Options, Via};
+use crate::http::{sse_send, sse_turn, SseReader};
 use crate::native::wait_for_file;
 
 /// How long a real turn may take before the test fails (a bound, not a measurement).
@@ -342,8 +343,34 @@ async fn a_probe_from_the_agents_own_bash_tool_is_refused(via: Via) {
     }
 }
 
+async fn a_turn_streams_over_sse_with_its_tool_call(via: Via) {
+    let standin = Standin::start();
+    let forge = real_forge(&standin, via, &[]).await;
+    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    let app = forge.app("web").await;
+    let id = new_session(&app).await;
+    let request = sse_turn(&sidecar, app.token().unwrap(), &id)
+        .json(&serde_json::json!({"prompt": "#bash=echo sse-$((6 * 7))"}));
+    let mut stream = SseReader::new(sse_send(request).await);
+    let (events, last, turn) = stream.rest().await;
+    assert_eq!(last, "turn", "{turn}");
+    assert!(
+        turn["output"]
+            .as_str()
+            .unwrap()
+            .contains("tool said: sse-42"),
+        "{turn}"
+    );
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains(&"tool_call") && types.contains(&"message"),
+        "{types:?}"
+    );
+}
+
 both_backends!(
     the_second_turn_carries_the_first,
+    a_turn_streams_over_sse_with_its_tool_call,
     a_tool_call_streams_and_its_result_reaches_the_model,
     a_cancel_mid_stream_ends_the_turn_and_the_next_one_is_clean,
     a_probe_from_the_agents_own_bash_tool_is_refused,
