@@ -21,7 +21,7 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn wait_until<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
     let deadline = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -29,7 +29,7 @@ async fn wait_until<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
     }
 }
 
-fn events(forge: &Forge, session_id: &str) -> Vec<(String, String)> {
+pub fn events(forge: &Forge, session_id: &str) -> Vec<(String, String)> {
     forge
         .ledger()
         .prepare("SELECT event, outcome FROM session_events WHERE session_id = ?1 ORDER BY id")

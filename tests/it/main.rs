@@ -11,6 +11,7 @@ mod http;
 mod input;
 mod lifecycle;
 mod native;
+mod native_faults;
 mod operator;
 mod owners;
 mod real;
