@@ -154,3 +154,37 @@ async fn sigterm_past_the_grace_period_cancels_a_native_turn_and_tells_the_agent
     wait_until_gone(agent_pid(&warm.output)).await;
     forge.workers.clear();
 }
+
+#[tokio::test]
+async fn workers_taking_over_a_dead_owners_session_at_once_leave_one_owner_and_lose_no_turn() {
+    let mut forge = Forge::start_with(Options {
+        workers: 3,
+        ..native(&[])
+    })
+    .await;
+    let app = forge.app("contested").await;
+    let id = session(&app).await;
+    let first = app.turn(&turn(&id, "one #count")).await.unwrap();
+    let (owner, generation) = forge.owner(&id);
+    assert_eq!(generation, 1);
+    let dead = forge.worker_index(&owner.unwrap());
+    forge.kill_worker_and_wait(dead).await;
+    // Eight turns at once: they reach the two survivors through the queue group, each finds
+    // the owner gone, and whichever takes the session over first serves them all.
+    let turns: Vec<_> = (0..8)
+        .map(|n| spawn_turn(&app, turn(&id, &format!("at once {n} #count"))))
+        .collect();
+    let mut pids = std::collections::BTreeSet::new();
+    let mut numbers = std::collections::BTreeSet::new();
+    for t in turns {
+        let t = t.await.unwrap().unwrap();
+        numbers.insert(t.turn);
+        pids.insert(agent_pid(&t.output));
+    }
+    assert_eq!(numbers, (2..=9).collect(), "every turn answered, once");
+    assert_eq!(pids.len(), 1, "one agent process served them: {pids:?}");
+    assert!(!pids.contains(&agent_pid(&first.output)));
+    let (owner, generation) = forge.owner(&id);
+    assert_eq!(generation, 2, "taken over once");
+    assert_ne!(forge.worker_index(&owner.unwrap()), dead);
+}
