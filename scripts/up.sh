@@ -126,6 +126,12 @@ if [[ -z "$up" ]]; then
 fi
 http="http://127.0.0.1:$http_port"
 
+# Each configured agent started once as a worker starts it (initialize and session/new, no
+# prompt): what it is, and whether it is ready. A broken agent does not stop the service.
+echo
+echo "up.sh: clawdforge agents check"
+RUST_LOG=warn "$bin" agents check 2>&1 | sed 's/^/  /' || true
+
 cat <<MSG
 
 clawdforge is up.

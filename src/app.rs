@@ -241,6 +241,10 @@ pub async fn build_forge(config: &Config, worker_id: String) -> anyhow::Result<A
     Ok(forge)
 }
 
+/// How long a worker waits at start for the first check of its agents before it serves (the
+/// check goes on in the background past that).
+const AGENT_CHECK_START_WAIT: Duration = Duration::from_secs(15);
+
 /// How long a worker or the sidecar waits at start for NATS before going on without it.
 const NATS_START_WAIT: Duration = Duration::from_secs(5);
 /// How long a stopping worker waits, once it has cancelled what was left, for the replies.
@@ -263,6 +267,7 @@ struct RunningWorker {
     client: async_nats::Client,
     worker: crate::nats::Worker,
     background: tokio::task::JoinHandle<()>,
+    agent_checks: tokio::task::JoinHandle<()>,
     grace: Duration,
 }
 
@@ -281,6 +286,15 @@ async fn start_worker(
 ) -> anyhow::Result<RunningWorker> {
     let id = worker_id();
     let forge = build_forge(config, id.clone()).await?;
+    // Health has the agents from the start, and no check's agent process is still running
+    // when the first request comes (unless an agent takes longer to answer than this wait).
+    let agent_checks = tokio::spawn({
+        let forge = forge.clone();
+        async move { forge.keep_agents_checked().await }
+    });
+    if !forge.agents_checked(AGENT_CHECK_START_WAIT).await {
+        tracing::warn!("the agents are still being checked; serving meanwhile");
+    }
     let client = connect_nats(config, &format!("clawdforge-worker {id}")).await?;
     let heartbeat = Duration::from_secs(config.stream_heartbeat_secs);
     let worker = crate::nats::start(
@@ -305,6 +319,7 @@ async fn start_worker(
         client,
         worker,
         background,
+        agent_checks,
         grace: Duration::from_secs(config.shutdown_grace_secs),
     })
 }
@@ -318,8 +333,10 @@ impl RunningWorker {
             client,
             worker,
             background,
+            agent_checks,
             grace,
         } = self;
+        agent_checks.abort();
         // First the ledger: another worker then takes this one's sessions at their next request.
         forge.drain().await;
         let draining = worker.stop_intake().await;
@@ -582,6 +599,19 @@ pub async fn token_revoke(
             ),
             _ => token_error(config, e),
         })
+}
+
+/// `clawdforge agents check`: starts each configured agent as a worker would (confined as a
+/// native agent process of the pseudo app `@check`), asks `initialize` and `session/new`, and
+/// says what each answered.
+pub async fn agents_check(config: &Config) -> anyhow::Result<Vec<agent::check::Report>> {
+    prepare_dir("acpx_sessions_cwd", &config.acpx_sessions_cwd)?;
+    let root = std::fs::canonicalize(&config.acpx_sessions_cwd)
+        .with_context(|| format!("resolving {}", config.acpx_sessions_cwd.display()))?;
+    let confinement = Arc::new(confinement(config)?);
+    let checker = agent::check::Checker::new(confinement, root);
+    let (_, agents) = config.agent_table();
+    Ok(checker.check_all(&agents).await)
 }
 
 /// How long a health check may take in all.

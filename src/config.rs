@@ -369,7 +369,9 @@ impl AgentEntry {
 }
 
 /// Which backend drives an agent's sessions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
     /// Through the acpx CLI: one queue owner and agent process per session.

@@ -40,6 +40,9 @@ enum Command {
     /// Mint, list and revoke app tokens on the ledger (DB_PATH) directly, without NATS.
     #[command(subcommand, after_help = CONFIG_HELP)]
     Token(TokenCommand),
+    /// Check the configured agents without calling a model.
+    #[command(subcommand, after_help = CONFIG_HELP)]
+    Agents(AgentsCommand),
     /// Print the effective configuration: every key, its value (secrets masked) and where it
     /// came from (default, file or environment variable).
     #[command(after_help = CONFIG_HELP)]
@@ -84,6 +87,21 @@ enum TokenCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// Start each configured agent (ACPX_AGENT and every [agents.*]) as a worker would, under
+    /// the same confinement (as the pseudo app `_check`), ask it `initialize` and `session/new`
+    /// over ACP (an acpx agent through the ACP command acpx runs for it), never a prompt, and
+    /// print what it said: the executable found, its version, protocol version and
+    /// authentication methods, and `ready` or why not. Exits 1 when an agent is not ready.
+    #[command(after_help = CONFIG_HELP)]
+    Check {
+        /// Print a JSON array, each agent as forge.health shows it plus `command` and `found`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     // First, while this is the only thread: secrets leave the environment (and the kernel's
     // copy of it) before anything else runs, the agents this process starts included.
@@ -122,6 +140,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Sidecar => app::run_sidecar(config, app::shutdown_signal()).await,
         Command::Serve => app::run_serve(config, app::shutdown_signal()).await,
         Command::Token(command) => token(&config, command).await,
+        Command::Agents(AgentsCommand::Check { json }) => agents_check(&config, json).await,
         Command::Healthcheck { http } => {
             println!("{}", app::healthcheck(&config, http).await?);
             Ok(())
@@ -141,7 +160,7 @@ fn init_logging(command: &Command, format: LogFormat) {
     use std::io::IsTerminal;
     // The operator's one-shot commands log only what goes wrong; their answer is on stdout.
     let default_filter = match command {
-        Command::Token(_) | Command::Healthcheck { .. } => "warn",
+        Command::Token(_) | Command::Agents(_) | Command::Healthcheck { .. } => "warn",
         _ => "info,async_nats=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -212,6 +231,32 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
             let revoked = clawdforge::app::token_revoke(config, &token_id).await?;
             println!("revoked {}", revoked.token_id);
         }
+    }
+    Ok(())
+}
+
+/// `clawdforge agents check`: each agent's facts, and a failure when one is not ready.
+async fn agents_check(config: &Config, json: bool) -> anyhow::Result<()> {
+    let reports = clawdforge::app::agents_check(config).await?;
+    if json {
+        let all: Vec<_> = reports.iter().map(|r| r.json()).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        let texts: Vec<String> = reports.iter().map(|r| r.text()).collect();
+        print!("{}", texts.join("\n"));
+    }
+    let not_ready: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.ready())
+        .map(|r| r.name.as_str())
+        .collect();
+    if !not_ready.is_empty() {
+        anyhow::bail!(
+            "{} of {} agents not ready: {}",
+            not_ready.len(),
+            reports.len(),
+            not_ready.join(", ")
+        );
     }
     Ok(())
 }

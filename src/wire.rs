@@ -424,6 +424,31 @@ pub struct Health {
     /// The kernel's Landlock ABI version; null when it has no Landlock.
     #[serde(default)]
     pub landlock_abi: Option<u32>,
+    /// Whether each configured agent starts and opens a session, as last checked (at the
+    /// worker's start, then at most every few minutes); empty until the first check is done.
+    #[serde(default)]
+    pub agents: Vec<AgentHealth>,
+}
+
+/// One configured agent in Health: whether it answered `initialize` and `session/new` when
+/// the worker last started it (no prompt, so no model call), and what it said of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentHealth {
+    pub name: String,
+    pub backend: crate::config::BackendKind,
+    pub ready: bool,
+    /// Why it is not ready: the message a session of it would fail with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The name and version it gave in `agentInfo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The ACP version it answered `initialize` with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u16>,
+    /// The ids of the authentication methods it offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_methods: Option<Vec<String>>,
 }
 
 /// A Health from a worker before `ledger_writable` existed said nothing: it could write.

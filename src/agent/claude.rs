@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::confine::search_path;
 use super::confine::{Confinement, Work};
-use super::process::{exit_text, last_line, Collected, Ended, Spawned, Spec};
+use super::fault::{useful_line, AgentFault, AgentLabel, Ending, Fault};
+use super::process::{Collected, Ended, Spawned, Spec};
 use super::EventSink;
 use crate::error::clip;
 use crate::wire::EventBody;
@@ -26,14 +28,14 @@ const MAX_MESSAGE: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClaudeError {
-    #[error("cannot start {bin}: {reason}")]
-    Spawn { bin: String, reason: String },
+    /// The program could not be started (not found, not executable).
+    #[error("{0}")]
+    Spawn(Box<AgentFault>),
     #[error("the run did not finish within its timeout")]
     Timeout { stderr: String },
-    #[error("claude exited with {}: {message}", exit_text(*.exit_code))]
+    #[error("claude {ending}: {message}")]
     Failed {
-        /// `None` when a signal ended it.
-        exit_code: Option<i32>,
+        ending: Ending,
         message: String,
         stderr: String,
         cost_usd: Option<f64>,
@@ -49,10 +51,14 @@ pub enum ClaudeError {
 impl ClaudeError {
     pub fn exit_code(&self) -> Option<i32> {
         match self {
-            ClaudeError::Failed { exit_code, .. } | ClaudeError::BadOutput { exit_code, .. } => {
-                *exit_code
+            ClaudeError::Failed {
+                ending: Ending::Code(code),
+                ..
+            } => Some(*code),
+            ClaudeError::BadOutput { exit_code, .. } => *exit_code,
+            ClaudeError::Failed { .. } | ClaudeError::Spawn(_) | ClaudeError::Timeout { .. } => {
+                None
             }
-            ClaudeError::Spawn { .. } | ClaudeError::Timeout { .. } => None,
         }
     }
 
@@ -62,7 +68,7 @@ impl ClaudeError {
             ClaudeError::Timeout { stderr }
             | ClaudeError::Failed { stderr, .. }
             | ClaudeError::BadOutput { stderr, .. } => Some(stderr),
-            ClaudeError::Spawn { .. } => None,
+            ClaudeError::Spawn(_) => None,
         }
     }
 
@@ -300,14 +306,19 @@ impl Claude {
             Some(_) => self.stream_args(model),
             None => self.args(model),
         };
-        let spawn_error = |e: std::io::Error| ClaudeError::Spawn {
-            bin: self.bin.clone(),
-            reason: e.to_string(),
+        let label = AgentLabel::new("claude", std::slice::from_ref(&self.bin));
+        let jail = self.confinement.jail(app, cwd, Work::Run).map_err(|e| {
+            let fault = Fault::NotStarted {
+                program: self.bin.clone(),
+                reason: format!("preparing the app's home: {e}"),
+            };
+            ClaudeError::Spawn(Box::new(AgentFault::new(label.clone(), fault)))
+        })?;
+        let spawn_error = |e: std::io::Error| {
+            let path = search_path(jail.as_ref());
+            let fault = AgentFault::not_started(label.clone(), &e, &path.to_string_lossy());
+            ClaudeError::Spawn(Box::new(fault))
         };
-        let jail = self
-            .confinement
-            .jail(app, cwd, Work::Run)
-            .map_err(spawn_error)?;
         let spawned = Spawned::start(Spec {
             program: &self.bin,
             args: &args,
@@ -350,6 +361,7 @@ fn outcome(ended: std::io::Result<Ended>) -> Result<RunOutput, ClaudeError> {
         }
     };
     let exit_code = status.code();
+    let ending = Ending::of(status);
     let parsed = match &stdout {
         Some(out) => ClaudeResult::parse(out),
         None => Err(format!("output over {MAX_STDOUT} bytes")),
@@ -357,13 +369,14 @@ fn outcome(ended: std::io::Result<Ended>) -> Result<RunOutput, ClaudeError> {
     if !status.success() {
         let message = match &parsed {
             Ok(r) if r.failed() => r.error_message(),
-            _ => match last_line(&stderr) {
-                "" => "no error message".to_string(),
-                line => clip(line, MAX_MESSAGE),
-            },
+            _ => {
+                // No result: it crashed, and the operator gets its whole stderr, once.
+                tracing::warn!(stderr = %stderr, "claude {ending} without a result");
+                useful_line(&stderr).unwrap_or_else(|| "no error message".into())
+            }
         };
         return Err(ClaudeError::Failed {
-            exit_code,
+            ending,
             message,
             stderr,
             cost_usd: parsed.ok().and_then(|r| r.cost_usd),
@@ -664,7 +677,11 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"%s %s %s
             .run("t", Path::new("/"), "sonnet", "hi", SECOND)
             .await
             .unwrap_err();
-        assert!(matches!(err, ClaudeError::Spawn { .. }), "{err:?}");
+        assert!(matches!(err, ClaudeError::Spawn(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "agent `claude` could not be started: `/nonexistent/claude` does not exist"
+        );
     }
 
     #[tokio::test]

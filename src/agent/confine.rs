@@ -340,6 +340,15 @@ impl Rules {
     }
 }
 
+/// The PATH a process started in `jail` looks programs up on (without a jail: the worker's).
+pub fn search_path(jail: Option<&Jail>) -> OsString {
+    let jailed = jail.and_then(|j| j.env.iter().find(|(name, _)| name == "PATH"));
+    match jailed {
+        Some((_, path)) => path.clone(),
+        None => std::env::var_os("PATH").unwrap_or_default(),
+    }
+}
+
 impl Jail {
     /// Gives `cmd` the jail's environment, and, in the child before exec, its limits and rules.
     pub(super) fn apply(&self, cmd: &mut Command) -> std::io::Result<()> {

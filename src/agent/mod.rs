@@ -4,8 +4,10 @@
 
 pub mod acp;
 pub mod acpx;
+pub mod check;
 pub mod claude;
 pub mod confine;
+pub mod fault;
 pub mod process;
 mod updates;
 
@@ -48,6 +50,9 @@ pub enum AgentError {
     /// The agent or its runner failed; the message quotes it.
     #[error("{0}")]
     Failed(String),
+    /// The agent could not be started, ended, or wants credentials: said with its name.
+    #[error("{0}")]
+    Fault(Box<fault::AgentFault>),
 }
 
 /// How a turn ended, as ACP's `stopReason` says.
@@ -101,6 +106,8 @@ pub struct TurnEnd {
 pub struct AgentSession {
     pub id: String,
     pub app: String,
+    /// The configured agent's name, for messages.
+    pub agent: String,
     pub cwd: PathBuf,
     pub command: AgentCommand,
     pub backend: BackendKind,

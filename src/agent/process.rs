@@ -3,7 +3,8 @@
 //! them), killed on drop, output read within bounds.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -176,6 +177,17 @@ impl Spawned {
         Some(status)
     }
 
+    /// Waits for the leader to exit, however long it takes; whatever it left running in its
+    /// group is killed with it.
+    pub async fn exit(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.child.wait().await;
+        if status.is_ok() {
+            kill_group(self.pid);
+            self.reaped = true;
+        }
+        status
+    }
+
     /// Lets the process end on its own, for at most `limit`, without anyone waiting for it;
     /// past that it is killed.
     pub fn finish_in_background(mut self, limit: Duration) {
@@ -278,6 +290,24 @@ pub fn last_line(s: &str) -> &str {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("")
+}
+
+/// Where `program` is found when it is started in `cwd` with `search_path` as PATH, as exec
+/// finds it: a name with a '/' as it is (relative to `cwd`), a bare name in the first
+/// directory of PATH holding an executable file of that name.
+pub fn which(program: &str, search_path: &OsStr, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = cwd.join(program);
+        return executable(&path).then_some(path);
+    }
+    std::env::split_paths(search_path)
+        .map(|dir| cwd.join(dir).join(program))
+        .find(|p| executable(p))
 }
 
 /// The last `cap` bytes of a stream, for error messages and the ledger.
@@ -420,6 +450,27 @@ mod tests {
         assert_eq!(t.text(), "cdefg");
         t.push(b"0123456789");
         assert_eq!(t.text(), "56789");
+    }
+
+    #[test]
+    fn which_finds_an_executable_as_exec_does() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mode) in [("tool", 0o755), ("plain", 0o644)] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, "").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let path = std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
+        let root = Path::new("/");
+        assert_eq!(which("tool", &path, root), Some(dir.path().join("tool")));
+        assert_eq!(which("plain", &path, root), None, "not executable");
+        assert_eq!(which("tool", OsStr::new("/usr/bin"), root), None);
+        assert_eq!(
+            which("./tool", OsStr::new(""), dir.path()),
+            Some(dir.path().join("./tool")),
+            "a name with a '/' is not looked up on PATH"
+        );
     }
 
     fn sh(script: &str) -> Vec<String> {

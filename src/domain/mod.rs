@@ -1,6 +1,7 @@
 //! The Forge service: tokens, sessions and runs. The only business logic; it knows nothing of
 //! subjects, status codes or JSON framing.
 
+pub mod agents;
 pub mod files;
 pub mod limits;
 pub mod types;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::check::Checker;
 use crate::agent::{Backend, Claude, ClaudeOptions, Confinement};
 use crate::config::{AgentDef, Config};
 use crate::error::{Error, Result};
@@ -136,6 +138,9 @@ pub struct Forge {
     /// Cancelled when the shutdown grace is over: queued requests give up, runs are killed.
     stopping: CancellationToken,
     probe: Mutex<ToolProbe>,
+    /// Starts the configured agents to see whether they work (health's `agents`).
+    checker: Checker,
+    agent_checks: agents::AgentChecks,
 }
 
 impl Forge {
@@ -160,6 +165,7 @@ impl Forge {
             },
         )
         .confined(confinement.clone());
+        let checker = Checker::new(confinement.clone(), settings.sessions_root.clone());
         Ok(Arc::new(Forge {
             turns: limits::Limiter::new(
                 "concurrent turns",
@@ -181,6 +187,8 @@ impl Forge {
             running_turns: Default::default(),
             stopping: CancellationToken::new(),
             probe: Mutex::new(ToolProbe::default()),
+            checker,
+            agent_checks: Default::default(),
         }))
     }
 
@@ -249,6 +257,7 @@ impl Forge {
             open_sessions: open.unwrap_or(0),
             confined: self.confinement.confined(),
             landlock_abi: self.confinement.abi(),
+            agents: self.agent_checks.current(),
         }
     }
 }
@@ -341,18 +350,9 @@ impl Forge {
 
 /// Whether `bin` names an executable file, directly or on PATH.
 fn on_path(bin: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if bin.contains('/') {
-        return executable(std::path::Path::new(bin));
-    }
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| executable(&dir.join(bin))))
-        .unwrap_or(false)
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    crate::agent::process::which(bin, &path, &cwd).is_some()
 }
 
 /// Now, as the ledger and the wire write it: RFC 3339 UTC with milliseconds.

@@ -21,9 +21,11 @@ impl From<&ClaudeError> for Error {
             ClaudeError::Timeout { .. } => {
                 Error::timeout("the run did not finish within its timeout")
             }
-            ClaudeError::Spawn { .. } => {
+            ClaudeError::Spawn(fault) => {
                 tracing::error!(error = %e, "claude could not be started");
-                Error::agent("the agent CLI (claude) is not available on this worker")
+                Error::agent(format!(
+                    "the agent CLI (claude) is not available on this worker: {fault}"
+                ))
             }
             other => Error::agent(other.to_string()),
         }

@@ -61,6 +61,7 @@ impl Forge {
         AgentSession {
             id: row.session_id.clone(),
             app: row.app.clone(),
+            agent: row.agent.clone(),
             cwd: row.cwd.clone().into(),
             // The ledger holds what this worker wrote, from the configured commands.
             command: AgentCommand::parse(&row.agent_command)

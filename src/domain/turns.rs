@@ -37,6 +37,7 @@ impl From<AgentError> for Error {
                 Error::agent("the agent runner (acpx) is not available on this worker")
             }
             AgentError::Failed(message) => Error::agent(message),
+            AgentError::Fault(fault) => Error::agent(fault.to_string()),
         }
     }
 }
@@ -336,7 +337,7 @@ impl Forge {
             result: match result {
                 // Told to stop, the agent failed on the way out: the turn was cancelled all the
                 // same, with what it had said.
-                Err(AgentError::Failed(why)) if cancelled => {
+                Err(why @ (AgentError::Failed(_) | AgentError::Fault(_))) if cancelled => {
                     tracing::warn!(error = %why, "the agent failed after a cancel");
                     Ok(TurnEnd {
                         output: said,

@@ -8,6 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::multipart::{RunForm, TurnForm};
 use super::routes::{self, SidecarHealth};
+use crate::config::BackendKind;
 use crate::error::ErrorKind;
 use crate::wire;
 
@@ -61,6 +62,8 @@ use crate::wire;
         wire::TokenList,
         wire::TokenRevoked,
         wire::Health,
+        wire::AgentHealth,
+        BackendKind,
         wire::ErrorBody,
         wire::ErrorDetail,
         ErrorKind,
@@ -255,6 +258,19 @@ mod tests {
             required("SidecarHealth"),
             ["nats_connected", "ok", "workers"]
         );
+        assert_eq!(required("AgentHealth"), ["backend", "name", "ready"]);
+        assert!(!required("Health").contains(&"agents".to_string()));
+        assert_eq!(
+            schemas["Health"]["properties"]["agents"]["items"]["$ref"],
+            "#/components/schemas/AgentHealth"
+        );
+        let backends: Vec<&str> = schemas["BackendKind"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(backends, ["acpx", "acp"]);
         let kinds: Vec<&str> = schemas["ErrorKind"]["enum"]
             .as_array()
             .unwrap()

@@ -657,6 +657,8 @@ pub struct SidecarHealth {
     pub ledger_writable: Option<bool>,
     pub confined: Option<bool>,
     pub landlock_abi: Option<u32>,
+    /// The worker's configured agents, as it last checked them.
+    pub agents: Option<Vec<wire::AgentHealth>>,
     /// The sidecar's NATS connection is up.
     pub nats_connected: bool,
     /// Worker instances that answered `$SRV.PING`.
@@ -677,6 +679,7 @@ impl SidecarHealth {
                 ledger_writable: Some(h.ledger_writable),
                 confined: Some(h.confined),
                 landlock_abi: h.landlock_abi,
+                agents: Some(h.agents),
                 nats_connected,
                 workers,
             },
@@ -691,6 +694,7 @@ impl SidecarHealth {
                 ledger_writable: None,
                 confined: None,
                 landlock_abi: None,
+                agents: None,
                 nats_connected,
                 workers,
             },

@@ -704,7 +704,7 @@ async fn without_workers_or_nats_the_sidecar_says_so_and_healthz_counts_workers(
         json!({
             "ok": false, "version": null, "worker_id": null, "acpx_present": null,
             "acpx_version": null, "claude_present": null, "open_sessions": null,
-            "ledger_writable": null, "confined": null, "landlock_abi": null,
+            "ledger_writable": null, "confined": null, "landlock_abi": null, "agents": null,
             "nats_connected": connected, "workers": workers
         })
     };

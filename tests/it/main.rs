@@ -5,6 +5,7 @@ mod cancel;
 mod cli;
 mod confinement;
 mod deploy;
+mod diagnosis;
 mod faults;
 mod harness;
 mod http;

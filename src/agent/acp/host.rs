@@ -1,45 +1,85 @@
 //! One agent process of one (app, agent), spoken to over ACP on its stdio, hosting every open
 //! session of that app and agent that this worker serves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::schema::{
-    InitializeRequest, LoadSessionRequest, NewSessionRequest, RequestPermissionRequest, SessionId,
-    SessionNotification,
+    InitializeRequest, InitializeResponse, LoadSessionRequest, NewSessionRequest,
+    RequestPermissionRequest, SessionId, SessionNotification,
 };
 use agent_client_protocol::v1::ConnectionTo;
-use agent_client_protocol::{Agent, ByteStreams, Client};
+use agent_client_protocol::{Agent, ByteStreams, Client, ErrorCode};
 use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::routes::Routes;
-use crate::agent::confine::Jail;
+use crate::agent::confine::{search_path, Jail};
+use crate::agent::fault::{useful_line, AgentFault, AgentLabel, AuthOffer, Ending, Fault, Phase};
 use crate::agent::process::{Spawned, Spec};
 use crate::agent::AgentError;
 
 /// Time allowed for `initialize`, `session/new` and `session/load`.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many of the agent's last stderr lines are kept for the message of a crash.
-const STDERR_LINES: usize = 20;
+const STDERR_LINES: usize = 40;
+/// Once the agent's connection has ended, how long its exit status and the rest of its stderr
+/// may take to come.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How long a process that is told to stop may take to be gone.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// What the agent said of itself in its `initialize` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Greeting {
+    pub protocol_version: u16,
+    /// `agentInfo`: its name and version.
+    pub agent_info: Option<String>,
+    pub auth_methods: Vec<AuthOffer>,
+    pub can_load: bool,
+}
+
+impl Greeting {
+    fn of(init: &InitializeResponse) -> Greeting {
+        Greeting {
+            protocol_version: init.protocol_version.as_u16(),
+            agent_info: init
+                .agent_info
+                .as_ref()
+                .map(|info| format!("{} {}", info.name, info.version)),
+            auth_methods: init
+                .auth_methods
+                .iter()
+                .map(|m| AuthOffer {
+                    id: m.id().to_string(),
+                    name: m.name().to_string(),
+                })
+                .collect(),
+            can_load: init.agent_capabilities.load_session,
+        }
+    }
+}
 
 /// A running agent process and its connection. Dropped: the process group is killed.
 pub struct Live {
     pub cx: ConnectionTo<Agent>,
-    pub can_load: bool,
+    pub greeting: Greeting,
     pub pid: Option<u32>,
     pub routes: Arc<Routes>,
     /// Our session id → the agent's, for the sessions this process serves.
     sessions: Mutex<HashMap<String, Served>>,
     /// Cancelled when the connection has ended (the agent exited or closed its stdout).
     pub ended: CancellationToken,
-    stderr: Arc<Mutex<Vec<String>>>,
+    label: AgentLabel,
+    process: Watched,
+    /// Why the process ended, made (and logged) once for every turn it cut off.
+    failure: tokio::sync::OnceCell<AgentError>,
     _driver: AbortOnDropHandle<()>,
-    _process: Spawned,
 }
 
 /// A session this process serves: the agent's id for it, and the last turn it ran here.
@@ -56,37 +96,17 @@ pub struct Attached {
 }
 
 impl Live {
-    /// Starts `argv` under `jail` in `dir` and initializes ACP with it.
+    /// Starts the agent (`label`'s command) under `jail` in `dir` and initializes ACP with it.
     pub async fn start(
-        argv: &[String],
+        label: AgentLabel,
         dir: &std::path::Path,
         jail: Option<&Jail>,
     ) -> Result<Live, AgentError> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| AgentError::Failed("the agent's command is empty".into()))?;
-        let unavailable = |e: std::io::Error| AgentError::Unavailable {
-            program: program.clone(),
-            reason: e.to_string(),
-        };
-        let mut process = Spawned::start(Spec {
-            program,
-            args,
-            cwd: Some(dir),
-            keep_stdin: true,
-            jail,
-            ..Default::default()
-        })
-        .await
-        .map_err(unavailable)?;
+        let mut process = spawn(&label, dir, jail).await?;
         let stdin = process.take_stdin().expect("stdin is kept");
         let stdout = process.take_stdout();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(keep_stderr(
-            process.take_stderr(),
-            stderr.clone(),
-            process.id(),
-        ));
+        let pid = process.id();
+        let process = Watched::new(process);
         let routes = Arc::new(Routes::default());
         let ended = CancellationToken::new();
         let (cx_tx, cx_rx) = tokio::sync::oneshot::channel();
@@ -97,52 +117,95 @@ impl Live {
             .map_err(|_| AgentError::Failed("the agent's connection did not start".into()))?;
         let mut live = Live {
             cx,
-            can_load: false,
-            pid: process.id(),
+            greeting: Greeting::default(),
+            pid,
             routes,
             sessions: Mutex::new(HashMap::new()),
             ended,
-            stderr,
+            label,
+            process,
+            failure: tokio::sync::OnceCell::new(),
             _driver: AbortOnDropHandle::new(driver),
-            _process: process,
         };
         let init = live
-            .setup(InitializeRequest::new(ProtocolVersion::V1))
+            .setup(InitializeRequest::new(ProtocolVersion::V1), Phase::Start)
             .await?;
-        live.can_load = init.agent_capabilities.load_session;
+        live.greeting = Greeting::of(&init);
         Ok(live)
     }
 
     /// A setup request, within `SETUP_TIMEOUT`, failing as the agent's exit when it exits.
-    async fn setup<R>(&self, request: R) -> Result<R::Response, AgentError>
+    async fn setup<R>(&self, request: R, phase: Phase) -> Result<R::Response, AgentError>
     where
         R: agent_client_protocol::JsonRpcRequest,
     {
+        let method = request.method().to_string();
         let sent = self.cx.send_request(request).block_task();
         tokio::select! {
             r = tokio::time::timeout(SETUP_TIMEOUT, sent) => match r {
                 Ok(Ok(response)) => Ok(response),
-                Ok(Err(e)) if self.ended.is_cancelled() => Err(self.exited(&e.to_string())),
-                Ok(Err(e)) => Err(AgentError::Failed(format!("the agent refused: {e}"))),
+                Ok(Err(e)) => Err(self.refused(&method, phase, &e).await),
                 Err(_) => Err(AgentError::Failed(format!(
-                    "the agent did not answer within {}s", SETUP_TIMEOUT.as_secs()
+                    "{} did not answer {method} within {} s", self.label, SETUP_TIMEOUT.as_secs()
                 ))),
             },
-            _ = self.ended.cancelled() => Err(self.exited("")),
+            _ = self.ended.cancelled() => Err(self.exited(phase).await),
         }
     }
 
-    /// The error of a turn or request cut off by the agent's exit, with its last words.
-    pub fn exited(&self, detail: &str) -> AgentError {
-        let said = self.stderr.lock().expect("stderr lock").join("\n");
-        let mut m = String::from("the agent process exited");
-        if !detail.is_empty() {
-            m.push_str(&format!(" ({detail})"));
+    /// Why a request of ours failed: the agent's exit, its wish for credentials, or its error.
+    pub async fn refused(
+        &self,
+        method: &str,
+        phase: Phase,
+        e: &agent_client_protocol::Error,
+    ) -> AgentError {
+        let gone = agent_client_protocol::is_connection_terminated(e)
+            || agent_client_protocol::is_incoming_transport_closed(e);
+        if gone || self.ended.is_cancelled() {
+            self.exited(phase).await
+        } else if e.code == ErrorCode::AUTH_REQUIRED {
+            let offers = self.greeting.auth_methods.clone();
+            self.fault(Fault::NeedsAuth { offers })
+        } else {
+            AgentError::Failed(format!(
+                "{} answered {method} with an error: {e}",
+                self.label
+            ))
         }
-        if !said.is_empty() {
-            m.push_str(&format!(": {said}"));
-        }
-        AgentError::Failed(m)
+    }
+
+    /// The error of a request or turn cut off by the agent's exit, with the line of its
+    /// stderr that says why; made once per process, however many turns it cut off.
+    pub async fn exited(&self, phase: Phase) -> AgentError {
+        let made = self.failure.get_or_init(|| async {
+            let (ending, stderr) = self.process.ending().await;
+            let said = useful_line(&stderr);
+            let fault = match ending {
+                Some(ending) => Fault::Ended {
+                    ending,
+                    phase,
+                    said,
+                },
+                None => Fault::HungUp { phase, said },
+            };
+            AgentFault {
+                agent: self.label.clone(),
+                fault,
+            }
+            .report(&stderr)
+        });
+        made.await.clone()
+    }
+
+    fn fault(&self, fault: Fault) -> AgentError {
+        let agent = self.label.clone();
+        AgentFault { agent, fault }.report(&self.process.stderr_tail())
+    }
+
+    /// Stops the process and waits (a few seconds at most) until it is gone.
+    pub async fn stop(self) {
+        self.process.stop().await;
     }
 
     /// A new agent session working in `cwd`.
@@ -153,7 +216,7 @@ impl Live {
         last_turn: u64,
     ) -> Result<SessionId, AgentError> {
         let made = self
-            .setup(NewSessionRequest::new(cwd.to_path_buf()))
+            .setup(NewSessionRequest::new(cwd.to_path_buf()), Phase::Session)
             .await?;
         self.serve(ours, made.session_id.clone(), last_turn);
         Ok(made.session_id)
@@ -181,10 +244,10 @@ impl Live {
                 agent_id: s.id,
                 history_lost: false,
             }),
-            (_, Some(id)) if self.can_load => {
+            (_, Some(id)) if self.greeting.can_load => {
                 let id = SessionId::new(id.to_string());
-                self.setup(LoadSessionRequest::new(id.clone(), cwd.to_path_buf()))
-                    .await?;
+                let load = LoadSessionRequest::new(id.clone(), cwd.to_path_buf());
+                self.setup(load, Phase::Session).await?;
                 self.serve(ours, id.clone(), turn - 1);
                 Ok(Attached {
                     agent_id: id,
@@ -268,19 +331,130 @@ async fn drive<O, I>(
     ended.cancel();
 }
 
-/// Logs the agent's stderr and keeps its last lines.
+/// Starts the agent's process; a program that cannot be started is said with the PATH it was
+/// looked up on.
+async fn spawn(
+    label: &AgentLabel,
+    dir: &std::path::Path,
+    jail: Option<&Jail>,
+) -> Result<Spawned, AgentError> {
+    let (program, args) = label
+        .argv
+        .split_first()
+        .ok_or_else(|| AgentError::Failed(format!("agent `{}` has no command", label.name)))?;
+    let spawned = Spawned::start(Spec {
+        program,
+        args,
+        cwd: Some(dir),
+        keep_stdin: true,
+        jail,
+        ..Default::default()
+    })
+    .await;
+    spawned.map_err(|e| {
+        let path = search_path(jail);
+        AgentFault::not_started(label.clone(), &e, &path.to_string_lossy()).report("")
+    })
+}
+
+/// The agent's process seen from outside its connection: the tail of its stderr and how it
+/// ended. Dropped: the process group is killed.
+struct Watched {
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr_closed: CancellationToken,
+    exit: watch::Receiver<Option<Ending>>,
+    stop: CancellationToken,
+    _watcher: AbortOnDropHandle<()>,
+}
+
+impl Watched {
+    fn new(mut process: Spawned) -> Watched {
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_closed = CancellationToken::new();
+        let pid = process.id();
+        tokio::spawn(keep_stderr(
+            process.take_stderr(),
+            stderr.clone(),
+            pid,
+            stderr_closed.clone(),
+        ));
+        let (exit_tx, exit) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let watcher = tokio::spawn(wait_for_exit(process, exit_tx, stop.clone()));
+        Watched {
+            stderr,
+            stderr_closed,
+            exit,
+            stop,
+            _watcher: AbortOnDropHandle::new(watcher),
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let kept = self.stderr.lock().expect("stderr lock");
+        kept.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// How the process ended and what it wrote to stderr, once both are in (within
+    /// `EXIT_WAIT`; `None`: it has not exited).
+    async fn ending(&self) -> (Option<Ending>, String) {
+        let mut exit = self.exit.clone();
+        let both = async {
+            let _ = exit.wait_for(Option::is_some).await;
+            self.stderr_closed.cancelled().await;
+        };
+        let _ = tokio::time::timeout(EXIT_WAIT, both).await;
+        let ending = *exit.borrow();
+        (ending, self.stderr_tail())
+    }
+
+    async fn stop(&self) {
+        self.stop.cancel();
+        let mut exit = self.exit.clone();
+        let _ = tokio::time::timeout(STOP_WAIT, exit.wait_for(Option::is_some)).await;
+    }
+}
+
+/// Waits for the process to exit (killing it when `stop` is cancelled) and tells how it ended.
+async fn wait_for_exit(
+    mut process: Spawned,
+    exit: watch::Sender<Option<Ending>>,
+    stop: CancellationToken,
+) {
+    let exited = tokio::select! {
+        status = process.exit() => Some(status),
+        _ = stop.cancelled() => None,
+    };
+    let status = match exited {
+        Some(status) => status,
+        None => {
+            process.kill();
+            process.exit().await
+        }
+    };
+    if let Ok(status) = status {
+        let _ = exit.send(Some(Ending::of(status)));
+    }
+}
+
+/// Logs the agent's stderr and keeps its last lines; `closed` is cancelled at its end.
 async fn keep_stderr(
     stderr: tokio::process::ChildStderr,
-    kept: Arc<Mutex<Vec<String>>>,
+    kept: Arc<Mutex<VecDeque<String>>>,
     pid: Option<u32>,
+    closed: CancellationToken,
 ) {
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::debug!(pid, "agent: {line}");
         let mut kept = kept.lock().expect("stderr lock");
         if kept.len() == STDERR_LINES {
-            kept.remove(0);
+            kept.pop_front();
         }
-        kept.push(line.chars().take(500).collect());
+        kept.push_back(line.chars().take(500).collect());
     }
+    closed.cancel();
 }

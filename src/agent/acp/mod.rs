@@ -20,8 +20,10 @@ use agent_client_protocol::v1::schema::{
 };
 
 use self::asks::TurnAsks;
-use self::host::Live;
+pub use self::host::Greeting;
+pub(crate) use self::host::Live;
 use super::confine::{Confinement, Work};
+use super::fault::{AgentLabel, Phase};
 use super::CANCEL_GRACE;
 use super::{
     updates, AgentError, AgentSession, Answer, Backend, Opened, Prompt, StopReason, TurnEnd,
@@ -98,7 +100,8 @@ impl Acp {
             .confinement
             .jail(&s.app, &dir, Work::Native)
             .map_err(|e| AgentError::Failed(format!("preparing the app's home: {e}")))?;
-        let live = Arc::new(Live::start(&argv, &dir, jail.as_ref()).await?);
+        let label = AgentLabel::new(&s.agent, &argv);
+        let live = Arc::new(Live::start(label, &dir, jail.as_ref()).await?);
         tracing::info!(pid = live.pid, app = %s.app, "agent process started");
         *slot = Some(live.clone());
         Ok(live)
@@ -255,7 +258,7 @@ async fn prompt(
                 (cancelled, timed_out) = (true, true);
                 stop = cancel(DecidedBy::Timeout, &mut asks);
             }
-            _ = live.ended.cancelled() => return Err(live.exited("")),
+            _ = live.ended.cancelled() => return Err(live.exited(Phase::Turn).await),
         }
     };
     // Updates sent before the answer are already queued: they belong to the turn.
@@ -266,7 +269,7 @@ async fn prompt(
     for event in asks.finish(DecidedBy::Caller).await {
         p.sink.emit(event).await;
     }
-    let stop_reason = stop_reason(live, answer)?;
+    let stop_reason = stop_reason(live, answer).await?;
     if timed_out {
         return Err(AgentError::Timeout);
     }
@@ -278,7 +281,7 @@ async fn prompt(
 
 /// How the prompt ended: the agent's stop reason, `cancelled` when it did not answer a cancel
 /// within the grace, or why it failed.
-fn stop_reason(
+async fn stop_reason(
     live: &Live,
     answer: Option<Result<PromptResponse, agent_client_protocol::Error>>,
 ) -> Result<StopReason, AgentError> {
@@ -288,10 +291,7 @@ fn stop_reason(
             let said = serde_json::to_value(r.stop_reason).unwrap_or_default();
             Ok(StopReason::parse(said.as_str().unwrap_or("end_turn")))
         }
-        Some(Err(_)) if live.ended.is_cancelled() => Err(live.exited("")),
-        Some(Err(e)) => Err(AgentError::Failed(format!(
-            "the agent failed the turn: {e}"
-        ))),
+        Some(Err(e)) => Err(live.refused("session/prompt", Phase::Turn, &e).await),
     }
 }
 
@@ -394,6 +394,7 @@ mod tests {
         AgentSession {
             id: "s".into(),
             app: app.into(),
+            agent: "agent".into(),
             cwd: cwd.into(),
             command: AgentCommand::Custom("agent".into()),
             backend: BackendKind::Acp,

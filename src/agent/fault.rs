@@ -1,0 +1,530 @@
+//! Why an agent process failed, said the same way by every backend and by `agents check`: it
+//! could not be started (not found, or refused), it ended (a code or a signal, at start or
+//! later), or it asked for credentials. The message names the agent, what happened, and the
+//! first line of its stderr that reads like an error; the whole tail of its stderr goes to the
+//! worker's log once, at warn.
+
+use std::fmt;
+use std::process::ExitStatus;
+
+use super::AgentError;
+
+/// Longest line of an agent's stderr quoted in a message.
+const MAX_QUOTED: usize = 300;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Ending {
+    pub fn of(status: ExitStatus) -> Ending {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Ending::Code(code),
+            (None, Some(signal)) => Ending::Signal(signal),
+            // Stopped or continued: not an end; said as what wait(2) gave.
+            (None, None) => Ending::Code(status.into_raw()),
+        }
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ending::Code(code) => write!(f, "exited with code {code}"),
+            Ending::Signal(n) => match nix::sys::signal::Signal::try_from(*n) {
+                Ok(signal) => write!(f, "was killed by signal {}", signal.as_str()),
+                Err(_) => write!(f, "was killed by signal {n}"),
+            },
+        }
+    }
+}
+
+/// What the agent was doing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before it answered `initialize`.
+    Start,
+    /// During `session/new` or `session/load`.
+    Session,
+    /// During a prompt.
+    Turn,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Start => "at start",
+            Phase::Session => "while starting a session",
+            Phase::Turn => "during a turn",
+        })
+    }
+}
+
+/// Which agent: its configured name and the command line that starts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLabel {
+    pub name: String,
+    pub argv: Vec<String>,
+}
+
+impl AgentLabel {
+    pub fn new(name: &str, argv: &[String]) -> AgentLabel {
+        AgentLabel {
+            name: name.to_string(),
+            argv: argv.to_vec(),
+        }
+    }
+
+    fn program(&self) -> &str {
+        self.argv.first().map(String::as_str).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for AgentLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "agent `{}` ({})", self.name, self.argv.join(" "))
+    }
+}
+
+/// An authentication method an agent offers in its `initialize` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthOffer {
+    pub id: String,
+    pub name: String,
+}
+
+impl fmt::Display for AuthOffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() || self.name == self.id {
+            f.write_str(&self.id)
+        } else {
+            write!(f, "{} ({})", self.id, self.name)
+        }
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The program does not exist (`search_path`: the PATH it was looked up on, for a bare name).
+    Missing {
+        program: String,
+        search_path: Option<String>,
+    },
+    /// The program exists but could not be executed.
+    NotStarted { program: String, reason: String },
+    /// The process ended; `said`: the first useful line of its stderr.
+    Ended {
+        ending: Ending,
+        phase: Phase,
+        said: Option<String>,
+    },
+    /// The process closed its connection but did not exit.
+    HungUp { phase: Phase, said: Option<String> },
+    /// It answered ACP error -32000 (authentication required).
+    NeedsAuth { offers: Vec<AuthOffer> },
+}
+
+/// A failed agent, as an operator and an app read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFault {
+    pub agent: AgentLabel,
+    pub fault: Fault,
+}
+
+impl AgentFault {
+    pub fn new(agent: AgentLabel, fault: Fault) -> AgentFault {
+        AgentFault { agent, fault }
+    }
+
+    /// The fault of an agent whose program could not be started; `search_path` is the PATH it
+    /// was looked up on.
+    pub fn not_started(agent: AgentLabel, e: &std::io::Error, search_path: &str) -> Self {
+        let program = agent.program().to_string();
+        let fault = if e.kind() == std::io::ErrorKind::NotFound {
+            Fault::Missing {
+                search_path: (!program.contains('/')).then(|| search_path.to_string()),
+                program,
+            }
+        } else {
+            Fault::NotStarted {
+                program,
+                reason: e.to_string(),
+            }
+        };
+        AgentFault { agent, fault }
+    }
+
+    /// The fault as an [`AgentError`], with the agent's stderr tail logged once, at warn.
+    pub fn report(self, stderr: &str) -> AgentError {
+        if stderr.is_empty() {
+            tracing::warn!(agent = %self.agent.name, "{self}");
+        } else {
+            tracing::warn!(agent = %self.agent.name, stderr = %stderr, "{self}");
+        }
+        AgentError::Fault(Box::new(self))
+    }
+}
+
+impl fmt::Display for AgentFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = &self.agent.name;
+        match &self.fault {
+            Fault::Missing {
+                program,
+                search_path: Some(path),
+            } => write!(
+                f,
+                "agent `{name}` could not be started: `{program}` not found on PATH (PATH={path})"
+            ),
+            Fault::Missing { program, .. } => write!(
+                f,
+                "agent `{name}` could not be started: `{program}` does not exist"
+            ),
+            Fault::NotStarted { program, reason } => write!(
+                f,
+                "agent `{name}` could not be started: `{program}`: {reason}"
+            ),
+            Fault::Ended {
+                ending,
+                phase,
+                said,
+            } => write!(f, "{} {ending} {phase}{}", self.agent, quoted(said)),
+            Fault::HungUp { phase, said } => write!(
+                f,
+                "{} closed its connection {phase}{}",
+                self.agent,
+                quoted(said)
+            ),
+            Fault::NeedsAuth { offers } => write!(
+                f,
+                "agent `{name}` needs authentication ({}): {}",
+                offered(offers),
+                Credentials::of(self.agent.program()).hint()
+            ),
+        }
+    }
+}
+
+fn quoted(said: &Option<String>) -> String {
+    match said {
+        Some(line) => format!(": {line}"),
+        None => " (nothing on its stderr)".into(),
+    }
+}
+
+fn offered(offers: &[AuthOffer]) -> String {
+    if offers.is_empty() {
+        return "it offers no authentication method".into();
+    }
+    let list: Vec<String> = offers.iter().map(ToString::to_string).collect();
+    format!("methods it offers: {}", list.join(", "))
+}
+
+/// Where an agent's credentials come from, by the program that runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credentials {
+    Claude,
+    Codex,
+    Gemini,
+    Other,
+}
+
+impl Credentials {
+    fn of(program: &str) -> Credentials {
+        let base = program.rsplit('/').next().unwrap_or(program);
+        match base {
+            "claude-agent-acp" | "claude-code-acp" | "claude" => Credentials::Claude,
+            "codex-acp" | "codex" => Credentials::Codex,
+            "gemini" => Credentials::Gemini,
+            _ => Credentials::Other,
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Credentials::Claude => {
+                "set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN in the worker's environment and \
+                 name it in agent_env (CLAWDFORGE_AGENT_ENV), or point agent_credentials_file at \
+                 a Claude credentials file"
+            }
+            Credentials::Codex => {
+                "set OPENAI_API_KEY (or CODEX_API_KEY) in the worker's environment and name it in \
+                 agent_env (CLAWDFORGE_AGENT_ENV)"
+            }
+            Credentials::Gemini => {
+                "set GEMINI_API_KEY in the worker's environment and name it in agent_env \
+                 (CLAWDFORGE_AGENT_ENV)"
+            }
+            Credentials::Other => {
+                "set the variable it reads its credentials from in the worker's environment and \
+                 name it in agent_env (CLAWDFORGE_AGENT_ENV)"
+            }
+        }
+    }
+}
+
+/// The line of a process's stderr that says what went wrong: the first that reads like an
+/// error (error, panic, abort, denied, not found, …), else the last that is not noise. Noise:
+/// blank and separator lines, stack frames (`at …`), version banners (`Bun v1.3.14 …`,
+/// `Node.js v22.…`), the block of facts under Bun's crash banner (`CPU:`, `Args:`,
+/// `Features:`, …), and the source excerpt Node prints before an uncaught error (a location
+/// line, the source line, the caret). Clipped to a few hundred characters.
+pub fn useful_line(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).collect();
+    let noise = noise_lines(&lines);
+    let candidates = || {
+        lines
+            .iter()
+            .zip(&noise)
+            .filter(|(_, noisy)| !**noisy)
+            .map(|(line, _)| *line)
+    };
+    let line = candidates()
+        .find(|l| reads_like_an_error(l))
+        .or_else(|| candidates().next_back())?;
+    Some(crate::error::clip(line, MAX_QUOTED))
+}
+
+/// Which of `lines` are noise (see [`useful_line`]).
+fn noise_lines(lines: &[&str]) -> Vec<bool> {
+    let mut noise: Vec<bool> = lines.iter().map(|l| noise_by_itself(l)).collect();
+    let mut in_banner = false;
+    for (i, line) in lines.iter().enumerate() {
+        let next = lines.get(i + 1).copied().unwrap_or_default();
+        // Bun's crash banner: a separator, a version line, facts, then a blank line.
+        if is_separator(line) && version_banner(next) {
+            in_banner = true;
+        } else if line.is_empty() {
+            in_banner = false;
+        }
+        // Node's excerpt of the source: the line above a caret, and its location above it.
+        let excerpt =
+            is_caret(next) || (is_location(line) && lines.get(i + 2).is_some_and(|l| is_caret(l)));
+        if in_banner || excerpt {
+            noise[i] = true;
+        }
+    }
+    noise
+}
+
+fn noise_by_itself(line: &str) -> bool {
+    line.is_empty()
+        || is_separator(line)
+        || is_caret(line)
+        || line.starts_with("at ")
+        || version_banner(line)
+        || is_location(line)
+        || (line.starts_with("(node:") && line.contains("Warning"))
+}
+
+/// `=====`, `-----`, `*****` and the like.
+fn is_separator(line: &str) -> bool {
+    line.chars().count() >= 3 && line.chars().all(|c| "=-_*~#+─━".contains(c))
+}
+
+/// Node's caret under the failing source column, or a `~~~~` underline.
+fn is_caret(line: &str) -> bool {
+    !line.is_empty() && line.contains(['^', '~']) && line.chars().all(|c| "^~ ".contains(c))
+}
+
+/// `file:///x/agent.mjs:45`, `node:internal/modules/cjs/loader:1228`, `/x/y.js:3`.
+fn is_location(line: &str) -> bool {
+    let Some((path, number)) = line.rsplit_once(':') else {
+        return false;
+    };
+    !line.contains(' ')
+        && !number.is_empty()
+        && number.chars().all(|c| c.is_ascii_digit())
+        && (path.starts_with("file://") || path.starts_with("node:") || path.starts_with('/'))
+}
+
+/// A line that names a program and its version and nothing else that matters:
+/// `Bun v1.3.14 (2a41ca97) Linux arm64`, `Node.js v22.12.0`.
+fn version_banner(line: &str) -> bool {
+    let versioned = line.split_whitespace().take(3).any(|word| {
+        let mut chars = word.chars();
+        chars.next() == Some('v') && chars.next().is_some_and(|c| c.is_ascii_digit())
+    });
+    versioned && !reads_like_an_error(line)
+}
+
+fn reads_like_an_error(line: &str) -> bool {
+    const WORDS: [&str; 15] = [
+        "error",
+        "panic",
+        "abort",
+        "denied",
+        "not found",
+        "fatal",
+        "failed",
+        "cannot",
+        "can't",
+        "refused",
+        "exception",
+        "unable",
+        "no such",
+        "invalid",
+        "segmentation fault",
+    ];
+    let lower = line.to_lowercase();
+    WORDS.iter().any(|w| lower.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bun's crash banner as Claude Code's executable prints it (oven-sh/bun#32418, with the
+    /// `Features:` line of oven-sh/bun#31409, which holds the word "abort").
+    const BUN_CRASH: &str = "\
+============================================================
+Bun v1.3.14 (2a41ca97) Linux arm64
+Linux Kernel v6.12.62 | glibc v2.41
+CPU: neon fp aes crc32 atomics
+Args: \"claude\"
+Features: Bun.stderr(2) Bun.stdin(2) Bun.stdout(2) WebSocket abort_signal(18) fetch(134) jsc spawn(35) standalone_executable
+Elapsed: 2ms | User: 3ms | Sys: 0ms
+RSS: 18.15MB | Peak: 7.57MB | Commit: 18.15MB | Faults: 0
+
+panic(main thread): Bus error at address 0xF1B8830
+oh no: Bun has crashed. This indicates a bug in Bun, not your code.
+
+To send a redacted crash report to Bun's team,
+please file a GitHub issue using the link below:
+
+ https://bun.report/1.3.14/L_12a41ca9AA+gEuuy3nCmtn3nC2lxI2zxImjl3nCA4AgjkujP
+";
+
+    /// Node 22 on an uncaught error thrown at the top of an ES module.
+    const NODE_THROW: &str = "\
+file:///work/main/tests/fixtures/acp-agent.mjs:45
+  throw new Error(\"the test agent crashed at start (--crash-at-start)\");
+        ^
+
+Error: the test agent crashed at start (--crash-at-start)
+    at file:///work/main/tests/fixtures/acp-agent.mjs:45:9
+    at ModuleJob.run (node:internal/modules/esm/module_job:343:25)
+    at async onImport.tracePromise.__proto__ (node:internal/modules/esm/loader:681:26)
+    at async asyncRunEntryPointWithESMLoader (node:internal/modules/run_main:117:5)
+
+Node.js v22.23.5
+";
+
+    /// Node 22 when its script is missing (a CommonJS entry point).
+    const NODE_MISSING_MODULE: &str = "\
+node:internal/modules/cjs/loader:1228
+  throw err;
+  ^
+
+Error: Cannot find module '/opt/agents/my-agent.js'
+    at Module._resolveFilename (node:internal/modules/cjs/loader:1225:15)
+    at Module._load (node:internal/modules/cjs/loader:1051:27)
+    at node:internal/main/run_main_module:28:49 {
+  code: 'MODULE_NOT_FOUND',
+  requireStack: []
+}
+
+Node.js v22.12.0
+";
+
+    #[test]
+    fn a_bun_crash_banner_gives_its_panic_line() {
+        assert_eq!(
+            useful_line(BUN_CRASH).as_deref(),
+            Some("panic(main thread): Bus error at address 0xF1B8830")
+        );
+    }
+
+    #[test]
+    fn a_node_stack_gives_its_error_line_not_the_source_excerpt() {
+        assert_eq!(
+            useful_line(NODE_THROW).as_deref(),
+            Some("Error: the test agent crashed at start (--crash-at-start)")
+        );
+        assert_eq!(
+            useful_line(NODE_MISSING_MODULE).as_deref(),
+            Some("Error: Cannot find module '/opt/agents/my-agent.js'")
+        );
+    }
+
+    #[test]
+    fn without_an_error_line_the_last_line_that_is_not_noise() {
+        let said = "[agent 12] starting\n[agent 12] listening on stdio\n\n----\n";
+        assert_eq!(
+            useful_line(said).as_deref(),
+            Some("[agent 12] listening on stdio")
+        );
+        assert_eq!(useful_line(""), None);
+        assert_eq!(useful_line("=====\n\n   \nNode.js v22.1.0\n"), None);
+        // A separator box around an error is not a banner.
+        let boxed = "=====\nERROR: no credentials\n=====\n";
+        assert_eq!(useful_line(boxed).as_deref(), Some("ERROR: no credentials"));
+    }
+
+    #[test]
+    fn endings_name_the_signal() {
+        assert_eq!(Ending::Code(1).to_string(), "exited with code 1");
+        assert_eq!(
+            Ending::Signal(6).to_string(),
+            "was killed by signal SIGABRT"
+        );
+        assert_eq!(
+            Ending::Signal(9).to_string(),
+            "was killed by signal SIGKILL"
+        );
+    }
+
+    fn label(argv: &[&str]) -> AgentLabel {
+        let argv: Vec<String> = argv.iter().map(ToString::to_string).collect();
+        AgentLabel::new("claude", &argv)
+    }
+
+    #[test]
+    fn messages_say_what_happened() {
+        let fault = |fault| AgentFault {
+            agent: label(&["claude-agent-acp"]),
+            fault,
+        };
+        let killed = fault(Fault::Ended {
+            ending: Ending::Signal(6),
+            phase: Phase::Start,
+            said: useful_line(BUN_CRASH),
+        });
+        assert_eq!(
+            killed.to_string(),
+            "agent `claude` (claude-agent-acp) was killed by signal SIGABRT at start: \
+             panic(main thread): Bus error at address 0xF1B8830"
+        );
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let not_found =
+            AgentFault::not_started(label(&["claude-agent-acp"]), &missing, "/usr/bin:/bin");
+        assert_eq!(
+            not_found.to_string(),
+            "agent `claude` could not be started: `claude-agent-acp` not found on PATH \
+             (PATH=/usr/bin:/bin)"
+        );
+        let absent = AgentFault::not_started(label(&["/opt/x/agent"]), &missing, "/bin");
+        assert_eq!(
+            absent.to_string(),
+            "agent `claude` could not be started: `/opt/x/agent` does not exist"
+        );
+        let auth = fault(Fault::NeedsAuth {
+            offers: vec![AuthOffer {
+                id: "claude-login".into(),
+                name: "Log in with Claude Code".into(),
+            }],
+        });
+        assert!(
+            auth.to_string().starts_with(
+                "agent `claude` needs authentication (methods it offers: claude-login (Log in \
+                 with Claude Code)): set ANTHROPIC_API_KEY"
+            ),
+            "{auth}"
+        );
+    }
+}
