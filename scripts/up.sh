@@ -41,6 +41,30 @@ export CLAWDFORGE_AGENT_HOMES_DIR="$data/homes"
 export CLAWDFORGE_AGENT_READ_DIRS="/usr,/bin,/sbin,/lib,/lib32,/lib64,/etc,/opt,$repo/.tools,$repo/tests/fixtures"
 export ACPX_BIN="$repo/.tools/bin/acpx"
 export ACPX_AGENT="$repo/.tools/bin/node $repo/tests/fixtures/acp-agent.mjs"
+# Claude Code beside the demo agent, as setup-tools.sh installed it: `claude` through acpx (its
+# built-in agent runs the installed adapter), `claude-native` on the native backend, and the
+# claude CLI for one-shot runs. They need credentials: ANTHROPIC_API_KEY or
+# CLAUDE_CODE_OAUTH_TOKEN in up.sh's environment (ANTHROPIC_BASE_URL too, for a proxy or a
+# stand-in; its port is then the one agents may connect to besides 443).
+export PATH="$repo/.tools/agents/bin:$PATH"
+export CLAUDE_BIN="$repo/.tools/agents/bin/claude"
+export CLAWDFORGE_AGENT_ENV="ANTHROPIC_API_KEY,CLAUDE_CODE_OAUTH_TOKEN,ANTHROPIC_BASE_URL,CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC,DISABLE_AUTOUPDATER"
+export DISABLE_AUTOUPDATER=1
+connect_ports=443
+if [[ "${ANTHROPIC_BASE_URL:-}" =~ ^https?://[^/:]+:([0-9]+) ]]; then
+    connect_ports="443,${BASH_REMATCH[1]}"
+fi
+export CLAWDFORGE_AGENT_CONNECT_PORTS="$connect_ports"
+export CLAWDFORGE_CONFIG="$data/agents.toml"
+cat >"$CLAWDFORGE_CONFIG" <<'TOML'
+# Written by scripts/up.sh at every start.
+[agents.claude]
+command = "claude"
+
+[agents.claude-native]
+command = "claude"
+backend = "acp"
+TOML
 export BIND_HOST=127.0.0.1
 export BIND_PORT="$http_port"
 export RUST_LOG="${RUST_LOG:-info,async_nats=warn}"
@@ -132,6 +156,12 @@ echo
 echo "up.sh: clawdforge agents check"
 RUST_LOG=warn "$bin" agents check 2>&1 | sed 's/^/  /' || true
 
+if [[ -n "${ANTHROPIC_API_KEY:-}${CLAUDE_CODE_OAUTH_TOKEN:-}" ]]; then
+    claude_creds="set"
+else
+    claude_creds="not set"
+fi
+
 cat <<MSG
 
 clawdforge is up.
@@ -139,7 +169,9 @@ clawdforge is up.
   HTTP:         $http   (loopback only: set ALLOW_CIDRS to open it to your LAN)
   admin token:  $admin_token   (also in $data/admin-token)
   ledger:       $DB_PATH
-  agent:        the demo ACP agent (it answers "echo: <your prompt>")
+  agents:       default: the demo ACP agent (it answers "echo: <your prompt>"; no credentials)
+                claude, claude-native: Claude Code through acpx, and natively (they need
+                ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN set for up.sh: $claude_creds)
 
 Try it from another terminal (nats-py is in .tools/venv):
   export CLAWDFORGE_TOKEN=$admin_token
@@ -147,6 +179,7 @@ Try it from another terminal (nats-py is in .tools/venv):
   .tools/bin/python scripts/request.py forge.admin.token.create '{"app": "demo"}'
   .tools/bin/python scripts/request.py forge.session.create '{}'
   .tools/bin/python scripts/request.py forge.session.turn '{"session_id": "<id>", "prompt": "hello"}'
+  .tools/bin/python scripts/request.py forge.session.create '{"agent": "claude-native"}'
   .tools/bin/python tests/clients/contract_check.py $NATS_URL $admin_token
 
 Or over HTTP, as the old service's callers do:
