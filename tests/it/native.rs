@@ -108,16 +108,26 @@ async fn an_agent_that_crashes_fails_its_turns_and_the_next_turns_load_their_ses
 
     let mut pids = BTreeSet::new();
     for id in [&a, &b, &c] {
-        let t = app.turn(&turn(id, "again #origin #count")).await.unwrap();
+        let t = app.turn(&turn(id, "again #origin #count #history")).await;
+        let t = t.unwrap();
         assert!(
-            t.output.starts_with("echo: again #origin #count [n=")
-                && t.output.contains("[origin=load]"),
+            t.output
+                .starts_with("echo: again #origin #count #history [n=")
+                && t.output.contains("[origin=load]")
+                && t.output.ends_with("|again]"),
             "loaded into the new process: {}",
             t.output
         );
         pids.insert(agent_pid(&t.output));
     }
     assert_eq!(pids.len(), 1, "one new process: {pids:?}");
+    // What each session was told before the crash came back with it.
+    let told = app.turn(&turn(&a, "last #history")).await.unwrap();
+    assert!(
+        told.output.ends_with("[history=warm|held|again|last]"),
+        "{}",
+        told.output
+    );
     assert!(!pids.contains(&agent_pid(&first.output)));
     let failed: i64 = forge
         .ledger()
@@ -147,13 +157,15 @@ async fn an_idle_agent_process_stops_and_the_next_turn_starts_it_with_the_sessio
     forge
         .wait_for_log(&["agent process idle; stopping it"])
         .await;
-    let second = app.turn(&turn(&id, "two #origin #count")).await.unwrap();
+    let second = app.turn(&turn(&id, "two #origin #count #history")).await;
+    let second = second.unwrap();
     assert!(
         second
             .output
-            .starts_with("echo: two #origin #count [n=1 pid=")
-            && second.output.contains("[origin=load]"),
-        "{}",
+            .starts_with("echo: two #origin #count #history [n=1 pid=")
+            && second.output.contains("[origin=load]")
+            && second.output.ends_with("[history=one|two]"),
+        "the new process remembers the first turn: {}",
         second.output
     );
     assert_ne!(agent_pid(&second.output), pid);
@@ -240,13 +252,15 @@ async fn a_worker_killed_mid_session_loses_nothing_the_survivor_loads_the_sessio
     forge.spawn_worker(&[]);
     forge.wait_for_workers(2).await;
     forge.kill_worker_and_wait(0).await;
-    let second = app.turn(&turn(&id, "two #origin #count")).await.unwrap();
+    let second = app.turn(&turn(&id, "two #origin #count #history")).await;
+    let second = second.unwrap();
     assert_eq!(second.turn, 2);
     assert!(
         second
             .output
-            .starts_with("echo: two #origin #count [n=1 pid=")
-            && second.output.contains("[origin=load]"),
+            .starts_with("echo: two #origin #count #history [n=1 pid=")
+            && second.output.contains("[origin=load]")
+            && second.output.ends_with("[history=one|two]"),
         "the survivor's own agent process, with the session loaded: {}",
         second.output
     );

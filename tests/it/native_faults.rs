@@ -72,9 +72,15 @@ async fn an_agent_killed_mid_turn_fails_that_turn_and_the_next_one_loads_the_ses
         "the error says the agent was killed: {failed}"
     );
     wait_until_gone(pid).await;
-    let next = app.turn(&turn(&id, "three #origin #count")).await.unwrap();
+    let next = app.turn(&turn(&id, "three #origin #count #history")).await;
+    let next = next.unwrap();
     assert_eq!(next.turn, 3);
     assert!(next.output.contains("[origin=load]"), "{}", next.output);
+    assert!(
+        next.output.contains("[history=one|") && next.output.ends_with("|three]"),
+        "the loaded session remembers its turns: {}",
+        next.output
+    );
     assert_ne!(agent_pid(&next.output), pid);
     let outcomes: Vec<String> = events(&forge, &id).into_iter().map(|(_, o)| o).collect();
     assert_eq!(outcomes, ["ok", "ok", "agent_error", "ok"]);
