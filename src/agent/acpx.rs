@@ -5,7 +5,12 @@
 //! between turns and serialises turns of one session, across worker processes too. A turn is
 //! `acpx prompt`, whose NDJSON (the raw ACP messages of both directions, each written as soon as
 //! acpx has it) is read line by line and turned into the contract's events.
+//!
+//! A cancel is `acpx cancel`, sent again until that output shows acpx's `session/cancel` to the
+//! agent, or the prompt's end. A prompt the worker gives up on is read (and cancelled) on in the
+//! background, and the session's next prompt waits for its end.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -13,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::ChildStdout;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::confine::{Confinement, Jail, Work};
@@ -31,9 +38,9 @@ const MAX_CONTROL_OUTPUT: usize = 1024 * 1024;
 const STDERR_TAIL: usize = 4096;
 /// Time allowed for the quick acpx commands (new, close, cancel, version).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a cancel goes on being sent, at most.
+/// How long a prompt given up on goes on being cancelled and read in the background, at most.
 const CANCEL_PERSISTS: Duration = Duration::from_secs(120);
-/// How soon a cancel that found no turn to stop is sent again.
+/// How soon `acpx cancel` is sent again while the agent has not been told.
 const CANCEL_RETRY: Duration = Duration::from_millis(250);
 /// How many times a prompt is sent while acpx's queue owner is still starting.
 const OWNER_START_TRIES: u32 = 4;
@@ -101,6 +108,8 @@ pub struct Acpx {
     bin: String,
     ttl_secs: u64,
     confinement: Arc<Confinement>,
+    /// Prompts given up on that acpx may still run, shared by the clones.
+    drains: Arc<Drains>,
 }
 
 #[async_trait::async_trait]
@@ -127,6 +136,12 @@ impl Backend for Acpx {
         session: &AgentSession,
         prompt: Prompt<'_>,
     ) -> Result<TurnEnd, AgentError> {
+        // A prompt of the session given up on goes first: the agent must be done with it.
+        match self.wait_for_drain(session, &prompt).await {
+            Ok(None) => {}
+            Ok(Some(cancelled)) => return Ok(cancelled),
+            Err(f) => return Err(self.error(f)),
+        }
         let result = match self.prompt_started(session, &prompt).await {
             Err(Failure::NoSession) => {
                 // acpx lost its record: bring it back and try again, within the same deadline.
@@ -186,6 +201,7 @@ impl Acpx {
             bin: bin.into(),
             ttl_secs,
             confinement: Arc::new(Confinement::none()),
+            drains: Arc::default(),
         }
     }
 
@@ -328,12 +344,42 @@ impl Acpx {
         }
     }
 
-    /// One `acpx prompt`, its events into the sink as they come.
+    /// One `acpx prompt`, its events into the sink as they come. A prompt given up on (cut
+    /// short by a cancel acpx did not finish in time, or past the deadline) goes on being read
+    /// and cancelled in the background: see [`Acpx::drain`].
     async fn prompt_once(&self, s: &AgentSession, p: &Prompt<'_>) -> Result<TurnEnd, Failure> {
         let left = p.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Failure::Timeout);
         }
+        let mut run = self.start_prompt(s, p, left).await?;
+        match self.read_turn(s, p, &mut run, left + TIMEOUT_SLACK).await {
+            Read::Done(done) => {
+                // The answer is in; acpx lingers about a second before it exits. Let it finish
+                // on its own rather than make the caller wait for it.
+                run.child.finish_in_background(CONTROL_TIMEOUT);
+                done
+            }
+            Read::Eof => run.finish().await,
+            Read::CutShort => {
+                let end = if p.cancel.is_cancelled() {
+                    Ok(run.output.stream.cut_short())
+                } else {
+                    Err(Failure::Timeout)
+                };
+                self.drain(s, run);
+                end
+            }
+        }
+    }
+
+    /// Starts `acpx prompt` with the prompt's text, for at most `left`.
+    async fn start_prompt(
+        &self,
+        s: &AgentSession,
+        p: &Prompt<'_>,
+        left: Duration,
+    ) -> Result<Running, Failure> {
         let mut args = self.args(s, Some(left.as_secs().max(1)));
         // The prompt goes in on stdin as ACP content blocks: byte-exact, no argv size limit, and
         // a prompt that starts with '-' is never read as an option.
@@ -351,52 +397,41 @@ impl Acpx {
         .await
         .map_err(|e| Failure::Spawn(e.to_string()))?;
         let stderr = tokio::spawn(super::process::read_tail(child.take_stderr(), STDERR_TAIL));
-        let mut reader = BufReader::new(child.take_stdout());
-        let mut stream = PromptStream::default();
-        let read = self.read_turn(s, p, &mut reader, &mut stream, left + TIMEOUT_SLACK);
-        match read.await {
-            Read::Done(done) => {
-                // The answer is in; acpx lingers about a second before it exits. Let it finish
-                // on its own rather than make the caller wait for it.
-                child.finish_in_background(CONTROL_TIMEOUT);
-                done
-            }
-            Read::Eof => {
-                let status = child.wait(CONTROL_TIMEOUT).await;
-                let status = status.ok_or_else(|| Failure::Agent("acpx did not exit".into()))?;
-                let status = status.map_err(|e| Failure::Agent(e.to_string()))?;
-                stream.finish(status, &stderr.await.unwrap_or_default())
-            }
-            Read::CutShort(end) => end,
-        }
+        let output = TurnOutput {
+            reader: BufReader::new(child.take_stdout()),
+            stream: PromptStream::default(),
+            line: Vec::new(),
+        };
+        Ok(Running {
+            child,
+            stderr,
+            output,
+            cancelling: Cancelling::No,
+        })
     }
 
     /// Reads the turn's lines until its result, acpx's exit, the deadline or a cancel that
-    /// acpx does not answer in time. A cancel is passed on to acpx and the reading goes on: the
-    /// turn then ends with `cancelled` and what the agent had said.
-    async fn read_turn<R: tokio::io::AsyncRead + Unpin>(
+    /// acpx does not answer in time. A cancel is passed on to acpx until the agent has been
+    /// told, and the reading goes on: the turn then ends with `cancelled` and what the agent
+    /// had said.
+    async fn read_turn(
         &self,
         s: &AgentSession,
         p: &Prompt<'_>,
-        reader: &mut BufReader<R>,
-        stream: &mut PromptStream,
+        run: &mut Running,
         limit: Duration,
     ) -> Read {
         let mut hard_stop = Box::pin(tokio::time::sleep(limit));
-        // Telling acpx to cancel, for as long as the turn goes on; stopped when it is over.
-        let mut canceller: Option<AbortOnDropHandle<()>> = None;
-        // A line read in part when another branch wins stays in `line`; the next read goes on.
-        let mut line = Vec::new();
         loop {
-            let mut limited = AsyncReadExt::take(&mut *reader, MAX_LINE as u64);
             tokio::select! {
-                n = limited.read_until(b'\n', &mut line) => match n {
-                    Err(e) => return Read::Done(Err(Failure::Agent(format!("reading acpx: {e}")))),
-                    Ok(0) => return Read::Eof,
-                    Ok(_) => {
-                        let done = stream.feed(&line);
-                        line.clear();
-                        for event in stream.take_events() {
+                step = run.output.read() => match step {
+                    Err(failure) => return Read::Done(Err(failure)),
+                    Ok(Step::Eof) => return Read::Eof,
+                    Ok(Step::Line { events, done, settled }) => {
+                        if settled {
+                            run.cancelling = Cancelling::Settled;
+                        }
+                        for event in events {
                             p.sink.emit(event).await;
                         }
                         if let Some(done) = done {
@@ -404,44 +439,197 @@ impl Acpx {
                         }
                     }
                 },
-                _ = p.cancel.cancelled(), if canceller.is_none() => {
+                _ = p.cancel.cancelled(), if matches!(run.cancelling, Cancelling::No) => {
                     hard_stop = Box::pin(tokio::time::sleep(CANCEL_GRACE));
-                    let (acpx, session) = (self.clone(), s.clone());
-                    canceller = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-                        acpx.cancel_until_heard(&session).await
-                    })));
+                    run.cancel(self, s);
                 }
-                _ = &mut hard_stop => {
-                    return Read::CutShort(match canceller {
-                        // acpx has not taken the cancel yet (a slow machine): the turn ends
-                        // here, and the cancel goes on being sent, so the agent stops too.
-                        Some(canceller) => {
-                            drop(canceller.detach());
-                            Ok(stream.cut_short())
-                        }
-                        None => Err(Failure::Timeout),
-                    });
+                _ = &mut hard_stop => return Read::CutShort,
+            }
+        }
+    }
+
+    /// Goes on, in the background, with a prompt this worker gave up on: tells acpx to cancel
+    /// it until the agent has been told, and reads acpx's output until it ends (at most
+    /// `CANCEL_PERSISTS`), so that the agent does not go on with it ahead of the session's next
+    /// prompt, which waits for this (see [`Acpx::wait_for_drain`]).
+    fn drain(&self, s: &AgentSession, mut run: Running) {
+        let done = self.drains.begin(&s.id);
+        let (acpx, session) = (self.clone(), s.clone());
+        tokio::spawn(async move {
+            run.cancel(&acpx, &session);
+            let read = tokio::time::timeout(CANCEL_PERSISTS, run.read_to_end()).await;
+            if read.is_err() {
+                tracing::warn!("acpx never ended a prompt given up on; the agent may still run it");
+            }
+            // Kills acpx's client if it still runs, and stops cancelling.
+            drop(run);
+            done.cancel();
+            acpx.drains.forget_done();
+        });
+    }
+
+    /// Waits until no prompt of the session that this worker gave up on is still going, within
+    /// the turn's deadline. `Some`: the turn was cancelled meanwhile, before acpx had it.
+    async fn wait_for_drain(
+        &self,
+        s: &AgentSession,
+        p: &Prompt<'_>,
+    ) -> Result<Option<TurnEnd>, Failure> {
+        let Some(done) = self.drains.of(&s.id) else {
+            return Ok(None);
+        };
+        tracing::debug!("waiting for the end of the session's prompt given up on");
+        tokio::select! {
+            _ = done.cancelled() => Ok(None),
+            _ = p.cancel.cancelled() => Ok(Some(TurnEnd {
+                output: String::new(),
+                stop_reason: StopReason::Cancelled,
+            })),
+            _ = tokio::time::sleep_until(p.deadline.into()) => Err(Failure::Timeout),
+        }
+    }
+
+    /// `acpx cancel`, again and again, until aborted: by whoever reads the prompt's output, once
+    /// it shows the agent told (acpx's `session/cancel` to it) or the prompt over. acpx's own
+    /// answer does not tell: `cancelled: true` means that its queue owner had a turn under way,
+    /// and that may be the previous turn in its last second (after a result acpx waits about a
+    /// second for the agent's last updates). A cancel taken then is dropped when that turn
+    /// ends, and the prompt after it, this one, is never told.
+    async fn cancel_until_told(&self, s: &AgentSession) {
+        loop {
+            match self.cancel(s).await {
+                Ok(cancelled) => tracing::debug!(cancelled, "acpx cancel sent"),
+                Err(e) => tracing::warn!(error = %e, "acpx cancel failed; trying again"),
+            }
+            tokio::time::sleep(CANCEL_RETRY).await;
+        }
+    }
+}
+
+/// The prompts this worker gave up on that acpx may still be running, per session: a token
+/// cancelled once acpx has ended the prompt (or the drain gave up on it).
+#[derive(Debug, Default)]
+struct Drains(std::sync::Mutex<HashMap<String, CancellationToken>>);
+
+impl Drains {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A drain of `session` begins: the token to cancel when it is over.
+    fn begin(&self, session: &str) -> CancellationToken {
+        let done = CancellationToken::new();
+        self.map().insert(session.to_string(), done.clone());
+        done
+    }
+
+    /// The drain of `session` that is still going, if there is one.
+    fn of(&self, session: &str) -> Option<CancellationToken> {
+        self.map()
+            .get(session)
+            .filter(|done| !done.is_cancelled())
+            .cloned()
+    }
+
+    /// Forgets the drains that are over.
+    fn forget_done(&self) {
+        self.map().retain(|_, done| !done.is_cancelled());
+    }
+}
+
+/// Where telling the agent to stop a prompt stands.
+enum Cancelling {
+    /// Nobody asked.
+    No,
+    /// `acpx cancel` goes out again and again, until `_sender` is dropped.
+    Sending { _sender: AbortOnDropHandle<()> },
+    /// Nothing more to tell: the agent has been told, or the prompt is over.
+    Settled,
+}
+
+/// One `acpx prompt` being read: the process, its output, and the cancel sent to it.
+struct Running {
+    child: Spawned,
+    stderr: tokio::task::JoinHandle<String>,
+    output: TurnOutput,
+    cancelling: Cancelling,
+}
+
+impl Running {
+    /// Tells acpx to cancel the prompt until the agent has been told, unless it has been.
+    fn cancel(&mut self, acpx: &Acpx, s: &AgentSession) {
+        if matches!(self.cancelling, Cancelling::No) {
+            let (acpx, session) = (acpx.clone(), s.clone());
+            let sending = tokio::spawn(async move { acpx.cancel_until_told(&session).await });
+            self.cancelling = Cancelling::Sending {
+                _sender: AbortOnDropHandle::new(sending),
+            };
+        }
+    }
+
+    /// acpx closed its output: how the turn ended, from its exit.
+    async fn finish(mut self) -> Result<TurnEnd, Failure> {
+        self.cancelling = Cancelling::Settled;
+        let status = self.child.wait(CONTROL_TIMEOUT).await;
+        let status = status.ok_or_else(|| Failure::Agent("acpx did not exit".into()))?;
+        let status = status.map_err(|e| Failure::Agent(e.to_string()))?;
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
+        self.output.stream.finish(status, &stderr)
+    }
+
+    /// Reads acpx's output to its end, nobody listening; the cancel stops once it is needless.
+    async fn read_to_end(&mut self) {
+        loop {
+            match self.output.read().await {
+                Ok(Step::Line { settled, .. }) => {
+                    if settled {
+                        self.cancelling = Cancelling::Settled;
+                    }
                 }
+                Ok(Step::Eof) | Err(_) => return,
             }
         }
     }
 }
 
-impl Acpx {
-    /// `acpx cancel` until acpx says it cancelled a turn of the session: a prompt acpx has
-    /// not handed to the session's queue owner yet is not there to cancel, so the first cancel
-    /// can miss it.
-    async fn cancel_until_heard(&self, s: &AgentSession) {
-        let give_up = Instant::now() + CANCEL_PERSISTS;
-        while Instant::now() < give_up {
-            match self.cancel(s).await {
-                Ok(true) => return,
-                Ok(false) => tracing::debug!("acpx had no turn to cancel yet; trying again"),
-                Err(e) => tracing::warn!(error = %e, "acpx cancel failed; trying again"),
+/// acpx's output of one prompt, as read so far.
+struct TurnOutput {
+    reader: BufReader<ChildStdout>,
+    stream: PromptStream,
+    /// A line read in part when another branch of a select won; the next read goes on with it.
+    line: Vec<u8>,
+}
+
+/// What one read of acpx's output gave.
+enum Step {
+    /// A line: the events it made, the turn's end if it was its result, and whether there is
+    /// nothing more to tell the agent (it has been told to cancel, or the prompt is over).
+    Line {
+        events: Vec<EventBody>,
+        done: Option<Result<TurnEnd, Failure>>,
+        settled: bool,
+    },
+    /// acpx closed its output.
+    Eof,
+}
+
+impl TurnOutput {
+    /// Reads one line into the stream; a line cut off by another branch of a select is kept.
+    async fn read(&mut self) -> Result<Step, Failure> {
+        let mut limited = AsyncReadExt::take(&mut self.reader, MAX_LINE as u64);
+        match limited.read_until(b'\n', &mut self.line).await {
+            Err(e) => Err(Failure::Agent(format!("reading acpx: {e}"))),
+            Ok(0) => Ok(Step::Eof),
+            Ok(_) => {
+                let done = self.stream.feed(&self.line);
+                self.line.clear();
+                Ok(Step::Line {
+                    events: self.stream.take_events(),
+                    done,
+                    settled: self.stream.settled(),
+                })
             }
-            tokio::time::sleep(CANCEL_RETRY).await;
         }
-        tracing::warn!("acpx never took the cancel; the agent may still run the prompt");
     }
 }
 
@@ -451,8 +639,8 @@ enum Read {
     Done(Result<TurnEnd, Failure>),
     /// acpx closed its output without a result.
     Eof,
-    /// Given up on: past the deadline, or a cancel acpx did not answer in time. acpx is killed.
-    CutShort(Result<TurnEnd, Failure>),
+    /// Given up on: past the deadline, or a cancel acpx did not answer in time.
+    CutShort,
 }
 
 /// A permission request the agent sent in the turn.
@@ -531,6 +719,10 @@ pub struct PromptStream {
     permissions: Vec<PendingPermission>,
     cancelled: Option<TurnEnd>,
     errors: Vec<(Option<String>, String)>,
+    /// acpx has sent the agent `session/cancel` for the prompt.
+    told: bool,
+    /// The prompt's response has been read.
+    answered: bool,
 }
 
 impl PromptStream {
@@ -549,7 +741,12 @@ impl PromptStream {
         if in_turn && v["result"].get("outcome").is_some() && self.permission_answer(&v) {
             return None;
         }
+        if in_turn && v["method"] == "session/cancel" {
+            self.told = true;
+            return None;
+        }
         if in_turn && v.get("id") == self.prompt_id.as_ref() && v.get("method").is_none() {
+            self.answered = true;
             if let Some(result) = v.get("result") {
                 return self.result(result);
             }
@@ -573,6 +770,12 @@ impl PromptStream {
             self.errors.push((code, message));
         }
         None
+    }
+
+    /// Whether there is nothing more to tell the agent: acpx has sent it `session/cancel` for
+    /// the prompt, or the prompt has its response.
+    fn settled(&self) -> bool {
+        self.told || self.answered
     }
 
     /// The events read since the last call.
@@ -955,6 +1158,45 @@ mod tests {
             s.finish(ExitStatus::from_raw(0), "").unwrap().stop_reason,
             StopReason::Cancelled
         );
+    }
+
+    #[test]
+    fn only_acpx_telling_the_agent_or_the_prompt_ending_settles_a_cancel() {
+        let prompt = r#"{"jsonrpc":"2.0","id":3,"method":"session/prompt","params":{}}"#;
+        let cancel = r#"{"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":"s"}}"#;
+        let chunk = r#"{"jsonrpc":"2.0","method":"session/update","params":{"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"hi"}}}}"#;
+        let result = r#"{"jsonrpc":"2.0","id":3,"result":{"stopReason":"cancelled"}}"#;
+        let mut s = PromptStream::default();
+        // A cancel before this prompt was sent (the previous turn's) tells nothing about it.
+        for line in [cancel, prompt, chunk] {
+            assert_eq!(s.feed(line.as_bytes()), None);
+            assert!(!s.settled(), "settled after {line}");
+        }
+        assert_eq!(s.feed(cancel.as_bytes()), None);
+        assert!(s.settled(), "the agent was told");
+        assert_eq!(
+            s.take_events(),
+            vec![EventBody::Message { text: "hi".into() }]
+        );
+
+        let mut s = PromptStream::default();
+        for line in [prompt, result] {
+            assert_eq!(s.feed(line.as_bytes()), None);
+        }
+        assert!(s.settled(), "the prompt is over");
+    }
+
+    #[test]
+    fn a_drain_is_waited_for_until_it_is_over() {
+        let drains = Drains::default();
+        assert!(drains.of("a").is_none());
+        let done = drains.begin("a");
+        assert!(drains.of("a").is_some());
+        assert!(drains.of("b").is_none());
+        done.cancel();
+        assert!(drains.of("a").is_none());
+        drains.forget_done();
+        assert!(drains.map().is_empty());
     }
 
     #[test]
