@@ -376,7 +376,11 @@ async fn cancel_round(forge: &Forge, app: &ForgeClient, n: usize, at: CancelAt) 
 async fn a_cancel_at_any_point_of_an_accepted_turn_reaches_the_agent_before_the_next_turn(
     via: Via,
 ) {
-    const ROUNDS: usize = 24;
+    // acpx is where cancels were lost; the native backend needs fewer rounds to show it holds.
+    let rounds = match via {
+        Via::Acpx => 24,
+        Via::Acp => 6,
+    };
     let forge = Forge::start_via(via).await;
     let app = forge.app(APP).await;
     let points = [CancelAt::Accepted, CancelAt::Running, CancelAt::FirstEvent];
@@ -386,7 +390,7 @@ async fn a_cancel_at_any_point_of_an_accepted_turn_reaches_the_agent_before_the_
         let (forge, app) = (&forge, &app);
         async move {
             let mut failed = Vec::new();
-            for n in (first..ROUNDS).step_by(LANES) {
+            for n in (first..rounds).step_by(LANES) {
                 // Every point with a cold session and with a warm one.
                 let at = points[(n / 2) % points.len()];
                 failed.extend(cancel_round(forge, app, n, at).await);
@@ -398,7 +402,7 @@ async fn a_cancel_at_any_point_of_an_accepted_turn_reaches_the_agent_before_the_
     let failed: Vec<String> = lanes.into_iter().flatten().collect();
     assert!(
         failed.is_empty(),
-        "{} of {ROUNDS} rounds failed:\n{}",
+        "{} of {rounds} rounds failed:\n{}",
         failed.len(),
         failed.join("\n")
     );
