@@ -5,17 +5,24 @@
 #   - in one npm prefix, .tools/agents (as scripts/install-runtime.sh does in PREFIX/agents):
 #     acpx, Claude Code's ACP adapter (@agentclientprotocol/claude-agent-acp, which acpx runs
 #     for its built-in agent `claude`) and the `claude` CLI (@anthropic-ai/claude-code)
-# and puts nats-server, node, acpx and python into .tools/bin/, and the real Claude Code
-# commands, claude-agent-acp and claude, into .tools/agents/bin/ (not .tools/bin/: tests put
-# .tools/bin on PATH and bring their own stand-in `claude`).
+#   - Codex's ACP adapter (@agentclientprotocol/codex-acp, with the @openai/codex it runs) in
+#     .tools/codex, and Gemini CLI (@google/gemini-cli, `gemini --acp`) in .tools/gemini, each
+#     in a prefix of its own (one npm call each), so that acpx never picks them up: the tests
+#     of `auth` start them natively (tests/it/auth.rs), and never call a model
+# and puts nats-server, node, acpx and python into .tools/bin/, and the real agents' commands,
+# claude-agent-acp, claude, codex-acp and gemini, into .tools/agents/bin/ (not .tools/bin/:
+# tests put .tools/bin on PATH and bring their own stand-in `claude`).
 #
 # The versions of Node, acpx, the adapter and Claude Code are the ones scripts/install-runtime.sh
-# pins (its `${NAME:-default}` defaults), so the tests run what a worker runs.
+# pins (its `${NAME:-default}` defaults), so the tests run what a worker runs; those of Codex's
+# adapter and Gemini CLI, which the image does not carry, are pinned below.
 #
 # Idempotent: every step checks the installed version first and is skipped
 # when it is already right, so a second run takes a second or two. The first
 # install of the agents downloads about 320 MB (two native Claude Code
-# executables) and takes about 700 MB of disk.
+# executables) and takes about 700 MB of disk; Codex downloads about 175 MB
+# (its native executable is 172 MB) and takes about 460 MB, Gemini CLI about
+# 30 MB and 100 MB: on a 2-core machine about 15 s each.
 # Needs only python3 (with venv and pip) and npm (with its node) on PATH, and
 # only for the steps that install something.
 set -euo pipefail
@@ -41,6 +48,12 @@ NODE_MAJOR="$(pinned NODE_MAJOR)"
 ACPX_VERSION="$(pinned ACPX_VERSION)"
 CLAUDE_AGENT_ACP_VERSION="$(pinned CLAUDE_AGENT_ACP_VERSION)"
 CLAUDE_CODE_VERSION="$(pinned CLAUDE_CODE_VERSION)"
+# Codex's ACP adapter (the current one; @zed-industries/codex-acp is archived) and the Codex
+# it runs (the adapter asks for ^0.166.0: pinned here so that a new Codex does not arrive
+# unannounced), and Gemini CLI.
+CODEX_ACP_VERSION="2.6.0"
+CODEX_VERSION="0.166.0"
+GEMINI_CLI_VERSION="0.61.0"
 
 tools="$repo_root/.tools"
 bin="$tools/bin"
@@ -150,6 +163,54 @@ acpx_entry="${agent_entries[0]}"
 adapter_entry="${agent_entries[1]}"
 claude_entry="${agent_entries[2]}"
 
+# --- Codex's ACP adapter and Gemini CLI, each in a prefix of its own -----------
+# entry PREFIX PACKAGE VERSION COMMAND: prints the absolute path of the file package.json's
+# "bin" names for COMMAND when PACKAGE is installed in PREFIX at VERSION; nothing otherwise.
+entry() {
+    # shellcheck disable=SC2016 # JavaScript, not shell
+    "$node22" -e '
+        const path = require("node:path"), fs = require("node:fs");
+        const [dir, name, version, command] = process.argv.slice(1);
+        const pkgDir = path.join(dir, "node_modules", name);
+        const p = JSON.parse(fs.readFileSync(path.join(pkgDir, "package.json"), "utf8"));
+        const rel = typeof p.bin === "string" ? p.bin : p.bin?.[command];
+        const file = rel && path.resolve(pkgDir, rel);
+        if (p.version === version && file && fs.existsSync(file)) console.log(file);
+    ' "$@" 2>/dev/null || true
+}
+
+# install_prefix DIR PACKAGE@VERSION...: one npm install of the packages into .tools/DIR.
+install_prefix() {
+    local dir="$tools/$1"
+    shift
+    need npm
+    log "installing $* into .tools/${dir##*/}"
+    mkdir -p "$dir"
+    PATH="$node_dir:$PATH" npm install "${NPM_FLAGS[@]}" --include=optional --save-exact --prefix "$dir" "$@" >&2 \
+        || die "npm install of $* into $dir failed"
+}
+
+codex="$tools/codex"
+codex_entry="$(entry "$codex" @agentclientprotocol/codex-acp "$CODEX_ACP_VERSION" codex-acp)"
+codex_cli_entry="$(entry "$codex" @openai/codex "$CODEX_VERSION" codex)"
+if [[ -z "$codex_entry" ]] || [[ -z "$codex_cli_entry" ]]; then
+    install_prefix codex "@agentclientprotocol/codex-acp@${CODEX_ACP_VERSION}" "@openai/codex@${CODEX_VERSION}"
+    codex_entry="$(entry "$codex" @agentclientprotocol/codex-acp "$CODEX_ACP_VERSION" codex-acp)"
+    codex_cli_entry="$(entry "$codex" @openai/codex "$CODEX_VERSION" codex)"
+    [[ -n "$codex_entry" ]] && [[ -n "$codex_cli_entry" ]] \
+        || die "codex-acp ${CODEX_ACP_VERSION} and codex ${CODEX_VERSION} did not install into $codex"
+fi
+
+gemini="$tools/gemini"
+gemini_entry="$(entry "$gemini" @google/gemini-cli "$GEMINI_CLI_VERSION" gemini)"
+gemini_installed=0
+if [[ -z "$gemini_entry" ]]; then
+    install_prefix gemini "@google/gemini-cli@${GEMINI_CLI_VERSION}"
+    gemini_entry="$(entry "$gemini" @google/gemini-cli "$GEMINI_CLI_VERSION" gemini)"
+    [[ -n "$gemini_entry" ]] || die "gemini-cli ${GEMINI_CLI_VERSION} did not install into $gemini"
+    gemini_installed=1
+fi
+
 # --- .tools/bin and .tools/agents/bin ------------------------------------------
 link() { # link TARGET PATH
     if [[ "$(readlink -- "$2" 2>/dev/null || true)" != "$1" ]]; then
@@ -193,9 +254,23 @@ exec '${node22}' '${adapter_entry}' \"\$@\"
 # The claude command is a native executable (the package's postinstall puts it in place of
 # bin/claude.exe), so a link is enough.
 link "$claude_entry" "$agents_bin/claude"
+write_wrapper "$agents_bin/codex-acp" "#!/bin/sh
+# Runs Codex's ACP adapter (@agentclientprotocol/codex-acp ${CODEX_ACP_VERSION}, which runs
+# codex ${CODEX_VERSION}) with the project's Node 22, whatever node is on PATH.
+PATH='${node_dir}':\"\$PATH\"
+export PATH
+exec '${node22}' '${codex_entry}' \"\$@\"
+"
+write_wrapper "$agents_bin/gemini" "#!/bin/sh
+# Runs Gemini CLI (@google/gemini-cli ${GEMINI_CLI_VERSION}; with --acp it speaks ACP) with the
+# project's Node 22, whatever node is on PATH.
+PATH='${node_dir}':\"\$PATH\"
+export PATH
+exec '${node22}' '${gemini_entry}' \"\$@\"
+"
 
 # --- verify --------------------------------------------------------------------
-for path in "$bin"/{nats-server,node,acpx,python} "$agents_bin"/{claude-agent-acp,claude}; do
+for path in "$bin"/{nats-server,node,acpx,python} "$agents_bin"/{claude-agent-acp,claude,codex-acp,gemini}; do
     [[ -x "$path" ]] || die "${path#"$repo_root/"} is missing or not executable"
 done
 nats_v="$("$bin/nats-server" --version 2>&1)" || die "nats-server --version failed: $nats_v"
@@ -213,6 +288,20 @@ claude_v="$("$agents_bin/claude" --version 2>&1)" \
 [[ "$adapter_v" == "${CLAUDE_AGENT_ACP_VERSION}" ]] \
     || die "expected claude-agent-acp ${CLAUDE_AGENT_ACP_VERSION}, got: $adapter_v"
 [[ "$claude_v" == "${CLAUDE_CODE_VERSION} "* ]] || die "expected claude ${CLAUDE_CODE_VERSION}, got: $claude_v"
+codex_acp_v="$(PATH=/usr/bin:/bin "$agents_bin/codex-acp" --version 2>&1)" \
+    || die "codex-acp --version failed: $codex_acp_v"
+[[ "$codex_acp_v" == *" ${CODEX_ACP_VERSION}" ]] || die "expected codex-acp ${CODEX_ACP_VERSION}, got: $codex_acp_v"
+codex_v="$("$node22" "$codex_cli_entry" --version 2>&1)" \
+    || die "codex --version failed (is its native executable, @openai/codex-linux-*, there?): $codex_v"
+[[ "$codex_v" == *" ${CODEX_VERSION}" ]] || die "expected codex ${CODEX_VERSION}, got: $codex_v"
+# Gemini CLI takes seconds to start: run once, when it has just been installed.
+if [[ "$gemini_installed" == 1 ]]; then
+    gemini_home="$(mktemp -d)"
+    gemini_v="$(HOME="$gemini_home" PATH=/usr/bin:/bin "$agents_bin/gemini" --version 2>&1)" \
+        || { rm -rf -- "$gemini_home"; die "gemini --version failed: $gemini_v"; }
+    rm -rf -- "$gemini_home"
+    [[ "$gemini_v" == "${GEMINI_CLI_VERSION}" ]] || die "expected gemini ${GEMINI_CLI_VERSION}, got: $gemini_v"
+fi
 
 # acpx runs the installed adapter for `claude` (not an npx download), and the adapter finds the
 # Claude Code executable it runs (the SDK's own native one, from an optional dependency).
@@ -248,4 +337,5 @@ if [[ -d "$tools/acpx" ]]; then
 fi
 
 echo "tools ready in $bin: nats-server ${nats_v##* }, node ${node_v}, acpx ${acpx_v##* }, nats-py ok;" \
-    "in $agents_bin: claude-agent-acp ${adapter_v} (runs Claude Code ${sdk_claude_v%% *}), claude ${claude_v%% *}"
+    "in $agents_bin: claude-agent-acp ${adapter_v} (runs Claude Code ${sdk_claude_v%% *}), claude ${claude_v%% *}," \
+    "codex-acp ${CODEX_ACP_VERSION} (runs codex ${CODEX_VERSION}), gemini ${GEMINI_CLI_VERSION}"

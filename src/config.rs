@@ -352,6 +352,8 @@ pub enum AgentEntry {
         backend: BackendKind,
         #[serde(default)]
         permissions: PermissionPolicy,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<AuthEntry>,
     },
 }
 
@@ -363,8 +365,148 @@ impl AgentEntry {
                 command,
                 backend,
                 permissions,
+                ..
             } => (command, *backend, *permissions),
         }
+    }
+
+    fn auth(&self) -> Option<&AuthEntry> {
+        match self {
+            AgentEntry::Command(_) => None,
+            AgentEntry::Table { auth, .. } => auth.as_ref(),
+        }
+    }
+}
+
+/// `auth` of an `[agents.NAME]` table as the config writes it:
+/// `{ method = "api-key", env = "OPENAI_API_KEY" }` or
+/// `{ method = "gateway", base_url = "http://…", token_env = "GATEWAY_TOKEN" }`.
+/// Checked and made an [`AgentAuth`] at load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthEntry {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+/// The ACP method id of a model gateway: the agent's model requests go to a base URL the
+/// client gives in `authenticate`'s `_meta.gateway`.
+pub const GATEWAY_METHOD: &str = "gateway";
+
+/// Authentication methods that need a browser or a person at a terminal, which an agent run by
+/// a worker has not: codex-acp's `chat-gpt` (`chatgpt`, `chat-gpt-device-code` in other
+/// versions), Gemini CLI's `oauth-personal` (it prints a URL on stdout, the ACP channel, and
+/// waits for input), Claude Code's logins.
+pub const INTERACTIVE_AUTH_METHODS: &[&str] = &[
+    "chat-gpt",
+    "chatgpt",
+    "chat-gpt-device-code",
+    "oauth-personal",
+    "claude-login",
+    "claude-ai-login",
+    "console-login",
+];
+
+/// How the native backend authenticates an agent that answers `session/new` (or
+/// `session/load`) with ACP's "authentication required": once per agent process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AgentAuth {
+    /// `authenticate {methodId: method}`: the agent reads its key from the variable `env`, which
+    /// the worker must have and `agent_env` must name.
+    Key { method: String, env: String },
+    /// `authenticate {methodId: "gateway", _meta.gateway: {baseUrl, headers}}`: the agent sends
+    /// its model requests to `base_url` with `Authorization: Bearer <the value of token_env>`
+    /// (a variable of the worker's, passed over ACP, not in the agent's environment).
+    Gateway { base_url: String, token_env: String },
+}
+
+impl AgentAuth {
+    /// The ACP method id it authenticates with.
+    pub fn method(&self) -> &str {
+        match self {
+            AgentAuth::Key { method, .. } => method,
+            AgentAuth::Gateway { .. } => GATEWAY_METHOD,
+        }
+    }
+
+    /// The variable of the worker's environment it needs.
+    pub fn variable(&self) -> &str {
+        match self {
+            AgentAuth::Key { env, .. } => env,
+            AgentAuth::Gateway { token_env, .. } => token_env,
+        }
+    }
+}
+
+impl AuthEntry {
+    /// The typed `auth`, or why it is unusable (`key`: how messages name this table's `auth`).
+    pub fn parse(&self, key: &str) -> Result<AgentAuth, ConfigError> {
+        let bad = |field: &str, why: String| ConfigError(format!("{key}.{field}: {why}"));
+        let method = self.method.trim();
+        if method.is_empty() {
+            return Err(bad("method", "is empty".into()));
+        }
+        if INTERACTIVE_AUTH_METHODS.contains(&method) {
+            return Err(bad(
+                "method",
+                format!(
+                    "{method:?} needs a browser or a terminal, which an agent run by a worker has \
+                     not; use a method that takes a key (with env) or \"{GATEWAY_METHOD}\""
+                ),
+            ));
+        }
+        if method == GATEWAY_METHOD {
+            return self.gateway(&bad);
+        }
+        if self.base_url.is_some() || self.token_env.is_some() {
+            let why = format!("base_url and token_env are for method = \"{GATEWAY_METHOD}\"");
+            return Err(bad("base_url", why));
+        }
+        Ok(AgentAuth::Key {
+            method: method.to_string(),
+            env: variable(&bad, "env", self.env.as_deref(), method)?,
+        })
+    }
+
+    fn gateway(&self, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<AgentAuth, ConfigError> {
+        if self.env.is_some() {
+            let why = format!("is for methods that take a key, not \"{GATEWAY_METHOD}\"");
+            return Err(bad("env", why));
+        }
+        let base_url = match &self.base_url {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => url.clone(),
+            Some(url) => return Err(bad("base_url", format!("{url:?} is not an http(s) URL"))),
+            None => {
+                return Err(bad(
+                    "base_url",
+                    format!("method \"{GATEWAY_METHOD}\" needs it"),
+                ))
+            }
+        };
+        let token_env = variable(bad, "token_env", self.token_env.as_deref(), GATEWAY_METHOD)?;
+        Ok(AgentAuth::Gateway {
+            base_url,
+            token_env,
+        })
+    }
+}
+
+/// The variable name in `field` of an `auth`, which `method` needs.
+fn variable(
+    bad: &dyn Fn(&str, String) -> ConfigError,
+    field: &str,
+    value: Option<&str>,
+    method: &str,
+) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if valid_env_name(v) => Ok(v.to_string()),
+        Some(v) => Err(bad(field, format!("{v:?} is not a variable name"))),
+        None => Err(bad(field, format!("method {method:?} needs it"))),
     }
 }
 
@@ -422,6 +564,8 @@ pub struct AgentDef {
     pub command: AgentCommand,
     pub backend: BackendKind,
     pub permissions: PermissionPolicy,
+    /// How the native backend authenticates it when it asks.
+    pub auth: Option<AgentAuth>,
 }
 
 /// How a named agent is started by acpx.
@@ -781,6 +925,34 @@ impl Config {
                      (acpx answers permissions itself)"
                 )));
             }
+            if let Some(auth) = entry.auth() {
+                self.validate_auth(name, backend, auth)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An agent's `auth`: for the native backend, usable, and a key's variable given to agents.
+    fn validate_auth(
+        &self,
+        name: &str,
+        backend: BackendKind,
+        auth: &AuthEntry,
+    ) -> Result<(), ConfigError> {
+        let key = format!("agents.{name}.auth");
+        if backend == BackendKind::Acpx {
+            return Err(ConfigError(format!(
+                "{key}: needs backend = \"acp\" (acpx authenticates by itself, from \
+                 ACPX_AUTH_<METHOD> variables named in agent_env: see the README)"
+            )));
+        }
+        if let AgentAuth::Key { env, .. } = auth.parse(&key)? {
+            if !self.agent_env.contains(&env) {
+                return Err(ConfigError(format!(
+                    "{key}.env: {env} is not in {}, so the agent would not get it: add it there",
+                    setting_name("agent_env")
+                )));
+            }
         }
         Ok(())
     }
@@ -842,6 +1014,9 @@ impl Config {
                     command: AgentCommand::parse(spec).expect("validated at load"),
                     backend,
                     permissions,
+                    auth: entry
+                        .auth()
+                        .map(|a| a.parse(name).expect("validated at load")),
                 };
                 (name.clone(), def)
             })
@@ -850,6 +1025,7 @@ impl Config {
             command: default,
             backend: BackendKind::Acpx,
             permissions: PermissionPolicy::AllowAll,
+            auth: None,
         });
         (default_name, table)
     }
@@ -1073,6 +1249,7 @@ mod tests {
             command: c,
             backend: b,
             permissions: p,
+            auth: None,
         };
         assert_eq!(
             table["native"],
@@ -1133,6 +1310,94 @@ mod tests {
             "[agents.a]\ncommand = \"x\"\npermissions = \"maybe\"\n",
             "agents",
         );
+    }
+
+    #[test]
+    fn agent_auth_is_typed_at_load_and_unusable_ones_name_their_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load_from(
+                Some(&path),
+                &env(&[("CLAWDFORGE_AGENT_ENV", "OPENAI_API_KEY")]),
+            )
+        };
+        let c = load(
+            "[agents.codex]\ncommand = \"codex\"\nbackend = \"acp\"\n\
+             auth = { method = \"api-key\", env = \"OPENAI_API_KEY\" }\n\
+             [agents.gw]\ncommand = \"gemini\"\nbackend = \"acp\"\n\
+             auth = { method = \"gateway\", base_url = \"http://127.0.0.1:9/v1\", \
+             token_env = \"GW_TOKEN\" }\n",
+        )
+        .unwrap();
+        let table = c.agent_table().1;
+        assert_eq!(
+            table["codex"].auth,
+            Some(AgentAuth::Key {
+                method: "api-key".into(),
+                env: "OPENAI_API_KEY".into()
+            })
+        );
+        // The gateway's token is passed over ACP: agent_env need not name it.
+        assert_eq!(
+            table["gw"].auth,
+            Some(AgentAuth::Gateway {
+                base_url: "http://127.0.0.1:9/v1".into(),
+                token_env: "GW_TOKEN".into()
+            })
+        );
+        assert_eq!(table["claude"].auth, None);
+
+        let refused = |auth: &str, backend: &str, says: &str| {
+            let toml = format!(
+                "[agents.codex]\ncommand = \"codex\"\nbackend = \"{backend}\"\nauth = {auth}\n"
+            );
+            let e = load(&toml).unwrap_err().to_string();
+            assert!(e.contains(says), "{auth}: {e}");
+        };
+        refused(
+            r#"{ method = "api-key", env = "CODEX_API_KEY" }"#,
+            "acp",
+            "agents.codex.auth.env: CODEX_API_KEY is not in CLAWDFORGE_AGENT_ENV (agent_env), \
+             so the agent would not get it: add it there",
+        );
+        refused(
+            r#"{ method = "chat-gpt" }"#,
+            "acp",
+            "agents.codex.auth.method: \"chat-gpt\" needs a browser or a terminal",
+        );
+        refused(
+            r#"{ method = "oauth-personal", env = "OPENAI_API_KEY" }"#,
+            "acp",
+            "\"oauth-personal\" needs a browser or a terminal",
+        );
+        refused(
+            r#"{ method = "api-key", env = "OPENAI_API_KEY" }"#,
+            "acpx",
+            "agents.codex.auth: needs backend = \"acp\" (acpx authenticates by itself",
+        );
+        refused(
+            r#"{ method = "api-key" }"#,
+            "acp",
+            "agents.codex.auth.env: method \"api-key\" needs it",
+        );
+        refused(
+            r#"{ method = "gateway", token_env = "T" }"#,
+            "acp",
+            "agents.codex.auth.base_url: method \"gateway\" needs it",
+        );
+        refused(
+            r#"{ method = "gateway", base_url = "127.0.0.1:9", token_env = "T" }"#,
+            "acp",
+            "is not an http(s) URL",
+        );
+        refused(
+            r#"{ method = "api-key", env = "OPENAI_API_KEY", base_url = "http://x" }"#,
+            "acp",
+            "base_url and token_env are for method = \"gateway\"",
+        );
+        refused(r#"{ method = "api-key", key = "sk-x" }"#, "acp", "agents");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `forge.health`. Each agent is started as the worker starts a native agent process, in the
 //! jail of a pseudo app `@check`, and asked `initialize` and `session/new` over ACP — an acpx
 //! agent too, through the ACP command acpx would run for it (acpx itself needs a prompt) — and
-//! never a prompt, so no model is called. A failure reads as a session's would (`fault`).
+//! never a prompt, so no model is called. An agent that asks for credentials is authenticated
+//! as a session's would be (a native agent with its `auth`; acpx authenticates its own agents
+//! itself, which the check does not copy). A failure reads as a session's would (`fault`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::acp::{Greeting, Live};
+use super::acp::{AuthPlan, Greeting, Live};
 use super::confine::{search_path, Confinement, Jail, Work};
 use super::fault::AgentLabel;
 use super::process::which;
@@ -60,13 +62,30 @@ impl Checker {
         }
     }
 
-    /// Checks every agent of `agents`, at once, in one jail made for them all.
+    /// Checks every agent of `agents` in one jail made for them all: at once, but agents of one
+    /// program one after the other — they share `@check`'s home, and two Codex processes that
+    /// start at once in a new home race to make its state database (one fails to initialize).
     pub async fn check_all(&self, agents: &BTreeMap<String, AgentDef>) -> Vec<Report> {
         let place = self.place();
-        let checks = agents
-            .iter()
-            .map(|(name, def)| self.check_in(&place, name, def));
-        futures::future::join_all(checks).await
+        let mut by_program: BTreeMap<Option<String>, Vec<(&String, &AgentDef)>> = BTreeMap::new();
+        for (name, def) in agents {
+            let program = def.command.acp_argv().and_then(|a| a.first().cloned());
+            by_program.entry(program).or_default().push((name, def));
+        }
+        let groups = by_program.into_values().map(|group| async {
+            let mut reports = Vec::new();
+            for (name, def) in group {
+                reports.push(self.check_in(&place, name, def).await);
+            }
+            reports
+        });
+        let mut reports: Vec<Report> = futures::future::join_all(groups)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        reports.sort_by(|a, b| a.name.cmp(&b.name));
+        reports
     }
 
     /// The directory the checked agents work in, and their jail: `@check`'s, made once.
@@ -110,7 +129,11 @@ impl Checker {
         let program = label.argv.first().map(String::as_str).unwrap_or_default();
         report.found = which(program, &search_path(jail.as_ref()), dir);
         let cwd = dir.join(uuid::Uuid::new_v4().simple().to_string());
-        let started = start(&label, dir, jail.as_ref(), &cwd, &mut report.greeting);
+        let auth = match def.backend {
+            BackendKind::Acp => AuthPlan::native(def.auth.clone()),
+            BackendKind::Acpx => AuthPlan::ByAcpx,
+        };
+        let started = start(&label, dir, jail.as_ref(), auth, &cwd, &mut report.greeting);
         report.outcome = match tokio::time::timeout(CHECK_TIMEOUT, started).await {
             Ok(outcome) => outcome,
             Err(_) => Err(AgentError::Failed(format!(
@@ -124,11 +147,12 @@ impl Checker {
 }
 
 /// Starts the agent in `dir`, keeps its `initialize` answer in `greeting`, opens a session in
-/// `cwd`, and stops the agent.
+/// `cwd` (authenticating as `auth` says when the agent asks), and stops the agent.
 async fn start(
     label: &AgentLabel,
     dir: &Path,
     jail: Option<&Jail>,
+    auth: AuthPlan,
     cwd: &Path,
     greeting: &mut Option<Greeting>,
 ) -> Result<(), AgentError> {
@@ -139,7 +163,7 @@ async fn start(
             cwd.display()
         ))
     })?;
-    let live = Live::start(label.clone(), dir, jail).await?;
+    let live = Live::start(label.clone(), dir, jail, auth).await?;
     *greeting = Some(live.greeting.clone());
     let opened = live.new_session("check", cwd, 0).await.map(|_| ());
     live.stop().await;

@@ -5,8 +5,8 @@
 //! - **Home.** Each app's agents run with `HOME`, `CLAUDE_CONFIG_DIR` (`<home>/.claude`) and
 //!   `TMPDIR` (`<home>/tmp`) under `agent_homes_dir/<app>`: acpx's records, Claude Code's
 //!   transcripts and temporary files of one app are apart from another's.
-//! - **Environment.** `PATH`, `HOME`, `LANG`, `TMPDIR`, `CLAUDE_CONFIG_DIR` and the variables
-//!   named in `agent_env`; nothing else of the worker's.
+//! - **Environment.** `PATH`, `HOME`, `LANG`, `TMPDIR`, `CLAUDE_CONFIG_DIR`, `NO_BROWSER=1` and
+//!   the variables named in `agent_env`; nothing else of the worker's.
 //! - **Landlock.** Write: the app's home, the work directory (a session's or a run's), and for
 //!   sessions acpx's socket directory `/tmp/acpx-<hash of HOME>`; `/dev/null`. Read and
 //!   execute: the configured system and tool directories, `/dev` and `/proc`. With ABI 4 and
@@ -274,6 +274,9 @@ fn environment(home: &Path, names: &[String]) -> Vec<(OsString, OsString)> {
         ("HOME".into(), home.into()),
         ("TMPDIR".into(), home.join("tmp").into()),
         ("CLAUDE_CONFIG_DIR".into(), home.join(".claude").into()),
+        // No agent of a worker has a browser or a person at a terminal: agents that can log in
+        // through one (codex-acp, Claude Code's adapter) then do not offer it.
+        ("NO_BROWSER".into(), "1".into()),
     ];
     for name in names {
         // HOME and the rest are the jail's own, whatever agent_env says.
@@ -481,7 +484,14 @@ mod tests {
         let names: Vec<_> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
         assert_eq!(
             names,
-            ["PATH", "LANG", "HOME", "TMPDIR", "CLAUDE_CONFIG_DIR"]
+            [
+                "PATH",
+                "LANG",
+                "HOME",
+                "TMPDIR",
+                "CLAUDE_CONFIG_DIR",
+                "NO_BROWSER"
+            ]
         );
         let value = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(value("HOME"), Some("/h/notes".into()));

@@ -8,6 +8,7 @@ use std::fmt;
 use std::process::ExitStatus;
 
 use super::AgentError;
+use crate::config::{GATEWAY_METHOD, INTERACTIVE_AUTH_METHODS};
 
 /// Longest line of an agent's stderr quoted in a message.
 const MAX_QUOTED: usize = 300;
@@ -95,6 +96,15 @@ impl fmt::Display for AgentLabel {
 pub struct AuthOffer {
     pub id: String,
     pub name: String,
+    /// A `terminal` method: the client would run the agent interactively, not `authenticate`.
+    pub terminal: bool,
+}
+
+impl AuthOffer {
+    /// Whether a worker can use it: not a terminal method, nor one that needs a browser.
+    fn usable(&self) -> bool {
+        !self.terminal && !INTERACTIVE_AUTH_METHODS.contains(&self.id.as_str())
+    }
 }
 
 impl fmt::Display for AuthOffer {
@@ -125,8 +135,29 @@ pub enum Fault {
     },
     /// The process closed its connection but did not exit.
     HungUp { phase: Phase, said: Option<String> },
-    /// It answered ACP error -32000 (authentication required).
-    NeedsAuth { offers: Vec<AuthOffer> },
+    /// It answered ACP error -32000 (authentication required), and this is why it was not
+    /// (or could not be) authenticated.
+    NeedsAuth {
+        offers: Vec<AuthOffer>,
+        gap: AuthGap,
+    },
+}
+
+/// Why an agent that asks for credentials is not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthGap {
+    /// No `auth` is configured for it (native backend).
+    Unconfigured,
+    /// An acpx agent (seen by `agents check`): acpx authenticates its agents by itself.
+    ByAcpx,
+    /// Its configured method is not one it offers.
+    NotOffered { method: String },
+    /// The variable its configured method needs is not set in the worker's environment.
+    Missing { method: String, variable: String },
+    /// It answered `authenticate` with an error.
+    Refused { method: String, said: String },
+    /// It still asks, with its configured method sent or not needed until then.
+    Rejected { method: String },
 }
 
 /// A failed agent, as an operator and an app read it.
@@ -200,14 +231,111 @@ impl fmt::Display for AgentFault {
                 self.agent,
                 quoted(said)
             ),
-            Fault::NeedsAuth { offers } => write!(
-                f,
-                "agent `{name}` needs authentication ({}): {}",
-                offered(offers),
-                Credentials::of(self.agent.program()).hint()
-            ),
+            Fault::NeedsAuth { offers, gap } => {
+                let program = Credentials::of(self.agent.program());
+                needs_auth(f, name, program, offers, gap)
+            }
         }
     }
+}
+
+/// What to say of an agent `name` that asks for credentials, and what to do about it.
+fn needs_auth(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    program: Credentials,
+    offers: &[AuthOffer],
+    gap: &AuthGap,
+) -> fmt::Result {
+    let offered = offered(offers);
+    match gap {
+        AuthGap::Unconfigured => write!(
+            f,
+            "agent `{name}` needs authentication: {offered}; {}",
+            configure(name, program, offers)
+        ),
+        AuthGap::ByAcpx => write!(
+            f,
+            "agent `{name}` needs authentication: {offered}; {}",
+            by_acpx(program, offers)
+        ),
+        AuthGap::NotOffered { method } => write!(
+            f,
+            "agent `{name}` needs authentication, but not with `{method}`, the method of its \
+             auth: {offered}; change `auth` under [agents.{name}]"
+        ),
+        AuthGap::Missing { method, variable } => write!(
+            f,
+            "agent `{name}` needs authentication with `{method}`, but {variable}, which its auth \
+             names, is not set in the worker's environment: set it there"
+        ),
+        AuthGap::Refused { method, said } => write!(
+            f,
+            "agent `{name}` refused authentication with `{method}`: {said}"
+        ),
+        AuthGap::Rejected { method } => write!(
+            f,
+            "agent `{name}` still answers that authentication is required, with its auth \
+             (`{method}`) configured: check the credentials it names"
+        ),
+    }
+}
+
+/// How to configure `auth` for agent `name`: with the first method it offers that takes a key,
+/// else its gateway, else (no method a worker can use) the variables it reads.
+fn configure(name: &str, program: Credentials, offers: &[AuthOffer]) -> String {
+    let usable = || offers.iter().filter(|o| o.usable());
+    let table = format!("[agents.{name}]");
+    if let Some(key) = usable().find(|o| o.id != GATEWAY_METHOD) {
+        let id = &key.id;
+        return match program.key_variable() {
+            Some(var) => format!(
+                "set `auth = {{ method = \"{id}\", env = \"{var}\" }}` under {table} and name \
+                 {var} in agent_env (CLAWDFORGE_AGENT_ENV)"
+            ),
+            None => format!(
+                "set `auth = {{ method = \"{id}\", env = \"<VARIABLE>\" }}` under {table}, \
+                 <VARIABLE> being the variable it reads its key from, and name that variable in \
+                 agent_env (CLAWDFORGE_AGENT_ENV)"
+            ),
+        };
+    }
+    if usable().any(|o| o.id == GATEWAY_METHOD) {
+        return format!(
+            "set `auth = {{ method = \"{GATEWAY_METHOD}\", base_url = \"<URL>\", token_env = \
+             \"<VARIABLE>\" }}` under {table}"
+        );
+    }
+    program.hint().to_string()
+}
+
+/// How an acpx agent gets authenticated: acpx sends `authenticate` with the first method it
+/// offers whose `ACPX_AUTH_<METHOD>` variable is set (and sets `<METHOD>` for the agent).
+fn by_acpx(program: Credentials, offers: &[AuthOffer]) -> String {
+    let Some(key) = offers.iter().find(|o| o.usable() && o.id != GATEWAY_METHOD) else {
+        return program.hint().to_string();
+    };
+    let acpx_var = acpx_auth_variable(&key.id);
+    let also = match program.key_variable() {
+        Some(var) => format!(" (and {var}, which the agent reads its key from)"),
+        None => String::new(),
+    };
+    format!(
+        "acpx authenticates by itself with the first method whose ACPX_AUTH_<METHOD> variable is \
+         set: set {acpx_var}{also} in the worker's environment and name it in agent_env \
+         (CLAWDFORGE_AGENT_ENV)"
+    )
+}
+
+/// The variable acpx reads the credential of `method` from: `ACPX_AUTH_` and the method id
+/// upper-cased, each run of other characters than letters and digits made one `_`.
+pub fn acpx_auth_variable(method: &str) -> String {
+    let token: Vec<String> = method
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .map(str::to_ascii_uppercase)
+        .collect();
+    format!("ACPX_AUTH_{}", token.join("_"))
 }
 
 fn quoted(said: &Option<String>) -> String {
@@ -222,7 +350,7 @@ fn offered(offers: &[AuthOffer]) -> String {
         return "it offers no authentication method".into();
     }
     let list: Vec<String> = offers.iter().map(ToString::to_string).collect();
-    format!("methods it offers: {}", list.join(", "))
+    format!("it offers {}", list.join(", "))
 }
 
 /// Where an agent's credentials come from, by the program that runs it.
@@ -253,8 +381,8 @@ impl Credentials {
                  a Claude credentials file"
             }
             Credentials::Codex => {
-                "set OPENAI_API_KEY (or CODEX_API_KEY) in the worker's environment and name it in \
-                 agent_env (CLAWDFORGE_AGENT_ENV)"
+                "it takes an API key only through `authenticate`: configure `auth` under its \
+                 [agents.NAME] table (README: \"Agents and backends\")"
             }
             Credentials::Gemini => {
                 "set GEMINI_API_KEY in the worker's environment and name it in agent_env \
@@ -264,6 +392,15 @@ impl Credentials {
                 "set the variable it reads its credentials from in the worker's environment and \
                  name it in agent_env (CLAWDFORGE_AGENT_ENV)"
             }
+        }
+    }
+
+    /// The variable its `authenticate` with a key reads the key from, when known.
+    fn key_variable(self) -> Option<&'static str> {
+        match self {
+            Credentials::Codex => Some("OPENAI_API_KEY"),
+            Credentials::Gemini => Some("GEMINI_API_KEY"),
+            Credentials::Claude | Credentials::Other => None,
         }
     }
 }
@@ -514,17 +651,101 @@ Node.js v22.12.0
             "agent `claude` could not be started: `/opt/x/agent` does not exist"
         );
         let auth = fault(Fault::NeedsAuth {
-            offers: vec![AuthOffer {
-                id: "claude-login".into(),
-                name: "Log in with Claude Code".into(),
-            }],
+            offers: vec![offer("claude-login", "Log in with Claude Code")],
+            gap: AuthGap::Unconfigured,
         });
         assert!(
             auth.to_string().starts_with(
-                "agent `claude` needs authentication (methods it offers: claude-login (Log in \
-                 with Claude Code)): set ANTHROPIC_API_KEY"
+                "agent `claude` needs authentication: it offers claude-login (Log in with Claude \
+                 Code); set ANTHROPIC_API_KEY"
             ),
             "{auth}"
         );
+    }
+
+    fn offer(id: &str, name: &str) -> AuthOffer {
+        AuthOffer {
+            id: id.into(),
+            name: name.into(),
+            terminal: false,
+        }
+    }
+
+    fn needs_auth(argv: &[&str], name: &str, offers: Vec<AuthOffer>, gap: AuthGap) -> String {
+        let argv: Vec<String> = argv.iter().map(ToString::to_string).collect();
+        let agent = AgentLabel::new(name, &argv);
+        AgentFault::new(agent, Fault::NeedsAuth { offers, gap }).to_string()
+    }
+
+    #[test]
+    fn an_agent_that_wants_credentials_is_told_how_to_configure_them() {
+        let codex = || vec![offer("api-key", "API Key"), offer("chat-gpt", "ChatGPT")];
+        assert_eq!(
+            needs_auth(&["codex-acp"], "codex", codex(), AuthGap::Unconfigured),
+            "agent `codex` needs authentication: it offers api-key (API Key), chat-gpt (ChatGPT); \
+             set `auth = { method = \"api-key\", env = \"OPENAI_API_KEY\" }` under [agents.codex] \
+             and name OPENAI_API_KEY in agent_env (CLAWDFORGE_AGENT_ENV)"
+        );
+        // Gemini's browser login comes first; the key method is the one a worker can use.
+        let gemini = vec![
+            offer("oauth-personal", "Log in with Google"),
+            offer("gemini-api-key", "Gemini API key"),
+            offer("gateway", "AI API Gateway"),
+        ];
+        let said = needs_auth(
+            &["gemini", "--acp"],
+            "g",
+            gemini.clone(),
+            AuthGap::Unconfigured,
+        );
+        assert!(
+            said.ends_with(
+                "set `auth = { method = \"gemini-api-key\", env = \"GEMINI_API_KEY\" }` under \
+                 [agents.g] and name GEMINI_API_KEY in agent_env (CLAWDFORGE_AGENT_ENV)"
+            ),
+            "{said}"
+        );
+        let other = needs_auth(
+            &["node", "a.mjs"],
+            "x",
+            vec![offer("login", "")],
+            AuthGap::Unconfigured,
+        );
+        assert!(other.contains("env = \"<VARIABLE>\" }` under [agents.x], <VARIABLE> being"));
+        let gateway_only = vec![offer("gateway", "Gateway")];
+        let said = needs_auth(&["node", "a.mjs"], "x", gateway_only, AuthGap::Unconfigured);
+        assert!(
+            said.ends_with("base_url = \"<URL>\", token_env = \"<VARIABLE>\" }` under [agents.x]")
+        );
+        // acpx authenticates by itself.
+        assert_eq!(
+            needs_auth(&["gemini", "--acp"], "g", gemini, AuthGap::ByAcpx),
+            "agent `g` needs authentication: it offers oauth-personal (Log in with Google), \
+             gemini-api-key (Gemini API key), gateway (AI API Gateway); acpx authenticates by \
+             itself with the first method whose ACPX_AUTH_<METHOD> variable is set: set \
+             ACPX_AUTH_GEMINI_API_KEY (and GEMINI_API_KEY, which the agent reads its key from) in \
+             the worker's environment and name it in agent_env (CLAWDFORGE_AGENT_ENV)"
+        );
+        let method = || "api-key".to_string();
+        let missing = AuthGap::Missing {
+            method: method(),
+            variable: "OPENAI_API_KEY".into(),
+        };
+        assert_eq!(
+            needs_auth(&["codex-acp"], "codex", codex(), missing),
+            "agent `codex` needs authentication with `api-key`, but OPENAI_API_KEY, which its \
+             auth names, is not set in the worker's environment: set it there"
+        );
+        let gateway = AuthGap::NotOffered {
+            method: "gateway".into(),
+        };
+        assert_eq!(
+            needs_auth(&["codex-acp"], "codex", codex(), gateway),
+            "agent `codex` needs authentication, but not with `gateway`, the method of its auth: \
+             it offers api-key (API Key), chat-gpt (ChatGPT); change `auth` under [agents.codex]"
+        );
+        assert_eq!(acpx_auth_variable("api-key"), "ACPX_AUTH_API_KEY");
+        assert_eq!(acpx_auth_variable("xai.api_key"), "ACPX_AUTH_XAI_API_KEY");
+        assert_eq!(acpx_auth_variable("-odd--one-"), "ACPX_AUTH_ODD_ONE");
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentCommand, BackendKind, PermissionPolicy};
+use crate::config::{AgentAuth, AgentCommand, BackendKind, PermissionPolicy};
 use crate::wire::EventBody;
 
 pub use acp::Acp;
@@ -112,6 +112,8 @@ pub struct AgentSession {
     pub command: AgentCommand,
     pub backend: BackendKind,
     pub permissions: PermissionPolicy,
+    /// How the native backend authenticates its agent when the agent asks.
+    pub auth: Option<AgentAuth>,
     pub state: Option<String>,
 }
 

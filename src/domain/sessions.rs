@@ -68,6 +68,7 @@ impl Forge {
                 .unwrap_or_else(|_| AgentCommand::Custom(row.agent_command.clone())),
             backend: def.map_or(BackendKind::Acpx, |d| d.backend),
             permissions: def.map_or(PermissionPolicy::AllowAll, |d| d.permissions),
+            auth: def.and_then(|d| d.auth.clone()),
             state: row.agent_state.clone(),
         }
     }

@@ -271,6 +271,7 @@ fn assert_confined(setup: &Setup, results: &Value, who: &str, work: Work) {
         "CLAUDE_CONFIG_DIR",
         "PWD",
         "IS_SANDBOX",
+        "NO_BROWSER",
     ]
     .into();
     let seen = env_names(results);

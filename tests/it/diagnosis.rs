@@ -37,7 +37,7 @@ async fn failing_forge() -> Forge {
 }
 
 /// The `agent_error` message of a session of `agent`.
-async fn create_error(app: &ForgeClient, agent: &str) -> String {
+pub async fn create_error(app: &ForgeClient, agent: &str) -> String {
     let created = app
         .create_session(&CreateSession {
             agent: Some(agent.into()),
@@ -106,11 +106,12 @@ async fn each_way_an_agent_fails_at_start_is_named_in_its_agent_error() {
         "{aborts}"
     );
 
+    // How to authenticate it: tests/it/auth.rs.
     let locked = create_error(&app, "locked").await;
     assert!(
         locked.starts_with(
-            "agent `locked` needs authentication (methods it offers: test-login (Test login)): \
-             set the variable it reads its credentials from"
+            "agent `locked` needs authentication: it offers test-login (Test login); set \
+             `auth = { method = \"test-login\", env = \"<VARIABLE>\" }` under [agents.locked]"
         ),
         "{locked}"
     );

@@ -1,6 +1,7 @@
 //! Integration tests: real nats-server, real worker processes, real acpx, the test ACP agent.
 
 mod asks;
+mod auth;
 mod cancel;
 mod cli;
 mod confinement;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::schema::{
-    InitializeRequest, InitializeResponse, LoadSessionRequest, NewSessionRequest,
+    AuthMethod, InitializeRequest, InitializeResponse, LoadSessionRequest, NewSessionRequest,
     RequestPermissionRequest, SessionId, SessionNotification,
 };
 use agent_client_protocol::v1::ConnectionTo;
@@ -18,9 +18,12 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::auth::AuthPlan;
 use super::routes::Routes;
 use crate::agent::confine::{search_path, Jail};
-use crate::agent::fault::{useful_line, AgentFault, AgentLabel, AuthOffer, Ending, Fault, Phase};
+use crate::agent::fault::{
+    useful_line, AgentFault, AgentLabel, AuthGap, AuthOffer, Ending, Fault, Phase,
+};
 use crate::agent::process::{Spawned, Spec};
 use crate::agent::AgentError;
 
@@ -58,6 +61,7 @@ impl Greeting {
                 .map(|m| AuthOffer {
                     id: m.id().to_string(),
                     name: m.name().to_string(),
+                    terminal: matches!(m, AuthMethod::Terminal(_)),
                 })
                 .collect(),
             can_load: init.agent_capabilities.load_session,
@@ -79,7 +83,17 @@ pub struct Live {
     process: Watched,
     /// Why the process ended, made (and logged) once for every turn it cut off.
     failure: tokio::sync::OnceCell<AgentError>,
+    /// What it does when the agent asks for credentials.
+    auth: AuthPlan,
+    /// How authenticating went, the first time the agent asked: once per process.
+    signed_in: tokio::sync::OnceCell<Result<(), AgentError>>,
     _driver: AbortOnDropHandle<()>,
+}
+
+/// Why a setup request has no answer: the agent's error, or its exit or silence.
+enum Unanswered {
+    Error(agent_client_protocol::Error),
+    Failed(AgentError),
 }
 
 /// A session this process serves: the agent's id for it, and the last turn it ran here.
@@ -96,11 +110,13 @@ pub struct Attached {
 }
 
 impl Live {
-    /// Starts the agent (`label`'s command) under `jail` in `dir` and initializes ACP with it.
+    /// Starts the agent (`label`'s command) under `jail` in `dir` and initializes ACP with it;
+    /// `auth` says how to answer it when it asks for credentials.
     pub async fn start(
         label: AgentLabel,
         dir: &std::path::Path,
         jail: Option<&Jail>,
+        auth: AuthPlan,
     ) -> Result<Live, AgentError> {
         let mut process = spawn(&label, dir, jail).await?;
         let stdin = process.take_stdin().expect("stdin is kept");
@@ -125,11 +141,13 @@ impl Live {
             label,
             process,
             failure: tokio::sync::OnceCell::new(),
+            auth,
+            signed_in: tokio::sync::OnceCell::new(),
             _driver: AbortOnDropHandle::new(driver),
         };
-        let init = live
-            .setup(InitializeRequest::new(ProtocolVersion::V1), Phase::Start)
-            .await?;
+        let init = InitializeRequest::new(ProtocolVersion::V1)
+            .client_capabilities(live.auth.capabilities());
+        let init = live.setup(init, Phase::Start).await?;
         live.greeting = Greeting::of(&init);
         Ok(live)
     }
@@ -140,17 +158,92 @@ impl Live {
         R: agent_client_protocol::JsonRpcRequest,
     {
         let method = request.method().to_string();
+        match self.ask(request, phase).await {
+            Ok(response) => Ok(response),
+            Err(Unanswered::Error(e)) => Err(self.refused(&method, phase, &e).await),
+            Err(Unanswered::Failed(e)) => Err(e),
+        }
+    }
+
+    /// A setup request and the agent's answer or error, within `SETUP_TIMEOUT`.
+    async fn ask<R>(&self, request: R, phase: Phase) -> Result<R::Response, Unanswered>
+    where
+        R: agent_client_protocol::JsonRpcRequest,
+    {
+        let method = request.method().to_string();
         let sent = self.cx.send_request(request).block_task();
+        let failed = |e| Err(Unanswered::Failed(e));
         tokio::select! {
             r = tokio::time::timeout(SETUP_TIMEOUT, sent) => match r {
                 Ok(Ok(response)) => Ok(response),
-                Ok(Err(e)) => Err(self.refused(&method, phase, &e).await),
-                Err(_) => Err(AgentError::Failed(format!(
+                Ok(Err(e)) if self.gone(&e) => failed(self.exited(phase).await),
+                Ok(Err(e)) => Err(Unanswered::Error(e)),
+                Err(_) => failed(AgentError::Failed(format!(
                     "{} did not answer {method} within {} s", self.label, SETUP_TIMEOUT.as_secs()
                 ))),
             },
-            _ = self.ended.cancelled() => Err(self.exited(phase).await),
+            _ = self.ended.cancelled() => failed(self.exited(phase).await),
         }
+    }
+
+    /// A request that starts a session (`session/new`, `session/load`): when the agent answers
+    /// that it needs authentication, it is authenticated (once per process) and asked again.
+    async fn session_setup<R>(&self, request: R) -> Result<R::Response, AgentError>
+    where
+        R: agent_client_protocol::JsonRpcRequest + Clone,
+    {
+        match self.ask(request.clone(), Phase::Session).await {
+            Ok(response) => Ok(response),
+            Err(Unanswered::Error(e)) if e.code == ErrorCode::AUTH_REQUIRED => {
+                self.sign_in().await?;
+                self.setup(request, Phase::Session).await
+            }
+            Err(Unanswered::Error(e)) => {
+                let method = request.method().to_string();
+                Err(self.refused(&method, Phase::Session, &e).await)
+            }
+            Err(Unanswered::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Authenticates the agent as its plan says, the first time it asks; later calls get how
+    /// that went.
+    async fn sign_in(&self) -> Result<(), AgentError> {
+        let first = || self.authenticate();
+        self.signed_in.get_or_init(first).await.clone()
+    }
+
+    async fn authenticate(&self) -> Result<(), AgentError> {
+        let offers = &self.greeting.auth_methods;
+        let read = |name: &str| std::env::var(name).ok();
+        let request = match self.auth.request(offers, read) {
+            Ok(request) => request,
+            Err(gap) => return Err(self.needs_auth(gap)),
+        };
+        let method = request.method_id.to_string();
+        match self.ask(request, Phase::Session).await {
+            Ok(_) => {
+                tracing::info!(agent = %self.label.name, pid = self.pid, %method, "agent authenticated");
+                Ok(())
+            }
+            Err(Unanswered::Error(e)) => Err(self.needs_auth(AuthGap::Refused {
+                method,
+                said: one_line(&e),
+            })),
+            Err(Unanswered::Failed(e)) => Err(e),
+        }
+    }
+
+    fn needs_auth(&self, gap: AuthGap) -> AgentError {
+        let offers = self.greeting.auth_methods.clone();
+        self.fault(Fault::NeedsAuth { offers, gap })
+    }
+
+    /// Whether `e` says that the connection is gone.
+    fn gone(&self, e: &agent_client_protocol::Error) -> bool {
+        agent_client_protocol::is_connection_terminated(e)
+            || agent_client_protocol::is_incoming_transport_closed(e)
+            || self.ended.is_cancelled()
     }
 
     /// Why a request of ours failed: the agent's exit, its wish for credentials, or its error.
@@ -160,13 +253,11 @@ impl Live {
         phase: Phase,
         e: &agent_client_protocol::Error,
     ) -> AgentError {
-        let gone = agent_client_protocol::is_connection_terminated(e)
-            || agent_client_protocol::is_incoming_transport_closed(e);
-        if gone || self.ended.is_cancelled() {
+        if self.gone(e) {
             self.exited(phase).await
         } else if e.code == ErrorCode::AUTH_REQUIRED {
-            let offers = self.greeting.auth_methods.clone();
-            self.fault(Fault::NeedsAuth { offers })
+            // Past the start of a session, authentication is not tried (again).
+            self.needs_auth(self.auth.still_asked())
         } else {
             AgentError::Failed(format!(
                 "{} answered {method} with an error: {e}",
@@ -216,7 +307,7 @@ impl Live {
         last_turn: u64,
     ) -> Result<SessionId, AgentError> {
         let made = self
-            .setup(NewSessionRequest::new(cwd.to_path_buf()), Phase::Session)
+            .session_setup(NewSessionRequest::new(cwd.to_path_buf()))
             .await?;
         self.serve(ours, made.session_id.clone(), last_turn);
         Ok(made.session_id)
@@ -247,7 +338,7 @@ impl Live {
             (_, Some(id)) if self.greeting.can_load => {
                 let id = SessionId::new(id.to_string());
                 let load = LoadSessionRequest::new(id.clone(), cwd.to_path_buf());
-                self.setup(load, Phase::Session).await?;
+                self.session_setup(load).await?;
                 self.serve(ours, id.clone(), turn - 1);
                 Ok(Attached {
                     agent_id: id,
@@ -288,6 +379,19 @@ impl Live {
         sessions.remove(ours);
         sessions.is_empty()
     }
+}
+
+/// An agent's error on one line: its message (or code) and its data as compact JSON, clipped.
+fn one_line(e: &agent_client_protocol::Error) -> String {
+    let mut said = if e.message.is_empty() {
+        i32::from(e.code).to_string()
+    } else {
+        e.message.clone()
+    };
+    if let Some(data) = &e.data {
+        said.push_str(&format!(" ({data})"));
+    }
+    crate::error::clip(&said, 300)
 }
 
 /// Runs the connection until the agent hangs up (or the process is dropped): updates and

@@ -6,6 +6,7 @@
 //! notifications and become the contract's events; cancel is `session/cancel`.
 
 mod asks;
+mod auth;
 mod host;
 mod routes;
 
@@ -20,6 +21,7 @@ use agent_client_protocol::v1::schema::{
 };
 
 use self::asks::TurnAsks;
+pub use self::auth::AuthPlan;
 pub use self::host::Greeting;
 pub(crate) use self::host::Live;
 use super::confine::{Confinement, Work};
@@ -28,14 +30,15 @@ use super::CANCEL_GRACE;
 use super::{
     updates, AgentError, AgentSession, Answer, Backend, Opened, Prompt, StopReason, TurnEnd,
 };
-use crate::config::PermissionPolicy;
+use crate::config::{AgentAuth, PermissionPolicy};
 use crate::wire::{DecidedBy, EventBody};
 
-/// Which process hosts a session: its app's, for its agent's command.
+/// Which process hosts a session: its app's, for its agent's command and authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct HostKey {
     app: String,
     command: String,
+    auth: Option<AgentAuth>,
 }
 
 /// The agent process of one key, while it runs, and what tells when it was last used.
@@ -79,6 +82,7 @@ impl Acp {
         let key = HostKey {
             app: s.app.clone(),
             command: s.command.spec().to_string(),
+            auth: s.auth.clone(),
         };
         let mut hosts = self.inner.hosts.lock().expect("hosts lock");
         hosts.entry(key).or_default().clone()
@@ -101,7 +105,8 @@ impl Acp {
             .jail(&s.app, &dir, Work::Native)
             .map_err(|e| AgentError::Failed(format!("preparing the app's home: {e}")))?;
         let label = AgentLabel::new(&s.agent, &argv);
-        let live = Arc::new(Live::start(label, &dir, jail.as_ref()).await?);
+        let auth = AuthPlan::native(s.auth.clone());
+        let live = Arc::new(Live::start(label, &dir, jail.as_ref(), auth).await?);
         tracing::info!(pid = live.pid, app = %s.app, "agent process started");
         *slot = Some(live.clone());
         Ok(live)
@@ -305,13 +310,15 @@ impl Backend for Acp {
         Ok("ACP v1".into())
     }
 
+    /// A new session in the host's process; the process is stopped once idle whether the
+    /// session could be made or not (an agent that wants credentials it cannot get is not kept).
     async fn open(&self, session: &AgentSession) -> Result<Opened, AgentError> {
         let host = self.host(session);
         let live = self.live(&host, session).await?;
-        let id = live.new_session(&session.id, &session.cwd, 0).await?;
+        let made = live.new_session(&session.id, &session.cwd, 0).await;
         self.arm_idle_stop(host);
         Ok(Opened {
-            state: Some(id.to_string()),
+            state: Some(made?.to_string()),
         })
     }
 
@@ -399,6 +406,7 @@ mod tests {
             command: AgentCommand::Custom("agent".into()),
             backend: BackendKind::Acp,
             permissions: PermissionPolicy::AllowAll,
+            auth: None,
             state: None,
         }
     }
