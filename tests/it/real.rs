@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use clawdforge::client::ForgeClient;
 use clawdforge::wire::{
-    CreateSession, DecidedBy, Event, EventBody, PermissionDecision, RunRequest, Turn, TurnRequest,
+    CreateSession, DecidedBy, Event, EventBody, EventsRequest, PermissionDecision, RunRequest,
+    Turn, TurnRequest,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -366,6 +367,49 @@ async fn a_turn_streams_over_sse_with_its_tool_call(via: Via) {
         types.contains(&"tool_call") && types.contains(&"message"),
         "{types:?}"
     );
+}
+
+/// Right after a turn has answered (acpx still waits out that turn's last second), a turn
+/// accepted and cancelled at once must end `cancelled`, and the session's next turn must not
+/// wait behind a prompt the agent still runs. Repeated: the race it guards against is timing.
+#[tokio::test]
+async fn a_cancel_right_after_a_turn_still_reaches_the_agent_on_acpx() {
+    let via = Via::Acpx;
+    let standin = Standin::start();
+    let forge = real_forge(&standin, via, &[]).await;
+    let app = forge.app("quick").await;
+    let id = new_session(&app).await;
+    let never = forge.dir.path().join("never-released");
+    for round in 0..4 {
+        let warm = app.turn(&turn_of(&id, &format!("warm {round}"))).await;
+        assert!(warm
+            .unwrap()
+            .output
+            .contains(&format!("model: warm {round}")));
+        let held = format!("held {round} #hold={}", never.display());
+        let accepted = app.turn_nowait(&turn_of(&id, &held)).await.unwrap();
+        assert!(
+            app.cancel_turn(&id).await.unwrap().cancelled,
+            "round {round}"
+        );
+        let events = EventsRequest {
+            session_id: id.clone(),
+            turn: Some(accepted.turn),
+            after: None,
+        };
+        let ended = app.follow_turn(&events, STALL, |_| {}).await.unwrap();
+        assert_eq!(ended.stop_reason, "cancelled", "round {round}: {ended:?}");
+        let mut next = turn_of(&id, &format!("after {round}"));
+        // Bounds the wait behind a prompt the agent would still run; not a measurement.
+        next.timeout_secs = Some(60);
+        let next = app.turn(&next).await;
+        let next = next.unwrap_or_else(|e| panic!("round {round}: {e}\n{}", forge.logs()));
+        assert!(
+            next.output.contains(&format!("model: after {round}")),
+            "{}",
+            next.output
+        );
+    }
 }
 
 both_backends!(
