@@ -372,9 +372,7 @@ async fn a_turn_streams_over_sse_with_its_tool_call(via: Via) {
 /// Right after a turn has answered (acpx still waits out that turn's last second), a turn
 /// accepted and cancelled at once must end `cancelled`, and the session's next turn must not
 /// wait behind a prompt the agent still runs. Repeated: the race it guards against is timing.
-#[tokio::test]
-async fn a_cancel_right_after_a_turn_still_reaches_the_agent_on_acpx() {
-    let via = Via::Acpx;
+async fn a_cancel_right_after_a_turn_still_reaches_the_agent(via: Via) {
     let standin = Standin::start();
     let forge = real_forge(&standin, via, &[]).await;
     let app = forge.app("quick").await;
@@ -413,6 +411,7 @@ async fn a_cancel_right_after_a_turn_still_reaches_the_agent_on_acpx() {
 }
 
 both_backends!(
+    a_cancel_right_after_a_turn_still_reaches_the_agent,
     the_second_turn_carries_the_first,
     a_turn_streams_over_sse_with_its_tool_call,
     a_tool_call_streams_and_its_result_reaches_the_model,

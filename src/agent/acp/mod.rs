@@ -27,6 +27,9 @@ pub(crate) use self::host::Live;
 use super::confine::{Confinement, Work};
 use super::fault::{AgentLabel, Phase};
 use super::CANCEL_GRACE;
+
+/// How often a cancel is said again while the agent has not answered the prompt.
+const CANCEL_AGAIN: Duration = Duration::from_millis(250);
 use super::{
     updates, AgentError, AgentSession, Answer, Backend, Opened, Prompt, StopReason, TurnEnd,
 };
@@ -172,6 +175,14 @@ impl Acp {
                 })
                 .await;
         }
+        // Cancelled before the agent has it: it is never sent. (An agent may not hear a
+        // session/cancel that comes right behind the prompt, and then runs it.)
+        if p.cancel.is_cancelled() {
+            return Ok(TurnEnd {
+                output: String::new(),
+                stop_reason: StopReason::Cancelled,
+            });
+        }
         let ended = prompt(
             &live,
             &attached.agent_id,
@@ -236,6 +247,9 @@ async fn prompt(
     let mut output = updates::Output::default();
     let mut stop = Box::pin(tokio::time::sleep_until(p.deadline.into()));
     let (mut cancelled, mut timed_out) = (false, false);
+    // A cancel is said again until the agent answers the prompt: one that came while the
+    // agent was still setting the prompt up may have gone unheard.
+    let mut again = tokio::time::interval(CANCEL_AGAIN);
     let cancel = |by: DecidedBy, asks: &mut TurnAsks| {
         asks.stop(by);
         let _ = live
@@ -255,6 +269,9 @@ async fn prompt(
             _ = p.cancel.cancelled(), if !cancelled => {
                 cancelled = true;
                 stop = cancel(DecidedBy::Caller, &mut asks);
+            }
+            _ = again.tick(), if cancelled => {
+                let _ = live.cx.send_notification(CancelNotification::new(id.clone()));
             }
             _ = &mut stop => {
                 if cancelled {
