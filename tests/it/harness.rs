@@ -675,6 +675,14 @@ pub fn running(pid: u32) -> bool {
 /// The processes of agents whose HOME is under `homes`: the test agent's, and acpx's queue
 /// owners'.
 pub fn agent_processes(homes: &Path) -> BTreeSet<u32> {
+    processes_with_home(homes, |args| {
+        args.get(1).is_some_and(|a| a.ends_with(b"acp-agent.mjs"))
+            || args.contains(&&b"__queue-owner"[..])
+    })
+}
+
+/// The running processes whose HOME is under `homes` and whose argv `is_agent` picks.
+pub fn processes_with_home(homes: &Path, is_agent: impl Fn(&[&[u8]]) -> bool) -> BTreeSet<u32> {
     let mut pids = BTreeSet::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -687,9 +695,7 @@ pub fn agent_processes(homes: &Path) -> BTreeSet<u32> {
             .split(|b| *b == 0)
             .any(|v| v.starts_with(home.as_bytes()));
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_agent = args.get(1).is_some_and(|a| a.ends_with(b"acp-agent.mjs"))
-            || args.contains(&&b"__queue-owner"[..]);
-        if is_agent && in_homes && running(pid) {
+        if in_homes && is_agent(&args) && running(pid) {
             pids.insert(pid);
         }
     }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::both_backends;
-use crate::harness::{repo, tool, Forge, Options, Via};
+use crate::harness::{processes_with_home, repo, tool, Forge, Options, Via};
 use crate::http::{sse_send, sse_turn, SseReader};
 use crate::native::wait_for_file;
 
@@ -466,23 +466,11 @@ async fn one_adapter_process_serves_every_session_of_an_app() {
 
 /// The adapter processes whose HOME is under `root`.
 fn adapter_processes(root: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let home = format!("HOME={}", root.display());
-        let ours = environ
-            .split(|b| *b == 0)
-            .any(|v| v.starts_with(home.as_bytes()));
-        let args = String::from_utf8_lossy(&cmdline);
-        if ours && args.contains("claude-agent-acp") && crate::harness::running(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
+    let adapter = |args: &[&[u8]]| {
+        args.iter()
+            .any(|a| String::from_utf8_lossy(a).contains("claude-agent-acp"))
+    };
+    processes_with_home(root, adapter).into_iter().collect()
 }
 
 #[tokio::test]
