@@ -1,18 +1,24 @@
 //! The gateway's costs, each next to a baseline measured in the same run on the same machine:
 //! control operations against a raw NATS echo responder, a turn against `acpx prompt` run
-//! directly, HTTP against NATS, one worker against two, and a worker's memory.
+//! directly and against a direct ACP client, a confined turn against an unconfined one, HTTP
+//! against NATS, one worker against two, a worker's memory, and the real Claude Code adapter
+//! against the model stand-in (`real.rs`).
 //!
 //! Run: `cargo bench --bench gateway`; it runs scripts/setup-tools.sh first, which installs the
-//! tools it needs (nats-server, Node 22, acpx) into `.tools/` when they are missing. Prints a
-//! table and writes it to `bench-results/<version>-<time>.md`. `-- --quick` takes fewer
-//! samples; `-- --control-only` stops after the control operations.
+//! tools it needs (nats-server, Node 22, acpx, the real agents) into `.tools/` when they are
+//! missing. Prints a table and writes it to `bench-results/<version>-<time>.md`. `-- --quick`
+//! takes fewer samples; `-- --control-only` stops after the control operations;
+//! `-- --real-only` measures only the real adapter's rows.
 
 #[allow(dead_code)]
 #[path = "../tests/it/harness.rs"]
 mod harness;
+#[path = "gateway/real.rs"]
+mod real;
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +56,13 @@ impl Stats {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The median of `a[i] - b[i]`, in ms: samples taken in pairs, one right after the other.
+fn paired_ms(a: &[Duration], b: &[Duration]) -> f64 {
+    let mut d: Vec<f64> = a.iter().zip(b).map(|(a, b)| ms(*a) - ms(*b)).collect();
+    d.sort_by(f64::total_cmp);
+    d[d.len() / 2]
 }
 
 async fn sequential<F, Fut>(n: usize, mut f: F) -> Stats
@@ -113,8 +126,10 @@ async fn echo_server(url: &str) {
     }
 }
 
+#[derive(Default)]
 struct Report {
     rows: Vec<[String; 5]>,
+    notes: Vec<String>,
 }
 
 impl Report {
@@ -128,10 +143,30 @@ impl Report {
             format!("{ratio:.2}x"),
         ];
         println!(
-            "{:<44} {:<28} {:>14} {:>14} {:>8}",
+            "{:<50} {:<30} {:>14} {:>14} {:>8}",
             line[0], line[1], line[2], line[3], line[4]
         );
         self.rows.push(line);
+    }
+
+    /// A p50 row and a p90 row.
+    fn latency(&mut self, what: &str, baseline: &str, base: &Stats, value: &Stats) {
+        for (p, pct) in [("p50", 0.5), ("p90", 0.9)] {
+            let (b, v) = (ms(base.pct(pct)), ms(value.pct(pct)));
+            self.row(
+                &format!("{what} {p}"),
+                &format!("{baseline} {p}"),
+                b,
+                v,
+                "ms",
+            );
+        }
+    }
+
+    /// A line under the table.
+    fn note(&mut self, text: &str) {
+        println!("  {text}");
+        self.notes.push(text.to_string());
     }
 
     fn markdown(&self) -> String {
@@ -144,6 +179,10 @@ impl Report {
                 "| {} | {} | {} | {} | {} |",
                 r[0], r[1], r[2], r[3], r[4]
             );
+        }
+        out.push('\n');
+        for note in &self.notes {
+            let _ = writeln!(out, "- {note}");
         }
         out
     }
@@ -159,166 +198,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The native backend (`backend = "acp"`, the same test agent) against acpx: a warm turn
-/// against acpx's result line, create+close against the gateway's acpx create+close, and the
-/// agent processes of warm sessions of two apps against as many acpx sessions.
-async fn native_rows(
-    forge: &Forge,
-    report: &mut Report,
-    acpx_turn: &Stats,
-    acpx_create: &Stats,
-    quick: bool,
-) {
-    let native = || CreateSession {
-        agent: Some("native".into()),
-        files: vec![],
-    };
-    let app = forge.app("bench-native").await;
-    let s = app.create_session(&native()).await.unwrap();
-    app.turn(&turn(&s.session_id, "warm up")).await.unwrap();
-    let n = if quick { 100 } else { 500 };
-    let mut turns = Vec::new();
-    for i in 0..n {
-        let t = Instant::now();
-        app.turn(&turn(&s.session_id, &format!("native {i}")))
-            .await
-            .unwrap();
-        turns.push(t.elapsed());
-    }
-    let turns = Stats::new(turns);
-    report.row(
-        "turn p50, backend acp (warm)",
-        "acpx prompt: result line",
-        ms(acpx_turn.p50()),
-        ms(turns.p50()),
-        "ms",
-    );
-    report.row(
-        "turn p99, backend acp (warm)",
-        "acpx prompt: result line p99",
-        ms(acpx_turn.p99()),
-        ms(turns.p99()),
-        "ms",
-    );
-    let mut creates = Vec::new();
-    for _ in 0..if quick { 10 } else { 50 } {
-        let t = Instant::now();
-        let c = app.create_session(&native()).await.unwrap();
-        app.close_session(&c.session_id).await.unwrap();
-        creates.push(t.elapsed());
-    }
-    let creates = Stats::new(creates);
-    report.row(
-        "create+close p50, backend acp",
-        "create+close p50, acpx",
-        ms(acpx_create.p50()),
-        ms(creates.p50()),
-        "ms",
-    );
-    app.close_session(&s.session_id).await.unwrap();
-    let homes = forge.dir.path().join("data/homes");
-    let acpx_sessions = if quick { 2 } else { 4 };
-    let acpx_app = forge.app("bench-acpx-procs").await;
-    let before = harness::agent_processes(&homes).len();
-    let mut acpx_ids = Vec::new();
-    for _ in 0..acpx_sessions {
-        let s = acpx_app
-            .create_session(&CreateSession::default())
-            .await
-            .unwrap();
-        acpx_app.turn(&turn(&s.session_id, "warm")).await.unwrap();
-        acpx_ids.push(s.session_id);
-    }
-    let acpx_per_session =
-        (harness::agent_processes(&homes).len() - before) as f64 / acpx_sessions as f64;
-    for id in &acpx_ids {
-        acpx_app.close_session(id).await.unwrap();
-    }
-    let before = harness::agent_processes(&homes).len();
-    let worker = forge.workers[0].child.id();
-    let rss_before = rss_kib(worker) as f64 / 1024.0;
-    let mut native_ids = Vec::new();
-    for name in ["bench-native-a", "bench-native-b"] {
-        let a = forge.app(name).await;
-        for _ in 0..16 {
-            let s = a.create_session(&native()).await.unwrap();
-            a.turn(&turn(&s.session_id, "warm")).await.unwrap();
-            native_ids.push((a.clone(), s.session_id));
-        }
-    }
-    let native_procs = (harness::agent_processes(&homes).len() - before) as f64;
-    report.row(
-        "agent processes, 32 warm sessions of 2 apps",
-        &format!("acpx: {acpx_sessions} warm sessions, scaled to 32"),
-        acpx_per_session * 32.0,
-        native_procs,
-        "procs",
-    );
-    report.row(
-        "worker RSS, 32 warm acp sessions of 2 apps",
-        "worker RSS before them",
-        rss_before,
-        rss_kib(worker) as f64 / 1024.0,
-        "MiB",
-    );
-    for (a, id) in native_ids {
-        a.close_session(&id).await.unwrap();
-    }
-}
-
-/// acp turns per second with 8 sessions and 8 turns in flight: on one worker, then on two
-/// (the sessions made with both up, so each owns about half; turns that reach the other worker
-/// are passed on to the owner).
-async fn two_worker_rows(forge: &mut Forge, report: &mut Report, quick: bool) {
-    let total = if quick { 400 } else { 2000 };
-    let rate = |app: ForgeClient, ids: Vec<String>| {
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        throughput(total, ids.len(), move || {
-            let (app, ids, next) = (app.clone(), ids.clone(), next.clone());
-            async move {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                app.turn(&turn(&ids[i % ids.len()], "tps")).await.unwrap();
-            }
-        })
-    };
-    let sessions = |app: ForgeClient| async move {
-        let mut ids = Vec::new();
-        for _ in 0..8 {
-            let s = app
-                .create_session(&CreateSession {
-                    agent: Some("native".into()),
-                    files: vec![],
-                })
-                .await
-                .unwrap();
-            app.turn(&turn(&s.session_id, "warm")).await.unwrap();
-            ids.push(s.session_id);
-        }
-        ids
-    };
-    let one = forge.app("bench-tps-one").await;
-    let ids = sessions(one.clone()).await;
-    let single = rate(one.clone(), ids.clone()).await;
-    for id in &ids {
-        one.close_session(id).await.unwrap();
-    }
-    forge.spawn_worker(&[]);
-    forge.wait_for_workers(2).await;
-    let two = forge.app("bench-tps-two").await;
-    let ids = sessions(two.clone()).await;
-    let double = rate(two.clone(), ids.clone()).await;
-    for id in &ids {
-        two.close_session(id).await.unwrap();
-    }
-    report.row(
-        "acp turns/s, 2 workers (8 sessions, 8 in flight)",
-        "acp turns/s, 1 worker",
-        single,
-        double,
-        "turns/s",
-    );
-}
-
 fn turn(id: &str, prompt: &str) -> TurnRequest {
     TurnRequest {
         session_id: id.into(),
@@ -329,57 +208,228 @@ fn turn(id: &str, prompt: &str) -> TurnRequest {
     }
 }
 
-/// One `acpx prompt` run directly, as the worker runs it: time to the turn's result line, and
-/// to the process's exit.
-fn acpx_direct(
-    forge: &Forge,
-    cwd: &std::path::Path,
-    name: &str,
-    text: &str,
-) -> (Duration, Duration) {
-    use std::io::{BufRead, Write};
-    let t = Instant::now();
-    let mut child = std::process::Command::new(harness::tool("acpx"))
-        .args([
+/// The environment a worker gives the agents of an app whose home is `home` (PATH, LANG,
+/// HOME, TMPDIR, CLAUDE_CONFIG_DIR): the direct runs get the same, without confinement.
+fn direct_env(home: &Path) -> Vec<(String, String)> {
+    for dir in [home.join("tmp"), home.join(".claude")] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    vec![
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        (
+            "LANG".into(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+        ),
+        ("HOME".into(), path(home.to_path_buf())),
+        ("TMPDIR".into(), path(home.join("tmp"))),
+        ("CLAUDE_CONFIG_DIR".into(), path(home.join(".claude"))),
+    ]
+}
+
+/// `acpx` run directly, as the worker runs it, for one agent in one directory.
+struct DirectAcpx {
+    home: PathBuf,
+    cwd: PathBuf,
+    /// `--agent <command>`, or a built-in agent's name.
+    agent: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl DirectAcpx {
+    fn new(home: PathBuf, cwd: PathBuf, agent: Vec<String>, env: Vec<(String, String)>) -> Self {
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&cwd).unwrap();
+        DirectAcpx {
+            home,
+            cwd,
+            agent,
+            env,
+        }
+    }
+
+    /// The test agent's, with `home` as HOME.
+    fn test_agent(home: PathBuf, cwd: PathBuf) -> Self {
+        let agent = vec!["--agent".into(), harness::agent_command("")];
+        let env = direct_env(&home);
+        DirectAcpx::new(home, cwd, agent, env)
+    }
+
+    /// `acpx <flags> <global> <agent> <words>`: a global option such as `--timeout` goes
+    /// before the agent, where a built-in agent's subcommand does not take it.
+    fn command(&self, global: &[&str], words: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(harness::tool("acpx"));
+        cmd.args([
             "--format",
             "json",
             "--json-strict",
             "--approve-all",
             "--cwd",
         ])
-        .arg(cwd)
-        .args([
-            "--ttl",
-            "300",
-            "--timeout",
-            "120",
-            "--agent",
-            &harness::agent_command(""),
-        ])
-        .args(["prompt", "-s", name, "--file", "-"])
-        .env("HOME", forge.home())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let blocks = serde_json::json!([{"type": "text", "text": text}]).to_string();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(blocks.as_bytes())
-        .unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut result_at = None;
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if result_at.is_none() && line.contains("\"stopReason\"") {
-            result_at = Some(t.elapsed());
+        .arg(&self.cwd)
+        .args(["--ttl", "300"])
+        .args(global)
+        .args(&self.agent)
+        .args(words)
+        .env_clear()
+        .envs(self.env.iter().cloned());
+        cmd
+    }
+
+    /// A control command; it must succeed.
+    fn run(&self, words: &[&str]) {
+        let out = self.command(&[], words).output().unwrap();
+        assert!(out.status.success(), "acpx {words:?}: {out:?}");
+    }
+
+    fn sessions_new(&self, name: &str) {
+        self.run(&["sessions", "new", "--name", name]);
+    }
+
+    /// One `acpx prompt`: time to the turn's result line, and to the process's exit.
+    fn prompt(&self, name: &str, text: &str) -> (Duration, Duration) {
+        use std::io::{BufRead, Write};
+        let t = Instant::now();
+        let mut child = self
+            .command(
+                &["--timeout", "120"],
+                &["prompt", "-s", name, "--file", "-"],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let blocks = serde_json::json!([{"type": "text", "text": text}]).to_string();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(blocks.as_bytes()).unwrap();
+        drop(stdin);
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut result_at = None;
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if result_at.is_none() && line.contains("\"stopReason\"") {
+                result_at = Some(t.elapsed());
+            }
+        }
+        child.wait().unwrap();
+        (result_at.expect("a result line"), t.elapsed())
+    }
+}
+
+impl Drop for DirectAcpx {
+    /// acpx's socket directory for this HOME is in /tmp; the rest is in the forge's directory.
+    fn drop(&mut self) {
+        let dir = clawdforge::agent::confine::acpx_socket_dir_of(&self.home);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The worker's confinement (`src/agent/confine.rs`: Landlock rules, then no capabilities),
+/// applied to a process the benchmark starts itself, working in `home`.
+fn confine(cmd: &mut std::process::Command, home: &Path, abi: u32) {
+    use std::os::unix::process::CommandExt;
+    let mut ruleset = Some(ruleset(landlock::ABI::from(abi as i32), home).unwrap());
+    // SAFETY: the closure runs in the forked child and only makes system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(ruleset) = ruleset.take() {
+                ruleset
+                    .restrict_self()
+                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
+            }
+            drop_capabilities()
+        });
+    }
+}
+
+/// The rules the worker gives an acpx process of a session whose app's home is `home`.
+fn ruleset(
+    abi: landlock::ABI,
+    home: &Path,
+) -> Result<landlock::RulesetCreated, landlock::RulesetError> {
+    use landlock::{
+        Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+        RulesetCreatedAttr, Scope,
+    };
+    let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi))?;
+    if abi >= landlock::ABI::V4 {
+        ruleset = ruleset.handle_access(AccessNet::ConnectTcp)?;
+    }
+    if abi >= landlock::ABI::V6 {
+        ruleset = ruleset.scope(Scope::AbstractUnixSocket)?;
+    }
+    let mut created = ruleset.create()?;
+    let read = harness::agent_read_dirs() + ",/dev,/proc";
+    let dirs = read
+        .split(',')
+        .map(|d| (PathBuf::from(d), AccessFs::from_read(abi)));
+    let home = (home.to_path_buf(), AccessFs::from_all(abi));
+    let null = (PathBuf::from("/dev/null"), AccessFs::from_file(abi));
+    for (dir, access) in dirs.chain([home, null]) {
+        if let Ok(fd) = PathFd::new(dir) {
+            created = created.add_rule(PathBeneath::new(fd, access))?;
         }
     }
-    child.wait().unwrap();
-    (result_at.expect("a result line"), t.elapsed())
+    if abi >= landlock::ABI::V4 {
+        created = created.add_rule(NetPort::new(443, AccessNet::ConnectTcp))?;
+    }
+    Ok(created)
+}
+
+/// Every capability set emptied, as the worker does for its agents; between fork and exec.
+fn drop_capabilities() -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    // SAFETY: prctl and capset with plain integers and stack buffers.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0);
+        for cap in 0..=63 as libc::c_ulong {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        let header = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [0u32; 6];
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// What confinement costs a process start: `acpx --version` (Node loading acpx's modules, as
+/// every turn's acpx client does) under the worker's confinement, against the same
+/// unconfined, interleaved.
+fn spawn_rows(forge: &Forge, report: &mut Report, n: usize) {
+    let Some(abi) = clawdforge::agent::confine::kernel_abi() else {
+        return report.note("no Landlock on this kernel: no confined process starts");
+    };
+    let home = forge.dir.path().join("spawn-home");
+    let env = direct_env(&home);
+    let run = |confined: bool| {
+        let mut cmd = std::process::Command::new(harness::tool("acpx"));
+        cmd.arg("--version").env_clear().envs(env.iter().cloned());
+        cmd.stdout(std::process::Stdio::null());
+        if confined {
+            confine(&mut cmd, &home, abi);
+        }
+        let t = Instant::now();
+        assert!(cmd.status().unwrap().success());
+        t.elapsed()
+    };
+    let (mut open, mut confined) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        open.push(run(false));
+        confined.push(run(true));
+    }
+    let (open, confined) = (Stats::new(open), Stats::new(confined));
+    let what = "acpx --version, confined (Landlock, no caps)";
+    report.latency(what, "unconfined", &open, &confined);
 }
 
 /// The benchmark drives the real tools: install them (idempotent, about a second when present).
@@ -392,151 +442,99 @@ fn install_tools() {
     assert!(status.success(), "{} failed ({status})", script.display());
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--echo-server") {
-        echo_server(&args[i + 1]).await;
-        return;
-    }
-    install_tools();
-    let quick = args.iter().any(|a| a == "--quick");
-    let n = if quick { 300 } else { 2000 };
-    let total = if quick { 3000 } else { 20000 };
-    let turns_n = if quick { 5 } else { 15 };
+/// The raw NATS floor: the echo's sequential latency and its throughput with 64 in flight.
+struct Floor {
+    seq: Stats,
+    tput: f64,
+}
 
-    println!("clawdforge {} gateway benchmark", env!("CARGO_PKG_VERSION"));
-    println!(
-        "{:<44} {:<28} {:>14} {:>14} {:>8}",
-        "measure", "baseline", "baseline", "clawdforge", "ratio"
-    );
-    let mut report = Report { rows: Vec::new() };
-
-    let mut forge = Forge::start_with(Options {
-        env: vec![
-            ("CLAWDFORGE_MAX_LIVE_SESSIONS".into(), "100".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ],
-        config_toml: Some(format!(
-            "[agents.native]\ncommand = {:?}\nbackend = \"acp\"\n",
-            harness::agent_command("")
-        )),
-        ..Default::default()
-    })
-    .await;
-    let mut echo = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--echo-server", &forge.nats.url])
-        .spawn()
-        .unwrap();
-    let nats = forge.admin.nats().clone();
-    for _ in 0..100 {
-        if nats.request(ECHO_SUBJECT, "x".into()).await.is_ok() {
-            break;
+async fn echo_floor(
+    nats: &async_nats::Client,
+    body: bytes::Bytes,
+    n: usize,
+    total: usize,
+) -> Floor {
+    let nats = nats.clone();
+    let request = move || {
+        let (nats, b) = (nats.clone(), body.clone());
+        async move {
+            nats.request(ECHO_SUBJECT, b).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Floor {
+        seq: sequential(n, request.clone()).await,
+        tput: throughput(total, 64, request).await,
     }
-    let app = forge.app("bench").await;
-    let session = app.create_session(&CreateSession::default()).await.unwrap();
-    let sid = session.session_id.clone();
+}
 
-    // --- control operations vs the echo floor ---
+/// A control operation's sequential p50/p99 and throughput against the echo's.
+async fn control_row<F, Fut>(
+    report: &mut Report,
+    name: &str,
+    floor: &Floor,
+    (n, total): (usize, usize),
+    op: F,
+) where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let seq = sequential(n, op.clone()).await;
+    let (base, value) = (&floor.seq, &seq);
+    let p50 = format!("{name} p50 (sequential)");
+    report.row(&p50, "echo p50", ms(base.p50()), ms(value.p50()), "ms");
+    let p99 = format!("{name} p99 (sequential)");
+    report.row(&p99, "echo p99", ms(base.p99()), ms(value.p99()), "ms");
+    let tput = throughput(total, 64, op).await;
+    let what = format!("{name} throughput (64 in flight)");
+    report.row(&what, "echo throughput", floor.tput, tput, "req/s");
+}
+
+/// health, get and list against the echo floor; returns the floor.
+async fn control_rows(
+    forge: &Forge,
+    app: &ForgeClient,
+    sid: &str,
+    report: &mut Report,
+    counts: (usize, usize),
+) -> Floor {
     let body = serde_json::to_vec(&serde_json::json!({"session_id": sid})).unwrap();
-    let echo_body: bytes::Bytes = body.clone().into();
-    let echo_seq = {
-        let nats = nats.clone();
-        let b = echo_body.clone();
-        sequential(n, move || {
-            let nats = nats.clone();
-            let b = b.clone();
-            async move {
-                nats.request(ECHO_SUBJECT, b).await.unwrap();
-            }
-        })
-        .await
+    let floor = echo_floor(forge.admin.nats(), body.into(), counts.0, counts.1).await;
+    let a = app.clone();
+    let health = move || {
+        let a = a.clone();
+        async move {
+            a.health().await.unwrap();
+        }
     };
-    let echo_tput = {
-        let nats = nats.clone();
-        let b = echo_body.clone();
-        throughput(total, 64, move || {
-            let nats = nats.clone();
-            let b = b.clone();
-            async move {
-                nats.request(ECHO_SUBJECT, b).await.unwrap();
-            }
-        })
-        .await
-    };
-    macro_rules! control {
-        ($name:expr, $op:expr) => {{
-            let a = app.clone();
-            let id = sid.clone();
-            let seq = sequential(n, move || {
-                let a = a.clone();
-                let id = id.clone();
-                async move {
-                    #[allow(clippy::redundant_closure_call)]
-                    ($op)(a, id).await;
-                }
-            })
-            .await;
-            report.row(
-                &format!("{} p50 (sequential)", $name),
-                "echo p50",
-                ms(echo_seq.p50()),
-                ms(seq.p50()),
-                "ms",
-            );
-            report.row(
-                &format!("{} p99 (sequential)", $name),
-                "echo p99",
-                ms(echo_seq.p99()),
-                ms(seq.p99()),
-                "ms",
-            );
-            let a = app.clone();
-            let id = sid.clone();
-            let tput = throughput(total, 64, move || {
-                let a = a.clone();
-                let id = id.clone();
-                async move {
-                    #[allow(clippy::redundant_closure_call)]
-                    ($op)(a, id).await;
-                }
-            })
-            .await;
-            report.row(
-                &format!("{} throughput (64 in flight)", $name),
-                "echo throughput",
-                echo_tput,
-                tput,
-                "req/s",
-            );
-        }};
-    }
-    control!("forge.health", |a: ForgeClient, _id: String| async move {
-        a.health().await.unwrap();
-    });
-    control!(
-        "forge.session.get",
-        |a: ForgeClient, id: String| async move {
+    control_row(report, "forge.health", &floor, counts, health).await;
+    let (a, id) = (app.clone(), sid.to_string());
+    let get = move || {
+        let (a, id) = (a.clone(), id.clone());
+        async move {
             a.get_session(&id).await.unwrap();
         }
-    );
-    control!(
-        "forge.session.list",
-        |a: ForgeClient, _id: String| async move {
+    };
+    control_row(report, "forge.session.get", &floor, counts, get).await;
+    let a = app.clone();
+    let list = move || {
+        let a = a.clone();
+        async move {
             a.list_sessions().await.unwrap();
         }
-    );
+    };
+    control_row(report, "forge.session.list", &floor, counts, list).await;
+    floor
+}
 
-    if args.iter().any(|a| a == "--control-only") {
-        let _ = echo.kill();
-        let _ = echo.wait();
-        return;
-    }
-
-    // --- create + close with the test agent, vs acpx doing the same directly ---
-    let k = if quick { 3 } else { 8 };
+/// create + close with the test agent, against the echo and against acpx doing the same
+/// directly; returns the gateway's.
+async fn create_close_rows(
+    forge: &Forge,
+    app: &ForgeClient,
+    report: &mut Report,
+    echo: &Stats,
+    k: usize,
+) -> Stats {
     let mut gw = Vec::new();
     for _ in 0..k {
         let t = Instant::now();
@@ -547,207 +545,372 @@ async fn main() {
     let mut direct = Vec::new();
     let scratch = forge.dir.path().join("direct");
     for i in 0..k {
-        let cwd = scratch.join(format!("c{i}"));
-        std::fs::create_dir_all(&cwd).unwrap();
+        let acpx = DirectAcpx::test_agent(forge.home(), scratch.join(format!("c{i}")));
         let t = Instant::now();
-        for verb in [
-            &["sessions", "new", "--name", "x"][..],
-            &["sessions", "close", "x"][..],
-        ] {
-            let ok = std::process::Command::new(harness::tool("acpx"))
-                .args([
-                    "--format",
-                    "json",
-                    "--json-strict",
-                    "--approve-all",
-                    "--cwd",
-                ])
-                .arg(&cwd)
-                .args(["--agent", &harness::agent_command("")])
-                .args(verb)
-                .env("HOME", forge.home())
-                .output()
-                .unwrap()
-                .status
-                .success();
-            assert!(ok);
-        }
+        acpx.sessions_new("x");
+        acpx.run(&["sessions", "close", "x"]);
         direct.push(t.elapsed());
     }
     let (gw, direct) = (Stats::new(gw), Stats::new(direct));
     report.row(
         "create+close p50",
         "echo p50",
-        ms(echo_seq.p50()),
+        ms(echo.p50()),
         ms(gw.p50()),
         "ms",
     );
+    let base = "acpx new+close direct p50";
     report.row(
         "create+close p50",
-        "acpx new+close direct p50",
+        base,
         ms(direct.p50()),
         ms(gw.p50()),
         "ms",
     );
+    gw
+}
 
-    // --- a warm turn: the gateway vs acpx prompt directly ---
-    app.turn(&turn(&sid, "warm up")).await.unwrap();
-    // Back to back, a turn waits in acpx's queue for the previous acpx client's idle second;
-    // spaced, it does not, and compares with a direct run that starts on an idle session.
-    let mut back_to_back = Vec::new();
-    for i in 0..turns_n {
+/// Back to back, a turn waits in acpx's queue for the previous acpx client's idle second.
+async fn back_to_back(app: &ForgeClient, sid: &str, n: usize) -> Stats {
+    let mut samples = Vec::new();
+    for i in 0..n {
         let t = Instant::now();
-        app.turn(&turn(&sid, &format!("turn {i}"))).await.unwrap();
-        back_to_back.push(t.elapsed());
+        app.turn(&turn(sid, &format!("turn {i}"))).await.unwrap();
+        samples.push(t.elapsed());
     }
-    let back_to_back = Stats::new(back_to_back);
-    let direct_cwd = scratch.join("turns");
-    std::fs::create_dir_all(&direct_cwd).unwrap();
-    let made = std::process::Command::new(harness::tool("acpx"))
-        .args([
-            "--format",
-            "json",
-            "--json-strict",
-            "--approve-all",
-            "--cwd",
-        ])
-        .arg(&direct_cwd)
-        .args([
-            "--agent",
-            &harness::agent_command(""),
-            "sessions",
-            "new",
-            "--name",
-            "direct",
-        ])
-        .env("HOME", forge.home())
-        .output()
-        .unwrap();
-    assert!(made.status.success());
-    acpx_direct(&forge, &direct_cwd, "direct", "warm up");
-    let mut gw_turns = Vec::new();
-    let mut to_result = Vec::new();
-    let mut to_exit = Vec::new();
-    // Interleaved, so that both see the same machine.
-    for i in 0..turns_n {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let t = Instant::now();
-        app.turn(&turn(&sid, &format!("spaced turn {i}")))
-            .await
-            .unwrap();
-        gw_turns.push(t.elapsed());
-        let (r, e) = acpx_direct(&forge, &direct_cwd, "direct", &format!("turn {i}"));
-        to_result.push(r);
-        to_exit.push(e);
+    Stats::new(samples)
+}
+
+/// A session through the gateway: its app and id.
+type Session<'a> = (&'a ForgeClient, &'a str);
+
+/// Spaced, interleaved turns: the confined gateway's, the unconfined one's, and the direct
+/// runs' times to their result line and to their exit, in a rotating order (so that none
+/// always comes first after the pause, or right after the same other). Each session is idle
+/// for more than acpx's idle second before its turn (the pause plus at least one other turn),
+/// so that no turn waits for the previous client.
+async fn spaced_turns(
+    confined: Session<'_>,
+    open: Session<'_>,
+    direct: &DirectAcpx,
+    n: usize,
+) -> [Vec<Duration>; 4] {
+    let mut samples: [Vec<Duration>; 4] = Default::default();
+    for i in 0..n {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let text = format!("spaced turn {i}");
+        for k in 0..3 {
+            match (i + k) % 3 {
+                2 => {
+                    let (r, e) = direct.prompt("direct", &text);
+                    samples[2].push(r);
+                    samples[3].push(e);
+                }
+                which => {
+                    let (app, id) = [confined, open][which];
+                    let t = Instant::now();
+                    app.turn(&turn(id, &text)).await.unwrap();
+                    samples[which].push(t.elapsed());
+                }
+            }
+        }
     }
-    let (gw_turns, to_result, to_exit) = (
-        Stats::new(gw_turns),
-        Stats::new(to_result),
-        Stats::new(to_exit),
+    samples
+}
+
+/// A warm turn with the test agent through acpx: back to back on the main deployment's
+/// session, against the direct run's exit; spaced ([`spaced_turns`]) on two fresh deployments
+/// that differ only in confinement (as shipped, and off), each on a session made for it,
+/// against `acpx prompt` run directly. Returns the direct runs' time to their result line.
+async fn acpx_turn_rows(
+    pair: &real::Forges<'_>,
+    (app, sid): Session<'_>,
+    report: &mut Report,
+    n: usize,
+) -> Stats {
+    app.turn(&turn(sid, "warm up")).await.unwrap();
+    let b2b = back_to_back(app, sid, n).await;
+    let apps = [
+        pair.confined.app("bench").await,
+        pair.open.app("bench").await,
+    ];
+    let mut ids = Vec::new();
+    for a in &apps {
+        let made = a.create_session(&CreateSession::default()).await.unwrap();
+        a.turn(&turn(&made.session_id, "warm up")).await.unwrap();
+        ids.push(made.session_id);
+    }
+    let home = pair.confined.home();
+    let direct = DirectAcpx::test_agent(home, pair.confined.dir.path().join("direct/turns"));
+    direct.sessions_new("direct");
+    direct.prompt("direct", "warm up");
+    let sessions = [(&apps[0], ids[0].as_str()), (&apps[1], ids[1].as_str())];
+    let samples = spaced_turns(sessions[0], sessions[1], &direct, n).await;
+    for (a, id) in sessions {
+        a.close_session(id).await.unwrap();
+    }
+    spaced_rows(report, samples, &b2b)
+}
+
+/// The rows of [`acpx_turn_rows`]; returns the direct runs' time to their result line.
+fn spaced_rows(report: &mut Report, samples: [Vec<Duration>; 4], b2b: &Stats) -> Stats {
+    let paired = [
+        paired_ms(&samples[0], &samples[2]),
+        paired_ms(&samples[1], &samples[2]),
+        paired_ms(&samples[0], &samples[1]),
+    ];
+    let [confined, open, to_result, to_exit] = samples.map(Stats::new);
+    let base = "acpx prompt: result line";
+    let (b, c, o) = (ms(to_result.p50()), ms(confined.p50()), ms(open.p50()));
+    report.row("turn p50 (warm, spaced)", base, b, c, "ms");
+    report.row("turn p50 (warm, spaced), confinement off", base, b, o, "ms");
+    report.latency(
+        "turn (warm, spaced), confined",
+        "confinement off",
+        &open,
+        &confined,
     );
+    let (what, base) = ("turn p50 (warm, back to back)", "acpx prompt: process exit");
+    report.row(what, base, ms(to_exit.p50()), ms(b2b.p50()), "ms");
+    report.note(&format!(
+        "acpx, test agent, difference of p50s (median of paired turns): the gateway adds \
+         {:+.1} ms ({:+.1}) over acpx's result line, {:+.1} ms ({:+.1}) with confinement off; \
+         confinement costs {:+.1} ms ({:+.1})",
+        c - b,
+        paired[0],
+        o - b,
+        paired[1],
+        c - o,
+        paired[2],
+    ));
+    to_result
+}
+
+/// The native backend (`backend = "acp"`, the same test agent): a warm turn against acpx's
+/// result line and against a direct ACP client of the same agent (interleaved).
+async fn native_turn_rows(
+    forge: &Forge,
+    app: &ForgeClient,
+    report: &mut Report,
+    acpx_turn: &Stats,
+    n: usize,
+) {
+    let s = app.create_session(&native()).await.unwrap();
+    app.turn(&turn(&s.session_id, "warm up")).await.unwrap();
+    let argv: Vec<String> = harness::agent_command("")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let home = forge.dir.path().join("direct-acp-home");
+    let cwd = forge.dir.path().join("direct-acp");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let env = direct_env(&home);
+    let mut direct = real::DirectAcp::start(&argv, &cwd, Some(&env)).await;
+    let direct_id = direct.new_session(&cwd).await;
+    direct.prompt(&direct_id, "warm up").await;
+    let (mut turns, mut direct_turns) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let text = format!("native {i}");
+        let t = Instant::now();
+        app.turn(&turn(&s.session_id, &text)).await.unwrap();
+        turns.push(t.elapsed());
+        let t = Instant::now();
+        direct.prompt(&direct_id, &text).await;
+        direct_turns.push(t.elapsed());
+    }
+    let (turns, direct_turns) = (Stats::new(turns), Stats::new(direct_turns));
+    let what = "turn p50, backend acp (warm)";
     report.row(
-        "turn p50 (warm, spaced)",
+        what,
         "acpx prompt: result line",
-        ms(to_result.p50()),
-        ms(gw_turns.p50()),
+        ms(acpx_turn.p50()),
+        ms(turns.p50()),
         "ms",
     );
-    report.row(
-        "turn p50 (warm, back to back)",
-        "acpx prompt: process exit",
-        ms(to_exit.p50()),
-        ms(back_to_back.p50()),
-        "ms",
+    report.latency(
+        "turn, backend acp (warm)",
+        "direct ACP client",
+        &direct_turns,
+        &turns,
     );
-    println!(
-        "  gateway overhead per turn over acpx's result line: {:.1} ms",
-        ms(gw_turns.p50()) - ms(to_result.p50())
-    );
-    native_rows(&forge, &mut report, &to_result, &gw, quick).await;
+    report.note(&format!(
+        "native, test agent: the gateway adds {:+.2} ms per turn over a direct ACP client",
+        ms(turns.p50()) - ms(direct_turns.p50())
+    ));
+    app.close_session(&s.session_id).await.unwrap();
+}
 
-    // --- HTTP (sidecar) vs NATS ---
+fn native() -> CreateSession {
+    CreateSession {
+        agent: Some("native".into()),
+        files: vec![],
+    }
+}
+
+/// create+close on the native backend against the gateway's acpx create+close.
+async fn native_create_rows(app: &ForgeClient, report: &mut Report, acpx_create: &Stats, k: usize) {
+    let mut creates = Vec::new();
+    for _ in 0..k {
+        let t = Instant::now();
+        let c = app.create_session(&native()).await.unwrap();
+        app.close_session(&c.session_id).await.unwrap();
+        creates.push(t.elapsed());
+    }
+    let creates = Stats::new(creates);
+    let (what, base) = ("create+close p50, backend acp", "create+close p50, acpx");
+    report.row(what, base, ms(acpx_create.p50()), ms(creates.p50()), "ms");
+}
+
+/// Sessions opened and warmed, `per_app` in each app named.
+async fn warm_sessions(
+    forge: &Forge,
+    apps: &[&str],
+    per_app: usize,
+    req: &CreateSession,
+) -> Vec<(ForgeClient, String)> {
+    let mut ids = Vec::new();
+    for name in apps {
+        let a = forge.app(name).await;
+        for _ in 0..per_app {
+            let s = a.create_session(req).await.unwrap();
+            a.turn(&turn(&s.session_id, "warm")).await.unwrap();
+            ids.push((a.clone(), s.session_id));
+        }
+    }
+    ids
+}
+
+/// The agent processes of warm sessions of two apps against as many acpx sessions, and the
+/// worker's memory with them.
+async fn agent_process_rows(forge: &Forge, report: &mut Report, quick: bool) {
+    let homes = forge.dir.path().join("data/homes");
+    let acpx_sessions = if quick { 2 } else { 4 };
+    let before = harness::agent_processes(&homes).len();
+    let acpx_ids = warm_sessions(
+        forge,
+        &["bench-acpx-procs"],
+        acpx_sessions,
+        &CreateSession::default(),
+    )
+    .await;
+    let acpx_per_session =
+        (harness::agent_processes(&homes).len() - before) as f64 / acpx_sessions as f64;
+    for (a, id) in acpx_ids {
+        a.close_session(&id).await.unwrap();
+    }
+    let before = harness::agent_processes(&homes).len();
+    let worker = forge.workers[0].child.id();
+    let rss_before = rss_kib(worker) as f64 / 1024.0;
+    let native_ids =
+        warm_sessions(forge, &["bench-native-a", "bench-native-b"], 16, &native()).await;
+    let native_procs = (harness::agent_processes(&homes).len() - before) as f64;
+    report.row(
+        "agent processes, 32 warm sessions of 2 apps",
+        &format!("acpx: {acpx_sessions} warm sessions, scaled to 32"),
+        acpx_per_session * 32.0,
+        native_procs,
+        "procs",
+    );
+    let rss = rss_kib(worker) as f64 / 1024.0;
+    report.row(
+        "worker RSS, 32 warm acp sessions of 2 apps",
+        "worker RSS before them",
+        rss_before,
+        rss,
+        "MiB",
+    );
+    for (a, id) in native_ids {
+        a.close_session(&id).await.unwrap();
+    }
+}
+
+/// acp turns per second with 8 sessions and 8 turns in flight: on one worker, then on two
+/// (the sessions made with both up, so each owns about half; turns that reach the other worker
+/// are passed on to the owner).
+async fn two_worker_rows(forge: &mut Forge, report: &mut Report, quick: bool) {
+    let total = if quick { 400 } else { 2000 };
+    let rate = |sessions: Vec<(ForgeClient, String)>| {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sessions = Arc::new(sessions);
+        throughput(total, sessions.len(), move || {
+            let (sessions, next) = (sessions.clone(), next.clone());
+            async move {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (app, id) = &sessions[i % sessions.len()];
+                app.turn(&turn(id, "tps")).await.unwrap();
+            }
+        })
+    };
+    let ids = warm_sessions(forge, &["bench-tps-one"], 8, &native()).await;
+    let single = rate(ids.clone()).await;
+    close_all(ids).await;
+    forge.spawn_worker(&[]);
+    forge.wait_for_workers(2).await;
+    let ids = warm_sessions(forge, &["bench-tps-two"], 8, &native()).await;
+    let double = rate(ids.clone()).await;
+    close_all(ids).await;
+    let what = "acp turns/s, 2 workers (8 sessions, 8 in flight)";
+    report.row(what, "acp turns/s, 1 worker", single, double, "turns/s");
+}
+
+async fn close_all(sessions: Vec<(ForgeClient, String)>) {
+    for (app, id) in sessions {
+        app.close_session(&id).await.unwrap();
+    }
+}
+
+/// `GET /sessions/{id}` over HTTP (the sidecar) against `forge.session.get` over NATS.
+async fn http_rows(forge: &Forge, report: &mut Report, (n, total): (usize, usize)) {
     let sidecar = forge.spawn_http("sidecar", &[("RUST_LOG", "warn")]).await;
     let http = harness::http_client();
-    let token = {
-        let created = forge.admin.create_token("bench-http", false).await.unwrap();
-        created.token
-    };
-    let http_app = forge.admin.with_token(Some(token.clone()));
-    let s2 = http_app
+    let token = forge
+        .admin
+        .create_token("bench-http", false)
+        .await
+        .unwrap()
+        .token;
+    let app = forge.admin.with_token(Some(token.clone()));
+    let id = app
         .create_session(&CreateSession::default())
         .await
-        .unwrap();
-    let get_url = sidecar.url(&format!("/sessions/{}", s2.session_id));
-    let nats_get = {
-        let a = http_app.clone();
-        let id = s2.session_id.clone();
-        sequential(n, move || {
-            let a = a.clone();
-            let id = id.clone();
-            async move {
-                a.get_session(&id).await.unwrap();
-            }
-        })
-        .await
+        .unwrap()
+        .session_id;
+    let url = sidecar.url(&format!("/sessions/{id}"));
+    let nats_get = move || {
+        let (a, id) = (app.clone(), id.clone());
+        async move {
+            a.get_session(&id).await.unwrap();
+        }
     };
-    let http_get = {
-        let http = http.clone();
-        let url = get_url.clone();
-        let token = token.clone();
-        sequential(n, move || {
-            let http = http.clone();
-            let url = url.clone();
-            let token = token.clone();
-            async move {
-                let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
-                assert!(r.status().is_success());
-                r.bytes().await.unwrap();
-            }
-        })
-        .await
+    let http_get = move || {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        async move {
+            let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+            assert!(r.status().is_success());
+            r.bytes().await.unwrap();
+        }
     };
+    let (nats_seq, http_seq) = (
+        sequential(n, nats_get.clone()).await,
+        sequential(n, http_get.clone()).await,
+    );
+    let (b, v) = (&nats_seq, &http_seq);
     report.row(
         "GET /sessions/{id} p50",
         "forge.session.get p50",
-        ms(nats_get.p50()),
-        ms(http_get.p50()),
+        ms(b.p50()),
+        ms(v.p50()),
         "ms",
     );
     report.row(
         "GET /sessions/{id} p99",
         "forge.session.get p99",
-        ms(nats_get.p99()),
-        ms(http_get.p99()),
+        ms(b.p99()),
+        ms(v.p99()),
         "ms",
     );
-    let nats_tput = {
-        let a = http_app.clone();
-        let id = s2.session_id.clone();
-        throughput(total, 64, move || {
-            let a = a.clone();
-            let id = id.clone();
-            async move {
-                a.get_session(&id).await.unwrap();
-            }
-        })
-        .await
-    };
-    let http_tput = {
-        let http = http.clone();
-        let url = get_url.clone();
-        let token = token.clone();
-        throughput(total, 64, move || {
-            let http = http.clone();
-            let url = url.clone();
-            let token = token.clone();
-            async move {
-                let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
-                assert!(r.status().is_success());
-                r.bytes().await.unwrap();
-            }
-        })
-        .await
-    };
+    let nats_tput = throughput(total, 64, nats_get).await;
+    let http_tput = throughput(total, 64, http_get).await;
     report.row(
         "GET /sessions/{id} throughput (64)",
         "forge.session.get throughput",
@@ -755,9 +918,15 @@ async fn main() {
         http_tput,
         "req/s",
     );
-    drop(sidecar);
+}
 
-    // --- short turns: one worker vs two ---
+/// Short acpx turns of several sessions at once: one worker, then two. Returns the sessions.
+async fn short_turn_rows(
+    forge: &mut Forge,
+    app: &ForgeClient,
+    report: &mut Report,
+    quick: bool,
+) -> Vec<String> {
     let sessions_n = if quick { 4 } else { 8 };
     let per_session = if quick { 3 } else { 5 };
     let mut ids = Vec::new();
@@ -798,8 +967,11 @@ async fn main() {
         two,
         "turns/s",
     );
+    ids
+}
 
-    // --- memory of a worker process (its own, not the agents') ---
+/// A worker's own resident memory (not its agents'), idle and with 32 open sessions.
+async fn memory_rows(forge: &mut Forge, app: &ForgeClient, ids: Vec<String>, report: &mut Report) {
     forge.kill_worker(1);
     let pid = forge.workers[0].child.id();
     for id in &ids {
@@ -808,15 +980,15 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(pid) as f64 / 1024.0;
     let open_now = forge.admin.health().await.unwrap().open_sessions;
-    let mut opened = Vec::new();
-    for _ in open_now..32 {
-        opened.push(
-            app.create_session(&CreateSession::default())
-                .await
-                .unwrap()
-                .session_id,
-        );
-    }
+    // Made four at a time: each is an acpx process of its own, the measure is the worker's.
+    let opened: Vec<String> = futures::stream::iter(open_now..32)
+        .map(|_| async {
+            let made = app.create_session(&CreateSession::default()).await;
+            made.unwrap().session_id
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
     let busy = rss_kib(pid) as f64 / 1024.0;
     report.row(
         "worker RSS with 32 open sessions",
@@ -825,16 +997,56 @@ async fn main() {
         busy,
         "MiB",
     );
-    println!("  worker RSS idle: {idle:.1} MiB (target: under 30 MiB)");
-    for id in opened {
-        app.close_session(&id).await.unwrap();
+    report.note(&format!(
+        "worker RSS idle: {idle:.1} MiB (target: under 30 MiB)"
+    ));
+    let closes = futures::stream::iter(&opened).map(|id| app.close_session(id));
+    let closed: Vec<_> = closes.buffer_unordered(4).collect().await;
+    closed.into_iter().for_each(|c| drop(c.unwrap()));
+}
+
+/// A deployment with the test agent as its default agent, `native` (the test agent on the
+/// native backend) and the real adapter on both backends, its model the stand-in; `extra`
+/// on top of the worker's environment.
+async fn start_forge(standin: &real::Standin, extra: &[(&str, &str)]) -> Forge {
+    let mut env = standin.worker_env();
+    env.push(("CLAWDFORGE_MAX_LIVE_SESSIONS".into(), "100".into()));
+    env.push(("RUST_LOG".into(), "warn".into()));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let native = format!(
+        "[agents.native]\ncommand = {:?}\nbackend = \"acp\"\n",
+        harness::agent_command("")
+    );
+    Forge::start_with(Options {
+        env,
+        config_toml: Some(native + real::AGENTS_TOML),
+        ..Default::default()
+    })
+    .await
+}
+
+/// The echo responder, in its own process; returns once it answers.
+async fn start_echo(forge: &Forge) -> std::process::Child {
+    let echo = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--echo-server", &forge.nats.url])
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if forge
+            .admin
+            .nats()
+            .request(ECHO_SUBJECT, "x".into())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    echo
+}
 
-    two_worker_rows(&mut forge, &mut report, quick).await;
-
-    let _ = echo.kill();
-    let _ = echo.wait();
-
+fn write_report(report: &Report) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
     std::fs::create_dir_all(&dir).unwrap();
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
@@ -846,4 +1058,114 @@ async fn main() {
     );
     std::fs::write(&file, text).unwrap();
     println!("written to {}", file.display());
+}
+
+/// Everything past the control operations: on `forge`, the main deployment, and on `pair`,
+/// two fresh ones started together that differ only in confinement (as shipped, and off), for
+/// the rows that compare them or compare a turn with the agent driven directly.
+async fn agent_rows(
+    forge: &mut Forge,
+    pair: (Forge, Forge),
+    (app, sid): Session<'_>,
+    standin: &real::Standin,
+    report: &mut Report,
+    echo: &Stats,
+    quick: bool,
+) {
+    let acpx_create = create_close_rows(forge, app, report, echo, if quick { 3 } else { 8 }).await;
+    let forges = real::Forges {
+        confined: &pair.0,
+        open: &pair.1,
+    };
+    let to_result = acpx_turn_rows(&forges, (app, sid), report, if quick { 5 } else { 12 }).await;
+    spawn_rows(forge, report, if quick { 8 } else { 16 });
+    let native_app = forge.app("bench-native").await;
+    native_turn_rows(
+        forge,
+        &native_app,
+        report,
+        &to_result,
+        if quick { 100 } else { 500 },
+    )
+    .await;
+    native_create_rows(
+        &native_app,
+        report,
+        &acpx_create,
+        if quick { 10 } else { 50 },
+    )
+    .await;
+    agent_process_rows(forge, report, quick).await;
+    real::rows(&forges, standin, report, quick).await;
+    drop(pair);
+    http_rows(
+        forge,
+        report,
+        if quick { (300, 3000) } else { (2000, 20000) },
+    )
+    .await;
+    let ids = short_turn_rows(forge, app, report, quick).await;
+    memory_rows(forge, app, ids, report).await;
+    two_worker_rows(forge, report, quick).await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--echo-server") {
+        echo_server(&args[i + 1]).await;
+        return;
+    }
+    install_tools();
+    let started = Instant::now();
+    let quick = args.iter().any(|a| a == "--quick");
+    println!("clawdforge {} gateway benchmark", env!("CARGO_PKG_VERSION"));
+    println!(
+        "{:<50} {:<30} {:>14} {:>14} {:>8}",
+        "measure", "baseline", "baseline", "clawdforge", "ratio"
+    );
+    let mut report = Report::default();
+    let standin = real::Standin::start();
+    let mut forge = start_forge(&standin, &[]).await;
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let open = || start_forge(&standin, &[("CLAWDFORGE_AGENT_CONFINEMENT", "off")]);
+    if flag("--real-only") {
+        let open = open().await;
+        let forges = real::Forges {
+            confined: &forge,
+            open: &open,
+        };
+        real::rows(&forges, &standin, &mut report, quick).await;
+    } else {
+        let mut echo = start_echo(&forge).await;
+        let app = forge.app("bench").await;
+        let made = app.create_session(&CreateSession::default()).await;
+        let sid = made.unwrap().session_id;
+        let counts = if quick { (300, 3000) } else { (2000, 20000) };
+        let floor = control_rows(&forge, &app, &sid, &mut report, counts).await;
+        if !flag("--control-only") {
+            let session = (&app, sid.as_str());
+            let pair = (start_forge(&standin, &[]).await, open().await);
+            let echo_p50 = &floor.seq;
+            agent_rows(
+                &mut forge,
+                pair,
+                session,
+                &standin,
+                &mut report,
+                echo_p50,
+                quick,
+            )
+            .await;
+        }
+        let _ = echo.kill();
+        let _ = echo.wait();
+    }
+    let took = started.elapsed().as_secs();
+    report.note(&format!(
+        "the benchmark took {}m{:02}s",
+        took / 60,
+        took % 60
+    ));
+    write_report(&report);
 }
