@@ -299,15 +299,15 @@ async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
     };
     wait_for_running_runs(&forge, 1).await;
 
-    let started = Instant::now();
     kill(
         Pid::from_raw(forge.workers[0].child.id() as i32),
         Signal::SIGTERM,
     )
     .unwrap();
     let status = forge.workers[0].child.wait().unwrap();
+    // Past its grace it exits without waiting for the 60 s run: the run's answer below
+    // (interrupted) shows it was cut short, which a clock would only guess.
     assert!(status.success(), "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(15));
 
     // The queued turn never started and says so; the run was killed and says so.
     assert_eq!(kind(queued.await.unwrap()), ErrorKind::AtCapacity);
