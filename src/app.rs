@@ -300,7 +300,7 @@ async fn start_worker(
     let worker = crate::nats::start(
         client.clone(),
         forge.clone(),
-        &crate::nats::SUBJECTS,
+        &crate::domain::Op::ALL,
         heartbeat,
     )
     .await

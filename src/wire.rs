@@ -23,15 +23,6 @@ pub mod subject {
     pub const HEALTH: &str = "forge.health";
 }
 
-/// The subjects another worker may pass a request on to this one with: the request, served
-/// here whatever the ledger says, answers the caller directly.
-pub const PASSED_ON: [&str; 4] = [
-    subject::SESSION_TURN,
-    subject::SESSION_CLOSE,
-    subject::SESSION_CANCEL,
-    subject::SESSION_PERMISSION,
-];
-
 /// A worker's own subject for `subject` (`forge.session.turn` → `forge.worker.<id>.session.turn`),
 /// the id's characters that a subject token cannot hold
 /// written as `_`.

@@ -4,6 +4,8 @@
 pub mod agents;
 pub mod files;
 pub mod limits;
+pub mod ops;
+pub mod request;
 pub mod types;
 
 mod cancel;
@@ -11,6 +13,7 @@ mod events;
 mod owners;
 mod permissions;
 mod runs;
+mod service;
 mod sessions;
 mod sweeper;
 mod taken;
@@ -32,7 +35,10 @@ use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::wire;
 
+pub use ops::Op;
 pub use owners::{Route, Step};
+pub use request::{Reply, Request};
+pub use service::{Body, Handed, Outcome, Outlet};
 pub use tokens::Caller;
 pub use turns::EventStream;
 

@@ -4,7 +4,7 @@
 //! request served elsewhere on to that worker.
 
 use super::types::SessionId;
-use super::{now, seconds_from_now, Caller, Forge};
+use super::{now, seconds_from_now, Forge};
 use crate::config::BackendKind;
 use crate::ledger::Owner;
 
@@ -32,13 +32,15 @@ pub enum Route {
 }
 
 impl Forge {
-    /// Where `step` of `session_id` is served. A turn of a native session nobody live owns
-    /// makes this worker its owner.
-    pub async fn route(&self, caller: &Caller, step: Step, session_id: &str) -> Route {
+    /// Where `step` of `session_id` is served, known before the caller is (the worker that
+    /// serves the request authenticates it, once). A turn of a native session nobody live owns
+    /// makes this worker its owner: ownership is where a session's agent runs, never what it
+    /// may do, and the next request would take it the same way.
+    pub async fn route(&self, step: Step, session_id: &str) -> Route {
         let Ok(id) = SessionId::parse(session_id) else {
             return Route::Here;
         };
-        let Ok(row) = self.owned_session(caller, &id).await else {
+        let Ok(Some(row)) = self.ledger.session(id.as_string()).await else {
             return Route::Here;
         };
         let alive_since = seconds_from_now(-self.dead_after_secs());

@@ -9,12 +9,10 @@ use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{error_reply, fit};
+use super::forge::{error_reply, fit};
+use crate::domain::{Outcome, Reply};
 use crate::error::Result;
 use crate::wire;
-
-/// How many events may wait for the transport before the turn's reading slows down.
-const EVENT_QUEUE: usize = 64;
 
 /// The way back of one streamed request.
 pub(super) struct Streamer {
@@ -43,7 +41,7 @@ impl Streamer {
     }
 
     /// The final message (`final_kind` with the reply, or `error`), then the sentinel.
-    async fn finish(&self, final_kind: &str, result: Result<Bytes>) {
+    pub(super) async fn finish(&self, final_kind: &str, result: Result<Bytes>) {
         match result.and_then(|body| fit(body, self.max_payload)) {
             Ok(body) => self.send(final_kind, None, body).await,
             Err(err) => {
@@ -56,24 +54,30 @@ impl Streamer {
         }
     }
 
-    /// Runs `work`, which sends its events into the channel it is given, and relays them as
-    /// they come, with heartbeats while there is nothing to send; then the final message and
-    /// the sentinel. `work` fails before anything ran: then the stream is its error alone.
-    pub async fn serve<F, Fut>(&self, final_kind: &str, work: F)
+    /// Runs `work` and relays the events it sends into `events` as they come, with heartbeats
+    /// while there is nothing to send; then the final message and the sentinel. `work` fails
+    /// before anything ran: then the stream is its error alone. Returns the result's outcome.
+    pub async fn serve<Fut>(
+        &self,
+        final_kind: &str,
+        events: mpsc::Receiver<wire::Event>,
+        work: Fut,
+    ) -> Outcome
     where
-        F: FnOnce(mpsc::Sender<wire::Event>) -> Fut,
-        Fut: Future<Output = Result<Bytes>>,
+        Fut: Future<Output = Result<Reply>>,
     {
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let result = self.relay(work(tx), rx).await;
-        self.finish(final_kind, result).await;
+        let result = self.relay(work, events).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+        let encoded = result.map(|r| serde_json::to_vec(&r).expect("reply serializes").into());
+        self.finish(final_kind, encoded).await;
+        outcome
     }
 
-    async fn relay<Fut: Future<Output = Result<Bytes>>>(
+    async fn relay<Fut: Future<Output = Result<Reply>>>(
         &self,
         work: Fut,
         mut events: mpsc::Receiver<wire::Event>,
-    ) -> Result<Bytes> {
+    ) -> Result<Reply> {
         tokio::pin!(work);
         let start = tokio::time::Instant::now() + self.heartbeat;
         let mut beat = tokio::time::interval_at(start, self.heartbeat);
