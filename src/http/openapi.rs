@@ -6,8 +6,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
+use super::api_docs as routes;
+use super::health::SidecarHealth;
 use super::multipart::{RunForm, TurnForm};
-use super::routes::{self, SidecarHealth};
+use super::routes::PermissionChoice;
 use crate::config::BackendKind;
 use crate::error::ErrorKind;
 use crate::wire;
@@ -52,7 +54,7 @@ use crate::wire;
         wire::PermissionAnswer,
         wire::PermissionAnswered,
         wire::PermissionOption,
-        routes::PermissionChoice,
+        PermissionChoice,
         wire::Turn,
         wire::Event,
         wire::EventBody,
@@ -154,6 +156,23 @@ pub fn document() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_document_describes_exactly_the_routes_of_the_operations() {
+        let doc: serde_json::Value = serde_json::from_str(&document()).unwrap();
+        let mut described = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                described.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        let mut routed: std::collections::BTreeSet<(String, String)> = super::super::ROUTES
+            .iter()
+            .map(|(method, path, _)| (method.to_string(), path.to_string()))
+            .collect();
+        routed.insert(("GET".into(), super::super::OPENAPI_PATH.into()));
+        assert_eq!(described, routed);
+    }
 
     #[test]
     fn every_route_is_described() {

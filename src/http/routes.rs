@@ -1,124 +1,28 @@
-//! One handler per route: take the path and the body, forward them as a NATS request, and give
-//! back the reply's body with the status of its error kind.
+//! The sidecar's routes, one per operation of the table (`domain::ops`): each takes the path and
+//! the body, forwards them as the operation's NATS request, and gives back the reply's body with
+//! the status of its error kind.
 
 use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
+use axum::routing::{get, on, MethodFilter, MethodRouter};
+use axum::Router;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::multipart::{self, RunForm, TurnForm};
-use super::{body_too_large, error_body, error_response, json_response, sse, Sidecar};
-use crate::client::{ClientError, RawReply, CONTROL_TIMEOUT, CREATE_TIMEOUT};
-use crate::error::{Error, ErrorKind};
-use crate::wire::{self, subject, ErrorBody};
-
-/// Waits before trying again after "no responders": just after a reconnect the workers'
-/// subscriptions may not be back yet.
-pub(super) const NO_RESPONDERS_RETRIES: [Duration; 2] =
-    [Duration::from_millis(50), Duration::from_millis(200)];
-/// How long `/healthz` collects the workers' answers to `$SRV.PING`.
-const PING_WAIT: Duration = Duration::from_millis(250);
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a request waits for NATS when the sidecar is not connected (just started, or
-/// reconnecting) before it answers that NATS is not reachable.
-pub(super) const NATS_CONNECT_WAIT: Duration = Duration::from_secs(3);
-
-pub(super) const NATS_DOWN: &str = "NATS is not reachable";
+use super::{body_too_large, health, json_response, multipart, sse, Sidecar, OPENAPI_PATH};
+use crate::client::{CONTROL_TIMEOUT, CREATE_TIMEOUT};
+use crate::domain::ops::{self, Op};
+use crate::error::Error;
+use crate::wire;
 
 type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Sidecar {
-    pub(super) fn nats_connected(&self) -> bool {
-        self.client.connected()
-    }
-
-    /// Sends `body` to `subject` with the caller's `Authorization` header, and maps the reply.
-    async fn forward(
-        &self,
-        subject: &str,
-        headers: &HeaderMap,
-        body: Bytes,
-        timeout: Duration,
-    ) -> Response {
-        // A request that arrives a moment after start or during a reconnect waits for NATS
-        // rather than failing at once.
-        if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
-            return error_response(&Error::at_capacity(NATS_DOWN));
-        }
-        let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let mut retries = NO_RESPONDERS_RETRIES.iter();
-        let result = loop {
-            match self
-                .client
-                .forward(subject, authorization, body.clone(), timeout)
-                .await
-            {
-                Err(ClientError::NoResponders) => match retries.next() {
-                    Some(wait) => tokio::time::sleep(*wait).await,
-                    None => break Err(ClientError::NoResponders),
-                },
-                other => break other,
-            }
-        };
-        let response = match result {
-            Ok(reply) => reply_response(reply),
-            Err(err) => error_response(&self.failure(subject, err, timeout)),
-        };
-        tracing::debug!(subject, status = response.status().as_u16(), "forwarded");
-        response
-    }
-
-    pub(super) fn failure(&self, subject: &str, err: ClientError, timeout: Duration) -> Error {
-        match err {
-            ClientError::Api(e) => e,
-            ClientError::NoResponders => Error::at_capacity("no worker available"),
-            ClientError::TimedOut if !self.nats_connected() => Error::at_capacity(NATS_DOWN),
-            ClientError::TimedOut => Error::timeout(format!(
-                "no reply from a worker within {} s",
-                timeout.as_secs()
-            )),
-            ClientError::Transport(e) => {
-                tracing::warn!(subject, error = %e, "NATS request failed");
-                Error::at_capacity(NATS_DOWN)
-            }
-            ClientError::Decode(e) => Error::internal(e),
-        }
-    }
-}
-
-/// A worker's reply as HTTP: its body as it is, with 200 or the status of its error.
-pub(super) fn reply_response(reply: RawReply) -> Response {
-    let (status, body) = reply_parts(reply);
-    json_response(status, body)
-}
-
-/// A worker's reply's HTTP status and body: 200 and the body as it is, or the status of its
-/// error (500 for one that is not an error status) and the error body (made from the status
-/// when the reply has none).
-pub(super) fn reply_parts(reply: RawReply) -> (StatusCode, Bytes) {
-    let Some(code) = reply.status else {
-        return (StatusCode::OK, reply.body);
-    };
-    if reply.body.is_empty() {
-        let kind = ErrorKind::from_status(code).unwrap_or(ErrorKind::Internal);
-        let err = Error::new(kind, format!("the worker answered {code}"));
-        let status = StatusCode::from_u16(kind.status()).expect("the table holds valid statuses");
-        return (status, error_body(&err).into());
-    }
-    let status = StatusCode::from_u16(code)
-        .ok()
-        .filter(|s| s.is_client_error() || s.is_server_error())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, reply.body)
-}
 
 fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String> {
     path.map(|Path(id)| id)
@@ -211,35 +115,79 @@ fn with_session_id(body: Bytes, id: &str) -> Result<Bytes> {
     }
 }
 
-#[utoipa::path(
-    post,
-    path = "/run",
-    tag = "runs",
-    description = "A one-shot run of claude (`forge.run`).\n\n\
-                   With `Accept: text/event-stream` the run is a live one: 200 `text/event-stream`, \
-                   each event as claude prints it (`id: <seq>`, `event: <type>`, `data: <Event \
-                   JSON>` with `run_id`), `: heartbeat` comments while it is quiet, then \
-                   `event: run` with the Run as data (or `event: error`), and the end. A request \
-                   refused before anything ran answers as without the header.",
-    params(
-        ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live run"),
-    ),
-    request_body(content(
-        (wire::RunRequest = "application/json"),
-        (RunForm = "multipart/form-data")
-    )),
-    responses(
-        (status = 200, description = "The run ended; `ok` tells how. With `Accept: text/event-stream` \
-                                      its events as they happen, then the Run", content(
-            (wire::Run = "application/json"),
-            (String = "text/event-stream", example = "id: 1\nevent: thought\ndata: {\"run_id\":\"…\",\"seq\":1,\"at\":\"…\",\"type\":\"thought\",\"text\":\"…\"}\n\nevent: run\ndata: {\"run_id\":\"…\",\"ok\":true,\"result\":\"…\",\"error\":null,\"model\":\"sonnet\",\"exit_code\":0,\"duration_ms\":2150,\"cost_usd\":0.04}\n\n"),
-        )),
-        (status = 400, description = "bad_request", body = ErrorBody),
-        (status = 502, description = "agent_error", body = ErrorBody),
-        (status = 504, description = "timeout", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
+/// How long the sidecar waits for a worker's reply to a control operation: creating or
+/// closing a session starts or stops an agent session.
+fn control_timeout(op: Op) -> Duration {
+    match op {
+        Op::SessionCreate | Op::SessionClose => CREATE_TIMEOUT,
+        _ => CONTROL_TIMEOUT,
+    }
+}
+
+/// An operation whose body goes on as it came (`POST /sessions`, `POST /admin/tokens`).
+async fn forward_body(
+    op: Op,
+    s: Sidecar,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let body = read_body(body, s.max_request_bytes)?;
+    Ok(s.forward(op, &headers, body, control_timeout(op)).await)
+}
+
+/// An operation without a body (`GET /sessions`, `GET /admin/tokens`).
+async fn forward_empty(op: Op, s: Sidecar, headers: HeaderMap) -> Response {
+    let body = to_body(&wire::Empty {});
+    s.forward(op, &headers, body, control_timeout(op)).await
+}
+
+/// An operation on the session or token of the path, without a body.
+async fn forward_path(
+    op: Op,
+    s: Sidecar,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let id = path_id(path)?;
+    let body = match op {
+        Op::TokenRevoke => to_body(&wire::TokenRevoke { token_id: id }),
+        _ => to_body(&wire::SessionRef { session_id: id }),
+    };
+    Ok(s.forward(op, &headers, body, control_timeout(op)).await)
+}
+
+/// The handler of `op`'s route. A match on every operation: one without a handler does not
+/// compile.
+fn handler(op: Op) -> MethodRouter<Sidecar> {
+    let method = match op.route().method {
+        ops::Method::Get => MethodFilter::GET,
+        ops::Method::Post => MethodFilter::POST,
+        ops::Method::Delete => MethodFilter::DELETE,
+    };
+    let body = move |State(s), headers, body| forward_body(op, s, headers, body);
+    let empty = move |State(s), headers| forward_empty(op, s, headers);
+    let path = move |State(s), path, headers| forward_path(op, s, path, headers);
+    match op {
+        Op::SessionCreate | Op::TokenCreate => on(method, body),
+        Op::SessionList | Op::TokenList => on(method, empty),
+        Op::SessionGet | Op::SessionClose | Op::SessionCancel | Op::TokenRevoke => on(method, path),
+        Op::SessionTurn => on(method, turn),
+        Op::Run => on(method, run),
+        Op::SessionPermission => on(method, answer_permission),
+        Op::SessionEvents => on(method, events),
+        Op::Health => on(method, health::healthz),
+    }
+}
+
+/// The sidecar's routes: every operation's, and the OpenAPI document ([`not_found`] is the
+/// fallback).
+pub(super) fn routes() -> Router<Sidecar> {
+    let router = Op::ALL.into_iter().fold(Router::new(), |router, op| {
+        router.route(op.route().path, handler(op))
+    });
+    router.route(OPENAPI_PATH, get(openapi)).fallback(not_found)
+}
+
 pub async fn run(
     State(s): State<Sidecar>,
     headers: HeaderMap,
@@ -256,143 +204,12 @@ pub async fn run(
         }
     };
     if sse::wanted(&headers) {
-        return Ok(s.stream(subject::RUN, "run", &headers, body).await);
+        return Ok(s.stream(Op::Run, &headers, body).await);
     }
     let timeout = s.client.agent_timeout(timeout_secs);
-    Ok(s.forward(subject::RUN, &headers, body, timeout).await)
+    Ok(s.forward(Op::Run, &headers, body, timeout).await)
 }
 
-#[utoipa::path(
-    post,
-    path = "/sessions",
-    tag = "sessions",
-    description = "Opens a session (`forge.session.create`).",
-    request_body = wire::CreateSession,
-    responses(
-        (status = 200, description = "The new session", body = wire::Session),
-        (status = 400, description = "bad_request", body = ErrorBody),
-        (status = 502, description = "agent_error", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn create_session(
-    State(s): State<Sidecar>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response> {
-    let body = read_body(body, s.max_request_bytes)?;
-    Ok(
-        s.forward(subject::SESSION_CREATE, &headers, body, CREATE_TIMEOUT)
-            .await,
-    )
-}
-
-#[utoipa::path(
-    get,
-    path = "/sessions",
-    tag = "sessions",
-    description = "The caller's sessions (`forge.session.list`).",
-    responses((status = 200, description = "The caller's sessions", body = wire::SessionList)),
-    security(("bearer" = []))
-)]
-pub async fn list_sessions(State(s): State<Sidecar>, headers: HeaderMap) -> Response {
-    s.forward(
-        subject::SESSION_LIST,
-        &headers,
-        to_body(&wire::Empty {}),
-        CONTROL_TIMEOUT,
-    )
-    .await
-}
-
-#[utoipa::path(
-    get,
-    path = "/sessions/{id}",
-    tag = "sessions",
-    description = "One session (`forge.session.get`).",
-    params(("id" = String, Path, description = "The session id")),
-    responses(
-        (status = 200, description = "The session", body = wire::Session),
-        (status = 400, description = "bad_request: not a session id", body = ErrorBody),
-        (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn get_session(
-    State(s): State<Sidecar>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let body = to_body(&wire::SessionRef {
-        session_id: path_id(path)?,
-    });
-    Ok(
-        s.forward(subject::SESSION_GET, &headers, body, CONTROL_TIMEOUT)
-            .await,
-    )
-}
-
-#[utoipa::path(
-    delete,
-    path = "/sessions/{id}",
-    tag = "sessions",
-    description = "Closes a session (`forge.session.close`); closing again answers `already_closed: true`.",
-    params(("id" = String, Path, description = "The session id")),
-    responses(
-        (status = 200, description = "The session is closed", body = wire::SessionClosed),
-        (status = 400, description = "bad_request: not a session id", body = ErrorBody),
-        (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn close_session(
-    State(s): State<Sidecar>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let body = to_body(&wire::SessionRef {
-        session_id: path_id(path)?,
-    });
-    Ok(
-        s.forward(subject::SESSION_CLOSE, &headers, body, CREATE_TIMEOUT)
-            .await,
-    )
-}
-
-#[utoipa::path(
-    post,
-    path = "/sessions/{id}/turn",
-    tag = "sessions",
-    description = "One turn of a session (`forge.session.turn`). The session comes from the path; \
-                   a body that names another `session_id` is `bad_request`.\n\n\
-                   With `Accept: text/event-stream` the turn is a live one: 200 `text/event-stream`, \
-                   each event of the turn as it happens (`id: <seq>`, `event: <type>`, \
-                   `data: <Event JSON>`), a `: heartbeat` comment every `stream_heartbeat_secs` \
-                   while the agent is quiet, then `event: turn` with the Turn as data (or \
-                   `event: error` with the error body), and the end. A request refused before \
-                   anything ran answers as without the header: its status and JSON error.",
-    params(
-        ("id" = String, Path, description = "The session id"),
-        ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live turn"),
-    ),
-    request_body(content(
-        (wire::TurnRequest = "application/json"),
-        (TurnForm = "multipart/form-data")
-    )),
-    responses(
-        (status = 200, description = "The agent's answer: the Turn, or with `Accept: text/event-stream` \
-                                      the turn's events as they happen, then the Turn", content(
-            (wire::Turn = "application/json"),
-            (String = "text/event-stream", example = "id: 1\nevent: thought\ndata: {\"session_id\":\"…\",\"turn\":1,\"seq\":1,\"at\":\"…\",\"type\":\"thought\",\"text\":\"…\"}\n\n: heartbeat\n\nid: 2\nevent: message\ndata: {\"session_id\":\"…\",\"turn\":1,\"seq\":2,\"at\":\"…\",\"type\":\"message\",\"text\":\"Hello\"}\n\nevent: turn\ndata: {\"session_id\":\"…\",\"turn\":1,\"output\":\"Hello\",\"stop_reason\":\"end_turn\",\"duration_ms\":812}\n\n"),
-        )),
-        (status = 400, description = "bad_request", body = ErrorBody),
-        (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
-        (status = 409, description = "conflict: the session is closed", body = ErrorBody),
-        (status = 502, description = "agent_error", body = ErrorBody),
-        (status = 504, description = "timeout", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
 pub async fn turn(
     State(s): State<Sidecar>,
     path: Result<Path<String>, PathRejection>,
@@ -418,44 +235,10 @@ pub async fn turn(
         }
     };
     if sse::wanted(&headers) {
-        return Ok(s
-            .stream(subject::SESSION_TURN, "turn", &headers, body)
-            .await);
+        return Ok(s.stream(Op::SessionTurn, &headers, body).await);
     }
     let timeout = s.client.agent_timeout(timeout_secs);
-    Ok(s.forward(subject::SESSION_TURN, &headers, body, timeout)
-        .await)
-}
-
-#[utoipa::path(
-    post,
-    path = "/sessions/{id}/cancel",
-    tag = "sessions",
-    description = "Stops the session's running turn, or the one about to start \
-                   (`forge.session.cancel`), whichever worker holds it. `cancelled: true`: it has \
-                   been told to stop, and that turn's own answer ends with `stop_reason: \
-                   \"cancelled\"` and the output it had. `false`: nothing was running. Turns \
-                   queued behind it are not touched. No request body.",
-    params(("id" = String, Path, description = "The session id")),
-    responses(
-        (status = 200, description = "Whether a turn was told to stop", body = wire::Cancelled),
-        (status = 400, description = "bad_request: not a session id", body = ErrorBody),
-        (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn cancel_turn(
-    State(s): State<Sidecar>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let body = to_body(&wire::SessionRef {
-        session_id: path_id(path)?,
-    });
-    Ok(
-        s.forward(subject::SESSION_CANCEL, &headers, body, CONTROL_TIMEOUT)
-            .await,
-    )
+    Ok(s.forward(Op::SessionTurn, &headers, body, timeout).await)
 }
 
 /// The body of `POST /sessions/{id}/permissions/{request_id}`.
@@ -466,26 +249,6 @@ pub struct PermissionChoice {
     option_id: String,
 }
 
-#[utoipa::path(
-    post,
-    path = "/sessions/{id}/permissions/{request_id}",
-    tag = "sessions",
-    description = "Answers a `permission_request` event of the session's running turn \
-                   (`forge.session.permission`; agents with `permissions = \"ask\"`), whichever \
-                   worker runs it. `accepted: false`: that request is no longer waiting (answered, \
-                   timed out, or its turn was cancelled).",
-    params(
-        ("id" = String, Path, description = "The session id"),
-        ("request_id" = String, Path, description = "The event's `request_id`"),
-    ),
-    request_body = PermissionChoice,
-    responses(
-        (status = 200, description = "Whether the request took the answer", body = wire::PermissionAnswered),
-        (status = 400, description = "bad_request: not a session id, or an option the request does not offer", body = ErrorBody),
-        (status = 404, description = "not_found: no such session, or another app's", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
 pub async fn answer_permission(
     State(s): State<Sidecar>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -503,7 +266,7 @@ pub async fn answer_permission(
         option_id: choice.option_id,
     });
     Ok(
-        s.forward(subject::SESSION_PERMISSION, &headers, body, CONTROL_TIMEOUT)
+        s.forward(Op::SessionPermission, &headers, body, CONTROL_TIMEOUT)
             .await,
     )
 }
@@ -520,40 +283,6 @@ pub struct EventsQuery {
     after: Option<u64>,
 }
 
-#[utoipa::path(
-    get,
-    path = "/sessions/{id}/events",
-    tag = "sessions",
-    description = "A turn's events as server-sent events (`forge.session.events`), whatever the \
-                   `Accept` header: the events recorded after `after`, then, while the turn \
-                   runs, its new ones as they come, then `event: turn` with the Turn (or `event: \
-                   error` with the error the turn ended with), and the end. Each event is `id: \
-                   <seq>`, `event: <type>`, `data: <Event JSON>`, with the `seq` it had live; a \
-                   `: heartbeat` comment goes out every `stream_heartbeat_secs` while nothing else \
-                   does. A request refused before anything (no such session or turn, another \
-                   app's session, a bad query) answers with its status and JSON error.\n\n\
-                   Re-attaching after a lost connection is this request again: the \
-                   `Last-Event-ID` header (what a browser's `EventSource` sends when it \
-                   reconnects) means `after`, and wins over the query's `after` when both are \
-                   given. Name the `turn` so that a reconnect follows the same turn, and close an \
-                   `EventSource` at the final event, or it reconnects and is answered that turn's \
-                   end again.",
-    params(
-        ("id" = String, Path, description = "The session id"),
-        EventsQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "The `seq` of the last event \
-                                                               received: `after`, and it wins \
-                                                               over the query's"),
-    ),
-    responses(
-        (status = 200, description = "The turn's events, then the Turn", content(
-            (String = "text/event-stream", example = "id: 3\nevent: message\ndata: {\"session_id\":\"…\",\"turn\":1,\"seq\":3,\"at\":\"…\",\"type\":\"message\",\"text\":\"Hello\"}\n\n: heartbeat\n\nevent: turn\ndata: {\"session_id\":\"…\",\"turn\":1,\"output\":\"Hello\",\"stop_reason\":\"end_turn\",\"duration_ms\":812}\n\n"),
-        )),
-        (status = 400, description = "bad_request: not a session id, a bad query or Last-Event-ID", body = ErrorBody),
-        (status = 404, description = "not_found: no such session or turn, or another app's session", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
 pub async fn events(
     State(s): State<Sidecar>,
     path: Result<Path<String>, PathRejection>,
@@ -569,181 +298,9 @@ pub async fn events(
         turn: query.turn,
         after,
     });
-    Ok(s.stream(subject::SESSION_EVENTS, "turn", &headers, body)
-        .await)
+    Ok(s.stream(Op::SessionEvents, &headers, body).await)
 }
 
-#[utoipa::path(
-    post,
-    path = "/admin/tokens",
-    tag = "admin",
-    description = "Creates an app token (`forge.admin.token.create`); needs an admin token.",
-    request_body = wire::TokenCreate,
-    responses(
-        (status = 200, description = "The token; its secret is shown only here", body = wire::TokenCreated),
-        (status = 400, description = "bad_request", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn create_token(
-    State(s): State<Sidecar>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response> {
-    let body = read_body(body, s.max_request_bytes)?;
-    Ok(
-        s.forward(subject::TOKEN_CREATE, &headers, body, CONTROL_TIMEOUT)
-            .await,
-    )
-}
-
-#[utoipa::path(
-    get,
-    path = "/admin/tokens",
-    tag = "admin",
-    description = "Every token, revoked ones too (`forge.admin.token.list`); needs an admin token.",
-    responses((status = 200, description = "The tokens, without their secrets", body = wire::TokenList)),
-    security(("bearer" = []))
-)]
-pub async fn list_tokens(State(s): State<Sidecar>, headers: HeaderMap) -> Response {
-    s.forward(
-        subject::TOKEN_LIST,
-        &headers,
-        to_body(&wire::Empty {}),
-        CONTROL_TIMEOUT,
-    )
-    .await
-}
-
-#[utoipa::path(
-    delete,
-    path = "/admin/tokens/{id}",
-    tag = "admin",
-    description = "Revokes a token (`forge.admin.token.revoke`); needs an admin token.",
-    params(("id" = String, Path, description = "The token id")),
-    responses(
-        (status = 200, description = "The token is revoked", body = wire::TokenRevoked),
-        (status = 400, description = "bad_request", body = ErrorBody),
-        (status = 404, description = "not_found: no such token", body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn revoke_token(
-    State(s): State<Sidecar>,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response> {
-    let body = to_body(&wire::TokenRevoke {
-        token_id: path_id(path)?,
-    });
-    Ok(
-        s.forward(subject::TOKEN_REVOKE, &headers, body, CONTROL_TIMEOUT)
-            .await,
-    )
-}
-
-/// `GET /healthz`: a worker's Health (`forge.health`), plus what the sidecar sees of NATS and the
-/// workers. When no worker answers, `ok` is false and the worker's fields are null.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SidecarHealth {
-    /// A worker answered and is healthy.
-    pub ok: bool,
-    pub version: Option<String>,
-    pub worker_id: Option<String>,
-    pub acpx_present: Option<bool>,
-    pub acpx_version: Option<String>,
-    pub claude_present: Option<bool>,
-    pub open_sessions: Option<u64>,
-    pub ledger_writable: Option<bool>,
-    pub confined: Option<bool>,
-    pub landlock_abi: Option<u32>,
-    /// The worker's configured agents, as it last checked them.
-    pub agents: Option<Vec<wire::AgentHealth>>,
-    /// The sidecar's NATS connection is up.
-    pub nats_connected: bool,
-    /// Worker instances that answered `$SRV.PING`.
-    pub workers: u64,
-}
-
-impl SidecarHealth {
-    pub fn new(health: Option<wire::Health>, nats_connected: bool, workers: u64) -> Self {
-        match health {
-            Some(h) => SidecarHealth {
-                ok: h.ok,
-                version: Some(h.version),
-                worker_id: Some(h.worker_id),
-                acpx_present: Some(h.acpx_present),
-                acpx_version: h.acpx_version,
-                claude_present: Some(h.claude_present),
-                open_sessions: Some(h.open_sessions),
-                ledger_writable: Some(h.ledger_writable),
-                confined: Some(h.confined),
-                landlock_abi: h.landlock_abi,
-                agents: Some(h.agents),
-                nats_connected,
-                workers,
-            },
-            None => SidecarHealth {
-                ok: false,
-                version: None,
-                worker_id: None,
-                acpx_present: None,
-                acpx_version: None,
-                claude_present: None,
-                open_sessions: None,
-                ledger_writable: None,
-                confined: None,
-                landlock_abi: None,
-                agents: None,
-                nats_connected,
-                workers,
-            },
-        }
-    }
-}
-
-#[utoipa::path(
-    get,
-    path = "/healthz",
-    tag = "health",
-    description = "Health of a worker (`forge.health`), of the NATS connection, and the number of \
-                   workers answering `$SRV.PING`. No token needed.",
-    responses(
-        (status = 200, description = "A worker answered and is healthy", body = SidecarHealth),
-        (status = 503, description = "No worker answered, NATS is down, or the worker is unhealthy", body = SidecarHealth),
-    )
-)]
-pub async fn healthz(State(s): State<Sidecar>) -> Response {
-    let connected = s.nats_connected();
-    let (health, workers) = if connected {
-        let (health, ids) = tokio::join!(
-            s.client
-                .call::<_, wire::Health>(subject::HEALTH, &wire::Empty {}, HEALTH_TIMEOUT),
-            s.client.ping_workers(PING_WAIT),
-        );
-        if let Err(e) = &health {
-            tracing::debug!(error = %e, "healthz: no health from a worker");
-        }
-        (health.ok(), ids.map(|ids| ids.len() as u64).unwrap_or(0))
-    } else {
-        (None, 0)
-    };
-    let reply = SidecarHealth::new(health, connected, workers);
-    let status = if reply.ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(reply)).into_response()
-}
-
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "health",
-    description = "This document.",
-    responses((status = 200, description = "The OpenAPI document of the sidecar", content_type = "application/json"))
-)]
 pub async fn openapi(State(s): State<Sidecar>) -> Response {
     json_response(StatusCode::OK, s.openapi.clone())
 }
@@ -755,6 +312,57 @@ pub async fn not_found(method: Method, uri: Uri) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
+    use axum::response::IntoResponse;
+
+    /// A router whose matched routes answer 418 without running their handler.
+    async fn matched_only() -> Router {
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:9")
+            .await
+            .unwrap();
+        let settings = super::super::Settings {
+            access: super::super::Access::parse("", "A", "", "P").unwrap(),
+            max_request_bytes: 1024,
+            conn: Default::default(),
+            stream_heartbeat: Duration::from_secs(15),
+        };
+        let sidecar = Sidecar::new(crate::client::ForgeClient::new(nats, None), settings);
+        let teapot = axum::middleware::from_fn(|r: Request, next: axum::middleware::Next| async {
+            let matched = r.extensions().get::<axum::extract::MatchedPath>().is_some();
+            if matched {
+                StatusCode::IM_A_TEAPOT.into_response()
+            } else {
+                next.run(r).await
+            }
+        });
+        routes().route_layer(teapot).with_state(sidecar)
+    }
+
+    async fn status(app: &Router, method: &str, path: &str) -> StatusCode {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder().method(method).uri(path);
+        let request = request.body(axum::body::Body::empty()).unwrap();
+        app.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn every_operation_has_its_route() {
+        let app = matched_only().await;
+        for op in Op::ALL {
+            let route = op.route();
+            let path = route.path.replace("{id}", "x").replace("{request_id}", "y");
+            let status = status(&app, route.method.as_str(), &path).await;
+            assert_eq!(status, StatusCode::IM_A_TEAPOT, "{op:?}");
+        }
+        // A path no operation routes is not matched: the check can fail. (Each operation's
+        // handler is registered for its own method by `handler`.)
+        assert_ne!(
+            status(&app, "GET", "/nowhere").await,
+            StatusCode::IM_A_TEAPOT
+        );
+    }
 
     fn injected(body: &str, id: &str) -> Result<String> {
         with_session_id(Bytes::from(body.to_string()), id)
@@ -815,30 +423,5 @@ mod tests {
         assert_eq!(requested_timeout(br#"{"prompt":"x"}"#), None);
         assert_eq!(requested_timeout(br#"{"timeout_secs":"soon"}"#), None);
         assert_eq!(requested_timeout(b"{nope"), None);
-    }
-
-    #[test]
-    fn error_replies_keep_their_status_and_body() {
-        let body = br#"{"error":{"code":"conflict","message":"closed"}}"#;
-        let r = reply_response(RawReply {
-            status: Some(409),
-            body: Bytes::from_static(body),
-        });
-        assert_eq!(r.status(), StatusCode::CONFLICT);
-        let r = reply_response(RawReply {
-            status: Some(200),
-            body: Bytes::from_static(body),
-        });
-        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let r = reply_response(RawReply {
-            status: Some(504),
-            body: Bytes::new(),
-        });
-        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
-        let r = reply_response(RawReply {
-            status: None,
-            body: Bytes::from_static(b"{}"),
-        });
-        assert_eq!(r.status(), StatusCode::OK);
     }
 }

@@ -12,18 +12,19 @@
 
 use std::convert::Infallible;
 
-use axum::http::header::{HeaderValue, ACCEPT, AUTHORIZATION};
+use axum::http::header::{HeaderValue, ACCEPT};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::{self, Stream};
 
-use super::routes::{
-    reply_parts, reply_response, NATS_CONNECT_WAIT, NATS_DOWN, NO_RESPONDERS_RETRIES,
+use super::forward::{
+    authorization, reply_parts, reply_response, retry_no_responders, NATS_CONNECT_WAIT, NATS_DOWN,
 };
 use super::{error_body, error_response, Sidecar};
 use crate::client::{ClientError, Frame, RawReply, ReplyStream};
+use crate::domain::Op;
 use crate::error::Error;
 use crate::wire;
 
@@ -62,18 +63,16 @@ impl Sidecar {
     /// Sends `body` to `subject` asking for a streamed reply, with the caller's `Authorization`
     /// header, and answers with the stream as server-sent events (`final_kind` names the final
     /// event of a success), or with the error that refused the request before anything ran.
-    pub(super) async fn stream(
-        &self,
-        subject: &'static str,
-        final_kind: &'static str,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Response {
+    pub(super) async fn stream(&self, op: Op, headers: &HeaderMap, body: Bytes) -> Response {
+        let subject = op.subject();
+        let final_kind = if op == Op::Run { "run" } else { "turn" };
         if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
             return error_response(&Error::at_capacity(NATS_DOWN));
         }
-        let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let response = match self.first_frame(subject, authorization, body).await {
+        let response = match self
+            .first_frame(subject, authorization(headers), body)
+            .await
+        {
             Err(err) => error_response(&self.stream_failure(subject, err)),
             Ok((Frame::Reply(reply), _)) if reply.status.is_some() => reply_response(reply),
             Ok((first, rest)) => {
@@ -100,21 +99,15 @@ impl Sidecar {
         authorization: Option<&str>,
         body: Bytes,
     ) -> Result<(Frame, ReplyStream), ClientError> {
-        let mut retries = NO_RESPONDERS_RETRIES.iter();
-        loop {
-            let mut stream = self
+        retry_no_responders(|| async {
+            let stream = self
                 .client
-                .stream(subject, authorization, body.clone(), self.stall)
-                .await?;
-            match next_frame(&mut stream).await {
-                Ok(frame) => return Ok((frame, stream)),
-                Err(ClientError::NoResponders) => match retries.next() {
-                    Some(wait) => tokio::time::sleep(*wait).await,
-                    None => return Err(ClientError::NoResponders),
-                },
-                Err(err) => return Err(err),
-            }
-        }
+                .stream(subject, authorization, body.clone(), self.stall);
+            let mut stream = stream.await?;
+            let frame = next_frame(&mut stream).await?;
+            Ok((frame, stream))
+        })
+        .await
     }
 
     /// The contract error of a stream that failed: as for a single reply, except that a time

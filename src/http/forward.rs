@@ -1,0 +1,159 @@
+//! The forward-to-NATS layer of the sidecar: a request's body sent as the operation's NATS
+//! request with the caller's `Authorization` header, and the worker's reply given back with the
+//! status of its error kind.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+
+use super::{error_body, error_response, json_response, Sidecar};
+use crate::client::{ClientError, RawReply};
+use crate::domain::Op;
+use crate::error::{Error, ErrorKind};
+
+/// Waits before trying again after "no responders": just after a reconnect the workers'
+/// subscriptions may not be back yet.
+pub(super) const NO_RESPONDERS_RETRIES: [Duration; 2] =
+    [Duration::from_millis(50), Duration::from_millis(200)];
+/// How long a request waits for NATS when the sidecar is not connected (just started, or
+/// reconnecting) before it answers that NATS is not reachable.
+pub(super) const NATS_CONNECT_WAIT: Duration = Duration::from_secs(3);
+
+pub(super) const NATS_DOWN: &str = "NATS is not reachable";
+
+impl Sidecar {
+    pub(super) fn nats_connected(&self) -> bool {
+        self.client.connected()
+    }
+
+    /// Sends `body` as a request of `op` with the caller's `Authorization` header, and maps
+    /// the reply.
+    pub(super) async fn forward(
+        &self,
+        op: Op,
+        headers: &HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Response {
+        let subject = op.subject();
+        // A request that arrives a moment after start or during a reconnect waits for NATS
+        // rather than failing at once.
+        if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
+            return error_response(&Error::at_capacity(NATS_DOWN));
+        }
+        let authorization = authorization(headers);
+        let result = retry_no_responders(|| {
+            self.client
+                .forward(subject, authorization, body.clone(), timeout)
+        })
+        .await;
+        let response = match result {
+            Ok(reply) => reply_response(reply),
+            Err(err) => error_response(&self.failure(subject, err, timeout)),
+        };
+        tracing::debug!(subject, status = response.status().as_u16(), "forwarded");
+        response
+    }
+
+    pub(super) fn failure(&self, subject: &str, err: ClientError, timeout: Duration) -> Error {
+        match err {
+            ClientError::Api(e) => e,
+            ClientError::NoResponders => Error::at_capacity("no worker available"),
+            ClientError::TimedOut if !self.nats_connected() => Error::at_capacity(NATS_DOWN),
+            ClientError::TimedOut => Error::timeout(format!(
+                "no reply from a worker within {} s",
+                timeout.as_secs()
+            )),
+            ClientError::Transport(e) => {
+                tracing::warn!(subject, error = %e, "NATS request failed");
+                Error::at_capacity(NATS_DOWN)
+            }
+            ClientError::Decode(e) => Error::internal(e),
+        }
+    }
+}
+
+/// A worker's reply as HTTP: its body as it is, with 200 or the status of its error.
+pub(super) fn reply_response(reply: RawReply) -> Response {
+    let (status, body) = reply_parts(reply);
+    json_response(status, body)
+}
+
+/// A worker's reply's HTTP status and body: 200 and the body as it is, or the status of its
+/// error (500 for one that is not an error status) and the error body (made from the status
+/// when the reply has none).
+pub(super) fn reply_parts(reply: RawReply) -> (StatusCode, Bytes) {
+    let Some(code) = reply.status else {
+        return (StatusCode::OK, reply.body);
+    };
+    if reply.body.is_empty() {
+        let kind = ErrorKind::from_status(code).unwrap_or(ErrorKind::Internal);
+        let err = Error::new(kind, format!("the worker answered {code}"));
+        let status = StatusCode::from_u16(kind.status()).expect("the table holds valid statuses");
+        return (status, error_body(&err).into());
+    }
+    let status = StatusCode::from_u16(code)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, reply.body)
+}
+
+/// The caller's `Authorization` header, passed on as it came.
+pub(super) fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
+/// Sends with `send`, again after a pause while NATS answers "no responders" (just after a
+/// reconnect the workers' subscriptions may not be back yet), at most
+/// [`NO_RESPONDERS_RETRIES`] more times.
+pub(super) async fn retry_no_responders<T, F, Fut>(mut send: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut retries = NO_RESPONDERS_RETRIES.iter();
+    loop {
+        match send().await {
+            Err(ClientError::NoResponders) => match retries.next() {
+                Some(wait) => tokio::time::sleep(*wait).await,
+                None => return Err(ClientError::NoResponders),
+            },
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_keep_their_status_and_body() {
+        let body = br#"{"error":{"code":"conflict","message":"closed"}}"#;
+        let r = reply_response(RawReply {
+            status: Some(409),
+            body: Bytes::from_static(body),
+        });
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let r = reply_response(RawReply {
+            status: Some(200),
+            body: Bytes::from_static(body),
+        });
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let r = reply_response(RawReply {
+            status: Some(504),
+            body: Bytes::new(),
+        });
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        let r = reply_response(RawReply {
+            status: None,
+            body: Bytes::from_static(b"{}"),
+        });
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
