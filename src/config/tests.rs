@@ -601,3 +601,38 @@ fn shipped_config_file_shows_every_key_with_its_default() {
         }
     }
 }
+
+#[test]
+fn sources_name_the_variable_that_won_and_the_file_of_a_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "t\n").unwrap();
+    let secret = secret.to_string_lossy().into_owned();
+    let (_, shown) = Config::explain(
+        None,
+        &env(&[
+            ("DB_PATH", "/a.db"),
+            ("CLAWDFORGE_DB_PATH", "/b.db"),
+            ("ACPX_BIN", "/usr/bin/acpx"),
+            ("NATS_TOKEN_FILE", &secret),
+        ]),
+    )
+    .unwrap();
+    let source = |key: &str| shown.iter().find(|s| s.key == key).unwrap().source.clone();
+    assert_eq!(source("db_path"), Source::Env("CLAWDFORGE_DB_PATH".into()));
+    assert_eq!(source("acpx_bin"), Source::Env("ACPX_BIN".into()));
+    assert_eq!(source("nats_token"), Source::Env("NATS_TOKEN_FILE".into()));
+    assert_eq!(source("agents"), Source::Default);
+
+    // A key the file misspells is the file's, whatever the environment sets.
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "max_live_sesions = 7\n").unwrap();
+    let err = Config::load_from(Some(&path), &env(&[("BIND_PORT", "9000")]))
+        .unwrap_err()
+        .to_string();
+    let file = format!(
+        "bad value in config file {} (key `max_live_sesions`)",
+        path.display()
+    );
+    assert!(err.contains(&file), "{err}");
+}
