@@ -4,9 +4,9 @@
 //! variable names (`DB_PATH`, `ACPX_BIN`, …) keep working as aliases. A bad value stops startup
 //! with a message naming the variable (or the file) it came from.
 //!
-//! - [`env`]: the variables that set each key, the aliases, secrets from `<NAME>_FILE`;
-//! - [`sources`]: the layers figment merges, and where each value came from;
-//! - [`validate`]: what a well-typed value must also be;
+//! - `env`: the variables that set each key, the aliases, secrets from `<NAME>_FILE`;
+//! - `sources`: the layers figment merges, and where each value came from;
+//! - `validate`: what a well-typed value must also be;
 //! - the agents' vocabulary lives in [`crate::agent::def`] and is re-exported here.
 
 mod env;
@@ -35,6 +35,7 @@ use sources::Layers;
 /// The default config file, read when it exists and no other file is named.
 pub const DEFAULT_CONFIG_FILE: &str = "config/clawdforge.toml";
 
+/// The service's settings, one flat table of keys; [`Config::load`] reads and checks them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

@@ -44,6 +44,8 @@ pub(super) struct Layers {
 }
 
 impl Layers {
+    /// The file to read and the environment's values, merged over the defaults; an error when
+    /// a named file is missing or a secret's file unusable.
     pub(super) fn read(
         file: Option<&Path>,
         env: &[(String, String)],
