@@ -7,6 +7,7 @@ pub mod acpx;
 pub mod check;
 pub mod claude;
 pub mod confine;
+pub mod def;
 pub mod fault;
 pub mod process;
 mod updates;
