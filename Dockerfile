@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # The clawdforge image: one image for every part (`worker`, the default command; `sidecar`;
-# `serve`; `token …` for the operator). compose.yml builds and runs it; see the README's
-# "Operations" section.
+# `serve`; `token …` for the operator). compose.yml builds and runs it; see
+# docs/operations.md ("Operations: containers with compose").
 #
 # Three stages:
 #   build    the release binary, with the Rust toolchain;

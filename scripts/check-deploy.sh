@@ -68,7 +68,7 @@ log "compose.yml (docker-compose config), from config/.env.example"
 deploy="$work/deploy"
 mkdir -p "$deploy"
 cp -r compose.yml Dockerfile config "$deploy/"
-# Step 1 of the README's "From a clean server", as written there.
+# Step 1 of "From a clean server" in docs/operations.md, as written there.
 (
     cd "$deploy"
     cp config/.env.example .env && chmod 600 .env
@@ -79,7 +79,7 @@ cp -r compose.yml Dockerfile config "$deploy/"
 grep -q '^NATS_FORGE_PASSWORD=[0-9a-f]\{48\}$' "$deploy/.env" || die "step 1 left NATS_FORGE_PASSWORD empty"
 (cd "$deploy" && "$compose" config --quiet) || die "compose.yml with .env.example's defaults"
 (cd "$deploy" && "$compose" config --format json) >"$work/compose.json"
-"$venv/bin/python" - "$work/compose.json" <<'PY' || die "compose.yml does not say what the README says"
+"$venv/bin/python" - "$work/compose.json" <<'PY' || die "compose.yml does not say what docs/operations.md says"
 import json, sys
 c = json.load(open(sys.argv[1]))
 s = c["services"]

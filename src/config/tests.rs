@@ -339,37 +339,6 @@ fn nats_url_takes_several_servers() {
 }
 
 #[test]
-fn readme_documents_every_key() {
-    let readme = include_str!("../../README.md");
-    for key in env_keys().into_iter().chain(["agents"]) {
-        let row = format!("| `{key}` |");
-        assert!(
-            readme.contains(&row),
-            "README's configuration table lacks {key}"
-        );
-        for name in env_names(key).into_iter().skip(1) {
-            assert!(
-                readme.contains(&format!("{row} `{name}` |")),
-                "README's row of {key} lacks its variable {name}"
-            );
-        }
-    }
-    let defaults = serde_json::to_value(Config::default()).unwrap();
-    let table = readme
-        .split("\n## Configuration\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n## ").next())
-        .expect("README has a Configuration section");
-    for line in table.lines().filter(|l| l.starts_with("| `")) {
-        let key = line.split('`').nth(1).unwrap();
-        assert!(
-            defaults.get(key).is_some(),
-            "README documents `{key}`, which is no config key"
-        );
-    }
-}
-
-#[test]
 fn durations_are_bounded_and_secrets_are_named() {
     let err = Config::load_from(
         None,

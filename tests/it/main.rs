@@ -7,6 +7,7 @@ mod cli;
 mod confinement;
 mod deploy;
 mod diagnosis;
+mod docs;
 mod faults;
 mod harness;
 mod http;
