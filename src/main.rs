@@ -6,7 +6,7 @@ use clawdforge::config::{Config, ConfigError, LogFormat};
 
 /// Where every command's help sends the reader for its settings.
 const CONFIG_HELP: &str = "Settings come from the environment and a config file: every key and \
-variable is in the configuration table of README.md (section Configuration), and \
+variable is in the configuration table of docs/configuration.md, and \
 config/clawdforge.toml lists them with their defaults. `clawdforge config` prints the effective \
 values and where each came from. A configuration error exits with status 2.";
 

@@ -176,7 +176,7 @@ impl AuthEntry {
             return Err(AgentDefError::new(
                 key,
                 "needs backend = \"acp\" (acpx authenticates by itself, from \
-                 ACPX_AUTH_<METHOD> variables named in agent_env: see the README)",
+                 ACPX_AUTH_<METHOD> variables named in agent_env: see docs/agents.md)",
             ));
         }
         self.parse(key)

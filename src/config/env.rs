@@ -9,7 +9,7 @@ use figment::{Metadata, Profile, Provider};
 use super::{Config, ConfigError};
 
 /// Environment variables and the key each sets. `CLAWDFORGE_<KEY>` works for every key; these are
-/// the old service's names (and the short names the README uses), kept as aliases.
+/// the old service's names (and the short names docs/configuration.md uses), kept as aliases.
 pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("ADMIN_BOOTSTRAP_TOKEN", "admin_bootstrap_token"),
     ("NATS_URL", "nats_url"),

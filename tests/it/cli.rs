@@ -322,13 +322,13 @@ fn every_help_points_to_the_configuration_table() {
     ] {
         let text = stdout(&ok(clawdforge(dir.path(), &[], args)));
         assert!(
-            text.contains("configuration table of README.md")
+            text.contains("configuration table of docs/configuration.md")
                 && text.contains("`clawdforge config`"),
             "{args:?}:\n{text}"
         );
     }
-    let readme = include_str!("../../README.md");
-    assert!(readme.contains("\n## Configuration\n"));
+    let guide = include_str!("../../docs/configuration.md");
+    assert!(guide.contains("\n| key | environment | default | meaning |\n"));
 }
 
 #[test]

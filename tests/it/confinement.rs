@@ -1,4 +1,4 @@
-//! Confinement of agents (README "Security"): an app's agent — the test ACP agent through acpx
+//! Confinement of agents (docs/security.md): an app's agent — the test ACP agent through acpx
 //! for sessions, the stand-in claude for runs — runs as the worker's user, so only the
 //! confinement stops it. Told to try (`#probe=<json>`, tests/fixtures/probes.mjs), it is refused
 //! the ledger, the config, the sessions root, another app's files and acpx records, the
