@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::confine::{Confinement, Jail, Work};
+use super::permission;
 use super::process::{exit_text, last_line, Ended, Spawned, Spec};
 use super::{
     updates, AgentError, AgentSession, Backend, Opened, Prompt, StopReason, TurnEnd, CANCEL_GRACE,
@@ -839,7 +840,8 @@ impl PromptStream {
             .options
             .iter()
             .find(|o| o["optionId"] == outcome["optionId"]);
-        let decision = updates::decision(outcome["outcome"].as_str(), chosen.map(|o| &o["kind"]));
+        let decision =
+            permission::decision(outcome["outcome"].as_str(), chosen.map(|o| &o["kind"]));
         self.events.push(EventBody::Permission {
             title: asked.title,
             tool_call_id: asked.tool_call_id,

@@ -8,6 +8,7 @@ pub mod check;
 pub mod claude;
 pub mod confine;
 pub mod fault;
+mod permission;
 pub mod process;
 mod updates;
 
