@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::backend::EventSink;
 use super::confine::search_path;
 use super::confine::{Confinement, Work};
 use super::fault::{useful_line, AgentFault, AgentLabel, Ending, Fault};
 use super::process::{Collected, Ended, Spawned, Spec};
-use super::EventSink;
 use crate::error::clip;
 use crate::wire::EventBody;
 

@@ -7,7 +7,6 @@
 use std::fmt;
 use std::process::ExitStatus;
 
-use super::AgentError;
 use crate::config::{GATEWAY_METHOD, INTERACTIVE_AUTH_METHODS};
 
 /// Longest line of an agent's stderr quoted in a message.
@@ -188,16 +187,6 @@ impl AgentFault {
             }
         };
         AgentFault { agent, fault }
-    }
-
-    /// The fault as an [`AgentError`], with the agent's stderr tail logged once, at warn.
-    pub fn report(self, stderr: &str) -> AgentError {
-        if stderr.is_empty() {
-            tracing::warn!(agent = %self.agent.name, "{self}");
-        } else {
-            tracing::warn!(agent = %self.agent.name, stderr = %stderr, "{self}");
-        }
-        AgentError::Fault(Box::new(self))
     }
 }
 

@@ -17,7 +17,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{permission, Answer};
+use crate::agent::backend::Answer;
+use crate::agent::permission;
 use crate::config::PermissionPolicy;
 use crate::wire::{DecidedBy, EventBody, PermissionDecision};
 

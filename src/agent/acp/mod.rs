@@ -23,11 +23,16 @@ pub use self::auth::AuthPlan;
 pub use self::host::Greeting;
 pub(crate) use self::host::Live;
 use self::prompt::prompt;
-use super::confine::{Confinement, Work};
+use super::backend::{
+    AgentError, AgentSession, Answer, Backend, Opened, Prompt, StopReason, TurnEnd,
+};
+use super::confine::{app_dir_name, Confinement, Work};
 use super::fault::AgentLabel;
-use super::{AgentError, AgentSession, Answer, Backend, Opened, Prompt, StopReason, TurnEnd};
 use crate::config::AgentAuth;
 use crate::wire::EventBody;
+
+/// Below the sessions' root, where the native backend's sessions live, one directory per app.
+pub const APPS_DIR: &str = "apps";
 
 /// Which process hosts a session: its app's, for its agent's command and authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -192,9 +197,7 @@ impl Acp {
 /// Where a native session of `app` works: `<root>/apps/<app>/<id>`. Its parent is the one
 /// directory of the app's that the app's agent process may write.
 pub fn session_dir(root: &Path, app: &str, id: &str) -> PathBuf {
-    root.join(super::APPS_DIR)
-        .join(super::app_dir_name(app))
-        .join(id)
+    root.join(APPS_DIR).join(app_dir_name(app)).join(id)
 }
 
 /// The directory of the app's native sessions: the parent of the session's. A session made on

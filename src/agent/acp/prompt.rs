@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::asks::TurnAsks;
 use super::host::Live;
-use crate::agent::fault::Phase;
-use crate::agent::{
-    updates, AgentError, AgentSession, EventSink, Prompt, StopReason, TurnEnd, CANCEL_GRACE,
+use crate::agent::backend::{
+    AgentError, AgentSession, EventSink, Prompt, StopReason, TurnEnd, CANCEL_GRACE,
 };
+use crate::agent::fault::Phase;
+use crate::agent::updates;
 use crate::config::PermissionPolicy;
 use crate::wire::{DecidedBy, EventBody};
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::failure::{error_message, Failure};
+use crate::agent::backend::{AgentError, AgentSession};
 use crate::agent::confine::{Confinement, Jail, Work};
 use crate::agent::process::{exit_text, last_line, Ended, Spawned, Spec};
-use crate::agent::{AgentError, AgentSession};
 use crate::config::{AgentCommand, PermissionPolicy};
 
 /// Longest output of a control command (new, ensure, close, cancel, version).

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::agent::AgentError;
+use crate::agent::backend::AgentError;
 
 /// How one acpx call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

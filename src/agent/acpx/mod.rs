@@ -28,8 +28,8 @@ use self::record::delete_record;
 pub(super) use self::record::reads_from_cwd;
 pub use self::stream::PromptStream;
 use self::turn::Prompts;
+use super::backend::{AgentError, AgentSession, Backend, Opened, Prompt, TurnEnd};
 use super::confine::Confinement;
-use super::{AgentError, AgentSession, Backend, Opened, Prompt, TurnEnd};
 
 #[derive(Debug, Clone)]
 pub struct Acpx {

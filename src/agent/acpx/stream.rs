@@ -6,8 +6,9 @@ use std::process::ExitStatus;
 use serde_json::Value;
 
 use super::failure::{error_message, Failure};
+use crate::agent::backend::{StopReason, TurnEnd};
 use crate::agent::process::{exit_text, last_line};
-use crate::agent::{permission, updates, StopReason, TurnEnd};
+use crate::agent::{permission, updates};
 use crate::wire::{DecidedBy, EventBody};
 
 /// A permission request the agent sent in the turn.

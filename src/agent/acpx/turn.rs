@@ -14,8 +14,8 @@ use tokio_util::task::AbortOnDropHandle;
 use super::command::{Cli, CONTROL_TIMEOUT, STDERR_TAIL};
 use super::failure::Failure;
 use super::stream::PromptStream;
+use crate::agent::backend::{AgentSession, Prompt, StopReason, TurnEnd, CANCEL_GRACE};
 use crate::agent::process::{read_tail, Spawned};
-use crate::agent::{AgentSession, Prompt, StopReason, TurnEnd, CANCEL_GRACE};
 use crate::wire::EventBody;
 
 /// Longest stdout line we accept from acpx (one JSON-RPC message).
