@@ -2,7 +2,8 @@
 //! could not be started (not found, or refused), it ended (a code or a signal, at start or
 //! later), or it asked for credentials. The message names the agent, what happened, and the
 //! first line of its stderr that reads like an error; the whole tail of its stderr goes to the
-//! worker's log once, at warn.
+//! worker's log once, at warn, when the fault becomes an `AgentError` (`AgentFault::report`,
+//! beside that error in `backend`).
 
 use std::fmt;
 use std::process::ExitStatus;
