@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::acp::{AuthPlan, Greeting, Live};
-use super::confine::{search_path, Confinement, Jail, Work};
+use super::acp::{AuthPlan, Greeting, Live, APPS_DIR};
+use super::backend::AgentError;
+use super::confine::{app_dir_name, search_path, Confinement, Jail, Work};
 use super::fault::AgentLabel;
 use super::process::which;
-use super::{app_dir_name, AgentError, APPS_DIR};
 use crate::config::{AgentDef, BackendKind};
 use crate::wire;
 

@@ -1,9 +1,9 @@
-//! ACP's `session/update`s and permission answers as the contract's events, for every backend:
+//! ACP's `session/update`s as the contract's events, for every backend:
 //! one mapping, so acpx's NDJSON and a native connection give the same events.
 
 use serde_json::Value;
 
-use crate::wire::{EventBody, PermissionDecision, PlanEntry};
+use crate::wire::{EventBody, PlanEntry};
 
 /// Longest turn output we collect; more is cut, with a note. A reply must fit in one NATS
 /// message (1 MiB by default).
@@ -55,16 +55,6 @@ impl Output {
             self.text.push_str("\n[output truncated]");
         }
         self.text
-    }
-}
-
-/// What an answer to a permission request decided: its `outcome` (`selected`/`cancelled`) and
-/// the `kind` of the option it selected.
-pub fn decision(outcome: Option<&str>, option_kind: Option<&Value>) -> PermissionDecision {
-    match (outcome, option_kind.and_then(Value::as_str)) {
-        (Some("selected"), Some(kind)) if kind.starts_with("allow") => PermissionDecision::Allowed,
-        (Some("cancelled"), _) => PermissionDecision::Cancelled,
-        _ => PermissionDecision::Rejected,
     }
 }
 

@@ -17,10 +17,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::routes::by_policy;
-use crate::agent::{updates, Answer};
+use crate::agent::backend::Answer;
+use crate::agent::permission;
 use crate::config::PermissionPolicy;
-use crate::wire::{DecidedBy, EventBody, PermissionDecision, PermissionOption};
+use crate::wire::{DecidedBy, EventBody, PermissionDecision};
 
 /// A permission request of the agent's, with the way to answer it.
 pub struct Asked {
@@ -148,7 +148,7 @@ impl TurnAsks {
     /// Asks the caller: the `permission_request` event, and a wait for the answer.
     fn ask(&mut self, asked: Asked) -> EventBody {
         let request_id = uuid::Uuid::new_v4().simple().to_string();
-        let options = options(&asked.request);
+        let options = permission::options(&asked.request);
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().insert(
             request_id.clone(),
@@ -158,10 +158,11 @@ impl TurnAsks {
                 answer: tx,
             },
         );
+        let (title, tool_call_id) = permission::tool_call(&asked.request);
         let event = EventBody::PermissionRequest {
             request_id: request_id.clone(),
-            title: updates::string(&asked.request["toolCall"]["title"]),
-            tool_call_id: updates::string(&asked.request["toolCall"]["toolCallId"]),
+            title,
+            tool_call_id,
             options,
         };
         let (waiting, stop, timeout) = (self.waiting.clone(), self.stop.clone(), self.timeout);
@@ -189,16 +190,7 @@ impl TurnAsks {
         let request = &d.asked.request;
         let (outcome, decision, by) = match d.verdict {
             Verdict::Chosen(option) => {
-                let kind = options(request)
-                    .into_iter()
-                    .find(|o| o.option_id == option)
-                    .map(|o| o.kind)
-                    .unwrap_or_default();
-                let decision = if kind.starts_with("allow") {
-                    PermissionDecision::Allowed
-                } else {
-                    PermissionDecision::Rejected
-                };
+                let decision = permission::decision_of_kind(&permission::kind_of(request, &option));
                 let chosen = SelectedPermissionOutcome::new(option);
                 (
                     RequestPermissionOutcome::Selected(chosen),
@@ -223,27 +215,54 @@ impl TurnAsks {
         {
             tracing::debug!(error = %e, "answering a permission request failed");
         }
-        EventBody::Permission {
-            title: updates::string(&request["toolCall"]["title"]),
-            tool_call_id: updates::string(&request["toolCall"]["toolCallId"]),
-            decision,
-            by,
-        }
+        permission::event(request, decision, by)
     }
 }
 
-/// The options a request offers, as the contract names them.
-fn options(request: &Value) -> Vec<PermissionOption> {
-    let listed = request["options"].as_array().map(Vec::as_slice);
-    listed
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|o| {
-            Some(PermissionOption {
-                option_id: o["optionId"].as_str()?.to_string(),
-                name: o["name"].as_str().unwrap_or_default().to_string(),
-                kind: o["kind"].as_str().unwrap_or_default().to_string(),
-            })
-        })
-        .collect()
+/// The answer `policy` gives to a permission request (as ACP's JSON): the option it selects,
+/// or `cancelled` when the request offers none of the right kind.
+pub(super) fn by_policy(
+    policy: PermissionPolicy,
+    request: &Value,
+) -> (RequestPermissionOutcome, PermissionDecision) {
+    match permission::by_policy(policy, request) {
+        Some((option, decision)) => (
+            RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(option)),
+            decision,
+        ),
+        None => (
+            RequestPermissionOutcome::Cancelled,
+            PermissionDecision::Cancelled,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_answers_with_its_option_or_cancelled() {
+        let mut request = serde_json::json!({
+            "toolCall": {"toolCallId": "c1", "kind": "execute"},
+            "options": [
+                {"optionId": "yes", "kind": "allow_once"},
+                {"optionId": "no", "kind": "reject_once"}
+            ]
+        });
+        match by_policy(PermissionPolicy::DenyAll, &request) {
+            (RequestPermissionOutcome::Selected(s), PermissionDecision::Rejected) => {
+                assert_eq!(s.option_id.to_string(), "no")
+            }
+            other => panic!("{other:?}"),
+        }
+        request["options"].as_array_mut().unwrap().pop();
+        assert!(matches!(
+            by_policy(PermissionPolicy::DenyAll, &request),
+            (
+                RequestPermissionOutcome::Cancelled,
+                PermissionDecision::Cancelled
+            )
+        ));
+    }
 }

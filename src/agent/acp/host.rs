@@ -20,12 +20,12 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::auth::AuthPlan;
 use super::routes::Routes;
+use crate::agent::backend::AgentError;
 use crate::agent::confine::{search_path, Jail};
 use crate::agent::fault::{
     useful_line, AgentFault, AgentLabel, AuthGap, AuthOffer, Ending, Fault, Phase,
 };
 use crate::agent::process::{Spawned, Spec};
-use crate::agent::AgentError;
 
 /// Time allowed for `initialize`, `session/new` and `session/load`.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(60);

@@ -8,6 +8,7 @@
 mod asks;
 mod auth;
 mod host;
+mod prompt;
 mod routes;
 
 use std::collections::HashMap;
@@ -16,25 +17,22 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_client_protocol::v1::schema::{
-    CancelNotification, ContentBlock, PromptRequest, PromptResponse, SessionId, TextContent,
-};
+use agent_client_protocol::v1::schema::CancelNotification;
 
-use self::asks::TurnAsks;
 pub use self::auth::AuthPlan;
 pub use self::host::Greeting;
 pub(crate) use self::host::Live;
-use super::confine::{Confinement, Work};
-use super::fault::{AgentLabel, Phase};
-use super::CANCEL_GRACE;
-
-/// How often a cancel is said again while the agent has not answered the prompt.
-const CANCEL_AGAIN: Duration = Duration::from_millis(250);
-use super::{
-    updates, AgentError, AgentSession, Answer, Backend, Opened, Prompt, StopReason, TurnEnd,
+use self::prompt::prompt;
+use super::backend::{
+    AgentError, AgentSession, Answer, Backend, Opened, Prompt, StopReason, TurnEnd,
 };
-use crate::config::{AgentAuth, PermissionPolicy};
-use crate::wire::{DecidedBy, EventBody};
+use super::confine::{app_dir_name, Confinement, Work};
+use super::fault::AgentLabel;
+use crate::config::AgentAuth;
+use crate::wire::EventBody;
+
+/// Below the sessions' root, where the native backend's sessions live, one directory per app.
+pub const APPS_DIR: &str = "apps";
 
 /// Which process hosts a session: its app's, for its agent's command and authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -199,9 +197,7 @@ impl Acp {
 /// Where a native session of `app` works: `<root>/apps/<app>/<id>`. Its parent is the one
 /// directory of the app's that the app's agent process may write.
 pub fn session_dir(root: &Path, app: &str, id: &str) -> PathBuf {
-    root.join(super::APPS_DIR)
-        .join(super::app_dir_name(app))
-        .join(id)
+    root.join(APPS_DIR).join(app_dir_name(app)).join(id)
 }
 
 /// The directory of the app's native sessions: the parent of the session's. A session made on
@@ -219,101 +215,6 @@ fn app_dir(s: &AgentSession) -> Result<PathBuf, AgentError> {
              backend = \"acp\": create a new session"
                 .into(),
         )),
-    }
-}
-
-/// One `session/prompt`: its events into the sink as they come, until the agent's answer; a
-/// cancel or the deadline sends `session/cancel` (answering every permission request still
-/// waiting `cancelled`) and waits `CANCEL_GRACE` for the answer.
-async fn prompt(
-    live: &Live,
-    id: &SessionId,
-    s: &AgentSession,
-    p: &Prompt<'_>,
-    permission_timeout: Duration,
-) -> Result<TurnEnd, AgentError> {
-    let (mut asks, to_asks) =
-        TurnAsks::new(live.routes.waiting.clone(), id.clone(), permission_timeout);
-    let asking = p.followed && s.permissions == PermissionPolicy::Ask;
-    let (_route, mut events) = live
-        .routes
-        .open(id, s.permissions, asking.then_some(to_asks));
-    let text = ContentBlock::Text(TextContent::new(p.text.to_string()));
-    let request = live
-        .cx
-        .send_request(PromptRequest::new(id.clone(), vec![text]))
-        .block_task();
-    tokio::pin!(request);
-    let mut output = updates::Output::default();
-    let mut stop = Box::pin(tokio::time::sleep_until(p.deadline.into()));
-    let (mut cancelled, mut timed_out) = (false, false);
-    // A cancel is said again until the agent answers the prompt: one that came while the
-    // agent was still setting the prompt up may have gone unheard.
-    let mut again = tokio::time::interval(CANCEL_AGAIN);
-    let cancel = |by: DecidedBy, asks: &mut TurnAsks| {
-        asks.stop(by);
-        let _ = live
-            .cx
-            .send_notification(CancelNotification::new(id.clone()));
-        Box::pin(tokio::time::sleep(CANCEL_GRACE))
-    };
-    let answer = loop {
-        tokio::select! {
-            biased;
-            Some(event) = events.recv() => {
-                output.add(&event);
-                p.sink.emit(event).await;
-            }
-            answer = &mut request => break Some(answer),
-            event = asks.next_event() => p.sink.emit(event).await,
-            _ = p.cancel.cancelled(), if !cancelled => {
-                cancelled = true;
-                stop = cancel(DecidedBy::Caller, &mut asks);
-            }
-            _ = again.tick(), if cancelled => {
-                let _ = live.cx.send_notification(CancelNotification::new(id.clone()));
-            }
-            _ = &mut stop => {
-                if cancelled {
-                    break None;
-                }
-                (cancelled, timed_out) = (true, true);
-                stop = cancel(DecidedBy::Timeout, &mut asks);
-            }
-            _ = live.ended.cancelled() => return Err(live.exited(Phase::Turn).await),
-        }
-    };
-    // Updates sent before the answer are already queued: they belong to the turn.
-    while let Ok(event) = events.try_recv() {
-        output.add(&event);
-        p.sink.emit(event).await;
-    }
-    for event in asks.finish(DecidedBy::Caller).await {
-        p.sink.emit(event).await;
-    }
-    let stop_reason = stop_reason(live, answer).await?;
-    if timed_out {
-        return Err(AgentError::Timeout);
-    }
-    Ok(TurnEnd {
-        output: output.finish(),
-        stop_reason,
-    })
-}
-
-/// How the prompt ended: the agent's stop reason, `cancelled` when it did not answer a cancel
-/// within the grace, or why it failed.
-async fn stop_reason(
-    live: &Live,
-    answer: Option<Result<PromptResponse, agent_client_protocol::Error>>,
-) -> Result<StopReason, AgentError> {
-    match answer {
-        None => Ok(StopReason::Cancelled),
-        Some(Ok(r)) => {
-            let said = serde_json::to_value(r.stop_reason).unwrap_or_default();
-            Ok(StopReason::parse(said.as_str().unwrap_or("end_turn")))
-        }
-        Some(Err(e)) => Err(live.refused("session/prompt", Phase::Turn, &e).await),
     }
 }
 

@@ -6,17 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use agent_client_protocol::v1::schema::{
-    RequestPermissionOutcome, RequestPermissionRequest, RequestPermissionResponse,
-    SelectedPermissionOutcome, SessionId, SessionNotification,
+    RequestPermissionRequest, RequestPermissionResponse, SessionId, SessionNotification,
 };
 use agent_client_protocol::v1::Responder;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::asks::{Asked, Waiting};
-use crate::agent::updates;
+use super::asks::{by_policy, Asked, Waiting};
+use crate::agent::{permission, updates};
 use crate::config::PermissionPolicy::{self, Ask};
-use crate::wire::{DecidedBy, EventBody, PermissionDecision};
+use crate::wire::{DecidedBy, EventBody};
 
 /// The running turns of one agent process, by the agent's session id.
 #[derive(Default)]
@@ -117,111 +116,12 @@ impl Routes {
         let policy = route.map_or(PermissionPolicy::DenyAll, |r| r.policy);
         let (outcome, decision) = by_policy(policy, &asked);
         if let Some(route) = route {
-            let _ = route.events.send(EventBody::Permission {
-                title: updates::string(&asked["toolCall"]["title"]),
-                tool_call_id: updates::string(&asked["toolCall"]["toolCallId"]),
-                decision,
-                by: DecidedBy::Policy,
-            });
+            let event = permission::event(&asked, decision, DecidedBy::Policy);
+            let _ = route.events.send(event);
         }
         drop(routes);
         if let Err(e) = responder.respond(RequestPermissionResponse::new(outcome)) {
             tracing::debug!(error = %e, "answering a permission request failed");
         }
-    }
-}
-
-/// The answer `policy` gives to a permission request (as ACP's JSON): the option of the right
-/// kind it selects, or `cancelled` when the request offers none.
-pub(super) fn by_policy(
-    policy: PermissionPolicy,
-    asked: &Value,
-) -> (RequestPermissionOutcome, PermissionDecision) {
-    let kind = asked["toolCall"]["kind"].as_str().unwrap_or_default();
-    let allow = match policy {
-        PermissionPolicy::AllowAll => true,
-        PermissionPolicy::AllowReads => matches!(kind, "read" | "search"),
-        PermissionPolicy::DenyAll | PermissionPolicy::Ask => false,
-    };
-    let wanted: [&str; 2] = if allow {
-        ["allow_once", "allow_always"]
-    } else {
-        ["reject_once", "reject_always"]
-    };
-    let options = asked["options"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let chosen = wanted
-        .iter()
-        .find_map(|k| options.iter().find(|o| o["kind"] == *k));
-    match chosen.and_then(|o| o["optionId"].as_str()) {
-        Some(id) => (
-            RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(id.to_string())),
-            if allow {
-                PermissionDecision::Allowed
-            } else {
-                PermissionDecision::Rejected
-            },
-        ),
-        None => (
-            RequestPermissionOutcome::Cancelled,
-            PermissionDecision::Cancelled,
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn asked(kind: &str) -> Value {
-        serde_json::json!({
-            "sessionId": "s",
-            "toolCall": {"toolCallId": "c1", "title": "t", "kind": kind},
-            "options": [
-                {"optionId": "yes", "name": "Allow", "kind": "allow_once"},
-                {"optionId": "no", "name": "Reject", "kind": "reject_once"}
-            ]
-        })
-    }
-
-    fn selected(o: &RequestPermissionOutcome) -> Option<String> {
-        match o {
-            RequestPermissionOutcome::Selected(s) => Some(s.option_id.to_string()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn each_policy_selects_the_option_of_its_kind() {
-        use PermissionPolicy::*;
-        let cases = [
-            (AllowAll, "edit", Some("yes"), PermissionDecision::Allowed),
-            (AllowReads, "read", Some("yes"), PermissionDecision::Allowed),
-            (
-                AllowReads,
-                "search",
-                Some("yes"),
-                PermissionDecision::Allowed,
-            ),
-            (
-                AllowReads,
-                "execute",
-                Some("no"),
-                PermissionDecision::Rejected,
-            ),
-            (DenyAll, "read", Some("no"), PermissionDecision::Rejected),
-        ];
-        for (policy, kind, option, decision) in cases {
-            let (outcome, d) = by_policy(policy, &asked(kind));
-            assert_eq!(selected(&outcome).as_deref(), option, "{policy:?} {kind}");
-            assert_eq!(d, decision, "{policy:?} {kind}");
-        }
-        let mut only_allow = asked("execute");
-        only_allow["options"].as_array_mut().unwrap().pop();
-        let (outcome, d) = by_policy(DenyAll, &only_allow);
-        assert!(selected(&outcome).is_none());
-        assert_eq!(d, PermissionDecision::Cancelled);
     }
 }
