@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::fault::AgentFault;
-use crate::config::{AgentAuth, AgentCommand, BackendKind, PermissionPolicy};
+use crate::agent::def::{AgentAuth, AgentCommand, BackendKind, PermissionPolicy};
 use crate::wire::EventBody;
 
 /// How long a backend gives a cancelled turn to answer `cancelled` before it stops the agent's

@@ -19,7 +19,7 @@ use super::backend::AgentError;
 use super::confine::{app_dir_name, search_path, Confinement, Jail, Work};
 use super::fault::AgentLabel;
 use super::process::which;
-use crate::config::{AgentDef, BackendKind};
+use crate::agent::def::{AgentDef, BackendKind};
 use crate::wire;
 
 /// The app whose home and directory the checks use.

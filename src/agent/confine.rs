@@ -38,7 +38,7 @@ use nix::sys::resource::{setrlimit, Resource};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
-use crate::config::ConfinementMode;
+use crate::agent::def::ConfinementMode;
 
 /// What the operator configured.
 #[derive(Debug, Clone)]

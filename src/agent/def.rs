@@ -378,3 +378,14 @@ fn valid_agent_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
+
+/// Whether agents run under Landlock: `auto` when the kernel can (warning loudly when it
+/// cannot), `landlock` always (refusing to start without it), `off` never.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfinementMode {
+    #[default]
+    Auto,
+    Landlock,
+    Off,
+}

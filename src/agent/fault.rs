@@ -8,7 +8,7 @@
 use std::fmt;
 use std::process::ExitStatus;
 
-use crate::config::{GATEWAY_METHOD, INTERACTIVE_AUTH_METHODS};
+use crate::agent::def::{GATEWAY_METHOD, INTERACTIVE_AUTH_METHODS};
 
 /// Longest line of an agent's stderr quoted in a message.
 const MAX_QUOTED: usize = 300;
@@ -372,7 +372,7 @@ impl Credentials {
             }
             Credentials::Codex => {
                 "it takes an API key only through `authenticate`: configure `auth` under its \
-                 [agents.NAME] table (README: \"Agents and backends\")"
+                 [agents.NAME] table (docs/agents.md: \"Agents and backends\")"
             }
             Credentials::Gemini => {
                 "set GEMINI_API_KEY in the worker's environment and name it in agent_env \

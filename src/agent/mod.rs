@@ -17,7 +17,7 @@ mod permission;
 pub mod process;
 mod updates;
 
-use crate::config::BackendKind;
+use crate::agent::def::BackendKind;
 
 pub use acp::{Acp, APPS_DIR};
 pub use acpx::Acpx;

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::updates;
-use crate::config::PermissionPolicy;
+use crate::agent::def::PermissionPolicy;
 use crate::wire::{DecidedBy, EventBody, PermissionDecision, PermissionOption};
 
 /// The option kinds a policy selects, in order of preference.

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::agent::def::{
     default_agent_name, AgentAuth, AgentCommand, AgentDef, AgentDefError, AgentEntry, AuthEntry,
-    BackendKind, PermissionPolicy, GATEWAY_METHOD, INTERACTIVE_AUTH_METHODS,
+    BackendKind, ConfinementMode, PermissionPolicy, GATEWAY_METHOD, INTERACTIVE_AUTH_METHODS,
 };
 pub use env::{env_keys, env_names, secret_env_names, ENV_ALIASES, SECRET_KEYS};
 pub use error::{setting_name, ConfigError};
@@ -142,17 +142,6 @@ pub struct Config {
     pub agent_credentials_file: Option<PathBuf>,
     /// The largest file an agent process may write (RLIMIT_FSIZE).
     pub agent_max_file_bytes: u64,
-}
-
-/// Whether agents run under Landlock: `auto` when the kernel can (warning loudly when it
-/// cannot), `landlock` always (refusing to start without it), `off` never.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConfinementMode {
-    #[default]
-    Auto,
-    Landlock,
-    Off,
 }
 
 /// How log lines are written (to stderr).

@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::backend::Answer;
+use crate::agent::def::PermissionPolicy;
 use crate::agent::permission;
-use crate::config::PermissionPolicy;
 use crate::wire::{DecidedBy, EventBody, PermissionDecision};
 
 /// A permission request of the agent's, with the way to answer it.

@@ -9,8 +9,8 @@ use agent_client_protocol::v1::schema::{
 };
 use serde_json::json;
 
+use crate::agent::def::{AgentAuth, GATEWAY_METHOD};
 use crate::agent::fault::{AuthGap, AuthOffer};
-use crate::config::{AgentAuth, GATEWAY_METHOD};
 
 /// What a process does when its agent asks for credentials.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]

@@ -28,7 +28,7 @@ use super::backend::{
 };
 use super::confine::{app_dir_name, Confinement, Work};
 use super::fault::AgentLabel;
-use crate::config::AgentAuth;
+use crate::agent::def::AgentAuth;
 use crate::wire::EventBody;
 
 /// Below the sessions' root, where the native backend's sessions live, one directory per app.
@@ -313,7 +313,7 @@ impl std::fmt::Debug for Acp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AgentCommand, BackendKind, PermissionPolicy};
+    use crate::agent::def::{AgentCommand, BackendKind, PermissionPolicy};
 
     fn session(app: &str, cwd: &str) -> AgentSession {
         AgentSession {

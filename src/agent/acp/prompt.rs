@@ -18,9 +18,9 @@ use super::host::Live;
 use crate::agent::backend::{
     AgentError, AgentSession, EventSink, Prompt, StopReason, TurnEnd, CANCEL_GRACE,
 };
+use crate::agent::def::PermissionPolicy;
 use crate::agent::fault::Phase;
 use crate::agent::updates;
-use crate::config::PermissionPolicy;
 use crate::wire::{DecidedBy, EventBody};
 
 /// How often a cancel is said again while the agent has not answered the prompt.

@@ -13,8 +13,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::asks::{by_policy, Asked, Waiting};
+use crate::agent::def::PermissionPolicy::{self, Ask};
 use crate::agent::{permission, updates};
-use crate::config::PermissionPolicy::{self, Ask};
 use crate::wire::{DecidedBy, EventBody};
 
 /// The running turns of one agent process, by the agent's session id.

@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::failure::{error_message, Failure};
 use crate::agent::backend::{AgentError, AgentSession};
 use crate::agent::confine::{Confinement, Jail, Work};
+use crate::agent::def::{AgentCommand, PermissionPolicy};
 use crate::agent::process::{exit_text, last_line, Ended, Spawned, Spec};
-use crate::config::{AgentCommand, PermissionPolicy};
 
 /// Longest output of a control command (new, ensure, close, cancel, version).
 const MAX_CONTROL_OUTPUT: usize = 1024 * 1024;
