@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::types::SessionId;
 use super::{now, Caller, EventStream, Forge};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::TurnRow;
+use crate::ledger::{TurnRow, Turns};
 use crate::wire::{self, EventBody};
 
 /// Events recorded in one transaction at most.

@@ -29,7 +29,7 @@ use crate::agent::check::Checker;
 use crate::agent::{Backend, Claude, ClaudeOptions, Confinement};
 use crate::config::{AgentDef, Config};
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Sessions, Tokens};
 use crate::wire;
 
 pub use owners::{Route, Step};

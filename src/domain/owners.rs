@@ -6,7 +6,7 @@
 use super::types::SessionId;
 use super::{now, seconds_from_now, Caller, Forge};
 use crate::config::BackendKind;
-use crate::ledger::Owner;
+use crate::ledger::{Owner, Ownership, TurnWaits, Workers};
 
 /// What a request about a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use super::types::{Model, Prompt, RunId};
 use super::{now, seconds_from_now, Caller, EventStream, Forge};
 use crate::agent::{ClaudeError, EventSink, RunOutput};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{Recorded, RunEnd};
+use crate::ledger::{Recorded, RunEnd, Runs};
 use crate::wire;
 
 /// Slack on top of the longest timeout before a staging directory without a recorded end is

@@ -10,7 +10,7 @@ use super::{now, Caller, Forge};
 use crate::agent::AgentSession;
 use crate::config::{AgentCommand, AgentDef, BackendKind, PermissionPolicy};
 use crate::error::{Error, Result};
-use crate::ledger::{CloseOutcome, CreateOutcome, EventDetail, SessionEvent, SessionRow};
+use crate::ledger::{CloseOutcome, CreateOutcome, EventDetail, SessionEvent, SessionRow, Sessions};
 use crate::wire;
 
 fn session_reply(row: SessionRow) -> wire::Session {

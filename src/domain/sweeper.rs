@@ -5,6 +5,7 @@
 
 use super::{now, seconds_from_now, Forge};
 use crate::error::{Error, Result};
+use crate::ledger::{Recovery, Sessions, Workers};
 
 const SWEEP_LEASE: &str = "sweeper";
 

@@ -8,7 +8,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::limits::{PendingLock, Waiting};
 use super::{now, Forge};
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, Reserved, SessionRow};
+use crate::ledger::{Ledger, Reserved, SessionRow, TurnWaits};
 use crate::wire::{TurnAccepted, TurnStatus};
 
 /// A turn's hold on its session in this worker.

@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use super::types::{AppName, TokenId};
 use super::{now, Forge};
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, TokenRow};
+use crate::ledger::{Ledger, TokenRow, Tokens};
 use crate::wire;
 
 /// The app the bootstrap token acts as.

@@ -16,7 +16,7 @@ use super::types::{Prompt, SessionId};
 use super::{now, seconds_from_now, Caller, Forge};
 use crate::agent::{self, AgentError, EventSink, StopReason, TurnEnd};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{BeginTurn, EventDetail, Recorded, SessionRow, TurnStart};
+use crate::ledger::{BeginTurn, EventDetail, Recorded, SessionRow, TurnStart, Turns};
 use crate::wire;
 
 /// How often a turn waiting for another worker's turn of its session looks again.

@@ -1,5 +1,7 @@
 use super::*;
 
+mod lifecycle;
+
 fn ledger() -> (tempfile::TempDir, Ledger) {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(&dir.path().join("sub/ledger.db")).unwrap();
@@ -235,7 +237,7 @@ async fn tokens_revoke_once() {
 
 #[test]
 fn event_kinds_match_the_schema() {
-    let sql = include_str!("migrations.sql");
+    let sql = include_str!("sqlite/migrations.sql");
     for e in [
         SessionEvent::Create,
         SessionEvent::Turn,
