@@ -203,11 +203,7 @@ impl Forge {
     /// Warns when the bootstrap token overrides tokens that exist in the ledger.
     pub async fn startup_checks(&self) -> Result<()> {
         if self.settings.admin_bootstrap_token.is_some() {
-            let active = self
-                .ledger
-                .active_token_count()
-                .await
-                .map_err(Error::internal)?;
+            let active = self.ledger.active_token_count().await?;
             if active > 0 {
                 tracing::warn!(
                     active_tokens = active,

@@ -4,7 +4,9 @@
 
 use std::future::Future;
 
-use super::LedgerResult;
+use super::rows::{Lease, Stamp};
+use super::{EventOutcome, LedgerResult};
+use crate::values::{SessionId, Timestamp, WaitId};
 
 /// The workers: alive (heartbeats), draining, stopped; and leases among them.
 pub trait Workers {
@@ -12,7 +14,7 @@ pub trait Workers {
     fn heartbeat(
         &self,
         worker_id: String,
-        at: String,
+        at: Timestamp,
     ) -> impl Future<Output = LedgerResult<()>> + Send;
 
     /// Records that `worker_id` is draining: the sessions it owns go to whichever worker gets
@@ -20,24 +22,21 @@ pub trait Workers {
     fn worker_draining(
         &self,
         worker_id: String,
-        at: String,
+        at: Timestamp,
     ) -> impl Future<Output = LedgerResult<()>> + Send;
 
     /// Records that `worker_id` stopped on purpose: the sessions it owned are nobody's.
     fn worker_stopped(
         &self,
         worker_id: String,
-        at: String,
+        at: Timestamp,
     ) -> impl Future<Output = LedgerResult<()>> + Send;
 
-    /// Takes or renews the lease `name` for `holder` until `expires_at`, unless another holder
-    /// has it and it has not expired by `now`.
+    /// Takes or renews `lease`, unless another holder has it and it has not expired by `now`.
     fn try_lease(
         &self,
-        name: String,
-        holder: String,
-        now: String,
-        expires_at: String,
+        lease: Lease,
+        now: Timestamp,
     ) -> impl Future<Output = LedgerResult<bool>> + Send;
 }
 
@@ -58,16 +57,16 @@ pub trait Ownership {
     /// `None` when there is no such session.
     fn claim_session(
         &self,
-        session_id: String,
+        session_id: SessionId,
         worker_id: String,
-        alive_since: String,
+        alive_since: Timestamp,
     ) -> impl Future<Output = LedgerResult<Option<Owner>>> + Send;
 
     /// Takes `session_id` for `worker_id` if its owner is still at `generation` (its owner was
     /// found unreachable): the new generation, or `None` when it changed meanwhile.
     fn take_session(
         &self,
-        session_id: String,
+        session_id: SessionId,
         worker_id: String,
         generation: u64,
     ) -> impl Future<Output = LedgerResult<Option<u64>>> + Send;
@@ -84,23 +83,22 @@ pub enum Reserved {
 /// Turns taken by a worker and numbered, not yet begun; and which worker holds a session's
 /// current turn.
 pub trait TurnWaits {
-    /// Records that `worker_id` has taken a turn of `session_id` (the caller's, `app`) that
-    /// has not begun yet, and gives it the session's next number.
+    /// Records that `by`'s worker has taken a turn of `session_id` (the caller's, `app`)
+    /// that has not begun yet, and gives it the session's next number.
     fn reserve_turn(
         &self,
-        wait_id: String,
-        session_id: String,
+        wait_id: WaitId,
+        session_id: SessionId,
         app: String,
-        worker_id: String,
-        at: String,
+        by: Stamp,
     ) -> impl Future<Output = LedgerResult<Reserved>> + Send;
 
     /// A turn taken and numbered that will not begin: its number is recorded with why.
     fn abandon_turn(
         &self,
-        wait_id: String,
-        at: String,
-        outcome: String,
+        wait_id: WaitId,
+        at: Timestamp,
+        outcome: EventOutcome,
         error: String,
     ) -> impl Future<Output = LedgerResult<()>> + Send;
 
@@ -109,7 +107,7 @@ pub trait TurnWaits {
     /// still waiting to begin.
     fn turn_holder(
         &self,
-        session_id: String,
-        alive_since: String,
+        session_id: SessionId,
+        alive_since: Timestamp,
     ) -> impl Future<Output = LedgerResult<Option<String>>> + Send;
 }

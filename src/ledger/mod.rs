@@ -7,6 +7,7 @@
 //! rusqlite). Another engine is another type implementing the same traits.
 
 mod coordination;
+mod outcome;
 mod records;
 mod rows;
 mod sqlite;
@@ -14,10 +15,12 @@ mod sqlite;
 use std::path::PathBuf;
 
 pub use coordination::{Owner, Ownership, Reserved, TurnWaits, Workers};
+pub use outcome::{EventOutcome, RunOutcome, UnknownOutcome};
 pub use records::{Recovery, Runs, Sessions, Tokens, Turns};
 pub use rows::{
-    BeginTurn, CloseOutcome, CreateOutcome, EventDetail, EventRow, Interrupted, Recorded, RunEnd,
-    RunRow, SessionEvent, SessionRow, TokenRow, TurnRow, TurnStart,
+    BeginTurn, CloseOutcome, CreateOutcome, EventDetail, EventRow, Idle, Interrupted, Lease,
+    NewRun, Recorded, RunEnd, RunRow, SessionEvent, SessionRow, Stamp, TokenRow, TurnRow,
+    TurnStart,
 };
 pub use sqlite::Ledger;
 

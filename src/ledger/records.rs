@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use super::rows::{
-    BeginTurn, CloseOutcome, CreateOutcome, EventDetail, EventRow, Interrupted, Recorded, RunEnd,
-    RunRow, SessionEvent, SessionRow, TokenRow, TurnRow, TurnStart,
+    BeginTurn, CloseOutcome, CreateOutcome, EventDetail, EventRow, Idle, Interrupted, NewRun,
+    RunEnd, RunRow, SessionEvent, SessionRow, Stamp, TokenRow, TurnRow, TurnStart,
 };
-use super::LedgerResult;
+use super::{EventOutcome, LedgerResult};
+use crate::values::{RunId, SessionId, Timestamp, TokenId};
 use crate::wire;
 
 /// The apps' tokens, kept by their hashes.
@@ -26,8 +27,8 @@ pub trait Tokens {
     /// Revokes a token. `None` when there is no such token; the first revocation time is kept.
     fn revoke_token(
         &self,
-        token_id: String,
-        at: String,
+        token_id: TokenId,
+        at: Timestamp,
     ) -> impl Future<Output = LedgerResult<Option<()>>> + Send;
 
     fn active_token_count(&self) -> impl Future<Output = LedgerResult<u64>> + Send;
@@ -46,7 +47,7 @@ pub trait Sessions {
 
     fn session(
         &self,
-        session_id: String,
+        session_id: SessionId,
     ) -> impl Future<Output = LedgerResult<Option<SessionRow>>> + Send;
 
     /// The sessions of one app, newest first.
@@ -58,8 +59,8 @@ pub trait Sessions {
     /// Records how a create ended (its event was written as `running`).
     fn finish_create(
         &self,
-        session_id: String,
-        outcome: String,
+        session_id: SessionId,
+        outcome: EventOutcome,
         error: Option<String>,
     ) -> impl Future<Output = LedgerResult<()>> + Send;
 
@@ -67,7 +68,7 @@ pub trait Sessions {
     /// agent process now holds it, if one does (`owner`: the first generation).
     fn set_agent_state(
         &self,
-        session_id: String,
+        session_id: SessionId,
         state: String,
         owner: Option<String>,
     ) -> impl Future<Output = LedgerResult<()>> + Send;
@@ -77,51 +78,45 @@ pub trait Sessions {
     /// Closes an open session of `app` and records `event` (close or sweep_close).
     fn close_session(
         &self,
-        session_id: String,
+        session_id: SessionId,
         app: String,
         event: SessionEvent,
-        at: String,
-        worker_id: String,
+        by: Stamp,
         detail: EventDetail,
     ) -> impl Future<Output = LedgerResult<CloseOutcome>> + Send;
 
     /// The audit trail of one session, oldest first.
     fn events_of(
         &self,
-        session_id: String,
+        session_id: SessionId,
     ) -> impl Future<Output = LedgerResult<Vec<EventRow>>> + Send;
 
-    /// Open sessions idle since before `idle_before` (last turn, or creation) with no turn
-    /// running or waiting to begin on a worker alive since `alive_since`.
+    /// The open sessions that are `idle`.
     fn idle_sessions(
         &self,
-        idle_before: String,
-        alive_since: String,
+        idle: Idle,
     ) -> impl Future<Output = LedgerResult<Vec<SessionRow>>> + Send;
 
-    /// Closes a session as swept if it is still open, idle since before `idle_before`, and has
-    /// no turn running — checked and written at once, so a turn that starts meanwhile wins.
+    /// Closes a session as swept if it is still open and `idle` — checked and written at
+    /// once, so a turn that starts meanwhile wins.
     fn sweep_close(
         &self,
-        session_id: String,
-        idle_before: String,
-        at: String,
-        worker_id: String,
-        alive_since: String,
+        session_id: SessionId,
+        idle: Idle,
+        by: Stamp,
     ) -> impl Future<Output = LedgerResult<bool>> + Send;
 
     /// Sessions closed before `closed_before`.
     fn expired_sessions(
         &self,
-        closed_before: String,
+        closed_before: Timestamp,
     ) -> impl Future<Output = LedgerResult<Vec<SessionRow>>> + Send;
 
     /// Deletes a closed session's row; its events stay, with a `hard_delete` event last.
     fn hard_delete(
         &self,
-        session_id: String,
-        at: String,
-        worker_id: String,
+        session_id: SessionId,
+        by: Stamp,
     ) -> impl Future<Output = LedgerResult<bool>> + Send;
 }
 
@@ -133,9 +128,9 @@ pub trait Turns {
     /// Records how a turn ended, and moves the session's `last_turn_at` to its end.
     fn finish_turn(
         &self,
-        session_id: String,
+        session_id: SessionId,
         event_id: i64,
-        at: String,
+        at: Timestamp,
         detail: EventDetail,
     ) -> impl Future<Output = LedgerResult<()>> + Send;
 
@@ -149,7 +144,7 @@ pub trait Turns {
     /// number of them: read again after the last one for more).
     fn events_after(
         &self,
-        session_id: String,
+        session_id: SessionId,
         turn: u64,
         after: u64,
     ) -> impl Future<Output = LedgerResult<Vec<wire::Event>>> + Send;
@@ -157,46 +152,38 @@ pub trait Turns {
     /// Turn `turn` of `session_id` as the ledger has it; `None` when there is no such turn.
     fn turn_row(
         &self,
-        session_id: String,
+        session_id: SessionId,
         turn: u64,
     ) -> impl Future<Output = LedgerResult<Option<TurnRow>>> + Send;
 
     /// The number of the session's latest turn, if it has one.
     fn latest_turn(
         &self,
-        session_id: String,
+        session_id: SessionId,
     ) -> impl Future<Output = LedgerResult<Option<u64>>> + Send;
 }
 
 /// One-shot runs.
 pub trait Runs {
     /// Records a run as `running`, before its process starts: a crash leaves the row behind.
-    fn begin_run(
-        &self,
-        run_id: String,
-        app: String,
-        model: String,
-        worker_id: String,
-        created_at: String,
-        prompt: Recorded,
-    ) -> impl Future<Output = LedgerResult<()>> + Send;
+    fn begin_run(&self, run: NewRun, by: Stamp) -> impl Future<Output = LedgerResult<()>> + Send;
 
     /// Records how a run ended.
     fn finish_run(
         &self,
-        run_id: String,
-        finished_at: String,
+        run_id: RunId,
+        finished_at: Timestamp,
         end: RunEnd,
     ) -> impl Future<Output = LedgerResult<()>> + Send;
 
-    fn run(&self, run_id: String) -> impl Future<Output = LedgerResult<Option<RunRow>>> + Send;
+    fn run(&self, run_id: RunId) -> impl Future<Output = LedgerResult<Option<RunRow>>> + Send;
 
     /// The end time of each of `run_ids` the ledger knows: `None` for a run with none (still
     /// running, or cut short). Runs the ledger does not know are left out.
     fn runs_finished_at(
         &self,
-        run_ids: Vec<String>,
-    ) -> impl Future<Output = LedgerResult<HashMap<String, Option<String>>>> + Send;
+        run_ids: Vec<RunId>,
+    ) -> impl Future<Output = LedgerResult<HashMap<RunId, Option<Timestamp>>>> + Send;
 }
 
 /// The records of work its worker left running: turns and runs recorded as interrupted, and
@@ -206,16 +193,15 @@ pub trait Recovery {
     /// or whose heartbeat is older than `stale_before`, or that never wrote one.
     fn recover_interrupted(
         &self,
-        stale_before: String,
-        at: String,
+        stale_before: Timestamp,
+        at: Timestamp,
     ) -> impl Future<Output = LedgerResult<Interrupted>> + Send;
 
-    /// Marks this worker's own running turns and runs as interrupted (at shutdown, after the
-    /// grace).
+    /// Marks the running turns and runs of `by`'s worker as interrupted at its time (at
+    /// shutdown, after the grace).
     fn interrupt_own(
         &self,
-        worker_id: String,
-        at: String,
+        by: Stamp,
         why: String,
     ) -> impl Future<Output = LedgerResult<Interrupted>> + Send;
 }

@@ -9,6 +9,7 @@ mod runs;
 mod sessions;
 mod tokens;
 mod turns;
+mod values;
 mod waits;
 mod workers;
 

@@ -6,17 +6,19 @@ use rusqlite::{params, Connection, Row};
 use super::rows::{one, FromRow};
 use super::Ledger;
 use crate::ledger::{LedgerError, LedgerResult, Owner, Ownership};
+use crate::values::{SessionId, Timestamp};
 
 impl Ownership for Ledger {
     async fn claim_session(
         &self,
-        session_id: String,
+        session_id: SessionId,
         worker_id: String,
-        alive_since: String,
+        alive_since: Timestamp,
     ) -> LedgerResult<Option<Owner>> {
         for _ in 0..3 {
-            let (id, since) = (session_id.clone(), alive_since.clone());
-            let found = self.read(move |c| Ok(owner_of(c, &id, &since)?)).await?;
+            let found = self
+                .read(move |c| Ok(owner_of(c, session_id, alive_since)?))
+                .await?;
             let Some(OwnerRow {
                 worker_id: owner,
                 generation,
@@ -36,8 +38,7 @@ impl Ownership for Ledger {
                 _ => {}
             }
             let me = worker_id.clone();
-            let id = session_id.clone();
-            if let Some(generation) = self.take_session(id, me, generation).await? {
+            if let Some(generation) = self.take_session(session_id, me, generation).await? {
                 return Ok(Some(Owner::Mine { generation }));
             }
             // Another worker took it meanwhile: look again.
@@ -49,11 +50,11 @@ impl Ownership for Ledger {
 
     async fn take_session(
         &self,
-        session_id: String,
+        session_id: SessionId,
         worker_id: String,
         generation: u64,
     ) -> LedgerResult<Option<u64>> {
-        self.call(move |c| Ok(take(c, &session_id, &worker_id, generation)?))
+        self.write(move |tx| Ok(take(tx, session_id, &worker_id, generation)?))
             .await
     }
 }
@@ -79,8 +80,8 @@ impl FromRow for OwnerRow {
 /// The owner of `session_id`, and whether it is live (a heartbeat since `alive_since`).
 fn owner_of(
     c: &Connection,
-    session_id: &str,
-    alive_since: &str,
+    session_id: SessionId,
+    alive_since: Timestamp,
 ) -> rusqlite::Result<Option<OwnerRow>> {
     one(
         c,
@@ -96,7 +97,7 @@ fn owner_of(
 /// Makes `worker_id` the owner of `session_id` if it is at `generation`: the new generation.
 fn take(
     c: &Connection,
-    session_id: &str,
+    session_id: SessionId,
     worker_id: &str,
     generation: u64,
 ) -> rusqlite::Result<Option<u64>> {

@@ -6,34 +6,33 @@ use rusqlite::{params, Transaction};
 use super::waits::abandon_waits;
 use super::workers::live_worker;
 use super::Ledger;
-use crate::ledger::{Interrupted, LedgerResult, Recovery};
+use crate::ledger::{EventOutcome, Interrupted, LedgerResult, Recovery, Stamp};
+use crate::values::Timestamp;
 
 impl Recovery for Ledger {
     async fn recover_interrupted(
         &self,
-        stale_before: String,
-        at: String,
+        stale_before: Timestamp,
+        at: Timestamp,
     ) -> LedgerResult<Interrupted> {
         self.write(move |tx| {
             let dead = format!("NOT {}", live_worker("?1"));
             let why = "the worker running it stopped";
-            let done = mark_interrupted(tx, &dead, &stale_before, &at, why)?;
+            let stale_before = stale_before.to_string();
+            let done = mark_interrupted(tx, &dead, &stale_before, at, why)?;
             let why = "the worker that took it stopped before it began";
-            abandon_waits(tx, &dead, &stale_before, &at, "interrupted", why)?;
+            abandon_waits(tx, &dead, &stale_before, at, EventOutcome::Interrupted, why)?;
             Ok(done)
         })
         .await
     }
 
-    async fn interrupt_own(
-        &self,
-        worker_id: String,
-        at: String,
-        why: String,
-    ) -> LedgerResult<Interrupted> {
+    async fn interrupt_own(&self, by: Stamp, why: String) -> LedgerResult<Interrupted> {
         self.write(move |tx| {
-            let done = mark_interrupted(tx, "worker_id = ?1", &worker_id, &at, &why)?;
-            abandon_waits(tx, "worker_id = ?1", &worker_id, &at, "interrupted", &why)?;
+            let (mine, at) = ("worker_id = ?1", by.at);
+            let done = mark_interrupted(tx, mine, &by.worker_id, at, &why)?;
+            let outcome = EventOutcome::Interrupted;
+            abandon_waits(tx, mine, &by.worker_id, at, outcome, &why)?;
             Ok(done)
         })
         .await
@@ -46,7 +45,7 @@ fn mark_interrupted(
     tx: &Transaction<'_>,
     whose: &str,
     worker: &str,
-    at: &str,
+    at: Timestamp,
     why: &str,
 ) -> rusqlite::Result<Interrupted> {
     let turns = tx.execute(

@@ -4,8 +4,9 @@
 use rusqlite::{params, Connection, OptionalExtension, Params, Row, Transaction};
 
 use crate::ledger::rows::{
-    EventDetail, EventRow, Recorded, RunRow, SessionEvent, SessionRow, TokenRow, TurnRow,
+    EventDetail, EventRow, Recorded, RunRow, SessionEvent, SessionRow, Stamp, TokenRow, TurnRow,
 };
+use crate::values::SessionId;
 
 /// A value read from one row of its `SELECT`.
 pub(super) trait FromRow: Sized {
@@ -102,7 +103,7 @@ impl FromRow for SessionState {
 /// The state of `session_id` if it exists and is `app`'s.
 pub(super) fn session_state(
     c: &Connection,
-    session_id: &str,
+    session_id: SessionId,
     app: &str,
 ) -> rusqlite::Result<Option<SessionState>> {
     let found: Option<SessionState> = one(c, STATE_SELECT, [session_id])?;
@@ -204,13 +205,12 @@ fn parse_files(json: Option<String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Who wrote a session event, about which session, and when.
+/// A session event: of which session, what, by which worker and when.
 pub(super) struct EventOf<'a> {
-    pub session_id: &'a str,
+    pub session_id: SessionId,
     pub app: &'a str,
     pub event: SessionEvent,
-    pub at: &'a str,
-    pub worker_id: &'a str,
+    pub by: &'a Stamp,
 }
 
 /// Appends a row to `session_events`: its id.
@@ -229,9 +229,9 @@ pub(super) fn insert_event(
         params![
             of.session_id,
             of.app,
-            of.event.as_str(),
-            of.at,
-            of.worker_id,
+            of.event,
+            of.by.at,
+            of.by.worker_id,
             d.turn.map(|t| t as i64),
             d.outcome,
             d.stop_reason,

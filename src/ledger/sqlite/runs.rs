@@ -6,32 +6,26 @@ use rusqlite::{params, OptionalExtension};
 
 use super::rows::{one, RUN_SELECT};
 use super::Ledger;
-use crate::ledger::{LedgerResult, Recorded, RunEnd, RunRow, Runs};
+use crate::ledger::{LedgerResult, NewRun, RunEnd, RunOutcome, RunRow, Runs, Stamp};
+use crate::values::{RunId, Timestamp};
 
 impl Runs for Ledger {
-    async fn begin_run(
-        &self,
-        run_id: String,
-        app: String,
-        model: String,
-        worker_id: String,
-        created_at: String,
-        prompt: Recorded,
-    ) -> LedgerResult<()> {
+    async fn begin_run(&self, run: NewRun, by: Stamp) -> LedgerResult<()> {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO runs (run_id, app, model, outcome, worker_id, created_at, prompt,
                                    prompt_bytes, prompt_sha256)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
-                    run_id,
-                    app,
-                    model,
-                    worker_id,
-                    created_at,
-                    prompt.text,
-                    prompt.bytes,
-                    prompt.sha256
+                    run.run_id,
+                    run.app,
+                    run.model,
+                    RunOutcome::Running,
+                    by.worker_id,
+                    by.at,
+                    run.prompt.text,
+                    run.prompt.bytes,
+                    run.prompt.sha256
                 ],
             )?;
             Ok(())
@@ -41,8 +35,8 @@ impl Runs for Ledger {
 
     async fn finish_run(
         &self,
-        run_id: String,
-        finished_at: String,
+        run_id: RunId,
+        finished_at: Timestamp,
         end: RunEnd,
     ) -> LedgerResult<()> {
         self.write(move |tx| {
@@ -71,21 +65,21 @@ impl Runs for Ledger {
         .await
     }
 
-    async fn run(&self, run_id: String) -> LedgerResult<Option<RunRow>> {
+    async fn run(&self, run_id: RunId) -> LedgerResult<Option<RunRow>> {
         let sql = format!("{RUN_SELECT} WHERE run_id = ?1");
         self.call(move |c| Ok(one(c, &sql, [run_id])?)).await
     }
 
     async fn runs_finished_at(
         &self,
-        run_ids: Vec<String>,
-    ) -> LedgerResult<HashMap<String, Option<String>>> {
+        run_ids: Vec<RunId>,
+    ) -> LedgerResult<HashMap<RunId, Option<Timestamp>>> {
         self.call(move |c| {
             let mut stmt = c.prepare_cached("SELECT finished_at FROM runs WHERE run_id = ?1")?;
             let mut out = HashMap::new();
             for id in run_ids {
                 if let Some(at) = stmt
-                    .query_row([&id], |r| r.get::<_, Option<String>>(0))
+                    .query_row([id], |r| r.get::<_, Option<Timestamp>>(0))
                     .optional()?
                 {
                     out.insert(id, at);

@@ -8,9 +8,23 @@ use super::rows::{
 use super::waits::has_waiting_turn;
 use super::Ledger;
 use crate::ledger::{
-    CloseOutcome, CreateOutcome, EventDetail, EventRow, LedgerResult, SessionEvent, SessionRow,
-    Sessions,
+    CloseOutcome, CreateOutcome, EventDetail, EventOutcome, EventRow, Idle, LedgerResult,
+    SessionEvent, SessionRow, Sessions, Stamp,
 };
+use crate::values::{SessionId, Timestamp};
+
+/// An open session (`session`, its id) idle since before the parameter `before`, with no turn
+/// running, nor waiting to begin on a worker alive since the parameter `alive_since`: an SQL
+/// condition on `sessions`.
+fn idle(session: &str, before: &str, alive_since: &str) -> String {
+    format!(
+        "status = 'open' AND COALESCE(last_turn_at, created_at) < {before}
+         AND NOT EXISTS (SELECT 1 FROM session_events e
+                         WHERE e.session_id = {session} AND e.outcome = 'running')
+         AND NOT {}",
+        has_waiting_turn(alive_since)
+    )
+}
 
 impl Sessions for Ledger {
     async fn create_session(
@@ -42,27 +56,26 @@ impl Sessions for Ledger {
                     files_json(&row.pending_files),
                 ],
             )?;
+            let by = Stamp {
+                worker_id,
+                at: row.created_at,
+            };
             let of = EventOf {
-                session_id: &row.session_id,
+                session_id: row.session_id,
                 app: &row.app,
                 event: SessionEvent::Create,
-                at: &row.created_at,
-                worker_id: &worker_id,
+                by: &by,
             };
             // Until the agent session exists: the sweep leaves the session alone.
-            let detail = EventDetail {
-                outcome: "running".into(),
-                ..Default::default()
-            };
-            insert_event(tx, of, &detail)?;
+            insert_event(tx, of, &EventDetail::of(EventOutcome::Running))?;
             Ok(CreateOutcome::Created)
         })
         .await
     }
 
-    async fn session(&self, session_id: String) -> LedgerResult<Option<SessionRow>> {
+    async fn session(&self, session_id: SessionId) -> LedgerResult<Option<SessionRow>> {
         let sql = format!("{SESSION_SELECT} WHERE session_id = ?1");
-        self.read(move |c| Ok(one(c, &sql, [&session_id])?)).await
+        self.read(move |c| Ok(one(c, &sql, [session_id])?)).await
     }
 
     async fn sessions_of(&self, app: String) -> LedgerResult<Vec<SessionRow>> {
@@ -72,8 +85,8 @@ impl Sessions for Ledger {
 
     async fn finish_create(
         &self,
-        session_id: String,
-        outcome: String,
+        session_id: SessionId,
+        outcome: EventOutcome,
         error: Option<String>,
     ) -> LedgerResult<()> {
         self.write(move |tx| {
@@ -89,7 +102,7 @@ impl Sessions for Ledger {
 
     async fn set_agent_state(
         &self,
-        session_id: String,
+        session_id: SessionId,
         state: String,
         owner: Option<String>,
     ) -> LedgerResult<()> {
@@ -117,25 +130,23 @@ impl Sessions for Ledger {
 
     async fn close_session(
         &self,
-        session_id: String,
+        session_id: SessionId,
         app: String,
         event: SessionEvent,
-        at: String,
-        worker_id: String,
+        by: Stamp,
         detail: EventDetail,
     ) -> LedgerResult<CloseOutcome> {
         self.write(move |tx| {
-            match session_state(tx, &session_id, &app)? {
+            match session_state(tx, session_id, &app)? {
                 None => return Ok(CloseOutcome::NotFound),
                 Some(s) if !s.open => return Ok(CloseOutcome::AlreadyClosed),
                 Some(_) => {}
             }
             let of = EventOf {
-                session_id: &session_id,
+                session_id,
                 app: &app,
                 event,
-                at: &at,
-                worker_id: &worker_id,
+                by: &by,
             };
             close(tx, of, &detail)?;
             Ok(CloseOutcome::Closed)
@@ -143,65 +154,49 @@ impl Sessions for Ledger {
         .await
     }
 
-    async fn events_of(&self, session_id: String) -> LedgerResult<Vec<EventRow>> {
+    async fn events_of(&self, session_id: SessionId) -> LedgerResult<Vec<EventRow>> {
         let sql = format!("{EVENT_SELECT} WHERE session_id = ?1 ORDER BY id");
         self.call(move |c| Ok(all(c, &sql, [session_id])?)).await
     }
 
-    async fn idle_sessions(
-        &self,
-        idle_before: String,
-        alive_since: String,
-    ) -> LedgerResult<Vec<SessionRow>> {
+    async fn idle_sessions(&self, idle_now: Idle) -> LedgerResult<Vec<SessionRow>> {
         let sql = format!(
-            "{SESSION_SELECT} WHERE status = 'open'
-               AND COALESCE(last_turn_at, created_at) < ?1
-               AND NOT EXISTS (SELECT 1 FROM session_events e
-                               WHERE e.session_id = sessions.session_id
-                                 AND e.outcome = 'running')
-               AND NOT {}",
-            has_waiting_turn("?2")
+            "{SESSION_SELECT} WHERE {}",
+            idle("sessions.session_id", "?1", "?2")
         );
-        self.call(move |c| Ok(all(c, &sql, [idle_before, alive_since])?))
+        let Idle {
+            before,
+            alive_since,
+        } = idle_now;
+        self.call(move |c| Ok(all(c, &sql, [before, alive_since])?))
             .await
     }
 
     async fn sweep_close(
         &self,
-        session_id: String,
-        idle_before: String,
-        at: String,
-        worker_id: String,
-        alive_since: String,
+        session_id: SessionId,
+        idle_now: Idle,
+        by: Stamp,
     ) -> LedgerResult<bool> {
         let sql = format!(
-            "SELECT app FROM sessions WHERE session_id = ?1 AND status = 'open'
-               AND COALESCE(last_turn_at, created_at) < ?2
-               AND NOT EXISTS (SELECT 1 FROM session_events e
-                               WHERE e.session_id = ?1 AND e.outcome = 'running')
-               AND NOT {}",
-            has_waiting_turn("?3")
+            "SELECT app FROM sessions WHERE session_id = ?1 AND {}",
+            idle("?1", "?2", "?3")
         );
         self.write(move |tx| {
-            let app: Option<String> = tx
-                .query_row(&sql, params![session_id, idle_before, alive_since], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+            let found = params![session_id, idle_now.before, idle_now.alive_since];
+            let app: Option<String> = tx.query_row(&sql, found, |r| r.get(0)).optional()?;
             let Some(app) = app else {
                 return Ok(false);
             };
             let of = EventOf {
-                session_id: &session_id,
+                session_id,
                 app: &app,
                 event: SessionEvent::SweepClose,
-                at: &at,
-                worker_id: &worker_id,
+                by: &by,
             };
             let detail = EventDetail {
-                outcome: "ok".into(),
-                error: Some(format!("idle since before {idle_before}")),
-                ..Default::default()
+                error: Some(format!("idle since before {}", idle_now.before)),
+                ..EventDetail::of(EventOutcome::Ok)
             };
             close(tx, of, &detail)?;
             Ok(true)
@@ -209,45 +204,35 @@ impl Sessions for Ledger {
         .await
     }
 
-    async fn expired_sessions(&self, closed_before: String) -> LedgerResult<Vec<SessionRow>> {
+    async fn expired_sessions(&self, closed_before: Timestamp) -> LedgerResult<Vec<SessionRow>> {
         let sql = format!("{SESSION_SELECT} WHERE status = 'closed' AND closed_at < ?1");
         self.call(move |c| Ok(all(c, &sql, [closed_before])?)).await
     }
 
-    async fn hard_delete(
-        &self,
-        session_id: String,
-        at: String,
-        worker_id: String,
-    ) -> LedgerResult<bool> {
+    async fn hard_delete(&self, session_id: SessionId, by: Stamp) -> LedgerResult<bool> {
         self.write(move |tx| {
             let app: Option<String> = tx
                 .query_row(
                     "SELECT app FROM sessions WHERE session_id = ?1 AND status = 'closed'",
-                    [&session_id],
+                    [session_id],
                     |r| r.get(0),
                 )
                 .optional()?;
             let Some(app) = app else {
                 return Ok(false);
             };
-            tx.execute("DELETE FROM sessions WHERE session_id = ?1", [&session_id])?;
+            tx.execute("DELETE FROM sessions WHERE session_id = ?1", [session_id])?;
             tx.execute(
                 "DELETE FROM turn_events WHERE session_id = ?1",
-                [&session_id],
+                [session_id],
             )?;
             let of = EventOf {
-                session_id: &session_id,
+                session_id,
                 app: &app,
                 event: SessionEvent::HardDelete,
-                at: &at,
-                worker_id: &worker_id,
+                by: &by,
             };
-            let detail = EventDetail {
-                outcome: "ok".into(),
-                ..Default::default()
-            };
-            insert_event(tx, of, &detail)?;
+            insert_event(tx, of, &EventDetail::of(EventOutcome::Ok))?;
             Ok(true)
         })
         .await
@@ -258,7 +243,7 @@ impl Sessions for Ledger {
 fn close(tx: &Transaction<'_>, of: EventOf<'_>, detail: &EventDetail) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE sessions SET status = 'closed', closed_at = ?2 WHERE session_id = ?1",
-        params![of.session_id, of.at],
+        params![of.session_id, of.by.at],
     )?;
     insert_event(tx, of, detail)?;
     Ok(())

@@ -5,6 +5,7 @@ use rusqlite::{params, OptionalExtension};
 use super::rows::{all, one, TOKEN_SELECT};
 use super::Ledger;
 use crate::ledger::{LedgerResult, TokenRow, Tokens};
+use crate::values::{Timestamp, TokenId};
 
 impl Tokens for Ledger {
     async fn insert_token(&self, row: TokenRow) -> LedgerResult<()> {
@@ -36,12 +37,12 @@ impl Tokens for Ledger {
         self.call(move |c| Ok(all(c, &sql, [])?)).await
     }
 
-    async fn revoke_token(&self, token_id: String, at: String) -> LedgerResult<Option<()>> {
+    async fn revoke_token(&self, token_id: TokenId, at: Timestamp) -> LedgerResult<Option<()>> {
         self.write(move |tx| {
             let exists = tx
                 .query_row(
                     "SELECT 1 FROM tokens WHERE token_id = ?1",
-                    [&token_id],
+                    [token_id],
                     |_| Ok(()),
                 )
                 .optional()?;

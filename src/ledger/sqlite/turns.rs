@@ -7,8 +7,9 @@ use super::rows::{all, insert_event, one, session_state, EventOf, FromRow, TURN_
 use super::workers::live_worker;
 use super::Ledger;
 use crate::ledger::{
-    BeginTurn, EventDetail, LedgerResult, SessionEvent, TurnRow, TurnStart, Turns,
+    BeginTurn, EventDetail, EventOutcome, LedgerResult, SessionEvent, TurnRow, TurnStart, Turns,
 };
+use crate::values::{SessionId, Timestamp, WaitId};
 use crate::wire;
 
 /// Events read at most per query.
@@ -17,9 +18,9 @@ const EVENTS_PER_READ: i64 = 512;
 impl Turns for Ledger {
     async fn begin_turn(&self, start: TurnStart) -> LedgerResult<BeginTurn> {
         self.write(move |tx| {
-            let reserved = reserved_turn(tx, start.wait_id.as_deref())?;
+            let reserved = reserved_turn(tx, start.wait_id)?;
             let busy = busy_elsewhere(tx, &start)?;
-            let state = match session_state(tx, &start.session_id, &start.app)? {
+            let state = match session_state(tx, start.session_id, &start.app)? {
                 None => return Ok(BeginTurn::NotFound),
                 Some(s) if !s.open => return Ok(BeginTurn::Closed),
                 Some(_) if busy => return Ok(BeginTurn::Busy),
@@ -30,23 +31,21 @@ impl Turns for Ledger {
             tx.execute(
                 "UPDATE sessions SET turns = MAX(turns, ?2), last_turn_at = ?3, pending_files = NULL
                  WHERE session_id = ?1",
-                params![start.session_id, turn as i64, start.at],
+                params![start.session_id, turn as i64, start.by.at],
             )?;
             if let Some(id) = &start.wait_id {
                 tx.execute("DELETE FROM turn_waits WHERE wait_id = ?1", [id])?;
             }
             let of = EventOf {
-                session_id: &start.session_id,
+                session_id: start.session_id,
                 app: &start.app,
                 event: SessionEvent::Turn,
-                at: &start.at,
-                worker_id: &start.worker_id,
+                by: &start.by,
             };
             let detail = EventDetail {
-                outcome: "running".into(),
                 turn: Some(turn),
                 prompt: Some(start.prompt.clone()),
-                ..Default::default()
+                ..EventDetail::of(EventOutcome::Running)
             };
             let event_id = insert_event(tx, of, &detail)?;
             Ok(BeginTurn::Started {
@@ -60,9 +59,9 @@ impl Turns for Ledger {
 
     async fn finish_turn(
         &self,
-        session_id: String,
+        session_id: SessionId,
         event_id: i64,
-        at: String,
+        at: Timestamp,
         detail: EventDetail,
     ) -> LedgerResult<()> {
         self.write(move |tx| {
@@ -115,7 +114,7 @@ impl Turns for Ledger {
 
     async fn events_after(
         &self,
-        session_id: String,
+        session_id: SessionId,
         turn: u64,
         after: u64,
     ) -> LedgerResult<Vec<wire::Event>> {
@@ -126,21 +125,18 @@ impl Turns for Ledger {
                  WHERE session_id = ?1 AND turn = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
                 params![session_id, turn as i64, after as i64, EVENTS_PER_READ],
             )?;
-            Ok(events
-                .into_iter()
-                .map(|e| e.of(&session_id, turn))
-                .collect())
+            Ok(events.into_iter().map(|e| e.of(session_id, turn)).collect())
         })
         .await
     }
 
-    async fn turn_row(&self, session_id: String, turn: u64) -> LedgerResult<Option<TurnRow>> {
+    async fn turn_row(&self, session_id: SessionId, turn: u64) -> LedgerResult<Option<TurnRow>> {
         let sql = format!("{TURN_SELECT} WHERE session_id = ?1 AND event = 'turn' AND turn = ?2");
         self.call(move |c| Ok(one(c, &sql, params![session_id, turn as i64])?))
             .await
     }
 
-    async fn latest_turn(&self, session_id: String) -> LedgerResult<Option<u64>> {
+    async fn latest_turn(&self, session_id: SessionId) -> LedgerResult<Option<u64>> {
         self.call(move |c| {
             let n: Option<i64> = c.query_row(
                 "SELECT MAX(turn) FROM session_events WHERE session_id = ?1 AND event = 'turn'",
@@ -171,7 +167,7 @@ impl FromRow for Recorded {
 }
 
 impl Recorded {
-    fn of(self, session_id: &str, turn: u64) -> wire::Event {
+    fn of(self, session_id: SessionId, turn: u64) -> wire::Event {
         wire::Event {
             session_id: Some(session_id.to_string()),
             turn: Some(turn),
@@ -196,13 +192,13 @@ fn busy_elsewhere(tx: &Transaction<'_>, start: &TurnStart) -> rusqlite::Result<b
                               AND worker_id != ?3 AND {})",
             live_worker("?2")
         ),
-        params![start.session_id, start.alive_since, start.worker_id],
+        params![start.session_id, start.alive_since, start.by.worker_id],
         |r| r.get(0),
     )
 }
 
 /// The number a turn got when it was taken (see `reserve_turn`), if it was.
-fn reserved_turn(tx: &Transaction<'_>, wait_id: Option<&str>) -> rusqlite::Result<Option<u64>> {
+fn reserved_turn(tx: &Transaction<'_>, wait_id: Option<WaitId>) -> rusqlite::Result<Option<u64>> {
     let Some(id) = wait_id else {
         return Ok(None);
     };

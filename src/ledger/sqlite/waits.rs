@@ -6,19 +6,19 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use super::rows::session_state;
 use super::workers::live_worker;
 use super::Ledger;
-use crate::ledger::{LedgerResult, Reserved, TurnWaits};
+use crate::ledger::{EventOutcome, LedgerResult, Reserved, Stamp, TurnWaits};
+use crate::values::{SessionId, Timestamp, WaitId};
 
 impl TurnWaits for Ledger {
     async fn reserve_turn(
         &self,
-        wait_id: String,
-        session_id: String,
+        wait_id: WaitId,
+        session_id: SessionId,
         app: String,
-        worker_id: String,
-        at: String,
+        by: Stamp,
     ) -> LedgerResult<Reserved> {
         self.write(move |tx| {
-            let turn = match session_state(tx, &session_id, &app)? {
+            let turn = match session_state(tx, session_id, &app)? {
                 None => return Ok(Reserved::NotFound),
                 Some(s) if !s.open => return Ok(Reserved::Closed),
                 Some(s) => s.turns as i64 + 1,
@@ -30,7 +30,7 @@ impl TurnWaits for Ledger {
             tx.execute(
                 "INSERT INTO turn_waits (wait_id, session_id, app, worker_id, since, turn)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![wait_id, session_id, app, worker_id, at, turn],
+                params![wait_id, session_id, app, by.worker_id, by.at, turn],
             )?;
             Ok(Reserved::Turn(turn as u64))
         })
@@ -39,13 +39,14 @@ impl TurnWaits for Ledger {
 
     async fn abandon_turn(
         &self,
-        wait_id: String,
-        at: String,
-        outcome: String,
+        wait_id: WaitId,
+        at: Timestamp,
+        outcome: EventOutcome,
         error: String,
     ) -> LedgerResult<()> {
         self.write(move |tx| {
-            abandon_waits(tx, "wait_id = ?1", &wait_id, &at, &outcome, &error)?;
+            let wait_id = wait_id.to_string();
+            abandon_waits(tx, "wait_id = ?1", &wait_id, at, outcome, &error)?;
             Ok(())
         })
         .await
@@ -53,8 +54,8 @@ impl TurnWaits for Ledger {
 
     async fn turn_holder(
         &self,
-        session_id: String,
-        alive_since: String,
+        session_id: SessionId,
+        alive_since: Timestamp,
     ) -> LedgerResult<Option<String>> {
         let running = format!(
             "SELECT worker_id FROM session_events
@@ -87,8 +88,8 @@ pub(super) fn abandon_waits(
     tx: &Transaction<'_>,
     whose: &str,
     param: &str,
-    at: &str,
-    outcome: &str,
+    at: Timestamp,
+    outcome: EventOutcome,
     error: &str,
 ) -> rusqlite::Result<usize> {
     tx.execute(

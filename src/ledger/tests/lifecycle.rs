@@ -1,6 +1,8 @@
 //! Heartbeats, leases, the sweep and recovery.
 
+use super::{by, idle};
 use crate::ledger::*;
+use crate::values::{RunId, SessionId};
 
 fn ledger() -> (tempfile::TempDir, Ledger) {
     let dir = tempfile::tempdir().unwrap();
@@ -30,7 +32,12 @@ fn session(id: &str, created_at: &str) -> SessionRow {
 async fn one_holder_per_lease_until_it_expires() {
     let (_d, l) = ledger();
     let lease = |who: &str, now: &str, until: &str| {
-        l.try_lease("sweeper".into(), who.into(), now.into(), until.into())
+        let lease = Lease {
+            name: "sweeper".into(),
+            holder: who.into(),
+            expires_at: until.into(),
+        };
+        l.try_lease(lease, now.into())
     };
     assert!(lease("w1", "t01", "t05").await.unwrap());
     assert!(!lease("w2", "t02", "t06").await.unwrap(), "w1 holds it");
@@ -61,19 +68,20 @@ async fn sweeping_skips_busy_and_fresh_sessions_and_deletes_keep_the_trail() {
     }
     // A session whose create is still under way is never idle.
     assert!(l
-        .idle_sessions("t05".into(), "t00".into())
+        .idle_sessions(idle("t05", "t00"))
         .await
         .unwrap()
         .is_empty());
     for id in ["old", "busy", "fresh"] {
-        l.finish_create(id.into(), "ok".into(), None).await.unwrap();
+        l.finish_create(id.into(), EventOutcome::Ok, None)
+            .await
+            .unwrap();
     }
     let begun = l
         .begin_turn(TurnStart {
             session_id: "busy".into(),
             app: "a".into(),
-            at: "t02".into(),
-            worker_id: "w".into(),
+            by: by("w", "t02"),
             prompt: Recorded::of("x", true),
             alive_since: "".into(),
             wait_id: None,
@@ -81,65 +89,42 @@ async fn sweeping_skips_busy_and_fresh_sessions_and_deletes_keep_the_trail() {
         .await
         .unwrap();
     assert!(matches!(begun, BeginTurn::Started { .. }));
-    let idle: Vec<String> = l
-        .idle_sessions("t05".into(), "t00".into())
+    let idle_ids: Vec<SessionId> = l
+        .idle_sessions(idle("t05", "t00"))
         .await
         .unwrap()
         .into_iter()
         .map(|r| r.session_id)
         .collect();
-    assert_eq!(idle, ["old"]);
+    assert_eq!(idle_ids, ["old".into()]);
     assert!(!l
-        .sweep_close(
-            "busy".into(),
-            "t05".into(),
-            "t06".into(),
-            "w".into(),
-            "t00".into()
-        )
+        .sweep_close("busy".into(), idle("t05", "t00"), by("w", "t06"))
         .await
         .unwrap());
     assert!(l
-        .sweep_close(
-            "old".into(),
-            "t05".into(),
-            "t06".into(),
-            "w".into(),
-            "t00".into()
-        )
+        .sweep_close("old".into(), idle("t05", "t00"), by("w", "t06"))
         .await
         .unwrap());
     assert!(!l
-        .sweep_close(
-            "old".into(),
-            "t05".into(),
-            "t06".into(),
-            "w".into(),
-            "t00".into()
-        )
+        .sweep_close("old".into(), idle("t05", "t00"), by("w", "t06"))
         .await
         .unwrap());
 
     assert!(l.expired_sessions("t06".into()).await.unwrap().is_empty());
     let expired = l.expired_sessions("t07".into()).await.unwrap();
     assert_eq!(expired.len(), 1);
-    assert!(l
-        .hard_delete("old".into(), "t08".into(), "w".into())
-        .await
-        .unwrap());
+    assert!(l.hard_delete("old".into(), by("w", "t08")).await.unwrap());
     assert!(l.session("old".into()).await.unwrap().is_none());
     let trail: Vec<String> = l
         .events_of("old".into())
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.event)
+        .map(|e| e.event.as_str().to_string())
         .collect();
     assert_eq!(trail, ["create", "sweep_close", "hard_delete"]);
     assert!(
-        !l.hard_delete("fresh".into(), "t08".into(), "w".into())
-            .await
-            .unwrap(),
+        !l.hard_delete("fresh".into(), by("w", "t08")).await.unwrap(),
         "an open session is never deleted"
     );
 }
@@ -154,7 +139,9 @@ async fn work_of_dead_workers_is_interrupted() {
         .await
         .unwrap();
     for s in ["s1", "s2"] {
-        l.finish_create(s.into(), "ok".into(), None).await.unwrap();
+        l.finish_create(s.into(), EventOutcome::Ok, None)
+            .await
+            .unwrap();
     }
     l.heartbeat("alive".into(), "t10".into()).await.unwrap();
     l.heartbeat("dead".into(), "t02".into()).await.unwrap();
@@ -162,8 +149,7 @@ async fn work_of_dead_workers_is_interrupted() {
         l.begin_turn(TurnStart {
             session_id: s.into(),
             app: "a".into(),
-            at: "t03".into(),
-            worker_id: w.into(),
+            by: by(w, "t03"),
             prompt: Recorded::of("x", true),
             alive_since: "".into(),
             wait_id: None,
@@ -173,21 +159,22 @@ async fn work_of_dead_workers_is_interrupted() {
     }
     for (r, w) in [("r1", "alive"), ("r2", "dead")] {
         l.begin_run(
-            r.into(),
-            "a".into(),
-            "m".into(),
-            w.into(),
-            "t03".into(),
-            Recorded::of("x", true),
+            NewRun {
+                run_id: r.into(),
+                app: "a".into(),
+                model: "m".into(),
+                prompt: Recorded::of("x", true),
+            },
+            by(w, "t03"),
         )
         .await
         .unwrap();
     }
     let ended = |r: &str| {
         let l = l.clone();
-        let r = r.to_string();
+        let r: RunId = r.into();
         async move {
-            l.runs_finished_at(vec![r.clone()])
+            l.runs_finished_at(vec![r])
                 .await
                 .unwrap()
                 .remove(&r)
@@ -199,31 +186,23 @@ async fn work_of_dead_workers_is_interrupted() {
         .await
         .unwrap();
     assert_eq!(got, Interrupted { turns: 1, runs: 1 });
-    assert_eq!(ended("r2").await.as_deref(), Some("t11"));
+    assert_eq!(ended("r2").await, Some("t11".into()));
     assert_eq!(ended("r1").await, None);
     let outcome = |s: &str| {
         let l = l.clone();
-        let s = s.to_string();
-        async move {
-            l.events_of(s)
-                .await
-                .unwrap()
-                .last()
-                .unwrap()
-                .outcome
-                .clone()
-        }
+        let s: SessionId = s.into();
+        async move { l.events_of(s).await.unwrap().last().unwrap().outcome }
     };
-    assert_eq!(outcome("s1").await, "running");
-    assert_eq!(outcome("s2").await, "interrupted");
+    assert_eq!(outcome("s1").await, EventOutcome::Running);
+    assert_eq!(outcome("s2").await, EventOutcome::Interrupted);
 
     // A worker that stops on purpose interrupts what it leaves.
     assert_eq!(
-        l.interrupt_own("alive".into(), "t12".into(), "shutdown".into())
+        l.interrupt_own(by("alive", "t12"), "shutdown".into())
             .await
             .unwrap(),
         Interrupted { turns: 1, runs: 1 }
     );
-    assert_eq!(outcome("s1").await, "interrupted");
-    assert_eq!(ended("r1").await.as_deref(), Some("t12"));
+    assert_eq!(outcome("s1").await, EventOutcome::Interrupted);
+    assert_eq!(ended("r1").await, Some("t12".into()));
 }
