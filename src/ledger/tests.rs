@@ -711,3 +711,47 @@ async fn a_session_changes_owner_only_by_compare_and_set() {
         None
     );
 }
+
+#[tokio::test]
+async fn values_are_stored_as_the_text_they_always_were() {
+    let (_d, l) = ledger();
+    let id = SessionId::parse("123e4567-e89b-42d3-a456-426614174000").unwrap();
+    let row = SessionRow {
+        session_id: id,
+        ..session("s1", "a")
+    };
+    l.create_session(row, "w1".into(), 10).await.unwrap();
+    let fail = EventOutcome::Failed(ErrorKind::AgentError);
+    l.finish_create(id, fail, Some("no".into())).await.unwrap();
+    let run: RunId = "r1".into();
+    let new = NewRun {
+        run_id: run,
+        app: "a".into(),
+        model: "m".into(),
+        prompt: Recorded::of("p", false),
+    };
+    l.begin_run(new, by("w1", "2026-01-01T00:00:00.5Z"))
+        .await
+        .unwrap();
+    let raw: (String, String, String, String, String) = l
+        .call(move |c| {
+            Ok(c.query_row(
+                "SELECT s.session_id, s.created_at, e.outcome, r.created_at, r.outcome
+                 FROM sessions s, session_events e, runs r WHERE e.session_id = s.session_id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        raw,
+        (
+            "123e4567-e89b-42d3-a456-426614174000".into(),
+            "2026-01-01T00:00:00.000Z".into(),
+            "agent_error".into(),
+            "2026-01-01T00:00:00.500Z".into(),
+            "running".into(),
+        )
+    );
+}
