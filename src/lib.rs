@@ -13,4 +13,5 @@ pub mod http;
 pub mod ledger;
 pub mod nats;
 pub mod secrets;
+pub mod values;
 pub mod wire;

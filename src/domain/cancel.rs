@@ -68,9 +68,9 @@ impl Forge {
     ) -> Result<wire::Cancelled> {
         let id = SessionId::parse(&req.session_id)?;
         let row = self.owned_session(caller, &id).await?;
-        let cancelled = self.cancel_running_turn(&row.session_id, "cancel");
+        let cancelled = self.cancel_running_turn(&row.session_id.to_string(), "cancel");
         Ok(wire::Cancelled {
-            session_id: row.session_id,
+            session_id: row.session_id.to_string(),
             cancelled,
         })
     }

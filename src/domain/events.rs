@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::types::SessionId;
 use super::{now, Caller, EventStream, Forge};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::TurnRow;
+use crate::ledger::{EventOutcome, TurnRow, Turns};
 use crate::wire::{self, EventBody};
 
 /// Events recorded in one transaction at most.
@@ -129,18 +129,18 @@ impl Forge {
             Some(turn) => turn,
             None => self
                 .ledger
-                .latest_turn(row.session_id.clone())
+                .latest_turn(row.session_id)
                 .await?
                 .ok_or_else(no_turn)?,
         };
         let mut after = req.after.unwrap_or(0);
         loop {
-            let ended = self.ledger.turn_row(row.session_id.clone(), turn).await?;
+            let ended = self.ledger.turn_row(row.session_id, turn).await?;
             let ended = ended.ok_or_else(no_turn)?;
             // Read after the row: a turn's last events are recorded before it ends.
-            after = self.send_events(&row.session_id, turn, after, &out).await?;
+            after = self.send_events(row.session_id, turn, after, &out).await?;
             if !ended.running() {
-                return turn_reply(&row.session_id, turn, ended);
+                return turn_reply(row.session_id, turn, ended);
             }
             tokio::select! {
                 _ = tokio::time::sleep(FOLLOW_POLL) => {}
@@ -155,16 +155,13 @@ impl Forge {
     /// Sends the recorded events after `after`; returns the last `seq` sent.
     async fn send_events(
         &self,
-        session_id: &str,
+        session_id: SessionId,
         turn: u64,
         mut after: u64,
         out: &EventStream,
     ) -> Result<u64> {
         loop {
-            let events = self
-                .ledger
-                .events_after(session_id.into(), turn, after)
-                .await?;
+            let events = self.ledger.events_after(session_id, turn, after).await?;
             let Some(last) = events.last() else {
                 return Ok(after);
             };
@@ -181,9 +178,11 @@ fn no_turn() -> Error {
 }
 
 /// The final message of a replay: the Turn, or the error it ended with.
-fn turn_reply(session_id: &str, turn: u64, row: TurnRow) -> Result<wire::Turn> {
-    let stop_reason = match row.outcome.as_str() {
-        "ok" | "cancelled" | "interrupted" => row.stop_reason.clone(),
+fn turn_reply(session_id: SessionId, turn: u64, row: TurnRow) -> Result<wire::Turn> {
+    let stop_reason = match row.outcome {
+        EventOutcome::Ok | EventOutcome::Cancelled | EventOutcome::Interrupted => {
+            row.stop_reason.clone()
+        }
         _ => None,
     };
     match stop_reason {
@@ -195,10 +194,11 @@ fn turn_reply(session_id: &str, turn: u64, row: TurnRow) -> Result<wire::Turn> {
             duration_ms: row.duration_ms.unwrap_or(0),
         }),
         None => {
-            let kind = match row.outcome.as_str() {
+            let kind = match row.outcome {
                 // Its worker stopped before it ended.
-                "interrupted" => ErrorKind::AtCapacity,
-                code => ErrorKind::from_code(code).unwrap_or(ErrorKind::Internal),
+                EventOutcome::Interrupted => ErrorKind::AtCapacity,
+                EventOutcome::Failed(kind) => kind,
+                _ => ErrorKind::Internal,
             };
             let message = row
                 .error

@@ -32,7 +32,7 @@ use crate::agent::check::Checker;
 use crate::agent::{Backend, Claude, ClaudeOptions, Confinement};
 use crate::config::{AgentDef, Config};
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Sessions, Tokens};
 use crate::wire;
 
 pub use ops::Op;
@@ -209,11 +209,7 @@ impl Forge {
     /// Warns when the bootstrap token overrides tokens that exist in the ledger.
     pub async fn startup_checks(&self) -> Result<()> {
         if self.settings.admin_bootstrap_token.is_some() {
-            let active = self
-                .ledger
-                .active_token_count()
-                .await
-                .map_err(Error::internal)?;
+            let active = self.ledger.active_token_count().await?;
             if active > 0 {
                 tracing::warn!(
                     active_tokens = active,
@@ -364,11 +360,6 @@ fn on_path(bin: &str) -> bool {
 /// Now, as the ledger and the wire write it: RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
     timestamp(chrono::Utc::now())
-}
-
-/// `secs` seconds ago (or ahead, when negative), in the ledger's format.
-pub fn seconds_from_now(secs: i64) -> String {
-    timestamp(chrono::Utc::now() + chrono::Duration::seconds(secs))
 }
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {

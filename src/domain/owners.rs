@@ -4,9 +4,10 @@
 //! request served elsewhere on to that worker.
 
 use super::types::SessionId;
-use super::{now, seconds_from_now, Forge};
+use super::Forge;
 use crate::config::BackendKind;
-use crate::ledger::Owner;
+use crate::ledger::{Owner, Ownership, Sessions, TurnWaits, Workers};
+use crate::values::Timestamp;
 
 /// What a request about a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +41,10 @@ impl Forge {
         let Ok(id) = SessionId::parse(session_id) else {
             return Route::Here;
         };
-        let Ok(Some(row)) = self.ledger.session(id.as_string()).await else {
+        let Ok(Some(row)) = self.ledger.session(id).await else {
             return Route::Here;
         };
-        let alive_since = seconds_from_now(-self.dead_after_secs());
+        let alive_since = Timestamp::seconds_from_now(-self.dead_after_secs());
         let me = &self.settings.worker_id;
         let native = self.agent_session(&row).backend == BackendKind::Acp;
         let found = match step {
@@ -83,10 +84,11 @@ impl Forge {
     /// it at its next turn.
     pub async fn take_over(&self, session_id: &str, from: &str, generation: u64) -> bool {
         let me = self.settings.worker_id.clone();
-        let taken = self
-            .ledger
-            .take_session(session_id.to_string(), me, generation)
-            .await;
+        let Ok(id) = SessionId::parse(session_id) else {
+            // No session has that id: none was taken over.
+            return false;
+        };
+        let taken = self.ledger.take_session(id, me, generation).await;
         match taken {
             Ok(Some(generation)) => {
                 tracing::info!(session = %session_id, from, generation, "session taken over");
@@ -107,7 +109,7 @@ impl Forge {
     /// request, which waits only for a turn still running here.
     pub async fn drain(&self) {
         let me = self.settings.worker_id.clone();
-        if let Err(e) = self.ledger.worker_draining(me, now()).await {
+        if let Err(e) = self.ledger.worker_draining(me, Timestamp::now()).await {
             tracing::error!(error = %e, "ledger: recording that the worker drains");
         }
     }

@@ -35,7 +35,7 @@ impl Forge {
         };
         tracing::info!(request = %req.request_id, accepted, "permission answered by the caller");
         Ok(wire::PermissionAnswered {
-            session_id: row.session_id,
+            session_id: row.session_id.to_string(),
             request_id: req.request_id,
             accepted,
         })

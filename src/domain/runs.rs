@@ -5,10 +5,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::files;
 use super::types::{Model, Prompt, RunId};
-use super::{now, seconds_from_now, Caller, EventStream, Forge};
+use super::{now, Caller, EventStream, Forge};
 use crate::agent::{ClaudeError, EventSink, RunOutput};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{Recorded, RunEnd};
+use crate::ledger::{NewRun, Recorded, RunEnd, RunOutcome, Runs, Stamp};
+use crate::values::Timestamp;
 use crate::wire;
 
 /// Slack on top of the longest timeout before a staging directory without a recorded end is
@@ -55,19 +56,18 @@ impl Forge {
         let budget = Duration::from_secs(timeout);
         let _slot = self.admit(received, budget, self.runs.acquire()).await?;
 
-        let id = RunId::new().as_string();
+        let run_id = RunId::new();
+        let id = run_id.as_string();
         let dir = self.settings.runs_root.join(&id);
+        let run = NewRun {
+            run_id,
+            app: caller.app.clone(),
+            model: model.as_str().to_string(),
+            prompt: Recorded::of(prompt.as_str(), self.settings.ledger_keep_text),
+        };
         self.ledger
-            .begin_run(
-                id.clone(),
-                caller.app.clone(),
-                model.as_str().to_string(),
-                self.settings.worker_id.clone(),
-                now(),
-                Recorded::of(prompt.as_str(), self.settings.ledger_keep_text),
-            )
-            .await
-            .map_err(Error::internal)?;
+            .begin_run(run, Stamp::now(&self.settings.worker_id))
+            .await?;
 
         let started = Instant::now();
         let outcome = match stage(&dir, attachments).await {
@@ -97,11 +97,10 @@ impl Forge {
         let duration_ms = started.elapsed().as_millis() as u64;
 
         let (reply, end) = self.settle(&id, model.as_str(), outcome, duration_ms);
-        let outcome = end.outcome.clone();
+        let outcome = end.outcome;
         self.ledger
-            .finish_run(id.clone(), now(), end)
-            .await
-            .map_err(Error::internal)?;
+            .finish_run(run_id, Timestamp::now(), end)
+            .await?;
         match &reply {
             Ok(run) => {
                 tracing::info!(run = %id, app = %caller.app, model = %run.model, ok = run.ok, duration_ms, "run finished")
@@ -110,7 +109,7 @@ impl Forge {
                 tracing::info!(run = %id, app = %caller.app, "run timed out")
             }
             Err(err) => {
-                tracing::warn!(run = %id, app = %caller.app, outcome, error = %err, "run failed")
+                tracing::warn!(run = %id, app = %caller.app, %outcome, error = %err, "run failed")
             }
         }
         reply
@@ -130,7 +129,11 @@ impl Forge {
                 let failed = result.failed();
                 let error = failed.then(|| result.error_message());
                 let end = RunEnd {
-                    outcome: if failed { "error_result" } else { "ok" }.into(),
+                    outcome: if failed {
+                        RunOutcome::ErrorResult
+                    } else {
+                        RunOutcome::Ok
+                    },
                     result: result.result.as_deref().map(|r| Recorded::of(r, keep)),
                     error: error.clone(),
                     exit_code: Some(0),
@@ -153,31 +156,28 @@ impl Forge {
             Ran::Claude(Err(e)) => {
                 let err = Error::from(&e);
                 let end = RunEnd {
-                    outcome: err.kind.code().to_string(),
                     error: Some(e.to_string()),
                     exit_code: e.exit_code(),
                     duration_ms: Some(duration_ms),
                     cost_usd: e.cost_usd(),
                     stderr_tail: e.stderr().filter(|s| !s.is_empty()).map(str::to_string),
-                    ..Default::default()
+                    ..RunEnd::of(RunOutcome::Failed(err.kind))
                 };
                 (Err(err), end)
             }
             Ran::Interrupted => {
                 let end = RunEnd {
-                    outcome: "interrupted".into(),
                     error: Some(SHUT_DOWN_RUNNING.into()),
                     duration_ms: Some(duration_ms),
-                    ..Default::default()
+                    ..RunEnd::of(RunOutcome::Interrupted)
                 };
                 (Err(Error::at_capacity(SHUT_DOWN_RUNNING)), end)
             }
             Ran::Staging(e) => {
                 let end = RunEnd {
-                    outcome: ErrorKind::Internal.code().to_string(),
                     error: Some(format!("staging the run: {e}")),
                     duration_ms: Some(duration_ms),
-                    ..Default::default()
+                    ..RunEnd::of(RunOutcome::Failed(ErrorKind::Internal))
                 };
                 (Err(Error::internal(format!("staging run {id}: {e}"))), end)
             }
@@ -229,7 +229,7 @@ impl Forge {
     pub async fn sweep_runs(&self) -> Result<u64> {
         let root = &self.settings.runs_root;
         let retention = self.settings.runs_retention_secs;
-        let cutoff = seconds_from_now(-(retention as i64));
+        let cutoff = Timestamp::seconds_from_now(-(retention as i64));
         let abandoned_after = Duration::from_secs(
             retention.max(self.settings.max_timeout_secs + RUN_REAP_SLACK_SECS),
         );
@@ -242,23 +242,23 @@ impl Forge {
         };
         while let Some(entry) = entries.next_entry().await.map_err(Error::internal)? {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if RunId::parse(&name).is_ok() && entry.file_type().await.is_ok_and(|t| t.is_dir()) {
-                dirs.push(name);
+            let Ok(id) = RunId::parse(&name) else {
+                continue;
+            };
+            if entry.file_type().await.is_ok_and(|t| t.is_dir()) {
+                dirs.push((id, name));
             }
         }
         if dirs.is_empty() {
             return Ok(0);
         }
-        let ends = self
-            .ledger
-            .runs_finished_at(dirs.clone())
-            .await
-            .map_err(Error::internal)?;
+        let ids = dirs.iter().map(|(id, _)| *id).collect();
+        let ends = self.ledger.runs_finished_at(ids).await?;
 
         let mut removed = 0;
-        for name in dirs {
+        for (id, name) in dirs {
             let path = root.join(&name);
-            let expired = match ends.get(&name) {
+            let expired = match ends.get(&id) {
                 Some(Some(finished_at)) => *finished_at < cutoff,
                 _ => older_than(&path, abandoned_after).await,
             };
@@ -346,24 +346,26 @@ mod tests {
         .unwrap()
     }
 
-    async fn record(forge: &Forge, id: &str, finished_at: Option<String>) {
+    async fn record(forge: &Forge, id: &str, finished_at: Option<Timestamp>) {
         let l = forge.ledger();
+        let id = RunId::parse(id).unwrap();
         l.begin_run(
-            id.into(),
-            "a".into(),
-            "sonnet".into(),
-            "w1".into(),
-            seconds_from_now(-8000),
-            Recorded::of("p", true),
+            NewRun {
+                run_id: id,
+                app: "a".into(),
+                model: "sonnet".into(),
+                prompt: Recorded::of("p", true),
+            },
+            Stamp {
+                worker_id: "w1".into(),
+                at: Timestamp::seconds_from_now(-8000),
+            },
         )
         .await
         .unwrap();
         if let Some(at) = finished_at {
-            let end = RunEnd {
-                outcome: "ok".into(),
-                ..Default::default()
-            };
-            l.finish_run(id.into(), at, end).await.unwrap();
+            let end = RunEnd::of(RunOutcome::Ok);
+            l.finish_run(id, at, end).await.unwrap();
         }
     }
 
@@ -383,8 +385,8 @@ mod tests {
             std::fs::write(root.join(id).join("notes.md"), "x").unwrap();
         }
         // Ended two hours ago; ended just now; still running (an old directory all the same).
-        record(&forge, &ids[0], Some(seconds_from_now(-7200))).await;
-        record(&forge, &ids[1], Some(now())).await;
+        record(&forge, &ids[0], Some(Timestamp::seconds_from_now(-7200))).await;
+        record(&forge, &ids[1], Some(Timestamp::now())).await;
         record(&forge, &ids[2], None).await;
         age(&root.join(&ids[2]), 600);
         // No row at all: one abandoned long ago, one just made.

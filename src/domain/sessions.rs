@@ -6,11 +6,15 @@ use tracing::Instrument;
 
 use super::files::{self, Attachment};
 use super::types::SessionId;
-use super::{now, Caller, Forge};
+use super::{Caller, Forge};
 use crate::agent::AgentSession;
 use crate::config::{AgentCommand, AgentDef, BackendKind, PermissionPolicy};
 use crate::error::{Error, Result};
-use crate::ledger::{CloseOutcome, CreateOutcome, EventDetail, SessionEvent, SessionRow};
+use crate::ledger::{
+    CloseOutcome, CreateOutcome, EventDetail, EventOutcome, SessionEvent, SessionRow, Sessions,
+    Stamp,
+};
+use crate::values::Timestamp;
 use crate::wire;
 
 fn session_reply(row: SessionRow) -> wire::Session {
@@ -20,12 +24,12 @@ fn session_reply(row: SessionRow) -> wire::Session {
         } else {
             wire::SessionStatus::Closed
         },
-        session_id: row.session_id,
+        session_id: row.session_id.to_string(),
         app: row.app,
         agent: row.agent,
-        created_at: row.created_at,
-        last_turn_at: row.last_turn_at,
-        closed_at: row.closed_at,
+        created_at: row.created_at.to_string(),
+        last_turn_at: row.last_turn_at.map(|t| t.to_string()),
+        closed_at: row.closed_at.map(|t| t.to_string()),
         turns: row.turns,
         running_turn: row.running_turn,
     }
@@ -42,12 +46,7 @@ impl Forge {
         caller: &Caller,
         id: &SessionId,
     ) -> Result<SessionRow> {
-        match self
-            .ledger
-            .session(id.as_string())
-            .await
-            .map_err(Error::internal)?
-        {
+        match self.ledger.session(*id).await? {
             Some(row) if row.app == caller.app => Ok(row),
             _ => Err(Error::not_found("no such session")),
         }
@@ -59,7 +58,7 @@ impl Forge {
     pub(super) fn agent_session(&self, row: &SessionRow) -> AgentSession {
         let def = self.settings.agents.get(&row.agent);
         AgentSession {
-            id: row.session_id.clone(),
+            id: row.session_id.to_string(),
             app: row.app.clone(),
             agent: row.agent.clone(),
             cwd: row.cwd.clone().into(),
@@ -108,8 +107,8 @@ impl Forge {
     ) -> Result<wire::Session> {
         let (agent, def) = self.pick_agent(req.agent)?;
         let attachments = self.attachments(&req.files)?;
-        let id = SessionId::new().as_string();
-        let cwd = self.session_dir(&def, &caller.app, &id);
+        let id = SessionId::new();
+        let cwd = self.session_dir(&def, &caller.app, &id.as_string());
         let row = SessionRow {
             pending_files: attachments
                 .iter()
@@ -121,7 +120,7 @@ impl Forge {
             agent_command: def.command.spec().to_string(),
             cwd: cwd.to_string_lossy().into_owned(),
             open: true,
-            created_at: now(),
+            created_at: Timestamp::now(),
             last_turn_at: None,
             closed_at: None,
             turns: 0,
@@ -152,8 +151,7 @@ impl Forge {
                 self.settings.worker_id.clone(),
                 self.settings.max_live_sessions,
             )
-            .await
-            .map_err(Error::internal)?;
+            .await?;
         match created {
             CreateOutcome::AtCapacity { open } => Err(Error::at_capacity(format!(
                 "{open} sessions are open; the limit is {}",
@@ -179,9 +177,8 @@ impl Forge {
             let owner =
                 (session.backend == BackendKind::Acp).then(|| self.settings.worker_id.clone());
             self.ledger
-                .set_agent_state(row.session_id.clone(), state, owner)
-                .await
-                .map_err(Error::internal)?;
+                .set_agent_state(row.session_id, state, owner)
+                .await?;
         }
         Ok(())
     }
@@ -190,12 +187,12 @@ impl Forge {
     /// closed again rather than left open.
     async fn record_create(&self, row: &SessionRow, started: Result<()>) -> Result<()> {
         let (outcome, error) = match &started {
-            Ok(()) => ("ok".to_string(), None),
-            Err(e) => (e.kind.code().to_string(), Some(e.message.clone())),
+            Ok(()) => (EventOutcome::Ok, None),
+            Err(e) => (EventOutcome::Failed(e.kind), Some(e.message.clone())),
         };
         let finished = self
             .ledger
-            .finish_create(row.session_id.clone(), outcome, error)
+            .finish_create(row.session_id, outcome, error)
             .await;
         match (started, finished) {
             (Err(err), _) => Err(err),
@@ -214,18 +211,16 @@ impl Forge {
     /// its directory removed.
     async fn undo_create(&self, row: &SessionRow, err: &Error) {
         let detail = EventDetail {
-            outcome: "create_failed".into(),
             error: Some(err.message.clone()),
-            ..Default::default()
+            ..EventDetail::of(EventOutcome::CreateFailed)
         };
         if let Err(e) = self
             .ledger
             .close_session(
-                row.session_id.clone(),
+                row.session_id,
                 row.app.clone(),
                 SessionEvent::Close,
-                now(),
-                self.settings.worker_id.clone(),
+                Stamp::now(&self.settings.worker_id),
                 detail,
             )
             .await
@@ -250,11 +245,7 @@ impl Forge {
         caller: &Caller,
         _req: wire::Empty,
     ) -> Result<wire::SessionList> {
-        let rows = self
-            .ledger
-            .sessions_of(caller.app.clone())
-            .await
-            .map_err(Error::internal)?;
+        let rows = self.ledger.sessions_of(caller.app.clone()).await?;
         Ok(wire::SessionList {
             sessions: rows.into_iter().map(session_reply).collect(),
         })
@@ -264,11 +255,11 @@ impl Forge {
     /// (it answers `cancelled`), waits for it to end, then stops the agent. A session the
     /// backend fails to close is closed all the same (acpx: its agent ends with the idle TTL).
     async fn stop_session_agent(&self, row: &SessionRow) {
-        self.cancel_running_turn(&row.session_id, "session closed");
+        self.cancel_running_turn(&row.session_id.to_string(), "session closed");
         // Turns queued behind it find the session closed; the agent stops once none runs here.
         let _idle = tokio::time::timeout(
             CLOSE_WAITS_FOR_TURN,
-            self.session_locks.lock(&row.session_id),
+            self.session_locks.lock(&row.session_id.to_string()),
         )
         .await
         .ok();
@@ -296,18 +287,13 @@ impl Forge {
         let outcome = self
             .ledger
             .close_session(
-                row.session_id.clone(),
+                row.session_id,
                 caller.app.clone(),
                 SessionEvent::Close,
-                now(),
-                self.settings.worker_id.clone(),
-                EventDetail {
-                    outcome: "ok".into(),
-                    ..Default::default()
-                },
+                Stamp::now(&self.settings.worker_id),
+                EventDetail::of(EventOutcome::Ok),
             )
-            .await
-            .map_err(Error::internal)?;
+            .await?;
         match outcome {
             CloseOutcome::Closed => {}
             CloseOutcome::AlreadyClosed => return Ok(closed(true)),

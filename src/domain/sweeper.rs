@@ -3,8 +3,10 @@
 //! retention, and records work a dead worker left running as interrupted. One worker at a time
 //! sweeps, under a lease in the ledger.
 
-use super::{now, seconds_from_now, Forge};
-use crate::error::{Error, Result};
+use super::Forge;
+use crate::error::Result;
+use crate::ledger::{Idle, Lease, Recovery, Sessions, Stamp, Workers};
+use crate::values::Timestamp;
 
 const SWEEP_LEASE: &str = "sweeper";
 
@@ -24,24 +26,21 @@ pub struct SweepReport {
 impl Forge {
     /// Records that this worker is alive.
     pub async fn heartbeat(&self) -> Result<()> {
-        self.ledger
-            .heartbeat(self.settings.worker_id.clone(), now())
-            .await
-            .map_err(Error::internal)
+        let me = self.settings.worker_id.clone();
+        Ok(self.ledger.heartbeat(me, Timestamp::now()).await?)
     }
 
     /// Records that this worker stops; its running turns and runs, if any are left, are
     /// interrupted.
     pub async fn stopped(&self, why: &str) -> Result<u64> {
+        let me = &self.settings.worker_id;
         let left = self
             .ledger
-            .interrupt_own(self.settings.worker_id.clone(), now(), why.to_string())
-            .await
-            .map_err(Error::internal)?;
+            .interrupt_own(Stamp::now(me), why.to_string())
+            .await?;
         self.ledger
-            .worker_stopped(self.settings.worker_id.clone(), now())
-            .await
-            .map_err(Error::internal)?;
+            .worker_stopped(me.clone(), Timestamp::now())
+            .await?;
         Ok(left.turns + left.runs)
     }
 
@@ -53,16 +52,12 @@ impl Forge {
     /// One sweep, if this worker holds the sweep lease.
     pub async fn sweep(&self) -> Result<SweepReport> {
         let lease_secs = (2 * self.settings.sweep_interval_secs as i64).max(self.dead_after_secs());
-        let held = self
-            .ledger
-            .try_lease(
-                SWEEP_LEASE.into(),
-                self.settings.worker_id.clone(),
-                now(),
-                seconds_from_now(lease_secs),
-            )
-            .await
-            .map_err(Error::internal)?;
+        let lease = Lease {
+            name: SWEEP_LEASE.into(),
+            holder: self.settings.worker_id.clone(),
+            expires_at: Timestamp::seconds_from_now(lease_secs),
+        };
+        let held = self.ledger.try_lease(lease, Timestamp::now()).await?;
         if !held {
             return Ok(SweepReport::default());
         }
@@ -73,9 +68,11 @@ impl Forge {
 
         let interrupted = self
             .ledger
-            .recover_interrupted(seconds_from_now(-self.dead_after_secs()), now())
-            .await
-            .map_err(Error::internal)?;
+            .recover_interrupted(
+                Timestamp::seconds_from_now(-self.dead_after_secs()),
+                Timestamp::now(),
+            )
+            .await?;
         report.interrupted_turns = interrupted.turns;
         report.interrupted_runs = interrupted.runs;
         if interrupted.turns + interrupted.runs > 0 {
@@ -86,27 +83,14 @@ impl Forge {
             );
         }
 
-        let idle_before = seconds_from_now(-(self.settings.session_ttl_secs as i64));
-        for row in self
-            .ledger
-            .idle_sessions(
-                idle_before.clone(),
-                seconds_from_now(-self.dead_after_secs()),
-            )
-            .await
-            .map_err(Error::internal)?
-        {
-            let closed = self
-                .ledger
-                .sweep_close(
-                    row.session_id.clone(),
-                    idle_before.clone(),
-                    now(),
-                    self.settings.worker_id.clone(),
-                    seconds_from_now(-self.dead_after_secs()),
-                )
-                .await
-                .map_err(Error::internal)?;
+        let idle_before = Timestamp::seconds_from_now(-(self.settings.session_ttl_secs as i64));
+        let idle = || Idle {
+            before: idle_before,
+            alive_since: Timestamp::seconds_from_now(-self.dead_after_secs()),
+        };
+        for row in self.ledger.idle_sessions(idle()).await? {
+            let by = Stamp::now(&self.settings.worker_id);
+            let closed = self.ledger.sweep_close(row.session_id, idle(), by).await?;
             if !closed {
                 continue;
             }
@@ -117,13 +101,9 @@ impl Forge {
             }
         }
 
-        let closed_before = seconds_from_now(-(self.settings.session_hard_ttl_secs as i64));
-        for row in self
-            .ledger
-            .expired_sessions(closed_before)
-            .await
-            .map_err(Error::internal)?
-        {
+        let closed_before =
+            Timestamp::seconds_from_now(-(self.settings.session_hard_ttl_secs as i64));
+        for row in self.ledger.expired_sessions(closed_before).await? {
             if let Err(e) = self.agent.forget(&self.agent_session(&row)).await {
                 tracing::warn!(session = %row.session_id, error = %e, "removing the agent's record failed");
             }
@@ -136,13 +116,8 @@ impl Forge {
             }
             let deleted = self
                 .ledger
-                .hard_delete(
-                    row.session_id.clone(),
-                    now(),
-                    self.settings.worker_id.clone(),
-                )
-                .await
-                .map_err(Error::internal)?;
+                .hard_delete(row.session_id, Stamp::now(&self.settings.worker_id))
+                .await?;
             if deleted {
                 report.deleted += 1;
                 tracing::info!(session = %row.session_id, app = %row.app, "closed session deleted");

@@ -6,9 +6,10 @@
 use tokio::sync::OwnedMutexGuard;
 
 use super::limits::{PendingLock, Waiting};
-use super::{now, Forge};
-use crate::error::{Error, Result};
-use crate::ledger::{Ledger, Reserved, SessionRow};
+use super::Forge;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ledger::{EventOutcome, Ledger, Reserved, SessionRow, Stamp, TurnWaits};
+use crate::values::{Timestamp, WaitId};
 use crate::wire::{TurnAccepted, TurnStatus};
 
 /// A turn's hold on its session in this worker.
@@ -22,7 +23,7 @@ pub(super) enum SessionLock {
 pub(super) struct Taken<'a> {
     ledger: Ledger,
     /// The ledger's record of the wait; `None` once the turn began (or was recorded as not).
-    wait_id: Option<String>,
+    wait_id: Option<WaitId>,
     pub(super) turn: u64,
     pub(super) status: TurnStatus,
     /// The session's lock: held, or waited for in the order the turns were numbered.
@@ -32,8 +33,8 @@ pub(super) struct Taken<'a> {
 }
 
 impl Taken<'_> {
-    pub(super) fn wait_id(&self) -> Option<String> {
-        self.wait_id.clone()
+    pub(super) fn wait_id(&self) -> Option<WaitId> {
+        self.wait_id
     }
 
     /// The turn began: the ledger took its wait in the same transaction.
@@ -49,7 +50,7 @@ impl Taken<'_> {
         let why = format!("{} (the turn did not run)", err.message);
         let recorded = self
             .ledger
-            .abandon_turn(id, now(), err.kind.code().to_string(), why)
+            .abandon_turn(id, Timestamp::now(), EventOutcome::Failed(err.kind), why)
             .await;
         if let Err(e) = recorded {
             tracing::error!(error = %e, "could not record a turn that did not begin");
@@ -74,8 +75,9 @@ impl Drop for Taken<'_> {
             let ledger = self.ledger.clone();
             runtime.spawn(async move {
                 let why = "the request ended before the turn began (the turn did not run)";
+                let internal = EventOutcome::Failed(ErrorKind::Internal);
                 ledger
-                    .abandon_turn(id, now(), "internal".into(), why.into())
+                    .abandon_turn(id, Timestamp::now(), internal, why.into())
                     .await
             });
         }
@@ -87,8 +89,8 @@ impl Forge {
     /// are numbered and queued for the session one at a time, so they run in the order of their
     /// numbers.
     pub(super) async fn take_turn(&self, row: &SessionRow) -> Result<Taken<'_>> {
-        let _numbering = self.numbering.lock(&row.session_id).await;
-        let mut queued = self.session_locks.queue_for(&row.session_id);
+        let _numbering = self.numbering.lock(&row.session_id.to_string()).await;
+        let mut queued = self.session_locks.queue_for(&row.session_id.to_string());
         let lock = match futures::poll!(queued.as_mut()) {
             std::task::Poll::Ready(held) => SessionLock::Held(held),
             std::task::Poll::Pending => SessionLock::Queued(queued),
@@ -99,15 +101,14 @@ impl Forge {
         } else {
             Some(self.turns.queue_place()?)
         };
-        let wait_id = uuid::Uuid::new_v4().to_string();
+        let wait_id = WaitId::new();
         let reserved = self
             .ledger
             .reserve_turn(
-                wait_id.clone(),
-                row.session_id.clone(),
+                wait_id,
+                row.session_id,
                 row.app.clone(),
-                self.settings.worker_id.clone(),
-                now(),
+                Stamp::now(&self.settings.worker_id),
             )
             .await?;
         let turn = match reserved {

@@ -8,9 +8,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::types::{AppName, TokenId};
-use super::{now, Forge};
+use super::Forge;
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, TokenRow};
+use crate::ledger::{Ledger, TokenRow, Tokens};
+use crate::values::Timestamp;
 use crate::wire;
 
 /// The app the bootstrap token acts as.
@@ -49,11 +50,7 @@ impl Forge {
                 });
             }
         }
-        let row = self
-            .ledger
-            .token_by_hash(hex::encode(given))
-            .await
-            .map_err(Error::internal)?;
+        let row = self.ledger.token_by_hash(hex::encode(given)).await?;
         match row {
             Some(row) if row.revoked_at.is_none() => {
                 let stored = hex::decode(&row.token_hash).map_err(Error::internal)?;
@@ -111,39 +108,36 @@ pub async fn create(ledger: &Ledger, req: wire::TokenCreate) -> Result<wire::Tok
     let app = AppName::parse(&req.app)?;
     let secret = mint();
     let row = TokenRow {
-        token_id: TokenId::new().as_string(),
+        token_id: TokenId::new(),
         app: app.as_str().to_string(),
         admin: req.admin,
         token_hash: hex::encode(hash(&secret)),
-        created_at: now(),
+        created_at: Timestamp::now(),
         revoked_at: None,
     };
-    ledger
-        .insert_token(row.clone())
-        .await
-        .map_err(Error::internal)?;
+    ledger.insert_token(row.clone()).await?;
     tracing::info!(token_id = %row.token_id, app = %row.app, admin = row.admin, "token created");
     Ok(wire::TokenCreated {
-        token_id: row.token_id,
+        token_id: row.token_id.to_string(),
         app: row.app,
         admin: row.admin,
         token: secret,
-        created_at: row.created_at,
+        created_at: row.created_at.to_string(),
     })
 }
 
 /// Every token, revoked ones included, oldest first; never the tokens themselves.
 pub async fn list(ledger: &Ledger) -> Result<wire::TokenList> {
-    let rows = ledger.list_tokens().await.map_err(Error::internal)?;
+    let rows = ledger.list_tokens().await?;
     Ok(wire::TokenList {
         tokens: rows
             .into_iter()
             .map(|r| wire::TokenInfo {
-                token_id: r.token_id,
+                token_id: r.token_id.to_string(),
                 app: r.app,
                 admin: r.admin,
-                created_at: r.created_at,
-                revoked_at: r.revoked_at,
+                created_at: r.created_at.to_string(),
+                revoked_at: r.revoked_at.map(|t| t.to_string()),
             })
             .collect(),
     })
@@ -152,10 +146,7 @@ pub async fn list(ledger: &Ledger) -> Result<wire::TokenList> {
 /// Revokes a token; revoking it again answers the same. `not_found` when there is no such token.
 pub async fn revoke(ledger: &Ledger, token_id: &str) -> Result<wire::TokenRevoked> {
     let id = TokenId::parse(token_id)?;
-    let found = ledger
-        .revoke_token(id.as_string(), now())
-        .await
-        .map_err(Error::internal)?;
+    let found = ledger.revoke_token(id, Timestamp::now()).await?;
     match found {
         Some(()) => {
             tracing::info!(token_id = %id.as_string(), "token revoked");

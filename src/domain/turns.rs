@@ -13,10 +13,13 @@ use super::events::TurnEvents;
 use super::files::{self, Attachment};
 use super::taken::{SessionLock, Taken};
 use super::types::{Prompt, SessionId};
-use super::{now, seconds_from_now, Caller, Forge};
+use super::{Caller, Forge};
 use crate::agent::{self, AgentError, EventSink, StopReason, TurnEnd};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{BeginTurn, EventDetail, Recorded, SessionRow, TurnStart};
+use crate::ledger::{
+    BeginTurn, EventDetail, EventOutcome, Recorded, SessionRow, Stamp, TurnStart, Turns,
+};
+use crate::values::Timestamp;
 use crate::wire;
 
 /// How often a turn waiting for another worker's turn of its session looks again.
@@ -107,7 +110,7 @@ impl Forge {
         async {
             let mut taken = self.take_turn(&accepted.row).await?;
             if let Some(numbered) = numbered {
-                let _ = numbered.send(taken.reply(&accepted.row.session_id));
+                let _ = numbered.send(taken.reply(&accepted.row.session_id.to_string()));
             }
             let started = self.start(caller, &mut accepted, &mut taken, attachments);
             let (admission, begun) = match started.await {
@@ -168,7 +171,7 @@ impl Forge {
         t: &Accepted,
         taken: &mut Taken<'a>,
     ) -> Result<Admission<'a>> {
-        let session_id = &t.row.session_id;
+        let session_id = &t.row.session_id.to_string();
         let session = match taken.lock.take() {
             Some(SessionLock::Held(session)) => session,
             Some(SessionLock::Queued(queued)) => {
@@ -236,16 +239,14 @@ impl Forge {
             let begun = self
                 .ledger
                 .begin_turn(TurnStart {
-                    session_id: t.row.session_id.clone(),
+                    session_id: t.row.session_id,
                     app: caller.app.clone(),
-                    at: now(),
-                    worker_id: self.settings.worker_id.clone(),
+                    by: Stamp::now(&self.settings.worker_id),
                     prompt: recorded.clone(),
-                    alive_since: seconds_from_now(-self.dead_after_secs()),
+                    alive_since: Timestamp::seconds_from_now(-self.dead_after_secs()),
                     wait_id: taken.wait_id(),
                 })
-                .await
-                .map_err(Error::internal)?;
+                .await?;
             match begun {
                 BeginTurn::Started {
                     turn,
@@ -316,7 +317,7 @@ impl Forge {
         };
         let run = self.agent.prompt(&session, prompt);
         let take = async {
-            let mut recorded = TurnEvents::new(self, &t.row.session_id, b.turn, out);
+            let mut recorded = TurnEvents::new(self, &t.row.session_id.to_string(), b.turn, out);
             loop {
                 let due = recorded.due();
                 tokio::select! {
@@ -356,12 +357,11 @@ impl Forge {
         let result = d.result.map_err(Error::from);
         let detail = self.turn_detail(b.turn, &result, d.duration_ms, d.interrupted);
         self.ledger
-            .finish_turn(t.row.session_id.clone(), b.event_id, now(), detail)
-            .await
-            .map_err(Error::internal)?;
+            .finish_turn(t.row.session_id, b.event_id, Timestamp::now(), detail)
+            .await?;
         match result {
             Ok(end) => Ok(wire::Turn {
-                session_id: t.row.session_id.clone(),
+                session_id: t.row.session_id.to_string(),
                 turn: b.turn,
                 output: end.output,
                 stop_reason: end.stop_reason.as_str().to_string(),
@@ -388,32 +388,29 @@ impl Forge {
         interrupted: bool,
     ) -> EventDetail {
         let keep = self.settings.ledger_keep_text;
-        let base = EventDetail {
+        let ended = |outcome| EventDetail {
             turn: Some(turn),
             duration_ms: Some(duration_ms),
-            ..Default::default()
+            ..EventDetail::of(outcome)
         };
         match result {
             Ok(end) => EventDetail {
-                outcome: match (interrupted, &end.stop_reason) {
-                    (true, _) => "interrupted",
-                    (false, StopReason::Cancelled) => "cancelled",
-                    (false, _) => "ok",
-                }
-                .into(),
                 stop_reason: Some(end.stop_reason.as_str().to_string()),
                 output: Some(Recorded::of(&end.output, keep)),
                 error: interrupted.then(|| SHUT_DOWN_RUNNING.to_string()),
-                ..base
+                ..ended(match (interrupted, &end.stop_reason) {
+                    (true, _) => EventOutcome::Interrupted,
+                    (false, StopReason::Cancelled) => EventOutcome::Cancelled,
+                    (false, _) => EventOutcome::Ok,
+                })
             },
             Err(err) => EventDetail {
-                outcome: if interrupted {
-                    "interrupted".to_string()
-                } else {
-                    err.kind.code().to_string()
-                },
                 error: Some(err.message.clone()),
-                ..base
+                ..ended(if interrupted {
+                    EventOutcome::Interrupted
+                } else {
+                    EventOutcome::Failed(err.kind)
+                })
             },
         }
     }

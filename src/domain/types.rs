@@ -1,66 +1,7 @@
 //! Values parsed at the edge: once one of these exists, it is valid.
 
-use uuid::Uuid;
-
 use crate::error::{Error, Result};
-
-/// Parses an id as the contract writes it: a hyphenated UUID (upper case is taken too). Other
-/// forms `uuid` would take (braced, URN, without hyphens) are refused, so that one id has one
-/// spelling on the wire.
-fn parse_uuid(s: &str, field: &str) -> Result<Uuid> {
-    match Uuid::try_parse(s) {
-        Ok(id) if s.len() == uuid::fmt::Hyphenated::LENGTH => Ok(id),
-        _ => Err(Error::bad_request(format!(
-            "invalid {field} {:?}: expected a UUID like 123e4567-e89b-42d3-a456-426614174000",
-            clip(s)
-        ))),
-    }
-}
-
-/// An id type: a random UUID, written in its lowercase hyphenated form.
-macro_rules! uuid_id {
-    ($(#[$doc:meta])* $name:ident, $field:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub struct $name(Uuid);
-
-        impl $name {
-            pub fn new() -> $name {
-                $name(Uuid::new_v4())
-            }
-
-            pub fn parse(s: &str) -> Result<$name> {
-                parse_uuid(s, $field).map($name)
-            }
-
-            pub fn as_string(&self) -> String {
-                self.0.hyphenated().to_string()
-            }
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                $name::new()
-            }
-        }
-    };
-}
-
-uuid_id!(
-    /// A session's id.
-    SessionId,
-    "session_id"
-);
-uuid_id!(
-    /// A run's id; also the name of its staging directory.
-    RunId,
-    "run_id"
-);
-uuid_id!(
-    /// A token's id.
-    TokenId,
-    "token_id"
-);
+pub use crate::values::{RunId, SessionId, TokenId};
 
 /// A model name as `claude --model` takes it: an alias (`sonnet`) or a full name, up to 200
 /// letters, digits and `-_.:/@[]`, starting with a letter or digit.

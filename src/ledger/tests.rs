@@ -1,4 +1,70 @@
+use sha2::{Digest, Sha256};
+
 use super::*;
+use crate::error::ErrorKind;
+use crate::values::{RunId, SessionId, Timestamp, TokenId, WaitId};
+
+mod lifecycle;
+
+// Names for the ids and times of these tests: each name is one id, and short names ("t05", "")
+// are times that sort as their text does.
+
+macro_rules! named_ids {
+    ($($t:ty),*) => {$(
+        impl From<&str> for $t {
+            fn from(name: &str) -> $t {
+                let h = hex::encode(Sha256::digest(name.as_bytes()));
+                let id = format!("{}-{}-4{}-8{}-{}", &h[..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32]);
+                <$t>::parse(&id).unwrap()
+            }
+        }
+    )*};
+}
+
+named_ids!(SessionId, RunId, TokenId, WaitId);
+
+impl From<&str> for Timestamp {
+    /// A time as written, or for a short name, a time in 2500 (after every written one) that
+    /// sorts as the name does; "" is the earliest time.
+    fn from(name: &str) -> Timestamp {
+        if let Ok(t) = name.parse() {
+            return t;
+        }
+        if name.is_empty() {
+            return "0001-01-01T00:00:00.000Z".parse().unwrap();
+        }
+        assert!(
+            name.len() <= 3,
+            "{name:?}: a time name has at most three bytes"
+        );
+        let secs = name
+            .bytes()
+            .chain(std::iter::repeat(0))
+            .take(3)
+            .fold(0, |n, b| n * 256 + i64::from(b));
+        let year_2500 = 16_725_225_600;
+        let at = chrono::DateTime::from_timestamp(year_2500 + secs, 0).unwrap();
+        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Idle since before `before`, with workers alive since `alive_since`.
+fn idle(before: impl Into<Timestamp>, alive_since: impl Into<Timestamp>) -> Idle {
+    Idle {
+        before: before.into(),
+        alive_since: alive_since.into(),
+    }
+}
+
+/// `worker`, at the time `at` names.
+fn by(worker: impl ToString, at: impl Into<Timestamp>) -> Stamp {
+    Stamp {
+        worker_id: worker.to_string(),
+        at: at.into(),
+    }
+}
 
 fn ledger() -> (tempfile::TempDir, Ledger) {
     let dir = tempfile::tempdir().unwrap();
@@ -52,12 +118,8 @@ async fn cap_counts_open_sessions_only() {
             "s1".into(),
             "a".into(),
             SessionEvent::Close,
-            "t".into(),
-            w.clone(),
-            EventDetail {
-                outcome: "ok".into(),
-                ..Default::default()
-            },
+            by(w.clone(), "t"),
+            EventDetail::of(EventOutcome::Ok),
         )
         .await
         .unwrap();
@@ -79,8 +141,7 @@ async fn turns_are_numbered_and_recorded() {
         .begin_turn(TurnStart {
             session_id: "s1".into(),
             app: "a".into(),
-            at: "t1".into(),
-            worker_id: "w".into(),
+            by: by("w", "t1"),
             prompt: Recorded::of("hello", true),
             alive_since: "".into(),
             wait_id: None,
@@ -102,12 +163,11 @@ async fn turns_are_numbered_and_recorded() {
         event_id,
         "t2".into(),
         EventDetail {
-            outcome: "ok".into(),
             turn: Some(1),
             stop_reason: Some("end_turn".into()),
             duration_ms: Some(12),
             output: Some(Recorded::of("echo: hello", false)),
-            ..Default::default()
+            ..EventDetail::of(EventOutcome::Ok)
         },
     )
     .await
@@ -116,8 +176,7 @@ async fn turns_are_numbered_and_recorded() {
         .begin_turn(TurnStart {
             session_id: "s1".into(),
             app: "a".into(),
-            at: "t3".into(),
-            worker_id: "w".into(),
+            by: by("w", "t3"),
             prompt: Recorded::of("again", true),
             alive_since: "".into(),
             wait_id: None,
@@ -132,8 +191,7 @@ async fn turns_are_numbered_and_recorded() {
         .begin_turn(TurnStart {
             session_id: "s1".into(),
             app: "b".into(),
-            at: "t".into(),
-            worker_id: "w".into(),
+            by: by("w", "t"),
             prompt: Recorded::of("x", true),
             alive_since: "".into(),
             wait_id: None,
@@ -146,7 +204,7 @@ async fn turns_are_numbered_and_recorded() {
     let kinds: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(kinds, ["create", "turn", "turn"]);
     let t1 = &events[1];
-    assert_eq!(t1.outcome, "ok");
+    assert_eq!(t1.outcome.as_str(), "ok");
     assert_eq!(t1.prompt.as_deref(), Some("hello"));
     assert_eq!(
         t1.output, None,
@@ -157,10 +215,10 @@ async fn turns_are_numbered_and_recorded() {
         t1.output_sha256.as_deref(),
         Some(Recorded::of("echo: hello", true).sha256.as_str())
     );
-    assert_eq!(events[2].outcome, "running");
+    assert_eq!(events[2].outcome.as_str(), "running");
     let row = l.session("s1".into()).await.unwrap().unwrap();
     assert_eq!(row.turns, 2);
-    assert_eq!(row.last_turn_at.as_deref(), Some("t3"));
+    assert_eq!(row.last_turn_at, Some("t3".into()));
 }
 
 #[tokio::test]
@@ -174,12 +232,8 @@ async fn closing_twice_and_turning_a_closed_session() {
             "s1".into(),
             app.into(),
             SessionEvent::Close,
-            "t".into(),
-            "w".into(),
-            EventDetail {
-                outcome: "ok".into(),
-                ..Default::default()
-            },
+            by("w", "t"),
+            EventDetail::of(EventOutcome::Ok),
         )
     };
     assert_eq!(close("b").await.unwrap(), CloseOutcome::NotFound);
@@ -189,8 +243,7 @@ async fn closing_twice_and_turning_a_closed_session() {
         .begin_turn(TurnStart {
             session_id: "s1".into(),
             app: "a".into(),
-            at: "t".into(),
-            worker_id: "w".into(),
+            by: by("w", "t"),
             prompt: Recorded::of("x", true),
             alive_since: "".into(),
             wait_id: None,
@@ -229,20 +282,14 @@ async fn tokens_revoke_once() {
         None
     );
     let row = l.token_by_hash("h1".into()).await.unwrap().unwrap();
-    assert_eq!(row.revoked_at.as_deref(), Some("r1"));
+    assert_eq!(row.revoked_at, Some("r1".into()));
     assert_eq!(l.active_token_count().await.unwrap(), 0);
 }
 
 #[test]
 fn event_kinds_match_the_schema() {
-    let sql = include_str!("migrations.sql");
-    for e in [
-        SessionEvent::Create,
-        SessionEvent::Turn,
-        SessionEvent::Close,
-        SessionEvent::SweepClose,
-        SessionEvent::HardDelete,
-    ] {
+    let sql = include_str!("sqlite/migrations.sql");
+    for e in SessionEvent::ALL {
         assert!(sql.contains(&format!("'{}'", e.as_str())), "{}", e.as_str());
     }
 }
@@ -303,17 +350,18 @@ fn recorded_hashes() {
 async fn a_run_is_recorded_as_running_then_as_it_ended() {
     let (_d, l) = ledger();
     l.begin_run(
-        "r1".into(),
-        "a".into(),
-        "sonnet".into(),
-        "w1".into(),
-        "2026-01-01T00:00:00.000Z".into(),
-        Recorded::of("hello", true),
+        NewRun {
+            run_id: "r1".into(),
+            app: "a".into(),
+            model: "sonnet".into(),
+            prompt: Recorded::of("hello", true),
+        },
+        by("w1", "2026-01-01T00:00:00.000Z"),
     )
     .await
     .unwrap();
     let running = l.run("r1".into()).await.unwrap().unwrap();
-    assert_eq!(running.outcome, "running");
+    assert_eq!(running.outcome.as_str(), "running");
     assert_eq!(running.app, "a");
     assert_eq!(running.model, "sonnet");
     assert_eq!(running.worker_id, "w1");
@@ -326,22 +374,18 @@ async fn a_run_is_recorded_as_running_then_as_it_ended() {
         "r1".into(),
         "2026-01-01T00:00:02.000Z".into(),
         RunEnd {
-            outcome: "ok".into(),
             result: Some(Recorded::of("hi there", true)),
             exit_code: Some(0),
             duration_ms: Some(2000),
             cost_usd: Some(0.0123),
-            ..Default::default()
+            ..RunEnd::of(RunOutcome::Ok)
         },
     )
     .await
     .unwrap();
     let done = l.run("r1".into()).await.unwrap().unwrap();
-    assert_eq!(done.outcome, "ok");
-    assert_eq!(
-        done.finished_at.as_deref(),
-        Some("2026-01-01T00:00:02.000Z")
-    );
+    assert_eq!(done.outcome.as_str(), "ok");
+    assert_eq!(done.finished_at, Some("2026-01-01T00:00:02.000Z".into()));
     assert_eq!(done.result, Some(Recorded::of("hi there", true)));
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(done.duration_ms, Some(2000));
@@ -355,12 +399,13 @@ async fn a_run_is_recorded_as_running_then_as_it_ended() {
 async fn a_failed_run_keeps_its_error_and_stderr_and_hashes_only_when_asked() {
     let (_d, l) = ledger();
     l.begin_run(
-        "r2".into(),
-        "a".into(),
-        "opus".into(),
-        "w1".into(),
-        "t0".into(),
-        Recorded::of("secret prompt", false),
+        NewRun {
+            run_id: "r2".into(),
+            app: "a".into(),
+            model: "opus".into(),
+            prompt: Recorded::of("secret prompt", false),
+        },
+        by("w1", "t0"),
     )
     .await
     .unwrap();
@@ -368,12 +413,11 @@ async fn a_failed_run_keeps_its_error_and_stderr_and_hashes_only_when_asked() {
         "r2".into(),
         "t1".into(),
         RunEnd {
-            outcome: "agent_error".into(),
             error: Some("claude exited with code 3: boom".into()),
             exit_code: Some(3),
             duration_ms: Some(15),
             stderr_tail: Some("boom".into()),
-            ..Default::default()
+            ..RunEnd::of(RunOutcome::Failed(ErrorKind::AgentError))
         },
     )
     .await
@@ -385,7 +429,7 @@ async fn a_failed_run_keeps_its_error_and_stderr_and_hashes_only_when_asked() {
         row.prompt.sha256,
         Recorded::of("secret prompt", true).sha256
     );
-    assert_eq!(row.outcome, "agent_error");
+    assert_eq!(row.outcome.as_str(), "agent_error");
     assert_eq!(row.exit_code, Some(3));
     assert_eq!(row.stderr_tail.as_deref(), Some("boom"));
     assert_eq!(row.result, None);
@@ -397,33 +441,27 @@ async fn end_times_of_known_runs() {
     let (_d, l) = ledger();
     for id in ["r1", "r2"] {
         l.begin_run(
-            id.into(),
-            "a".into(),
-            "m".into(),
-            "w".into(),
-            "t0".into(),
-            Recorded::of("p", true),
+            NewRun {
+                run_id: id.into(),
+                app: "a".into(),
+                model: "m".into(),
+                prompt: Recorded::of("p", true),
+            },
+            by("w", "t0"),
         )
         .await
         .unwrap();
     }
-    l.finish_run(
-        "r1".into(),
-        "t9".into(),
-        RunEnd {
-            outcome: "ok".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    l.finish_run("r1".into(), "t9".into(), RunEnd::of(RunOutcome::Ok))
+        .await
+        .unwrap();
     let ends = l
         .runs_finished_at(vec!["r1".into(), "r2".into(), "r3".into()])
         .await
         .unwrap();
     assert_eq!(ends.len(), 2);
-    assert_eq!(ends["r1"].as_deref(), Some("t9"));
-    assert_eq!(ends["r2"], None);
+    assert_eq!(ends[&"r1".into()], Some("t9".into()));
+    assert_eq!(ends[&"r2".into()], None);
 }
 
 #[tokio::test]
@@ -440,8 +478,7 @@ async fn a_turn_waits_while_a_live_worker_runs_one_of_its_session() {
         l.begin_turn(TurnStart {
             session_id: s.into(),
             app: "a".into(),
-            at: "t6".into(),
-            worker_id: worker.into(),
+            by: by(worker, "t6"),
             prompt: Recorded::of("x", true),
             alive_since: alive_since.into(),
             wait_id: None,
@@ -488,43 +525,38 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
     l.create_session(session("s1", "a"), "w1".into(), 10)
         .await
         .unwrap();
-    l.finish_create("s1".into(), "ok".into(), None)
+    l.finish_create("s1".into(), EventOutcome::Ok, None)
         .await
         .unwrap();
     l.heartbeat("w1".into(), "2026-01-01T00:00:05.000Z".into())
         .await
         .unwrap();
-    let idle_before = "2026-01-02T00:00:00.000Z".to_string();
-    let alive_since = "2026-01-01T00:00:01.000Z".to_string();
-    let idle = || l.idle_sessions(idle_before.clone(), alive_since.clone());
-    assert_eq!(idle().await.unwrap().len(), 1, "idle, nothing waits");
-    assert_eq!(
-        l.turn_holder("s1".into(), alive_since.clone())
-            .await
-            .unwrap(),
-        None
-    );
+    let idle_before: Timestamp = "2026-01-02T00:00:00.000Z".into();
+    let alive_since: Timestamp = "2026-01-01T00:00:01.000Z".into();
+    let idle_now = || l.idle_sessions(idle(idle_before, alive_since));
+    assert_eq!(idle_now().await.unwrap().len(), 1, "idle, nothing waits");
+    assert_eq!(l.turn_holder("s1".into(), alive_since).await.unwrap(), None);
 
     let reserved = l
         .reserve_turn(
             "t1".into(),
             "s1".into(),
             "a".into(),
-            "w1".into(),
-            "2026-01-01T00:00:06.000Z".into(),
+            by("w1", "2026-01-01T00:00:06.000Z"),
         )
         .await
         .unwrap();
     assert_eq!(reserved, Reserved::Turn(1), "numbered when taken");
     assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 1);
-    assert!(idle().await.unwrap().is_empty(), "a waiting turn: not idle");
+    assert!(
+        idle_now().await.unwrap().is_empty(),
+        "a waiting turn: not idle"
+    );
     let swept = l
         .sweep_close(
             "s1".into(),
-            idle_before.clone(),
-            "2026-01-02T00:00:01.000Z".into(),
-            "w2".into(),
-            alive_since.clone(),
+            idle(idle_before, alive_since),
+            by("w2", "2026-01-02T00:00:01.000Z"),
         )
         .await
         .unwrap();
@@ -533,19 +565,14 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
         "the sweep leaves a session with a waiting turn open"
     );
     assert_eq!(
-        l.turn_holder("s1".into(), alive_since.clone())
-            .await
-            .unwrap(),
+        l.turn_holder("s1".into(), alive_since).await.unwrap(),
         Some("w1".into())
     );
     // The wait of a worker that went silent holds nothing.
-    let later = "2026-01-01T00:00:10.000Z".to_string();
+    let later: Timestamp = "2026-01-01T00:00:10.000Z".into();
+    assert_eq!(l.turn_holder("s1".into(), later).await.unwrap(), None);
     assert_eq!(
-        l.turn_holder("s1".into(), later.clone()).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        l.idle_sessions(idle_before.clone(), later)
+        l.idle_sessions(idle(idle_before, later))
             .await
             .unwrap()
             .len(),
@@ -557,10 +584,9 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
         .begin_turn(TurnStart {
             session_id: "s1".into(),
             app: "a".into(),
-            at: "2026-01-01T00:00:07.000Z".into(),
-            worker_id: "w1".into(),
+            by: by("w1", "2026-01-01T00:00:07.000Z"),
             prompt: Recorded::of("x", true),
-            alive_since: alive_since.clone(),
+            alive_since,
             wait_id: Some("t1".into()),
         })
         .await
@@ -572,69 +598,47 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
     assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 1);
     // A second turn taken, then given up before it began: its number is recorded with why.
     let second = l
-        .reserve_turn(
-            "t2".into(),
-            "s1".into(),
-            "a".into(),
-            "w1".into(),
-            "t".into(),
-        )
+        .reserve_turn("t2".into(), "s1".into(), "a".into(), by("w1", "t"))
         .await
         .unwrap();
     assert_eq!(second, Reserved::Turn(2));
     l.abandon_turn(
         "t2".into(),
         "t".into(),
-        "timeout".into(),
+        "timeout".parse().unwrap(),
         "did not run".into(),
     )
     .await
     .unwrap();
     // A third, left waiting by a worker that stops: recorded interrupted.
-    l.reserve_turn(
-        "t3".into(),
-        "s1".into(),
-        "a".into(),
-        "w1".into(),
-        "t".into(),
-    )
-    .await
-    .unwrap();
-    l.interrupt_own(
-        "w1".into(),
-        "2026-01-01T00:00:08.000Z".into(),
-        "stop".into(),
-    )
-    .await
-    .unwrap();
+    l.reserve_turn("t3".into(), "s1".into(), "a".into(), by("w1", "t"))
+        .await
+        .unwrap();
+    l.interrupt_own(by("w1", "2026-01-01T00:00:08.000Z"), "stop".into())
+        .await
+        .unwrap();
     let outcomes: Vec<_> = l
         .events_of("s1".into())
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e.event == "turn")
+        .filter(|e| e.event == SessionEvent::Turn)
         .map(|e| (e.turn, e.outcome))
         .collect();
     assert_eq!(
         outcomes,
         [
-            (Some(1), "interrupted".to_string()),
-            (Some(2), "timeout".to_string()),
-            (Some(3), "interrupted".to_string())
+            (Some(1), EventOutcome::Interrupted),
+            (Some(2), EventOutcome::Failed(ErrorKind::Timeout)),
+            (Some(3), EventOutcome::Interrupted)
         ]
     );
     assert_eq!(l.turn_holder("s1".into(), alive_since).await.unwrap(), None);
     assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 3);
     assert_eq!(
-        l.reserve_turn(
-            "t4".into(),
-            "nope".into(),
-            "a".into(),
-            "w1".into(),
-            "t".into()
-        )
-        .await
-        .unwrap(),
+        l.reserve_turn("t4".into(), "nope".into(), "a".into(), by("w1", "t"))
+            .await
+            .unwrap(),
         Reserved::NotFound
     );
 }
@@ -688,8 +692,8 @@ async fn a_session_changes_owner_only_by_compare_and_set() {
     let owner: (Option<String>, i64) = l
         .call(|c| {
             Ok(c.query_row(
-                "SELECT owner_worker, owner_generation FROM sessions WHERE session_id = 's1'",
-                [],
+                "SELECT owner_worker, owner_generation FROM sessions WHERE session_id = ?1",
+                [SessionId::from("s1")],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?)
         })
@@ -705,5 +709,49 @@ async fn a_session_changes_owner_only_by_compare_and_set() {
             .await
             .unwrap(),
         None
+    );
+}
+
+#[tokio::test]
+async fn values_are_stored_as_the_text_they_always_were() {
+    let (_d, l) = ledger();
+    let id = SessionId::parse("123e4567-e89b-42d3-a456-426614174000").unwrap();
+    let row = SessionRow {
+        session_id: id,
+        ..session("s1", "a")
+    };
+    l.create_session(row, "w1".into(), 10).await.unwrap();
+    let fail = EventOutcome::Failed(ErrorKind::AgentError);
+    l.finish_create(id, fail, Some("no".into())).await.unwrap();
+    let run: RunId = "r1".into();
+    let new = NewRun {
+        run_id: run,
+        app: "a".into(),
+        model: "m".into(),
+        prompt: Recorded::of("p", false),
+    };
+    l.begin_run(new, by("w1", "2026-01-01T00:00:00.5Z"))
+        .await
+        .unwrap();
+    let raw: (String, String, String, String, String) = l
+        .call(move |c| {
+            Ok(c.query_row(
+                "SELECT s.session_id, s.created_at, e.outcome, r.created_at, r.outcome
+                 FROM sessions s, session_events e, runs r WHERE e.session_id = s.session_id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        raw,
+        (
+            "123e4567-e89b-42d3-a456-426614174000".into(),
+            "2026-01-01T00:00:00.000Z".into(),
+            "agent_error".into(),
+            "2026-01-01T00:00:00.500Z".into(),
+            "running".into(),
+        )
     );
 }

@@ -1,0 +1,92 @@
+//! `runs`: one-shot runs.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::rows::{one, RUN_SELECT};
+use super::Ledger;
+use crate::ledger::{LedgerResult, NewRun, RunEnd, RunOutcome, RunRow, Runs, Stamp};
+use crate::values::{RunId, Timestamp};
+
+impl Runs for Ledger {
+    async fn begin_run(&self, run: NewRun, by: Stamp) -> LedgerResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO runs (run_id, app, model, outcome, worker_id, created_at, prompt,
+                                   prompt_bytes, prompt_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    run.run_id,
+                    run.app,
+                    run.model,
+                    RunOutcome::Running,
+                    by.worker_id,
+                    by.at,
+                    run.prompt.text,
+                    run.prompt.bytes,
+                    run.prompt.sha256
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: RunId,
+        finished_at: Timestamp,
+        end: RunEnd,
+    ) -> LedgerResult<()> {
+        self.write(move |tx| {
+            let result = end.result.as_ref();
+            tx.execute(
+                "UPDATE runs SET outcome = ?2, finished_at = ?3, result = ?4, result_bytes = ?5,
+                        result_sha256 = ?6, error = ?7, exit_code = ?8, duration_ms = ?9,
+                        cost_usd = ?10, stderr_tail = ?11
+                 WHERE run_id = ?1",
+                params![
+                    run_id,
+                    end.outcome,
+                    finished_at,
+                    result.and_then(|r| r.text.clone()),
+                    result.map(|r| r.bytes),
+                    result.map(|r| r.sha256.clone()),
+                    end.error,
+                    end.exit_code,
+                    end.duration_ms.map(|d| d as i64),
+                    end.cost_usd,
+                    end.stderr_tail,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run(&self, run_id: RunId) -> LedgerResult<Option<RunRow>> {
+        let sql = format!("{RUN_SELECT} WHERE run_id = ?1");
+        self.call(move |c| Ok(one(c, &sql, [run_id])?)).await
+    }
+
+    async fn runs_finished_at(
+        &self,
+        run_ids: Vec<RunId>,
+    ) -> LedgerResult<HashMap<RunId, Option<Timestamp>>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT finished_at FROM runs WHERE run_id = ?1")?;
+            let mut out = HashMap::new();
+            for id in run_ids {
+                if let Some(at) = stmt
+                    .query_row([id], |r| r.get::<_, Option<Timestamp>>(0))
+                    .optional()?
+                {
+                    out.insert(id, at);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
