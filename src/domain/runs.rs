@@ -39,80 +39,83 @@ impl Forge {
     }
 
     /// A run whose events also go to `events` as claude prints them (stream-json), before its
-    /// reply.
+    /// reply: checked, admitted, recorded, staged and run, its end recorded.
     pub async fn live_run(
         &self,
         caller: &Caller,
         req: wire::RunRequest,
         events: Option<EventStream>,
     ) -> Result<wire::Run> {
-        let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
-        let model = Model::parse(req.model.as_deref().unwrap_or(&self.settings.default_model))?;
-        let timeout = self.timeout_secs(req.timeout_secs)?;
-        let attachments = self.attachments(&req.files)?;
-
+        let mut plan = self.plan_run(req)?;
+        let attachments = std::mem::take(&mut plan.attachments);
         // Waiting for a slot is part of the timeout (see `admit`).
         let received = Instant::now();
-        let budget = Duration::from_secs(timeout);
-        let _slot = self.admit(received, budget, self.runs.acquire()).await?;
-
+        let _slot = self
+            .admit(received, plan.budget, self.runs.acquire())
+            .await?;
         let run_id = RunId::new();
-        let id = run_id.as_string();
-        let dir = self.settings.runs_root.join(&id);
         let run = NewRun {
             run_id,
             app: caller.app.clone(),
-            model: model.as_str().to_string(),
-            prompt: Recorded::of(prompt.as_str(), self.settings.ledger_keep_text),
+            model: plan.model.as_str().to_string(),
+            prompt: Recorded::of(plan.prompt.as_str(), self.settings.ledger_keep_text),
         };
         self.ledger
             .begin_run(run, Stamp::now(&self.settings.worker_id))
             .await?;
-
         let started = Instant::now();
-        let outcome = match stage(&dir, attachments).await {
-            Ok(paths) => {
-                let text = files::with_header(&paths, prompt.as_str());
-                let left = budget.saturating_sub(received.elapsed());
-                // At the end of the shutdown grace the run is dropped, which kills its process
-                // group.
-                let ran = self.claude_run(
-                    Staged {
-                        id: &id,
-                        app: &caller.app,
-                        dir: &dir,
-                    },
-                    model.as_str(),
-                    &text,
-                    left,
-                    events,
-                );
-                tokio::select! {
-                    ran = ran => Ran::Claude(ran),
-                    _ = self.stopping.cancelled() => Ran::Interrupted,
-                }
-            }
-            Err(e) => Ran::Staging(e),
-        };
+        let left = || plan.budget.saturating_sub(received.elapsed());
+        let staged = (&run_id, attachments);
+        let ran = self
+            .stage_and_run(caller, staged, &plan, left, events)
+            .await;
         let duration_ms = started.elapsed().as_millis() as u64;
-
-        let (reply, end) = self.settle(&id, model.as_str(), outcome, duration_ms);
+        let (reply, end) = self.settle(&run_id.as_string(), plan.model.as_str(), ran, duration_ms);
         let outcome = end.outcome;
         self.ledger
             .finish_run(run_id, Timestamp::now(), end)
             .await?;
-        match &reply {
-            Ok(run) => {
-                tracing::info!(run = %id, app = %caller.app, model = %run.model, ok = run.ok, duration_ms, "run finished")
-            }
-            Err(err) if err.kind == ErrorKind::Timeout => {
-                tracing::info!(run = %id, app = %caller.app, "run timed out")
-            }
-            Err(err) => {
-                tracing::warn!(run = %id, app = %caller.app, %outcome, error = %err, "run failed")
-            }
-        }
+        log_run_end(&run_id, caller, &reply, outcome, duration_ms);
         reply
+    }
+
+    /// A run's request, checked against the limits.
+    fn plan_run(&self, req: wire::RunRequest) -> Result<RunPlan> {
+        Ok(RunPlan {
+            prompt: Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?,
+            model: Model::parse(req.model.as_deref().unwrap_or(&self.settings.default_model))?,
+            budget: Duration::from_secs(self.timeout_secs(req.timeout_secs)?),
+            attachments: self.attachments(&req.files)?,
+        })
+    }
+
+    /// Stages the run's files (`attachments`) in its directory and runs claude there with the time `left`;
+    /// at the end of the shutdown grace the run is dropped, which kills its process group.
+    async fn stage_and_run(
+        &self,
+        caller: &Caller,
+        (run_id, attachments): (&RunId, Vec<files::Attachment>),
+        plan: &RunPlan,
+        left: impl Fn() -> Duration,
+        events: Option<EventStream>,
+    ) -> Ran {
+        let id = run_id.as_string();
+        let dir = self.settings.runs_root.join(&id);
+        let paths = match stage(&dir, attachments).await {
+            Ok(paths) => paths,
+            Err(e) => return Ran::Staging(e),
+        };
+        let text = files::with_header(&paths, plan.prompt.as_str());
+        let staged = Staged {
+            id: &id,
+            app: &caller.app,
+            dir: &dir,
+        };
+        let ran = self.claude_run(staged, plan.model.as_str(), &text, left(), events);
+        tokio::select! {
+            ran = ran => Ran::Claude(ran),
+            _ = self.stopping.cancelled() => Ran::Interrupted,
+        }
     }
 
     /// The reply of a run and the ledger's record of its end.
@@ -123,34 +126,9 @@ impl Forge {
         outcome: Ran,
         duration_ms: u64,
     ) -> (Result<wire::Run>, RunEnd) {
-        let keep = self.settings.ledger_keep_text;
         match outcome {
-            Ran::Claude(Ok(RunOutput { result, stderr })) => {
-                let failed = result.failed();
-                let error = failed.then(|| result.error_message());
-                let end = RunEnd {
-                    outcome: if failed {
-                        RunOutcome::ErrorResult
-                    } else {
-                        RunOutcome::Ok
-                    },
-                    result: result.result.as_deref().map(|r| Recorded::of(r, keep)),
-                    error: error.clone(),
-                    exit_code: Some(0),
-                    duration_ms: Some(duration_ms),
-                    cost_usd: result.cost_usd,
-                    stderr_tail: failed.then_some(stderr).filter(|s| !s.is_empty()),
-                };
-                let run = wire::Run {
-                    run_id: id.to_string(),
-                    ok: !failed,
-                    result: result.result,
-                    error,
-                    model: model.to_string(),
-                    exit_code: Some(0),
-                    duration_ms,
-                    cost_usd: result.cost_usd,
-                };
+            Ran::Claude(Ok(output)) => {
+                let (run, end) = self.settle_output(id, model, output, duration_ms);
                 (Ok(run), end)
             }
             Ran::Claude(Err(e)) => {
@@ -182,6 +160,43 @@ impl Forge {
                 (Err(Error::internal(format!("staging run {id}: {e}"))), end)
             }
         }
+    }
+
+    /// A run claude finished: its result (`ok` false for an error result) and its record.
+    fn settle_output(
+        &self,
+        id: &str,
+        model: &str,
+        RunOutput { result, stderr }: RunOutput,
+        duration_ms: u64,
+    ) -> (wire::Run, RunEnd) {
+        let keep = self.settings.ledger_keep_text;
+        let failed = result.failed();
+        let error = failed.then(|| result.error_message());
+        let end = RunEnd {
+            outcome: if failed {
+                RunOutcome::ErrorResult
+            } else {
+                RunOutcome::Ok
+            },
+            result: result.result.as_deref().map(|r| Recorded::of(r, keep)),
+            error: error.clone(),
+            exit_code: Some(0),
+            duration_ms: Some(duration_ms),
+            cost_usd: result.cost_usd,
+            stderr_tail: failed.then_some(stderr).filter(|s| !s.is_empty()),
+        };
+        let run = wire::Run {
+            run_id: id.to_string(),
+            ok: !failed,
+            result: result.result,
+            error,
+            model: model.to_string(),
+            exit_code: Some(0),
+            duration_ms,
+            cost_usd: result.cost_usd,
+        };
+        (run, end)
     }
 
     /// claude, with its events numbered and sent on as they come when the caller streams.
@@ -278,6 +293,36 @@ impl Forge {
             tracing::info!(removed, "removed expired run staging directories");
         }
         Ok(removed)
+    }
+}
+
+/// A run's request, checked.
+struct RunPlan {
+    prompt: Prompt,
+    model: Model,
+    /// Its timeout, counted from when the worker took it.
+    budget: Duration,
+    attachments: Vec<files::Attachment>,
+}
+
+/// How a run's end is logged: finished, timed out, or failed.
+fn log_run_end(
+    id: &RunId,
+    caller: &Caller,
+    reply: &Result<wire::Run>,
+    outcome: RunOutcome,
+    duration_ms: u64,
+) {
+    match reply {
+        Ok(run) => {
+            tracing::info!(run = %id, app = %caller.app, model = %run.model, ok = run.ok, duration_ms, "run finished")
+        }
+        Err(err) if err.kind == ErrorKind::Timeout => {
+            tracing::info!(run = %id, app = %caller.app, "run timed out")
+        }
+        Err(err) => {
+            tracing::warn!(run = %id, app = %caller.app, %outcome, error = %err, "run failed")
+        }
     }
 }
 

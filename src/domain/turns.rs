@@ -233,8 +233,32 @@ impl Forge {
             .await
             .map_err(Error::internal)?;
         let recorded = Recorded::of(t.prompt.as_str(), self.settings.ledger_keep_text);
+        let (mut begun, mut listed) = self
+            .begin_in_ledger(caller, t, taken, cancel, recorded)
+            .await?;
+        for p in written {
+            let p = p.to_string_lossy().into_owned();
+            if !listed.contains(&p) {
+                listed.push(p);
+            }
+        }
+        begun.text = files::with_header(&listed, t.prompt.as_str());
+        Ok(begun)
+    }
+
+    /// Takes a slot and has the ledger start the turn; while another worker runs a turn of the
+    /// session, waits for it without the slot and tries again. The turn begun (its text still
+    /// empty) and the files attached at create.
+    async fn begin_in_ledger(
+        &self,
+        caller: &Caller,
+        t: &Accepted,
+        taken: &mut Taken<'_>,
+        cancel: &CancellationToken,
+        recorded: Recorded,
+    ) -> Result<(Begun, Vec<String>)> {
         let mut logged = false;
-        let (turn, event_id, mut listed, slot) = loop {
+        loop {
             let slot = self.slot(t, taken, cancel).await?;
             let begun = self
                 .ledger
@@ -254,7 +278,14 @@ impl Forge {
                     pending_files,
                 } => {
                     taken.began();
-                    break (turn, event_id, pending_files, slot);
+                    let text = String::new();
+                    let begun = Begun {
+                        turn,
+                        event_id,
+                        text,
+                        _slot: slot,
+                    };
+                    return Ok((begun, pending_files));
                 }
                 BeginTurn::NotFound => return Err(Error::not_found("no such session")),
                 BeginTurn::Closed => return Err(Error::conflict("the session is closed")),
@@ -267,20 +298,7 @@ impl Forge {
                         .await?;
                 }
             }
-        };
-        for p in written {
-            let p = p.to_string_lossy().into_owned();
-            if !listed.contains(&p) {
-                listed.push(p);
-            }
         }
-        let text = files::with_header(&listed, t.prompt.as_str());
-        Ok(Begun {
-            turn,
-            event_id,
-            text,
-            _slot: slot,
-        })
     }
 
     /// Runs the turn on the agent backend, cancellable through the registry of running turns,
@@ -316,22 +334,8 @@ impl Forge {
             followed: out.is_some(),
         };
         let run = self.agent.prompt(&session, prompt);
-        let take = async {
-            let mut recorded = TurnEvents::new(self, &t.row.session_id.to_string(), b.turn, out);
-            loop {
-                let due = recorded.due();
-                tokio::select! {
-                    body = events.recv() => match body {
-                        Some(body) => recorded.take(body).await,
-                        None => break,
-                    },
-                    _ = sleep_until(due), if due.is_some() => recorded.flush().await,
-                }
-            }
-            recorded.flush().await;
-            recorded.said()
-        };
-        let (result, said) = tokio::join!(run, take);
+        let recorded = TurnEvents::new(self, &t.row.session_id.to_string(), b.turn, out);
+        let (result, said) = tokio::join!(run, take_events(recorded, &mut events));
         let cancelled = cancel.is_cancelled();
         Driven {
             interrupted: cancelled && self.stopping.is_cancelled(),
@@ -445,4 +449,24 @@ mod tests {
         );
         assert_eq!(StopReason::parse("cancelled"), StopReason::Cancelled);
     }
+}
+
+/// Takes a turn's events as the agent gives them into `recorded` (the ledger, in batches, and
+/// the caller's stream); what the agent said, once it is done.
+async fn take_events(
+    mut recorded: TurnEvents<'_>,
+    events: &mut mpsc::Receiver<wire::EventBody>,
+) -> String {
+    loop {
+        let due = recorded.due();
+        tokio::select! {
+            body = events.recv() => match body {
+                Some(body) => recorded.take(body).await,
+                None => break,
+            },
+            _ = sleep_until(due), if due.is_some() => recorded.flush().await,
+        }
+    }
+    recorded.flush().await;
+    recorded.said()
 }
