@@ -138,7 +138,7 @@ async fn events_over_sse_follow_a_running_turn_and_last_event_id_resumes_after_i
         .bearer_auth(&token)
         .json(&json!({ "prompt": prompt }));
     let running = tokio::spawn(async move { answer(request.send().await.unwrap()).await });
-    crate::harness::wait_for_running_turn(&forge.ledger_path(), &id).await;
+    crate::ledger::wait_for_running_turn(&forge.ledger_path(), &id).await;
 
     let request = events_request(&sidecar, &token, &id, "");
     let mut stream = SseReader::new(sse_send(request).await);

@@ -1,5 +1,7 @@
 //! The sidecar: every route against real workers, the same answers as over NATS, the allowlist,
 //! multipart forms, /healthz, `clawdforge serve`, and what a connection may hold of the server.
+//! One module per area; here, what they share: requests over HTTP and over NATS, and how their
+//! answers compare.
 
 use std::time::Duration;
 
