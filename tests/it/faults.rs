@@ -215,8 +215,8 @@ async fn a_ledger_locked_by_another_process_delays_requests_without_losing_them(
         tokio::spawn(async move { app.turn(&req).await })
     };
     seen.next().await.expect("the turn is sent");
-    // The worker has the turn while the ledger is locked: nothing is answered before the lock
-    // goes, and then the turn is, whole.
+    // The turn is on its way to the worker while the ledger is locked: it is not answered
+    // before the lock goes, and then it is, whole.
     assert!(
         !pending.is_finished(),
         "answered while the ledger was locked"

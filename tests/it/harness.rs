@@ -637,7 +637,8 @@ impl Forge {
             .find(|(k, _)| *k == "BIND_HOST")
             .map(|(_, v)| v.to_string())
             .unwrap_or_else(|| "127.0.0.1".into());
-        let n = std::fs::read_dir(self.dir.path()).map_or(0, |d| d.count());
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.path().join(format!("{command}-{n}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawdforge"));
         cmd.arg(command)
