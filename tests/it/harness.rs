@@ -727,7 +727,7 @@ impl HttpProcess {
 }
 
 /// The port of the `addr` field of a log line, text or JSON.
-fn addr_port(line: &str) -> Option<u16> {
+pub fn addr_port(line: &str) -> Option<u16> {
     let rest = line
         .split_once("addr=")
         .or_else(|| line.split_once("\"addr\":\""))?
