@@ -17,17 +17,35 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== every file under tests/it is compiled"
-# tests/it is one test binary: a file that tests/it/main.rs does not declare is never compiled,
-# its tests never run. Refuse that, naming the file.
+# tests/it is one test binary: a file that its parent module does not declare is never compiled,
+# its tests never run. Refuse that, naming the file. The parent of tests/it/a.rs is
+# tests/it/main.rs; of tests/it/a/b.rs (or tests/it/a/b/mod.rs), tests/it/a/mod.rs or tests/it/a.rs.
 undeclared=0
-for file in tests/it/*.rs; do
+while IFS= read -r file; do
+    [ "$file" = tests/it/main.rs ] && continue
+    dir="$(dirname "$file")"
     name="$(basename "$file" .rs)"
-    [ "$name" = main ] && continue
-    if ! grep -Eq "^[[:space:]]*(pub[[:space:]]+)?mod[[:space:]]+${name}[[:space:]]*;" tests/it/main.rs; then
-        echo "test.sh: $file is not declared in tests/it/main.rs (add \`mod $name;\`), so it is never compiled" >&2
+    if [ "$name" = mod ]; then
+        name="$(basename "$dir")"
+        dir="$(dirname "$dir")"
+    fi
+    if [ "$dir" = tests/it ]; then
+        parents=(tests/it/main.rs)
+    else
+        parents=("$dir/mod.rs" "$dir.rs")
+    fi
+    declared=0
+    for parent in "${parents[@]}"; do
+        if [ -f "$parent" ] && [ "$parent" != "$file" ] &&
+            grep -Eq "^[[:space:]]*(pub(\([a-z]+\))?[[:space:]]+)?mod[[:space:]]+${name}[[:space:]]*;" "$parent"; then
+            declared=1
+        fi
+    done
+    if [ "$declared" = 0 ]; then
+        echo "test.sh: $file is not declared in ${parents[0]} (add \`mod $name;\`), so it is never compiled" >&2
         undeclared=1
     fi
-done
+done < <(find tests/it -name '*.rs' | sort)
 [ "$undeclared" = 0 ]
 echo "== cargo test"
 # The doc tests (examples in the library's doc comments) first, then the library's unit tests,

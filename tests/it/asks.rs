@@ -11,22 +11,25 @@ use clawdforge::wire::{
 };
 use tokio::sync::mpsc;
 
-use crate::harness::{agent_command, Forge, Options, Via};
+use crate::harness::{agent_command, Forge, Options, Via, CLUSTERED};
 use crate::sessions::{kind, turn};
 
 async fn asking(workers: usize, env: &[(&str, &str)]) -> Forge {
+    Forge::start_with(asking_options(workers, env)).await
+}
+
+fn asking_options(workers: usize, env: &[(&str, &str)]) -> Options {
     let toml = format!(
         "[agents.default]\ncommand = {:?}\nbackend = \"acp\"\npermissions = \"ask\"\n",
         agent_command("")
     );
-    Forge::start_with(Options {
+    Options {
         workers,
         via: Via::Acpx,
         config_toml: Some(toml),
         env: crate::harness::env_of(env),
         ..Default::default()
-    })
-    .await
+    }
 }
 
 /// A streamed turn `#permission=execute` of a new session, its events into the returned
@@ -89,12 +92,20 @@ async fn decisions(
 
 #[tokio::test]
 async fn the_caller_answers_a_permission_request_over_http_whichever_worker_gets_it() {
-    let forge = asking(2, &[]).await;
-    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    // Two workers, each on its own server of one NATS cluster: the turns reach the first, the
+    // sidecar's requests the second, which passes the answers on.
+    let mut forge = Forge::start_with(Options {
+        nats_config: Some(CLUSTERED.into()),
+        ..asking_options(1, &[])
+    })
+    .await;
+    forge.spawn_far_worker().await;
+    let far = forge.more_nats[0].url.clone();
+    let sidecar = forge.spawn_http("sidecar", &[("NATS_URL", &far)]).await;
     let app = forge.app("asker").await;
     let token = app.token().unwrap().to_string();
     let http = crate::harness::http_client();
-    for _ in 0..6 {
+    for _ in 0..2 {
         let (id, mut events, running) = asked_turn(&app).await;
         let request = request_id(&mut events).await;
         let offered = app.answer_permission(&id, &request, "maybe").await;
@@ -124,7 +135,7 @@ async fn the_caller_answers_a_permission_request_over_http_whichever_worker_gets
             .unwrap();
         assert!(!again.accepted, "answered already");
     }
-    // Through the queue group, some of those answers reached the worker not running the turn.
+    // The answers reached the worker not running the turn, which passed them on.
     forge
         .wait_for_log(&["forge.session.permission passed on"])
         .await;

@@ -9,7 +9,8 @@ use clawdforge::client::{ClientError, ForgeClient, Frame, ReplyStream};
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::{self, CreateSession, EventBody};
 
-use crate::harness::{read_only_ledger, wait_for_running_turn, Forge, Options, Via};
+use crate::harness::{Forge, Options, Via};
+use crate::ledger::{events_at, wait_for_running_turn, waiting_turns_at};
 
 crate::both_backends!(
     a_cancel_stops_the_running_turn_which_answers_cancelled,
@@ -21,28 +22,19 @@ use crate::sessions::turn;
 
 /// The outcome and stop reason the ledger recorded for turn `n` of `session_id`.
 fn recorded(ledger: &Path, session_id: &str, n: u64) -> (String, Option<String>) {
-    read_only_ledger(ledger)
-        .query_row(
-            "SELECT outcome, stop_reason FROM session_events
-             WHERE session_id = ?1 AND event = 'turn' AND turn = ?2",
-            rusqlite::params![session_id, n as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap()
+    let events = events_at(ledger, session_id).into_iter();
+    let mut turn = events.filter(|e| e.is_turn() && e.turn == Some(n as i64));
+    let turn = turn
+        .next()
+        .unwrap_or_else(|| panic!("no turn {n} of {session_id}"));
+    (turn.outcome, turn.stop_reason)
 }
 
 /// Waits until a worker has taken a turn of `session_id` that has not begun.
 async fn wait_for_waiting_turn(ledger: &Path, session_id: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let waiting: i64 = read_only_ledger(ledger)
-            .query_row(
-                "SELECT COUNT(*) FROM turn_waits WHERE session_id = ?1",
-                [session_id],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if waiting > 0 {
+        if waiting_turns_at(ledger, session_id) > 0 {
             return;
         }
         assert!(Instant::now() < deadline, "no turn waiting");

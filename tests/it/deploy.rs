@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clawdforge::client::ForgeClient;
 use clawdforge::wire::CreateSession;
 
-use crate::harness::{agent_command, free_port, http_client, kill_by_home, repo, tool};
+use crate::harness::{addr_port, agent_command, free_port, http_client, kill_by_home, repo, tool};
 use crate::sessions::turn;
 
 /// The passwords the configs read from the environment, as .env gives them.
@@ -132,6 +132,21 @@ impl Bus {
         self.command(args, env)
             .output()
             .expect("running clawdforge")
+    }
+
+    /// The port the last process spawned bound, as its "sidecar ready" line says.
+    async fn bound_port(&self) -> u16 {
+        let (_, log) = self.processes.last().expect("a process");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let ready = text.lines().find(|l| l.contains("sidecar ready"));
+            if let Some(port) = ready.and_then(addr_port) {
+                return port;
+            }
+            assert!(Instant::now() < deadline, "no port in:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn logs(&self) -> String {
@@ -314,11 +329,14 @@ async fn the_secured_bus_gives_each_part_what_it_needs() {
     violation(&notes_errors, "Subscription to \"forge.>\"").await;
 
     // The sidecar, logged in as compose.yml has it: /healthz sees the worker.
-    let port = free_port("127.0.0.1");
     let mut sidecar_env = bus.env("sidecar", "NATS_SIDECAR_PASSWORD");
     sidecar_env.push(("BIND_HOST".into(), "127.0.0.1".into()));
-    sidecar_env.push(("BIND_PORT".into(), port.to_string()));
+    sidecar_env.push(("BIND_PORT".into(), "0".into()));
     bus.spawn(&["sidecar"], &sidecar_env);
+    let port = bus.bound_port().await;
+    // The container's health check is told the port it listens on.
+    sidecar_env.retain(|(k, _)| k != "BIND_PORT");
+    sidecar_env.push(("BIND_PORT".into(), port.to_string()));
     let deadline = Instant::now() + Duration::from_secs(30);
     let health = loop {
         if let Ok(r) = http_client()

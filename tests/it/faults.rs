@@ -1,11 +1,14 @@
 //! Bad input and faults: a seeded barrage of malformed messages, a locked ledger, a missing
 //! acpx, and concurrent load on three workers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clawdforge::client::ForgeClient;
 use clawdforge::error::ErrorKind;
-use clawdforge::wire::CreateSession;
+use clawdforge::wire::{subject, CreateSession};
+use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -109,16 +112,11 @@ fn headers(rng: &mut StdRng, app_token: &str) -> async_nats::HeaderMap {
 
 /// How many rows the ledger holds: tokens, sessions, session events, runs.
 pub fn ledger_counts(forge: &Forge) -> (i64, i64, i64, i64) {
-    let l = forge.ledger();
-    let count = |table: &str| {
-        l.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
-    };
     (
-        count("tokens"),
-        count("sessions"),
-        count("session_events"),
-        count("runs"),
+        forge.rows_in("tokens"),
+        forge.rows_in("sessions"),
+        forge.rows_in("session_events"),
+        forge.rows_in("runs"),
     )
 }
 
@@ -188,22 +186,45 @@ async fn a_ledger_locked_by_another_process_delays_requests_without_losing_them(
     let app = forge.app("locked").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     let path = forge.ledger_path();
-    // Another process (here: a thread with its own connection) holds the write lock.
+    // Another process (here: a thread with its own connection) holds the write lock until the
+    // turn has reached the worker.
     let (locked, is_locked) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let c = rusqlite::Connection::open(path).unwrap();
-        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let _ = locked.send(std::time::Instant::now());
-        std::thread::sleep(Duration::from_secs(3));
-        c.execute_batch("COMMIT").unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let let_go = Arc::new(AtomicBool::new(false));
+    let holder = std::thread::spawn({
+        let let_go = let_go.clone();
+        move || {
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            locked.send(()).unwrap();
+            released.recv().unwrap();
+            let_go.store(true, Ordering::SeqCst);
+            c.execute_batch("COMMIT").unwrap();
+        }
     });
-    let started = is_locked.recv().expect("the lock is taken");
-    let t = app.turn(&turn(&s.session_id, "patience")).await.unwrap();
-    assert_eq!(t.output, "echo: patience");
+    is_locked.recv().expect("the lock is taken");
+    let mut seen = forge
+        .admin
+        .nats()
+        .subscribe(subject::SESSION_TURN)
+        .await
+        .unwrap();
+    forge.admin.nats().flush().await.unwrap();
+    let pending = {
+        let (app, req) = (app.clone(), turn(&s.session_id, "patience"));
+        tokio::spawn(async move { app.turn(&req).await })
+    };
+    seen.next().await.expect("the turn is sent");
+    // The turn is on its way to the worker while the ledger is locked: it is not answered
+    // before the lock goes, and then it is, whole.
     assert!(
-        started.elapsed() >= Duration::from_secs(3),
-        "it waited for the lock"
+        !pending.is_finished(),
+        "answered while the ledger was locked"
     );
+    release.send(()).unwrap();
+    let t = pending.await.unwrap().unwrap();
+    assert_eq!(t.output, "echo: patience");
+    assert!(let_go.load(Ordering::SeqCst), "it waited for the lock");
     holder.join().unwrap();
     let got = app.get_session(&s.session_id).await.unwrap();
     assert_eq!(got.turns, 1);
@@ -225,36 +246,26 @@ async fn a_missing_acpx_shows_in_health_and_answers_agent_error() {
     );
     // Nothing stays open: the ledger has the session closed, and why.
     assert_eq!(forge.admin.health().await.unwrap().open_sessions, 0);
-    let (session_id, status): (String, String) = forge
-        .ledger()
-        .query_row("SELECT session_id, status FROM sessions", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    let sessions = forge.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let (session_id, status) = (&sessions[0].session_id, &sessions[0].status);
     assert_eq!(status, "closed");
     assert_eq!(
-        create_trail(&forge, &session_id),
+        create_trail(&forge, session_id),
         [
             ("create".into(), "agent_error".into(), true),
             ("close".into(), "create_failed".into(), true),
         ]
     );
-    assert!(!forge.sessions_root().join(&session_id).exists());
+    assert!(!forge.sessions_root().join(session_id).exists());
 }
 
 /// The events of `session_id`: event, outcome, and whether an error is recorded.
 fn create_trail(forge: &Forge, session_id: &str) -> Vec<(String, String, bool)> {
-    forge
-        .ledger()
-        .prepare(
-            "SELECT event, outcome, error IS NOT NULL FROM session_events
-             WHERE session_id = ?1 ORDER BY id",
-        )
-        .unwrap()
-        .query_map([session_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let events = forge.events(session_id).into_iter();
+    events
+        .map(|e| (e.event, e.outcome, e.error.is_some()))
+        .collect()
 }
 
 #[tokio::test]
@@ -296,32 +307,40 @@ async fn three_workers_fifty_sessions_twenty_clients() {
     ids.dedup();
     assert_eq!(ids.len(), 50);
 
-    let l = forge.ledger();
-    let q = |sql: &str| -> i64 { l.query_row(sql, [], |r| r.get(0)).unwrap() };
-    assert_eq!(q("SELECT COUNT(*) FROM sessions WHERE app = 'load'"), 50);
-    assert_eq!(
-        q("SELECT COUNT(*) FROM sessions WHERE app = 'load' AND status = 'closed' AND turns = 2"),
-        50
-    );
-    assert_eq!(
-        q("SELECT COUNT(*) FROM session_events WHERE app = 'load' AND event = 'create'"),
-        50
-    );
-    assert_eq!(q("SELECT COUNT(*) FROM session_events WHERE app = 'load' AND event = 'turn' AND outcome = 'ok'"), 100);
-    assert_eq!(
-        q("SELECT COUNT(*) FROM session_events WHERE app = 'load' AND event = 'close'"),
-        50
-    );
-    assert_eq!(
-        q("SELECT COUNT(*) FROM session_events WHERE app = 'load'"),
-        200
-    );
-    assert_eq!(
-        q("SELECT COUNT(*) FROM (SELECT session_id, turn FROM session_events WHERE event = 'turn' GROUP BY session_id, turn HAVING COUNT(*) > 1)"),
-        0,
-        "no turn recorded twice"
-    );
-    let workers = q("SELECT COUNT(DISTINCT worker_id) FROM session_events WHERE app = 'load'");
+    let sessions: Vec<_> = forge
+        .sessions()
+        .into_iter()
+        .filter(|s| s.app == "load")
+        .collect();
+    assert_eq!(sessions.len(), 50);
+    let done = sessions
+        .iter()
+        .filter(|s| s.status == "closed" && s.turns == 2);
+    assert_eq!(done.count(), 50);
+    let events = forge.app_events("load");
+    let count = |event: &str, outcome: Option<&str>| {
+        let of = events.iter().filter(|e| e.event == event);
+        of.filter(|e| outcome.is_none_or(|o| e.outcome == o))
+            .count()
+    };
+    assert_eq!(count("create", None), 50);
+    assert_eq!(count("turn", Some("ok")), 100);
+    assert_eq!(count("close", None), 50);
+    assert_eq!(events.len(), 200);
+    let mut turns: Vec<_> = events
+        .iter()
+        .filter(|e| e.is_turn())
+        .map(|e| (&e.session_id, e.turn))
+        .collect();
+    turns.sort();
+    let all = turns.len();
+    turns.dedup();
+    assert_eq!(turns.len(), all, "no turn recorded twice");
+    let workers = events
+        .iter()
+        .map(|e| &e.worker_id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     assert!(
         workers >= 2,
         "the queue group spread the work ({workers} workers)"

@@ -38,8 +38,13 @@ pub fn agent_command(extra: &str) -> String {
 pub struct Nats {
     child: Child,
     pub url: String,
+    /// Where other servers route to it, when its configuration names a cluster.
+    pub cluster_url: Option<String>,
     port_dir: tempfile::TempDir,
 }
+
+/// A nats-server configuration that opens a cluster port (for [`Nats::start_routed_to`]).
+pub const CLUSTERED: &str = "cluster { name: forge, listen: \"127.0.0.1:-1\" }\n";
 
 impl Nats {
     pub fn start() -> Nats {
@@ -72,11 +77,11 @@ impl Nats {
             .path()
             .join(format!("nats-server_{}.ports", child.id()));
         let deadline = Instant::now() + Duration::from_secs(10);
-        let url = loop {
+        let ports = loop {
             if let Ok(text) = std::fs::read_to_string(&ports_file) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    if let Some(url) = v["nats"][0].as_str() {
-                        break url.to_string();
+                    if v["nats"][0].is_string() {
+                        break v;
                     }
                 }
             }
@@ -85,9 +90,23 @@ impl Nats {
         };
         Nats {
             child,
-            url,
+            url: ports["nats"][0].as_str().unwrap().to_string(),
+            cluster_url: ports["cluster"][0].as_str().map(str::to_string),
             port_dir,
         }
+    }
+
+    /// Starts a second nats-server in `first`'s cluster (started with [`CLUSTERED`]). A
+    /// request published on one server goes to a queue subscriber on that same server when it
+    /// has one: a test picks the worker a request reaches by where it publishes.
+    pub fn start_routed_to(first: &Nats) -> Nats {
+        let route = first
+            .cluster_url
+            .as_deref()
+            .expect("a clustered nats-server");
+        let config =
+            format!("cluster {{ name: forge, listen: \"127.0.0.1:-1\", routes: [\"{route}\"] }}\n");
+        Self::start_configured(None, Some(&config))
     }
 
     pub fn port(&self) -> u16 {
@@ -115,6 +134,8 @@ pub struct WorkerProcess {
 /// A test deployment: nats-server, workers, a temp data directory, an admin client.
 pub struct Forge {
     pub nats: Nats,
+    /// More nats-servers of the test, stopped with it.
+    pub more_nats: Vec<Nats>,
     pub dir: tempfile::TempDir,
     pub workers: Vec<WorkerProcess>,
     pub env: Vec<(String, String)>,
@@ -240,6 +261,7 @@ impl Forge {
         let admin = ForgeClient::new(client, Some(ROOT_TOKEN.into()));
         let mut forge = Forge {
             nats,
+            more_nats: Vec::new(),
             dir,
             workers: Vec::new(),
             env,
@@ -267,19 +289,6 @@ impl Forge {
 
     pub fn ledger_path(&self) -> PathBuf {
         self.dir.path().join("data/ledger.db")
-    }
-
-    /// A session's working directory, as the ledger has it.
-    pub fn session_dir(&self, session_id: &str) -> PathBuf {
-        let cwd: String = self
-            .ledger()
-            .query_row(
-                "SELECT cwd FROM sessions WHERE session_id = ?1",
-                [session_id],
-                |r| r.get(0),
-            )
-            .unwrap();
-        PathBuf::from(cwd)
     }
 
     pub fn sessions_root(&self) -> PathBuf {
@@ -380,21 +389,75 @@ impl Forge {
             .unwrap_or_else(|| panic!("no worker {worker_id}:\n{}", self.logs()))
     }
 
-    /// The worker the ledger names as the owner of a session, and its generation.
-    pub fn owner(&self, session_id: &str) -> (Option<String>, u64) {
-        self.ledger()
-            .query_row(
-                "SELECT owner_worker, owner_generation FROM sessions WHERE session_id = ?1",
-                [session_id],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
-            )
-            .unwrap()
+    /// Starts a nats-server routed to the harness's (which must have been started with
+    /// [`CLUSTERED`]) and one more worker on it; returns a connection to that server once pings
+    /// through either server reach every worker. A request sent through the far
+    /// connection reaches the far worker, one sent through `admin` a worker on the first server.
+    pub async fn spawn_far_worker(&mut self) -> async_nats::Client {
+        let far = Nats::start_routed_to(&self.nats);
+        self.spawn_worker(&[("NATS_URL", &far.url)]);
+        let client = async_nats::connect(&far.url).await.unwrap();
+        let through_far = ForgeClient::new(client.clone(), None);
+        let n = self.workers.len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for pinger in [&through_far, &self.admin] {
+            while pinger
+                .ping_workers(Duration::from_millis(200))
+                .await
+                .map_or(0, |p| p.len())
+                < n
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the far worker is not reached:\n{}",
+                    self.logs()
+                );
+            }
+        }
+        self.more_nats.push(far);
+        client
     }
 
-    /// How many workers answer a ping.
-    pub async fn answering(&self) -> usize {
-        let ids = self.admin.ping_workers(Duration::from_millis(200)).await;
-        ids.unwrap_or_default().len()
+    /// The service instance id of worker `n` (as `$SRV.PING` answers it): ask it before the
+    /// worker stops, to tell when it no longer serves.
+    pub async fn instance_id(&self, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pings = self.admin.ping_workers(Duration::from_millis(200)).await;
+            for ping in pings.unwrap_or_default() {
+                if ping.worker_id.as_deref().map(|w| self.worker_index(w)) == Some(n) {
+                    return ping.id;
+                }
+            }
+            assert!(Instant::now() < deadline, "worker {n} does not answer");
+        }
+    }
+
+    /// Waits until the worker with service instance id `id` takes no more requests: its own
+    /// `$SRV.PING.clawdforge.<id>` has no responders.
+    pub async fn wait_until_not_serving(&self, id: &str) {
+        let subject = format!("$SRV.PING.{}.{id}", clawdforge::wire::SERVICE_NAME);
+        self.wait_for_no_responders(subject).await;
+    }
+
+    /// Waits until no worker takes requests: `$SRV.PING.clawdforge` has no responders.
+    pub async fn wait_until_no_worker_serves(&self) {
+        let subject = format!("$SRV.PING.{}", clawdforge::wire::SERVICE_NAME);
+        self.wait_for_no_responders(subject).await;
+    }
+
+    /// Asks `subject` until NATS answers that nobody subscribes to it.
+    async fn wait_for_no_responders(&self, subject: String) {
+        use async_nats::RequestErrorKind;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let asked = self.admin.nats().request(subject.clone(), "".into()).await;
+            if matches!(&asked, Err(e) if e.kind() == RequestErrorKind::NoResponders) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{subject} is still served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A client with a fresh app token.
@@ -413,18 +476,12 @@ impl Forge {
         let _ = self.workers[n].child.wait();
     }
 
-    /// Kills worker `n` and waits until NATS has dropped its subscriptions (one worker fewer
-    /// answers a ping), so that no request goes to it after.
+    /// Kills worker `n` and waits until NATS has dropped its subscriptions (its own ping has no
+    /// responders), so that no request goes to it after.
     pub async fn kill_worker_and_wait(&mut self, n: usize) {
-        let before = self.answering().await;
+        let id = self.instance_id(n).await;
         self.kill_worker(n);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.answering().await >= before {
-            assert!(
-                Instant::now() < deadline,
-                "NATS still sees the killed worker"
-            );
-        }
+        self.wait_until_not_serving(&id).await;
     }
 }
 
@@ -467,26 +524,6 @@ pub fn read_only_ledger(path: &Path) -> rusqlite::Connection {
         .unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     c
-}
-
-/// Waits until the ledger at `path` records a turn of `session_id` as running.
-pub async fn wait_for_running_turn(path: &Path, session_id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let running: i64 = read_only_ledger(path)
-            .query_row(
-                "SELECT COUNT(*) FROM session_events
-                 WHERE session_id = ?1 AND event = 'turn' AND outcome = 'running'",
-                [session_id],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if running == 1 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no turn running");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Kills every process whose HOME is `dir` or lies under it: acpx's queue owners and the agents
@@ -592,16 +629,17 @@ impl Drop for HttpProcess {
 
 impl Forge {
     /// Starts `clawdforge <command>` (`sidecar` or `serve`) with the harness's environment,
-    /// BIND_HOST=127.0.0.1 (unless `extra` names another) and a free BIND_PORT, plus `extra`;
-    /// returns once it answers `/healthz` (with any status).
+    /// BIND_HOST=127.0.0.1 (unless `extra` names another) and BIND_PORT=0, plus `extra`;
+    /// returns once it answers `/healthz` (with any status) on the port it bound.
     pub async fn spawn_http(&self, command: &str, extra: &[(&str, &str)]) -> HttpProcess {
         let host = extra
             .iter()
             .find(|(k, _)| *k == "BIND_HOST")
             .map(|(_, v)| v.to_string())
             .unwrap_or_else(|| "127.0.0.1".into());
-        let port = free_port(&host);
-        let log = self.dir.path().join(format!("{command}-{port}.log"));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.path().join(format!("{command}-{n}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clawdforge"));
         cmd.arg(command)
             .current_dir(self.dir.path())
@@ -613,8 +651,7 @@ impl Forge {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.env("BIND_HOST", &host)
-            .env("BIND_PORT", port.to_string());
+        cmd.env("BIND_HOST", &host).env("BIND_PORT", "0");
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -626,34 +663,80 @@ impl Forge {
         };
         let mut process = HttpProcess {
             child,
-            base: format!("http://{url_host}:{port}"),
+            base: String::new(),
             log,
         };
+        let port = process.bound_port(command).await;
+        process.base = format!("http://{url_host}:{port}");
+        process.wait_for_healthz(command).await;
+        process
+    }
+}
+
+impl HttpProcess {
+    /// The port the sidecar bound, as its "sidecar ready" line says (`addr=HOST:PORT`, or
+    /// `"addr":"HOST:PORT"` in JSON): with BIND_PORT=0 only it knows.
+    async fn bound_port(&mut self, command: &str) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.log_text();
+            let ready = text.lines().find(|l| l.contains("sidecar ready"));
+            if let Some(port) = ready.and_then(addr_port) {
+                return port;
+            }
+            self.assert_running(command);
+            assert!(
+                Instant::now() < deadline,
+                "clawdforge {command} did not say where it listens:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `/healthz` answers, with any status.
+    async fn wait_for_healthz(&mut self, command: &str) {
         let client = http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let answer = client
-                .get(process.url("/healthz"))
+                .get(self.url("/healthz"))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
             if answer.is_ok() {
-                return process;
+                return;
             }
-            if let Ok(Some(status)) = process.child.try_wait() {
-                panic!(
-                    "clawdforge {command} exited with {status}:\n{}",
-                    process.log_text()
-                );
-            }
+            self.assert_running(command);
             assert!(
                 Instant::now() < deadline,
                 "clawdforge {command} did not answer /healthz:\n{}",
-                process.log_text()
+                self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    fn assert_running(&mut self, command: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "clawdforge {command} exited with {status}:\n{}",
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// The port of the `addr` field of a log line, text or JSON.
+pub fn addr_port(line: &str) -> Option<u16> {
+    let rest = line
+        .split_once("addr=")
+        .or_else(|| line.split_once("\"addr\":\""))?
+        .1;
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"' && *c != ',')
+        .collect();
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
 }
 
 /// The pid the test agent reports for `#count`: `[n=<count> pid=<pid>]`.

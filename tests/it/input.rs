@@ -115,14 +115,8 @@ async fn malformed_requests_get_bad_request_with_headers_and_body() {
     }
 
     // Nothing of that reached the ledger: one session, its create event, no turns.
-    let ledger = forge.ledger();
-    let sessions: i64 = ledger
-        .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
-        .unwrap();
-    let events: i64 = ledger
-        .query_row("SELECT COUNT(*) FROM session_events", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!((sessions, events), (1, 1));
+    let rows = (forge.rows_in("sessions"), forge.rows_in("session_events"));
+    assert_eq!(rows, (1, 1));
 }
 
 #[tokio::test]
@@ -169,13 +163,6 @@ async fn bad_file_names_and_oversized_input_are_refused() {
     // A prompt that looks like an option is still a prompt.
     let t = app.turn(&turn(&s.session_id, "--help me")).await.unwrap();
     assert_eq!(t.output, "echo: --help me");
-    let turns: i64 = forge
-        .ledger()
-        .query_row(
-            "SELECT turns FROM sessions WHERE session_id = ?1",
-            [&s.session_id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let turns = forge.session_row(&s.session_id).turns;
     assert_eq!(turns, 1, "refused turns are not counted");
 }

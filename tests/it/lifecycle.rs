@@ -10,7 +10,8 @@ use clawdforge::wire::{CreateSession, Run, RunRequest, SessionStatus, Turn};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::harness::{wait_for_running_turn, Forge, Nats, Options};
+use crate::harness::{Forge, Nats, Options};
+use crate::ledger::wait_for_running_turn;
 use crate::runs::{claude_env, gone, only_run_of, run, stand_in_record, wait_for_running_runs};
 use crate::sessions::{kind, turn};
 
@@ -29,15 +30,10 @@ pub async fn wait_until<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: 
     }
 }
 
+/// The event and outcome of each of `session_id`'s events, in order.
 pub fn events(forge: &Forge, session_id: &str) -> Vec<(String, String)> {
-    forge
-        .ledger()
-        .prepare("SELECT event, outcome FROM session_events WHERE session_id = ?1 ORDER BY id")
-        .unwrap()
-        .query_map([session_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let events = forge.events(session_id);
+    events.into_iter().map(|e| (e.event, e.outcome)).collect()
 }
 
 #[tokio::test]
@@ -139,6 +135,59 @@ async fn a_session_mid_turn_is_not_swept() {
     );
 }
 
+/// A ledger timestamp.
+fn stamp(at: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(at).unwrap_or_else(|e| panic!("{at:?}: {e}"))
+}
+
+#[tokio::test]
+async fn sessions_expire_counted_from_their_last_turn_not_from_their_creation() {
+    // Counted from creation too until the first turn: leave room for a slow create under load.
+    const TTL_SECS: i64 = 5;
+    let forge = Forge::start_with(Options {
+        env: env(&[
+            ("CLAWDFORGE_SESSION_TTL_SECS", &TTL_SECS.to_string()),
+            ("CLAWDFORGE_SWEEP_INTERVAL_SECS", "1"),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let app = forge.app("ttl").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let release = forge.dir.path().join("release");
+    let busy = held_turn(&app, &s.session_id, "late", &release);
+    forge.running_turn(&s.session_id).await;
+    // A session made after `s` and swept: `s` is past its TTL counted from its creation, and
+    // only its running turn keeps it.
+    let witness = app.create_session(&CreateSession::default()).await.unwrap();
+    let witness_id = witness.session_id.clone();
+    wait_until("the witness's sweep", Duration::from_secs(30), || {
+        swept(&forge, &witness_id)
+    })
+    .await;
+    std::fs::write(&release, "").unwrap();
+    busy.await.unwrap().unwrap();
+    let id = s.session_id.clone();
+    wait_until("the sweep close", Duration::from_secs(30), || {
+        swept(&forge, &id)
+    })
+    .await;
+
+    // The ledger's own stamps: the turn ended past the TTL counted from creation, and the sweep
+    // came only past the TTL counted from that turn's end.
+    let ttl = chrono::Duration::seconds(TTL_SECS);
+    let got = app.get_session(&s.session_id).await.unwrap();
+    let last_turn = stamp(got.last_turn_at.as_deref().expect("a last turn"));
+    assert!(stamp(&got.created_at) + ttl < last_turn, "{got:?}");
+    let events = forge.events(&s.session_id);
+    let closed = events.iter().find(|e| e.event == "sweep_close").unwrap();
+    assert!(
+        stamp(&closed.at) >= last_turn + ttl,
+        "swept at {} though its last turn ended at {last_turn}",
+        closed.at
+    );
+}
+
 /// A turn or run request in flight.
 type Pending<T> = tokio::task::JoinHandle<Result<T, ClientError>>;
 
@@ -173,28 +222,7 @@ async fn one_run_queued(app: &ForgeClient, release: &Path) -> Pending<Run> {
 
 /// The outcomes of the ledger's runs, in order.
 fn run_outcomes(forge: &Forge) -> Vec<String> {
-    forge
-        .ledger()
-        .prepare("SELECT outcome FROM runs ORDER BY created_at")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-/// Waits until no worker answers `$SRV.PING`: the service has stopped taking requests.
-async fn wait_for_no_worker(forge: &Forge) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !forge
-        .admin
-        .ping_workers(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the worker still answers pings");
-    }
+    forge.runs().into_iter().map(|r| r.outcome).collect()
 }
 
 /// `signal` makes the worker stop taking requests at once, then lets what it took finish —
@@ -222,7 +250,7 @@ async fn a_signal_drains_running_and_queued_work(signal: Signal) {
     let queued_run = one_run_queued(&app, &release).await;
 
     kill(Pid::from_raw(forge.workers[0].child.id() as i32), signal).unwrap();
-    wait_for_no_worker(&forge).await;
+    forge.wait_until_no_worker_serves().await;
     // Draining: alive, but no new request reaches it.
     assert!(forge.workers[0].child.try_wait().unwrap().is_none());
     assert_eq!(
@@ -280,10 +308,8 @@ async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
         told.display(),
         got.display()
     ));
-    wait_until("the turn to start", Duration::from_secs(10), || {
-        events(&forge, &s.session_id).len() == 2
-    })
-    .await;
+    // The agent has the prompt before the worker is told to stop: it must be told to cancel.
+    crate::native::wait_for_file(&got).await;
     // Waits behind the hung turn of its session.
     let queued = spawn_turn("queued");
     forge
@@ -312,17 +338,9 @@ async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
     // The queued turn never started and says so; the run was killed and says so.
     assert_eq!(kind(queued.await.unwrap()), ErrorKind::AtCapacity);
     assert_eq!(kind(long_run.await.unwrap()), ErrorKind::AtCapacity);
-    // The hung turn was cancelled, the agent told so, and its caller got the turn as it ended.
-    // An agent that got the prompt gets session/cancel too (a moment after acpx answered,
-    // perhaps); a prompt acpx stopped before handing it on never reached the agent at all.
-    if got.exists() {
-        wait_until(
-            "the agent to get session/cancel",
-            Duration::from_secs(10),
-            || told.exists(),
-        )
-        .await;
-    }
+    // The hung turn was cancelled, the agent told so (perhaps a moment after acpx answered),
+    // and its caller got the turn as it ended.
+    crate::native::wait_for_file(&told).await;
     let cancelled = hung.await.unwrap().expect("the cancelled turn answers");
     assert_eq!(
         (cancelled.turn, cancelled.stop_reason.as_str()),
@@ -362,27 +380,11 @@ async fn a_worker_killed_mid_turn_leaves_an_interrupted_turn_and_a_usable_sessio
     let s = app.create_session(&CreateSession::default()).await.unwrap();
     forge.spawn_worker(&[]);
     forge.wait_for_workers(2).await;
-    // Send the slow turn to whichever worker takes it, then kill that one.
-    let pending = {
-        let app = app.clone();
-        let id = s.session_id.clone();
-        tokio::spawn(async move { app.turn(&turn(&id, "doomed #sleep=3000")).await })
-    };
+    // Send a held turn to whichever worker takes it, then kill that one while the turn runs.
+    let release = forge.dir.path().join("release");
+    let pending = held_turn(&app, &s.session_id, "doomed", &release);
     let id = s.session_id.clone();
-    let mut victim = None;
-    wait_until("the turn to start", Duration::from_secs(10), || {
-        victim = forge
-            .ledger()
-            .query_row(
-                "SELECT worker_id FROM session_events WHERE session_id = ?1 AND outcome = 'running'",
-                [&id],
-                |r| r.get::<_, String>(0),
-            )
-            .ok();
-        victim.is_some()
-    })
-    .await;
-    let victim = victim.unwrap();
+    let victim = forge.running_turn(&id).await.worker_id;
     let logs: Vec<String> = forge
         .workers
         .iter()
@@ -402,6 +404,9 @@ async fn a_worker_killed_mid_turn_leaves_an_interrupted_turn_and_a_usable_sessio
             .any(|(e, o)| e == "turn" && o == "interrupted")
     })
     .await;
+    // The agent the dead worker left behind ends its prompt, which holds acpx's queue of the
+    // session, only now.
+    std::fs::write(&release, "").unwrap();
     let next = app.turn(&turn(&s.session_id, "next")).await.unwrap();
     assert_eq!(next.output, "echo: next");
     assert_eq!(next.turn, 2);
@@ -459,21 +464,20 @@ async fn a_turn_that_ends_while_nats_is_down_is_still_recorded() {
     let port = forge.nats.port();
     let app = forge.app("outage").await;
     let s = app.create_session(&CreateSession::default()).await.unwrap();
+    let release = forge.dir.path().join("release-in-the-outage");
     let pending = {
         let app = app.clone();
         let id = s.session_id.clone();
-        let mut req = turn(&id, "through the outage #sleep=2500");
-        req.timeout_secs = Some(10);
+        let prompt = format!("through the outage #wait-file={}", release.display());
+        let mut req = turn(&id, &prompt);
+        req.timeout_secs = Some(30);
         tokio::spawn(async move { app.turn(&req).await })
     };
     let id = s.session_id.clone();
-    wait_until("the turn to start", Duration::from_secs(10), || {
-        events(&forge, &id)
-            .iter()
-            .any(|(e, o)| e == "turn" && o == "running")
-    })
-    .await;
+    forge.running_turn(&id).await;
+    // The turn ends only once NATS is gone.
     forge.nats.stop();
+    std::fs::write(&release, "").unwrap();
     wait_until("the turn to be recorded", Duration::from_secs(20), || {
         events(&forge, &id)
             .iter()
@@ -485,13 +489,7 @@ async fn a_turn_that_ends_while_nats_is_down_is_still_recorded() {
     forge.wait_for_workers(1).await;
     let got = app.get_session(&s.session_id).await.unwrap();
     assert_eq!(got.turns, 1);
-    let output: String = forge
-        .ledger()
-        .query_row(
-            "SELECT output FROM session_events WHERE session_id = ?1 AND event = 'turn'",
-            [&s.session_id],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(output, "echo: through the outage #sleep=2500");
+    let output = forge.turn_events(&s.session_id)[0].output.clone();
+    let prompt = format!("through the outage #wait-file={}", release.display());
+    assert_eq!(output, Some(format!("echo: {prompt}")));
 }

@@ -12,6 +12,7 @@ mod faults;
 mod harness;
 mod http;
 mod input;
+mod ledger;
 mod lifecycle;
 mod native;
 mod native_faults;

@@ -129,15 +129,9 @@ async fn an_agent_that_crashes_fails_its_turns_and_the_next_turns_load_their_ses
         told.output
     );
     assert!(!pids.contains(&agent_pid(&first.output)));
-    let failed: i64 = forge
-        .ledger()
-        .query_row(
-            "SELECT COUNT(*) FROM session_events WHERE event = 'turn' AND outcome = 'agent_error'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(failed, 3);
+    let events = forge.all_events().into_iter();
+    let failed = events.filter(|e| e.is_turn() && e.outcome == "agent_error");
+    assert_eq!(failed.count(), 3);
 }
 
 #[tokio::test]

@@ -140,7 +140,7 @@ async fn ctrl_c_under_up_sh_lets_a_turn_in_flight_answer_its_caller() {
         tokio::spawn(async move { client.turn(&turn(&id, &prompt)).await })
     };
     let ledger = up.data_dir().join("clawdforge.db");
-    crate::harness::wait_for_running_turn(&ledger, &session.session_id).await;
+    crate::ledger::wait_for_running_turn(&ledger, &session.session_id).await;
 
     up.ctrl_c();
     // clawdforge has stopped taking requests; only now may the turn end.
@@ -295,16 +295,23 @@ async fn nats_failures_are_logged_once_with_the_url_until_connected() {
     );
 }
 
-/// The RFC 3339 timestamp that starts a text log line, as seconds.
-fn logged_at(line: &str) -> f64 {
-    let stamp = line.split_whitespace().next().unwrap_or_default();
-    let time = stamp
-        .split('T')
-        .nth(1)
-        .unwrap_or_default()
-        .trim_end_matches('Z');
-    let parts: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
-    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+/// Waits until a `serve-*.log` in `dir` says "worker ready", then starts nats-server on `port`.
+async fn nats_once_the_worker_is_ready(dir: &Path, port: u16) -> Nats {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with("serve-")
+                && std::fs::read_to_string(entry.path())
+                    .unwrap_or_default()
+                    .contains("worker ready")
+        });
+        if ready {
+            return Nats::start_on(Some(port));
+        }
+        assert!(Instant::now() < deadline, "serve's worker never got ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -314,31 +321,36 @@ async fn serve_without_nats_waits_once_before_serving() {
         ..Default::default()
     })
     .await;
-    let down = format!("nats://127.0.0.1:{}", free_port("127.0.0.1"));
-    let serve = forge.spawn_http("serve", &[("NATS_URL", &down)]).await;
-    let answer = crate::harness::http_client()
-        .get(serve.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 503);
+    // NATS comes up as soon as the worker, done waiting for it, is ready: a sidecar that waited
+    // again would find it and not say that it is unreachable.
+    let port = free_port("127.0.0.1");
+    let down = format!("nats://127.0.0.1:{port}");
+    let extra = [("NATS_URL", down.as_str())];
+    let (serve, _nats) = tokio::join!(
+        forge.spawn_http("serve", &extra),
+        nats_once_the_worker_is_ready(forge.dir.path(), port),
+    );
     let text = serve.log_text();
-    let line = |needle: &str| {
+    let at = |needle: &str| {
         text.lines()
-            .find(|l| l.contains(needle))
+            .position(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"))
     };
-    // The worker waited NATS_START_WAIT (5 s) for NATS; the sidecar must not wait as long again.
-    let waited = logged_at(line("sidecar ready")) - logged_at(line("worker ready"));
-    assert!(
-        waited < 2.5,
-        "the sidecar waited {waited:.1} s more after the worker's wait:\n{text}"
-    );
+    let unreachable: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("NATS is not reachable yet"))
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(
-        text.matches("NATS is not reachable yet").count(),
+        unreachable.len(),
         2,
         "worker and sidecar each say so:\n{text}"
     );
+    // The worker's wait, then the sidecar's, which did not wait for what came after.
+    assert!(unreachable[0] < at("worker ready"), "{text}");
+    assert!(at("worker ready") < unreachable[1], "{text}");
+    assert!(unreachable[1] < at("sidecar ready"), "{text}");
 }
 
 fn environ_of(pid: u32) -> Vec<u8> {

@@ -3,11 +3,12 @@
 //! draining owner's sessions are taken over.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use clawdforge::client::ForgeClient;
 use clawdforge::wire::{CreateSession, EventBody, TurnRequest};
 
-use crate::harness::{agent_pid, agent_processes, Forge, Options, Via};
+use crate::harness::{agent_pid, agent_processes, Forge, Options, Via, CLUSTERED};
 use crate::sessions::turn;
 
 fn two_native_workers(env: &[(&str, &str)]) -> Options {
@@ -19,24 +20,32 @@ fn two_native_workers(env: &[(&str, &str)]) -> Options {
     }
 }
 
+/// Two native workers, each on its own server of one NATS cluster, and two clients of a new
+/// token of `app`: requests of `near` reach the first worker, those of `far` the second.
+async fn near_and_far(app: &str) -> (Forge, ForgeClient, ForgeClient) {
+    let mut forge = Forge::start_with(Options {
+        workers: 1,
+        nats_config: Some(CLUSTERED.into()),
+        ..two_native_workers(&[])
+    })
+    .await;
+    let far_connection = forge.spawn_far_worker().await;
+    let near = forge.app(app).await;
+    let far = ForgeClient::new(far_connection, near.token().map(str::to_string));
+    (forge, near, far)
+}
+
 /// The worker id each turn of the session ran on, in turn order.
 fn turn_workers(forge: &Forge, session_id: &str) -> Vec<String> {
-    let ledger = forge.ledger();
-    let mut stmt = ledger
-        .prepare(
-            "SELECT worker_id FROM session_events
-             WHERE session_id = ?1 AND event = 'turn' ORDER BY turn",
-        )
-        .unwrap();
-    let rows = stmt.query_map([session_id], |r| r.get(0)).unwrap();
-    rows.map(Result::unwrap).collect()
+    let mut turns = forge.turn_events(session_id);
+    turns.sort_by_key(|e| e.turn);
+    turns.into_iter().map(|e| e.worker_id).collect()
 }
 
 #[tokio::test]
 async fn turns_that_reach_another_worker_are_passed_on_to_the_owner_streams_included() {
-    let forge = Forge::start_with(two_native_workers(&[])).await;
-    let app = forge.app("shared").await;
-    let id = app
+    let (forge, near, far) = near_and_far("shared").await;
+    let id = near
         .create_session(&CreateSession::default())
         .await
         .unwrap()
@@ -45,12 +54,12 @@ async fn turns_that_reach_another_worker_are_passed_on_to_the_owner_streams_incl
     let owner = owner.expect("the worker that made the session owns it");
     assert_eq!(generation, 1);
     let mut pids = BTreeSet::new();
-    // Through the queue group, about half of these reach the other worker first.
+    // Every other one reaches the other worker first, and is streamed.
     for n in 1..=16 {
         let req = turn(&id, &format!("{n} #count"));
         let t = if n % 2 == 0 {
             let mut messages = 0;
-            let t = app
+            let t = far
                 .turn_streaming(&req, Duration::from_secs(60), |e| {
                     messages += matches!(e.body, EventBody::Message { .. }) as usize;
                 })
@@ -59,7 +68,7 @@ async fn turns_that_reach_another_worker_are_passed_on_to_the_owner_streams_incl
             assert!(messages >= 2, "the owner streams to the caller: {messages}");
             t
         } else {
-            app.turn(&req).await.unwrap()
+            near.turn(&req).await.unwrap()
         };
         assert!(
             t.output.starts_with(&format!("echo: {n} #count [n={n} ")),
@@ -79,19 +88,28 @@ async fn turns_that_reach_another_worker_are_passed_on_to_the_owner_streams_incl
     assert_eq!(workers.len(), 16);
     assert!(workers.iter().all(|w| *w == owner), "{workers:?}");
     assert_eq!(forge.owner(&id), (Some(owner), 1), "it never changed hands");
-    forge.wait_for_log(&["passed on", &id]).await;
+    // Each turn sent far was passed on by the worker it reached.
+    let passed_on = |w: &crate::harness::WorkerProcess| {
+        let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+        let lines = text.lines();
+        lines
+            .filter(|l| l.contains("passed on") && l.contains(&id))
+            .count()
+    };
+    let passed: usize = forge.workers.iter().map(passed_on).sum();
+    assert!(passed >= 8, "{passed} of 8 passed on");
 
     // A close goes to the owner too: its agent process lets the session go, and stops with
     // its last one.
     let mut last = pids.into_iter().next().unwrap();
     for n in 0..6 {
         if n > 0 {
-            let s = app.create_session(&CreateSession::default()).await;
+            let s = near.create_session(&CreateSession::default()).await;
             let id = s.unwrap().session_id;
-            last = agent_pid(&app.turn(&turn(&id, "#count")).await.unwrap().output);
-            app.close_session(&id).await.unwrap();
+            last = agent_pid(&near.turn(&turn(&id, "#count")).await.unwrap().output);
+            far.close_session(&id).await.unwrap();
         } else {
-            app.close_session(&id).await.unwrap();
+            far.close_session(&id).await.unwrap();
         }
         crate::native::wait_until_gone(last).await;
     }
@@ -131,19 +149,14 @@ async fn a_draining_owner_hands_its_session_over_as_soon_as_its_turn_ends() {
         tokio::spawn(async move { app.turn(&req).await })
     };
     crate::native::wait_for_file(&running).await;
+    let draining = forge.instance_id(a).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(forge.workers[a].child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     // The owner takes no more requests; its turn goes on.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while forge.answering().await > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the draining worker still takes requests"
-        );
-    }
+    forge.wait_until_not_serving(&draining).await;
     let next = {
         let req = TurnRequest {
             timeout_secs: Some(30),

@@ -31,14 +31,7 @@ async fn tokens_are_minted_listed_and_revoked() {
     );
 
     // The ledger holds a hash, not the token.
-    let stored: String = forge
-        .ledger()
-        .query_row(
-            "SELECT token_hash FROM tokens WHERE token_id = ?1",
-            [&minted.token_id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored = forge.token_hash(&minted.token_id);
     assert_ne!(stored, minted.token);
     assert_eq!(stored.len(), 64);
 

@@ -2,6 +2,7 @@ use clawdforge::client::ForgeClient;
 use clawdforge::error::ErrorKind;
 use clawdforge::wire::CreateSession;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -34,27 +35,21 @@ async fn two_workers_share_the_ledger_and_serve_each_others_sessions() {
     let closed = app.close_session(&s.session_id).await.unwrap();
     assert!(!closed.already_closed);
 
-    let workers: Vec<String> = forge
-        .ledger()
-        .prepare("SELECT DISTINCT worker_id FROM session_events WHERE session_id = ?1")
-        .unwrap()
-        .query_map([&s.session_id], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let workers: BTreeSet<String> = forge
+        .events(&s.session_id)
+        .into_iter()
+        .map(|e| e.worker_id)
+        .collect();
     assert_eq!(workers.len(), 2, "{workers:?}");
 }
 
 /// The distinct workers the ledger names for `event`s of `app`.
-fn workers_of(forge: &Forge, app: &str, event: &str) -> Vec<String> {
-    forge
-        .ledger()
-        .prepare("SELECT DISTINCT worker_id FROM session_events WHERE app = ?1 AND event = ?2")
-        .unwrap()
-        .query_map([app, event], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+fn workers_of(forge: &Forge, app: &str, event: &str) -> BTreeSet<String> {
+    let events = forge.app_events(app).into_iter();
+    events
+        .filter(|e| e.event == event)
+        .map(|e| e.worker_id)
+        .collect()
 }
 
 #[tokio::test]
@@ -115,42 +110,19 @@ async fn a_session_runs_one_turn_at_a_time_across_workers() {
         req.timeout_secs = Some(30);
         tokio::spawn(async move { app.turn(&req).await })
     };
-    let running = |forge: &Forge| -> i64 {
-        forge
-            .ledger()
-            .query_row(
-                "SELECT COUNT(*) FROM session_events WHERE session_id = ?1 AND outcome = 'running'",
-                [&s.session_id],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while running(&forge) == 0 {
-        assert!(Instant::now() < deadline, "the first turn did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    forge.running_turn(&s.session_id).await;
 
     // A second worker joins; the first stops taking requests but finishes its turn (it has its
     // grace period). The next turn can only go to the second worker, which must wait for it.
     forge.spawn_worker(&[]);
     forge.wait_for_workers(2).await;
+    let draining = forge.instance_id(0).await;
     kill(
         Pid::from_raw(forge.workers[0].child.id() as i32),
         Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while forge
-        .admin
-        .ping_workers(Duration::from_millis(200))
-        .await
-        .unwrap_or_default()
-        .len()
-        != 1
-    {
-        assert!(Instant::now() < deadline, "the first worker still answers");
-    }
+    forge.wait_until_not_serving(&draining).await;
     let second = {
         let app = app.clone();
         let id = s.session_id.clone();
@@ -172,18 +144,11 @@ async fn a_session_runs_one_turn_at_a_time_across_workers() {
     assert!(forge.workers[0].child.wait().unwrap().success());
 
     // Two workers, and the second turn started only once the first had ended.
-    let (workers, after_first): (i64, bool) = forge
-        .ledger()
-        .query_row(
-            "SELECT COUNT(DISTINCT t.worker_id),
-                    ROUND((julianday(MAX(t.at)) - julianday(MIN(t.at))) * 86400000)
-                        >= (SELECT duration_ms FROM session_events
-                            WHERE session_id = ?1 AND event = 'turn' AND turn = 1)
-             FROM session_events t WHERE t.session_id = ?1 AND t.event = 'turn'",
-            [&s.session_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!(workers, 2);
-    assert!(after_first, "the second turn started while the first ran");
+    let turns = forge.turn_events(&s.session_id);
+    let workers: BTreeSet<&str> = turns.iter().map(|e| e.worker_id.as_str()).collect();
+    assert_eq!(workers.len(), 2, "{turns:?}");
+    assert!(
+        forge.turn_began_after_the_one_before_ended(&s.session_id, 2),
+        "the second turn started while the first ran"
+    );
 }
