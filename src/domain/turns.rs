@@ -428,6 +428,26 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
     }
 }
 
+/// Takes a turn's events as the agent gives them into `recorded` (the ledger, in batches, and
+/// the caller's stream); what the agent said, once it is done.
+async fn take_events(
+    mut recorded: TurnEvents<'_>,
+    events: &mut mpsc::Receiver<wire::EventBody>,
+) -> String {
+    loop {
+        let due = recorded.due();
+        tokio::select! {
+            body = events.recv() => match body {
+                Some(body) => recorded.take(body).await,
+                None => break,
+            },
+            _ = sleep_until(due), if due.is_some() => recorded.flush().await,
+        }
+    }
+    recorded.flush().await;
+    recorded.said()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,24 +469,4 @@ mod tests {
         );
         assert_eq!(StopReason::parse("cancelled"), StopReason::Cancelled);
     }
-}
-
-/// Takes a turn's events as the agent gives them into `recorded` (the ledger, in batches, and
-/// the caller's stream); what the agent said, once it is done.
-async fn take_events(
-    mut recorded: TurnEvents<'_>,
-    events: &mut mpsc::Receiver<wire::EventBody>,
-) -> String {
-    loop {
-        let due = recorded.due();
-        tokio::select! {
-            body = events.recv() => match body {
-                Some(body) => recorded.take(body).await,
-                None => break,
-            },
-            _ = sleep_until(due), if due.is_some() => recorded.flush().await,
-        }
-    }
-    recorded.flush().await;
-    recorded.said()
 }
