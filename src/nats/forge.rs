@@ -7,20 +7,18 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::service::Request as ServiceRequest;
-use async_nats::{HeaderMap, Message, RequestErrorKind, Subject};
+use async_nats::{Message, RequestErrorKind, Subject};
 use bytes::Bytes;
 
+use super::reply::{error_reply, fit};
 use super::stream::Streamer;
 use crate::domain::ops::Streams;
 use crate::domain::request::session_in_json;
 use tokio::sync::mpsc;
 
 use crate::domain::{Body, Handed, Op, Outcome, Outlet, Reply, Request};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
 use crate::wire;
-
-/// Room left in a message for the reply's headers.
-const HEADER_ROOM: usize = 4096;
 
 /// How long a worker waits for another to acknowledge a request passed on before it takes
 /// the request (and a turn's session) itself.
@@ -260,33 +258,4 @@ async fn hand_over(
 
 fn encode(reply: &Reply) -> Bytes {
     serde_json::to_vec(reply).expect("reply serializes").into()
-}
-
-/// A reply the server would refuse must not vanish: the caller hears why instead.
-pub(super) fn fit(reply: Bytes, max_payload: usize) -> Result<Bytes> {
-    if max_payload > 0 && reply.len() + HEADER_ROOM > max_payload {
-        return Err(Error::payload_too_large(format!(
-            "the reply is {} bytes, more than the NATS server's max_payload of {max_payload}",
-            reply.len()
-        )));
-    }
-    Ok(reply)
-}
-
-/// The headers and JSON body of an error reply.
-pub fn error_reply(err: &Error) -> (HeaderMap, Bytes) {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        wire::ERROR_CODE_HEADER,
-        err.kind.status().to_string().as_str(),
-    );
-    // Header values cannot hold line breaks.
-    let message: String = err
-        .message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    headers.insert(wire::ERROR_HEADER, message.as_str());
-    let body = serde_json::to_vec(&wire::ErrorBody::from(err)).expect("error body serializes");
-    (headers, body.into())
 }

@@ -11,9 +11,10 @@ use futures::StreamExt;
 use tokio_util::task::TaskTracker;
 
 mod forge;
+mod reply;
 mod stream;
 
-pub use self::forge::error_reply;
+pub use self::reply::error_reply;
 use self::forge::{token, JsonBody, NatsOutlet, WayBack};
 pub use crate::domain::ops::SUBJECTS;
 use crate::domain::{Forge, Op, VERSION};

@@ -9,7 +9,7 @@ use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::forge::{error_reply, fit};
+use super::reply::{error_reply, fit};
 use crate::domain::{Outcome, Reply};
 use crate::error::Result;
 use crate::wire;
