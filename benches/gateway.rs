@@ -7,7 +7,7 @@
 //! Run: `cargo bench --bench gateway`; it runs scripts/setup-tools.sh first, which installs the
 //! tools it needs (nats-server, Node 22, acpx, the real agents) into `.tools/` when they are
 //! missing. Prints a table and writes it to `bench-results/<version>-<time>.md`. `-- --quick`
-//! takes fewer samples; `-- --control-only` stops after the control operations;
+//! takes fewer samples; `-- --control-only` measures only the control operations and HTTP against NATS;
 //! `-- --real-only` measures only the real adapter's rows.
 
 #[allow(dead_code)]
@@ -1143,7 +1143,9 @@ async fn main() {
         let sid = made.unwrap().session_id;
         let counts = if quick { (300, 3000) } else { (2000, 20000) };
         let floor = control_rows(&forge, &app, &sid, &mut report, counts).await;
-        if !flag("--control-only") {
+        if flag("--control-only") {
+            http_rows(&forge, &mut report, counts).await;
+        } else {
             let session = (&app, sid.as_str());
             let pair = (start_forge(&standin, &[]).await, open().await);
             let echo_p50 = &floor.seq;
