@@ -590,15 +590,17 @@ pub async fn token_revoke(
     token_id: &str,
 ) -> anyhow::Result<crate::wire::TokenRevoked> {
     let ledger = token_ledger(config, false).await?;
-    crate::domain::tokens::revoke(&ledger, token_id)
-        .await
-        .map_err(|e| match e.kind {
-            crate::error::ErrorKind::NotFound => anyhow::anyhow!(
-                "no token with id {token_id} in the ledger {}",
-                config.db_path.display()
-            ),
-            _ => token_error(config, e),
-        })
+    let revoked = match crate::values::TokenId::parse(token_id) {
+        Ok(id) => crate::domain::tokens::revoke(&ledger, id).await,
+        Err(e) => Err(e),
+    };
+    revoked.map_err(|e| match e.kind {
+        crate::error::ErrorKind::NotFound => anyhow::anyhow!(
+            "no token with id {token_id} in the ledger {}",
+            config.db_path.display()
+        ),
+        _ => token_error(config, e),
+    })
 }
 
 /// `clawdforge agents check`: starts each configured agent as a worker would (confined as a

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::request::FollowAsked;
 use super::types::SessionId;
 use super::{now, Caller, EventStream, Forge};
 use crate::error::{Error, ErrorKind, Result};
@@ -120,10 +121,10 @@ impl Forge {
     pub async fn follow_turn(
         &self,
         caller: &Caller,
-        req: wire::EventsRequest,
+        req: FollowAsked,
         out: EventStream,
     ) -> Result<wire::Turn> {
-        let id = SessionId::parse(&req.session_id)?;
+        let id = req.session_id;
         let row = self.owned_session(caller, &id).await?;
         let turn = match req.turn {
             Some(turn) => turn,

@@ -37,10 +37,7 @@ impl Forge {
     /// serves the request authenticates it, once). A turn of a native session nobody live owns
     /// makes this worker its owner: ownership is where a session's agent runs, never what it
     /// may do, and the next request would take it the same way.
-    pub async fn route(&self, step: Step, session_id: &str) -> Route {
-        let Ok(id) = SessionId::parse(session_id) else {
-            return Route::Here;
-        };
+    pub async fn route(&self, step: Step, id: SessionId) -> Route {
         let Ok(Some(row)) = self.ledger.session(id).await else {
             return Route::Here;
         };
@@ -82,20 +79,16 @@ impl Forge {
     /// The owner at `generation` could not be reached: this worker takes the session over,
     /// unless it changed hands meanwhile (`false`: route again). The agent process here loads
     /// it at its next turn.
-    pub async fn take_over(&self, session_id: &str, from: &str, generation: u64) -> bool {
+    pub async fn take_over(&self, id: SessionId, from: &str, generation: u64) -> bool {
         let me = self.settings.worker_id.clone();
-        let Ok(id) = SessionId::parse(session_id) else {
-            // No session has that id: none was taken over.
-            return false;
-        };
         let taken = self.ledger.take_session(id, me, generation).await;
         match taken {
             Ok(Some(generation)) => {
-                tracing::info!(session = %session_id, from, generation, "session taken over");
+                tracing::info!(session = %id, from, generation, "session taken over");
                 true
             }
             Ok(None) => {
-                tracing::debug!(session = %session_id, "the session changed hands");
+                tracing::debug!(session = %id, "the session changed hands");
                 false
             }
             Err(e) => {

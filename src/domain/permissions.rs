@@ -1,7 +1,7 @@
 //! `forge.session.permission`: the caller's answer to a permission request of a running turn
 //! (policy `ask`), reaching the worker that holds the turn (see [`Forge::route`]).
 
-use super::types::SessionId;
+use super::request::PermissionAsked;
 use super::{Caller, Forge};
 use crate::agent::Answer;
 use crate::error::{Error, Result};
@@ -11,9 +11,9 @@ impl Forge {
     pub async fn answer_permission(
         &self,
         caller: &Caller,
-        req: wire::PermissionAnswer,
+        req: PermissionAsked,
     ) -> Result<wire::PermissionAnswered> {
-        let id = SessionId::parse(&req.session_id)?;
+        let id = req.session_id;
         let row = self.owned_session(caller, &id).await?;
         let session = self.agent_session(&row);
         let span = tracing::info_span!("permission", session = %row.session_id, app = %caller.app);

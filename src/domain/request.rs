@@ -5,44 +5,112 @@ use serde::Serialize;
 
 use super::ops::Op;
 use crate::error::Result;
+use crate::values::{SessionId, TokenId};
 use crate::wire;
 
 /// One request of an operation, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     SessionCreate(wire::CreateSession),
-    SessionTurn(wire::TurnRequest),
-    SessionCancel(wire::SessionRef),
-    SessionPermission(wire::PermissionAnswer),
-    SessionEvents(wire::EventsRequest),
-    SessionClose(wire::SessionRef),
-    SessionGet(wire::SessionRef),
+    SessionTurn(TurnAsked),
+    SessionCancel(SessionId),
+    SessionPermission(PermissionAsked),
+    SessionEvents(FollowAsked),
+    SessionClose(SessionId),
+    SessionGet(SessionId),
     SessionList(wire::Empty),
     Run(wire::RunRequest),
     TokenCreate(wire::TokenCreate),
     TokenList(wire::Empty),
-    TokenRevoke(wire::TokenRevoke),
+    TokenRevoke(TokenId),
     Health(wire::Empty),
 }
 
+/// `forge.session.turn`, its session parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnAsked {
+    pub session_id: SessionId,
+    pub prompt: String,
+    pub files: Vec<wire::FileUpload>,
+    pub timeout_secs: Option<u64>,
+    /// `false`: answered as soon as the turn is numbered.
+    pub wait: bool,
+}
+
+/// `forge.session.events`, its session parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowAsked {
+    pub session_id: SessionId,
+    pub turn: Option<u64>,
+    pub after: Option<u64>,
+}
+
+/// `forge.session.permission`, its session parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionAsked {
+    pub session_id: SessionId,
+    pub request_id: String,
+    pub option_id: String,
+}
+
+/// A session reference's id, parsed.
+fn session_ref(body: &[u8]) -> Result<SessionId> {
+    let r: wire::SessionRef = wire::decode(body)?;
+    SessionId::parse(&r.session_id)
+}
+
+fn turn_asked(body: &[u8]) -> Result<TurnAsked> {
+    let r: wire::TurnRequest = wire::decode(body)?;
+    Ok(TurnAsked {
+        session_id: SessionId::parse(&r.session_id)?,
+        prompt: r.prompt,
+        files: r.files,
+        timeout_secs: r.timeout_secs,
+        wait: r.wait != Some(false),
+    })
+}
+
+fn follow_asked(body: &[u8]) -> Result<FollowAsked> {
+    let r: wire::EventsRequest = wire::decode(body)?;
+    Ok(FollowAsked {
+        session_id: SessionId::parse(&r.session_id)?,
+        turn: r.turn,
+        after: r.after,
+    })
+}
+
+fn permission_asked(body: &[u8]) -> Result<PermissionAsked> {
+    let r: wire::PermissionAnswer = wire::decode(body)?;
+    Ok(PermissionAsked {
+        session_id: SessionId::parse(&r.session_id)?,
+        request_id: r.request_id,
+        option_id: r.option_id,
+    })
+}
+
+fn token_ref(body: &[u8]) -> Result<TokenId> {
+    let r: wire::TokenRevoke = wire::decode(body)?;
+    TokenId::parse(&r.token_id)
+}
+
 impl Request {
-    /// The request of `op` in the JSON body of the contract; `bad_request` with serde's reason
-    /// when the body is not one.
+    /// The request of `op` in the JSON body of the contract, its ids parsed; `bad_request` with
+    /// serde's reason when the body is not one, or with the id's when an id is not one.
     pub fn from_json(op: Op, body: &[u8]) -> Result<Request> {
         use wire::decode;
         Ok(match op {
             Op::SessionCreate => Request::SessionCreate(decode(body)?),
-            Op::SessionTurn => Request::SessionTurn(decode(body)?),
-            Op::SessionCancel => Request::SessionCancel(decode(body)?),
-            Op::SessionPermission => Request::SessionPermission(decode(body)?),
-            Op::SessionEvents => Request::SessionEvents(decode(body)?),
-            Op::SessionClose => Request::SessionClose(decode(body)?),
-            Op::SessionGet => Request::SessionGet(decode(body)?),
+            Op::SessionTurn => Request::SessionTurn(turn_asked(body)?),
+            Op::SessionCancel => Request::SessionCancel(session_ref(body)?),
+            Op::SessionPermission => Request::SessionPermission(permission_asked(body)?),
+            Op::SessionEvents => Request::SessionEvents(follow_asked(body)?),
+            Op::SessionClose => Request::SessionClose(session_ref(body)?),
+            Op::SessionGet => Request::SessionGet(session_ref(body)?),
             Op::SessionList => Request::SessionList(decode(body)?),
             Op::Run => Request::Run(decode(body)?),
             Op::TokenCreate => Request::TokenCreate(decode(body)?),
             Op::TokenList => Request::TokenList(decode(body)?),
-            Op::TokenRevoke => Request::TokenRevoke(decode(body)?),
+            Op::TokenRevoke => Request::TokenRevoke(token_ref(body)?),
             Op::Health => Request::Health(decode(body)?),
         })
     }
@@ -68,15 +136,15 @@ impl Request {
 }
 
 /// The `session_id` of a JSON body, read leniently (any other field, or none, is fine): where
-/// a request about a session is served is known before the caller is.
-pub fn session_in_json(body: &[u8]) -> Option<String> {
+/// a request about a session is served is known before the caller is. `None` when there is no
+/// session id in it.
+pub fn session_in_json(body: &[u8]) -> Option<SessionId> {
     #[derive(serde::Deserialize)]
     struct About {
         session_id: String,
     }
-    serde_json::from_slice::<About>(body)
-        .ok()
-        .map(|a| a.session_id)
+    let about = serde_json::from_slice::<About>(body).ok()?;
+    SessionId::parse(&about.session_id).ok()
 }
 
 /// The reply of an operation, serialized as the wire type it holds.
@@ -141,14 +209,17 @@ mod tests {
 
     #[test]
     fn the_session_is_read_leniently() {
-        assert_eq!(
-            session_in_json(br#"{"prompt":"x","session_id":"abc"}"#).as_deref(),
-            Some("abc")
-        );
+        let id = SessionId::new();
+        let body = format!(r#"{{"prompt":"x","session_id":"{id}"}}"#);
+        assert_eq!(session_in_json(body.as_bytes()), Some(id));
+        assert_eq!(session_in_json(br#"{"session_id":"abc"}"#), None);
         assert_eq!(session_in_json(br#"{"session_id":5}"#), None);
         assert_eq!(session_in_json(b"nope"), None);
-        let decoded = Request::from_json(Op::SessionGet, br#"{"session_id":"abc"}"#).unwrap();
-        assert_eq!(decoded.op(), Op::SessionGet);
+        let body = format!(r#"{{"session_id":"{id}"}}"#);
+        let decoded = Request::from_json(Op::SessionGet, body.as_bytes()).unwrap();
+        assert_eq!(decoded, Request::SessionGet(id));
+        let bad = Request::from_json(Op::SessionGet, br#"{"session_id":"abc"}"#).unwrap_err();
+        assert_eq!(bad.kind, crate::error::ErrorKind::BadRequest);
         assert!(Request::from_json(Op::SessionGet, br#"{"session":"abc"}"#).is_err());
     }
 }

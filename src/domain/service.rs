@@ -14,9 +14,10 @@ use tracing::Instrument;
 
 use super::ops::{Access, Op, Served, Streams};
 use super::owners::{Route, Step};
-use super::request::{Reply, Request};
+use super::request::{Reply, Request, TurnAsked};
 use super::{Caller, Forge};
 use crate::error::{Error, ErrorKind, Result};
+use crate::values::SessionId;
 use crate::wire;
 
 /// How many events of a streamed request may wait for the transport before the turn's reading
@@ -29,7 +30,7 @@ const EVENT_QUEUE: usize = 64;
 pub trait Body: Send {
     /// The session the request is about, read leniently before anything else: where it is
     /// served. `None` when the body does not say (the request is then served here).
-    fn session_hint(&self) -> Option<String>;
+    fn session_hint(&self) -> Option<SessionId>;
     /// The request, or `bad_request`.
     fn decode(&self, op: Op) -> Result<Request>;
 }
@@ -122,11 +123,11 @@ impl Forge {
     ) -> Option<Outcome> {
         let session = body.session_hint();
         if let Some(id) = &session {
-            tracing::Span::current().record("session", id.as_str());
+            tracing::Span::current().record("session", tracing::field::display(id));
         }
         if op.passed_on() && !outlet.passed_on() {
             if let Some(id) = &session {
-                if self.pass_on(op, id, outlet).await {
+                if self.pass_on(op, *id, outlet).await {
                     return None;
                 }
             }
@@ -179,7 +180,7 @@ impl Forge {
     /// [`Forge::route`]) is passed on to it; it then answers the caller, streams included.
     /// `true` once passed on. A worker that does not acknowledge is gone: a turn's session is
     /// taken over, and the request served here.
-    async fn pass_on(&self, op: Op, session_id: &str, outlet: &mut impl Outlet) -> bool {
+    async fn pass_on(&self, op: Op, session_id: SessionId, outlet: &mut impl Outlet) -> bool {
         let step = match op.served() {
             Served::Owner if op == Op::SessionClose => Step::Close,
             Served::Owner => Step::Turn,
@@ -302,10 +303,10 @@ impl Forge {
     async fn answer_turn(
         &self,
         caller: &Caller,
-        req: crate::wire::TurnRequest,
+        req: TurnAsked,
         outlet: &mut impl Outlet,
     ) -> Outcome {
-        if req.wait != Some(false) {
+        if req.wait {
             let result = self.turn(caller, req).await.map(Reply::from);
             let outcome = outcome_of(&result);
             outlet.reply(result).await;

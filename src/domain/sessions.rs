@@ -231,12 +231,7 @@ impl Forge {
         tracing::warn!(error = %err, "session create failed");
     }
 
-    pub async fn get_session(
-        &self,
-        caller: &Caller,
-        req: wire::SessionRef,
-    ) -> Result<wire::Session> {
-        let id = SessionId::parse(&req.session_id)?;
+    pub async fn get_session(&self, caller: &Caller, id: SessionId) -> Result<wire::Session> {
         Ok(session_reply(self.owned_session(caller, &id).await?))
     }
 
@@ -271,9 +266,8 @@ impl Forge {
     pub async fn close_session(
         &self,
         caller: &Caller,
-        req: wire::SessionRef,
+        id: SessionId,
     ) -> Result<wire::SessionClosed> {
-        let id = SessionId::parse(&req.session_id)?;
         let row = self.owned_session(caller, &id).await?;
         let closed = |already_closed| wire::SessionClosed {
             session_id: id.as_string(),

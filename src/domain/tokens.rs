@@ -90,13 +90,9 @@ impl Forge {
         list(&self.ledger).await
     }
 
-    pub async fn revoke_token(
-        &self,
-        caller: &Caller,
-        req: wire::TokenRevoke,
-    ) -> Result<wire::TokenRevoked> {
+    pub async fn revoke_token(&self, caller: &Caller, id: TokenId) -> Result<wire::TokenRevoked> {
         Self::require_admin(caller)?;
-        revoke(&self.ledger, &req.token_id).await
+        revoke(&self.ledger, id).await
     }
 }
 
@@ -144,8 +140,7 @@ pub async fn list(ledger: &Ledger) -> Result<wire::TokenList> {
 }
 
 /// Revokes a token; revoking it again answers the same. `not_found` when there is no such token.
-pub async fn revoke(ledger: &Ledger, token_id: &str) -> Result<wire::TokenRevoked> {
-    let id = TokenId::parse(token_id)?;
+pub async fn revoke(ledger: &Ledger, id: TokenId) -> Result<wire::TokenRevoked> {
     let found = ledger.revoke_token(id, Timestamp::now()).await?;
     match found {
         Some(()) => {
@@ -192,10 +187,12 @@ mod tests {
         let listed = list(&ledger).await.unwrap();
         assert_eq!(listed.tokens.len(), 1);
         assert_eq!(listed.tokens[0].token_id, created.token_id);
-        revoke(&ledger, &created.token_id).await.unwrap();
+        revoke(&ledger, TokenId::parse(&created.token_id).unwrap())
+            .await
+            .unwrap();
         assert!(list(&ledger).await.unwrap().tokens[0].revoked_at.is_some());
 
-        let unknown = revoke(&ledger, &TokenId::new().as_string()).await;
+        let unknown = revoke(&ledger, TokenId::new()).await;
         assert_eq!(unknown.unwrap_err().kind, ErrorKind::NotFound);
         let bad = create(&ledger, req("bad app")).await;
         assert_eq!(bad.unwrap_err().kind, ErrorKind::BadRequest);

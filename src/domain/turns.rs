@@ -11,8 +11,9 @@ use tracing::Instrument;
 use super::cancel::Registered;
 use super::events::TurnEvents;
 use super::files::{self, Attachment};
+use super::request::TurnAsked;
 use super::taken::{SessionLock, Taken};
-use super::types::{Prompt, SessionId};
+use super::types::Prompt;
 use super::{Caller, Forge};
 use crate::agent::{self, AgentError, EventSink, StopReason, TurnEnd};
 use crate::error::{Error, ErrorKind, Result};
@@ -89,7 +90,7 @@ struct Driven {
 pub type EventStream = mpsc::Sender<wire::Event>;
 
 impl Forge {
-    pub async fn turn(&self, caller: &Caller, req: wire::TurnRequest) -> Result<wire::Turn> {
+    pub async fn turn(&self, caller: &Caller, req: TurnAsked) -> Result<wire::Turn> {
         self.live_turn(caller, req, None, None).await
     }
 
@@ -99,7 +100,7 @@ impl Forge {
     pub async fn live_turn(
         &self,
         caller: &Caller,
-        req: wire::TurnRequest,
+        req: TurnAsked,
         events: Option<EventStream>,
         numbered: Option<oneshot::Sender<wire::TurnAccepted>>,
     ) -> Result<wire::Turn> {
@@ -145,8 +146,8 @@ impl Forge {
     }
 
     /// The request's checks, and its session, open and the caller's.
-    async fn accept(&self, caller: &Caller, req: wire::TurnRequest) -> Result<Accepted> {
-        let id = SessionId::parse(&req.session_id)?;
+    async fn accept(&self, caller: &Caller, req: TurnAsked) -> Result<Accepted> {
+        let id = req.session_id;
         let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
         let timeout = self.timeout_secs(req.timeout_secs)?;
         let attachments = self.attachments(&req.files)?;

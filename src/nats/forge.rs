@@ -36,7 +36,7 @@ pub(super) struct WayBack {
 pub(super) struct JsonBody(pub Bytes);
 
 impl Body for JsonBody {
-    fn session_hint(&self) -> Option<String> {
+    fn session_hint(&self) -> Option<crate::values::SessionId> {
         session_in_json(&self.0)
     }
 

@@ -14,8 +14,8 @@ mod forge;
 mod reply;
 mod stream;
 
-pub use self::reply::error_reply;
 use self::forge::{token, JsonBody, NatsOutlet, WayBack};
+pub use self::reply::error_reply;
 pub use crate::domain::ops::SUBJECTS;
 use crate::domain::{Forge, Op, VERSION};
 use crate::wire;
