@@ -56,7 +56,7 @@ impl Forge {
         let run_id = RunId::new();
         let run = NewRun {
             run_id,
-            app: caller.app.clone(),
+            app: caller.app.to_string(),
             model: plan.model.as_str().to_string(),
             prompt: Recorded::of(plan.prompt.as_str(), self.settings.ledger_keep_text),
         };
@@ -108,7 +108,7 @@ impl Forge {
         let text = files::with_header(&paths, plan.prompt.as_str());
         let staged = Staged {
             id: &id,
-            app: &caller.app,
+            app: caller.app.as_str(),
             dir: &dir,
         };
         let ran = self.claude_run(staged, plan.model.as_str(), &text, left(), events);

@@ -47,7 +47,7 @@ impl Forge {
         id: &SessionId,
     ) -> Result<SessionRow> {
         match self.ledger.session(*id).await? {
-            Some(row) if row.app == caller.app => Ok(row),
+            Some(row) if caller.app == row.app => Ok(row),
             _ => Err(Error::not_found("no such session")),
         }
     }
@@ -108,14 +108,14 @@ impl Forge {
         let (agent, def) = self.pick_agent(req.agent)?;
         let attachments = self.attachments(&req.files)?;
         let id = SessionId::new();
-        let cwd = self.session_dir(&def, &caller.app, &id.as_string());
+        let cwd = self.session_dir(&def, caller.app.as_str(), &id.as_string());
         let row = SessionRow {
             pending_files: attachments
                 .iter()
                 .map(|a| cwd.join(a.name.as_str()).to_string_lossy().into_owned())
                 .collect(),
             session_id: id,
-            app: caller.app.clone(),
+            app: caller.app.to_string(),
             agent,
             agent_command: def.command.spec().to_string(),
             cwd: cwd.to_string_lossy().into_owned(),
@@ -240,7 +240,7 @@ impl Forge {
         caller: &Caller,
         _req: wire::Empty,
     ) -> Result<wire::SessionList> {
-        let rows = self.ledger.sessions_of(caller.app.clone()).await?;
+        let rows = self.ledger.sessions_of(caller.app.to_string()).await?;
         Ok(wire::SessionList {
             sessions: rows.into_iter().map(session_reply).collect(),
         })
@@ -282,7 +282,7 @@ impl Forge {
             .ledger
             .close_session(
                 row.session_id,
-                caller.app.clone(),
+                caller.app.to_string(),
                 SessionEvent::Close,
                 Stamp::now(&self.settings.worker_id),
                 EventDetail::of(EventOutcome::Ok),

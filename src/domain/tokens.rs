@@ -20,7 +20,7 @@ pub const BOOTSTRAP_APP: &str = "admin";
 /// Who is calling: the app a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub app: String,
+    pub app: AppName,
     pub admin: bool,
 }
 
@@ -45,7 +45,7 @@ impl Forge {
         if let Some(root) = &self.settings.admin_bootstrap_token {
             if bool::from(given.ct_eq(&hash(root))) {
                 return Ok(Caller {
-                    app: BOOTSTRAP_APP.into(),
+                    app: AppName::stored(BOOTSTRAP_APP.into()),
                     admin: true,
                 });
             }
@@ -56,7 +56,7 @@ impl Forge {
                 let stored = hex::decode(&row.token_hash).map_err(Error::internal)?;
                 if bool::from(stored.as_slice().ct_eq(&given)) {
                     Ok(Caller {
-                        app: row.app,
+                        app: AppName::stored(row.app),
                         admin: row.admin,
                     })
                 } else {

@@ -265,7 +265,7 @@ impl Forge {
                 .ledger
                 .begin_turn(TurnStart {
                     session_id: t.row.session_id,
-                    app: caller.app.clone(),
+                    app: caller.app.to_string(),
                     by: Stamp::now(&self.settings.worker_id),
                     prompt: recorded.clone(),
                     alive_since: Timestamp::seconds_from_now(-self.dead_after_secs()),

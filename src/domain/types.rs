@@ -52,8 +52,32 @@ impl AppName {
         }
     }
 
+    /// The name of an app as the ledger holds it: it was checked when its token was made (the
+    /// bootstrap token's app is `admin`).
+    pub fn stored(s: String) -> AppName {
+        AppName(s)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl std::fmt::Display for AppName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for AppName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<String> for AppName {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
     }
 }
 
