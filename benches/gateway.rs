@@ -526,6 +526,19 @@ async fn control_rows(
     floor
 }
 
+/// Waits for the worker's first check of its agents (it starts each of them, the real adapter
+/// too): measured alongside, its processes would take the cores from the rows.
+async fn agents_checked(app: &ForgeClient) {
+    while app
+        .health()
+        .await
+        .map(|h| h.agents.is_empty())
+        .unwrap_or(true)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// create + close with the test agent, against the echo and against acpx doing the same
 /// directly; returns the gateway's.
 async fn create_close_rows(
@@ -1139,6 +1152,7 @@ async fn main() {
     } else {
         let mut echo = start_echo(&forge).await;
         let app = forge.app("bench").await;
+        agents_checked(&app).await;
         let made = app.create_session(&CreateSession::default()).await;
         let sid = made.unwrap().session_id;
         let counts = if quick { (300, 3000) } else { (2000, 20000) };

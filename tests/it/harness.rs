@@ -655,6 +655,11 @@ impl Forge {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        // The port it bound is read from its "ready" line: whatever else the caller's filter
+        // leaves out, that line stays in.
+        if let Some((_, filter)) = extra.iter().find(|(k, _)| *k == "RUST_LOG") {
+            cmd.env("RUST_LOG", format!("{filter},clawdforge::app=info"));
+        }
         let child = cmd.spawn().expect("starting clawdforge");
         let url_host = if host.contains(':') {
             format!("[{host}]")
