@@ -537,10 +537,10 @@ pub async fn shutdown_signal() {
 
 // ---- the operator's commands: tokens on the ledger, and the container health check ----
 
-/// Opens the configured ledger for a `clawdforge token` command. Minting may create the ledger
-/// (the first token of a new deployment); listing and revoking need one, so that a mistyped
-/// `DB_PATH` is an error rather than an empty list.
-async fn token_ledger(config: &Config, create: bool) -> anyhow::Result<Ledger> {
+/// Opens the configured ledger for an operator's command (`token`, `app`, `usage`). Minting a
+/// token or setting a policy may create the ledger (a new deployment); the others need one, so
+/// that a mistyped `DB_PATH` is an error rather than an empty list.
+pub(crate) async fn command_ledger(config: &Config, create: bool) -> anyhow::Result<Ledger> {
     if !create && !config.db_path.is_file() {
         let missing = format!("no ledger at {}", config.db_path.display());
         return Err(ConfigError::setting("db_path", missing).into());
@@ -566,7 +566,7 @@ pub async fn token_create(
     app: &str,
     admin: bool,
 ) -> anyhow::Result<crate::wire::TokenCreated> {
-    let ledger = token_ledger(config, true).await?;
+    let ledger = command_ledger(config, true).await?;
     let req = crate::wire::TokenCreate {
         app: app.to_string(),
         admin,
@@ -578,7 +578,7 @@ pub async fn token_create(
 
 /// `clawdforge token list`: every token of the ledger, oldest first.
 pub async fn token_list(config: &Config) -> anyhow::Result<crate::wire::TokenList> {
-    let ledger = token_ledger(config, false).await?;
+    let ledger = command_ledger(config, false).await?;
     crate::domain::tokens::list(&ledger)
         .await
         .map_err(|e| token_error(config, e))
@@ -589,7 +589,7 @@ pub async fn token_revoke(
     config: &Config,
     token_id: &str,
 ) -> anyhow::Result<crate::wire::TokenRevoked> {
-    let ledger = token_ledger(config, false).await?;
+    let ledger = command_ledger(config, false).await?;
     let revoked = match crate::values::TokenId::parse(token_id) {
         Ok(id) => crate::domain::tokens::revoke(&ledger, id).await,
         Err(e) => Err(e),

@@ -500,6 +500,38 @@ impl ForgeClient {
             .await
     }
 
+    /// `forge.admin.app.set`: changes the fields `change` holds.
+    pub async fn set_app_policy(
+        &self,
+        change: &wire::PolicySet,
+    ) -> Result<wire::Policy, ClientError> {
+        self.call(subject::APP_SET, change, CONTROL_TIMEOUT).await
+    }
+
+    pub async fn app_policy(&self, app: &str) -> Result<wire::Policy, ClientError> {
+        let req = wire::AppRef { app: app.into() };
+        self.call(subject::APP_GET, &req, CONTROL_TIMEOUT).await
+    }
+
+    pub async fn app_policies(&self) -> Result<wire::PolicyList, ClientError> {
+        self.call(subject::APP_LIST, &wire::Empty {}, CONTROL_TIMEOUT)
+            .await
+    }
+
+    /// `forge.usage`: the caller's app.
+    pub async fn usage(&self) -> Result<wire::Usage, ClientError> {
+        self.call(subject::USAGE, &wire::Empty {}, CONTROL_TIMEOUT)
+            .await
+    }
+
+    pub async fn admin_usage(
+        &self,
+        asked: &wire::UsageAsked,
+    ) -> Result<wire::UsageDays, ClientError> {
+        self.call(subject::ADMIN_USAGE, asked, CONTROL_TIMEOUT)
+            .await
+    }
+
     pub async fn health(&self) -> Result<wire::Health, ClientError> {
         self.call(subject::HEALTH, &wire::Empty {}, CONTROL_TIMEOUT)
             .await

@@ -19,10 +19,12 @@ pub enum ErrorKind {
     AtCapacity,
     Timeout,
     Internal,
+    /// Contract v3: a limit of the app's policy.
+    QuotaExceeded,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthorized,
         ErrorKind::Forbidden,
@@ -33,6 +35,7 @@ impl ErrorKind {
         ErrorKind::AtCapacity,
         ErrorKind::Timeout,
         ErrorKind::Internal,
+        ErrorKind::QuotaExceeded,
     ];
 
     /// The HTTP status, also sent as `Nats-Service-Error-Code` over NATS.
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::QuotaExceeded => 429,
             ErrorKind::Internal => 500,
             ErrorKind::AgentError => 502,
             ErrorKind::AtCapacity => 503,
@@ -64,6 +68,7 @@ impl ErrorKind {
             ErrorKind::AtCapacity => "at_capacity",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -82,12 +87,15 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// An error of the contract: a kind and a message that is safe to show the caller.
+/// An error of the contract: a kind and a message that is safe to show the caller; for
+/// `quota_exceeded`, the limit and when to try again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    pub limit: Option<String>,
+    pub retry_after_secs: Option<u64>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -97,6 +105,17 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            limit: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Work an app's limit refused.
+    pub fn quota(refusal: &crate::quota::Refusal) -> Self {
+        Error {
+            limit: Some(refusal.limit.name().to_string()),
+            retry_after_secs: refusal.retry_after_secs,
+            ..Error::new(ErrorKind::QuotaExceeded, refusal.message.clone())
         }
     }
 
@@ -215,6 +234,7 @@ mod tests {
                 ("at_capacity", 503),
                 ("timeout", 504),
                 ("internal", 500),
+                ("quota_exceeded", 429),
             ]
         );
     }

@@ -12,6 +12,8 @@ pub mod error;
 pub mod http;
 pub mod ledger;
 pub mod nats;
+pub mod operator;
+pub mod quota;
 pub mod secrets;
 pub mod values;
 pub mod wire;

@@ -40,6 +40,26 @@ enum Command {
     /// Mint, list and revoke app tokens on the ledger (DB_PATH) directly, without NATS.
     #[command(subcommand, after_help = CONFIG_HELP)]
     Token(TokenCommand),
+    /// Set, show and list apps' policies (their limits) on the ledger (DB_PATH) directly; every
+    /// worker applies a change within a second.
+    #[command(subcommand, after_help = CONFIG_HELP)]
+    App(AppCommand),
+    /// What apps did per UTC day (sessions, turns, runs, cost, refusals), from the ledger.
+    #[command(after_help = CONFIG_HELP)]
+    Usage {
+        /// Only this app (default: every app).
+        #[arg(long)]
+        app: Option<String>,
+        /// First UTC day, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last UTC day, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the answer of forge.admin.usage (JSON) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the configured agents without calling a model.
     #[command(subcommand, after_help = CONFIG_HELP)]
     Agents(AgentsCommand),
@@ -85,6 +105,128 @@ enum TokenCommand {
         /// The token's id, as `token list` shows it.
         token_id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Change an app's policy: each option given sets its field; --clear FIELD (repeatable)
+    /// clears one, so that [app_defaults] applies to it again.
+    #[command(after_help = CONFIG_HELP)]
+    Set {
+        /// The app: 1-64 letters, digits, '-', '_' or '.'.
+        app: String,
+        #[command(flatten)]
+        policy: Box<PolicyArgs>,
+        /// Fields to clear (e.g. --clear turns_per_day).
+        #[arg(long, value_name = "FIELD")]
+        clear: Vec<String>,
+        /// Print the answer of forge.admin.app.set (JSON) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app's policy as it applies: each field, and whether the app or the defaults set it.
+    #[command(after_help = CONFIG_HELP)]
+    Show {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every app with a token or a policy, and what its own policy sets.
+    #[command(after_help = CONFIG_HELP)]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The fields of a policy, as `app set` options.
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// The agents its sessions may use, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    agents: Option<Vec<String>>,
+    /// The models its runs may use, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    /// The most permissive permission policy its sessions get: allow_all, allow_reads, ask or
+    /// deny_all.
+    #[arg(long)]
+    max_permissions: Option<String>,
+    #[arg(long)]
+    max_open_sessions: Option<u64>,
+    /// Turns running or queued at once, over all its sessions.
+    #[arg(long)]
+    max_concurrent_turns: Option<u64>,
+    #[arg(long)]
+    max_concurrent_runs: Option<u64>,
+    #[arg(long)]
+    max_timeout_secs: Option<u64>,
+    #[arg(long)]
+    requests_per_minute: Option<u64>,
+    /// Turns per UTC day.
+    #[arg(long)]
+    turns_per_day: Option<u64>,
+    /// USD of one-shot runs per UTC day.
+    #[arg(long)]
+    runs_usd_per_day: Option<f64>,
+    /// USD of one-shot runs per UTC month.
+    #[arg(long)]
+    runs_usd_per_month: Option<f64>,
+    /// USD its agents report (usage events) per UTC month.
+    #[arg(long)]
+    agent_usd_per_month: Option<f64>,
+}
+
+impl PolicyArgs {
+    /// The change these options and `clear` make to `app`'s policy, as forge.admin.app.set's
+    /// body: built as JSON, so that a field is named once, by the contract.
+    fn change(self, app: String, clear: &[String]) -> anyhow::Result<clawdforge::wire::PolicySet> {
+        use serde_json::{json, Map, Value};
+        let mut body = Map::new();
+        body.insert("app".into(), json!(app));
+        let mut set = |field: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                body.insert(field.into(), value);
+            }
+        };
+        set("agents", self.agents.map(|v| json!(v)));
+        set("models", self.models.map(|v| json!(v)));
+        set("max_permissions", self.max_permissions.map(|v| json!(v)));
+        set(
+            "max_open_sessions",
+            self.max_open_sessions.map(|v| json!(v)),
+        );
+        set(
+            "max_concurrent_turns",
+            self.max_concurrent_turns.map(|v| json!(v)),
+        );
+        set(
+            "max_concurrent_runs",
+            self.max_concurrent_runs.map(|v| json!(v)),
+        );
+        set("max_timeout_secs", self.max_timeout_secs.map(|v| json!(v)));
+        set(
+            "requests_per_minute",
+            self.requests_per_minute.map(|v| json!(v)),
+        );
+        set("turns_per_day", self.turns_per_day.map(|v| json!(v)));
+        set("runs_usd_per_day", self.runs_usd_per_day.map(|v| json!(v)));
+        set(
+            "runs_usd_per_month",
+            self.runs_usd_per_month.map(|v| json!(v)),
+        );
+        set(
+            "agent_usd_per_month",
+            self.agent_usd_per_month.map(|v| json!(v)),
+        );
+        for field in clear {
+            if clawdforge::quota::Limit::from_name(field).is_none() {
+                anyhow::bail!("--clear {field}: not a policy field");
+            }
+            body.insert(field.clone(), Value::Null);
+        }
+        serde_json::from_value(Value::Object(body)).map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -140,6 +282,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Sidecar => app::run_sidecar(config, app::shutdown_signal()).await,
         Command::Serve => app::run_serve(config, app::shutdown_signal()).await,
         Command::Token(command) => token(&config, command).await,
+        Command::App(command) => app_command(&config, command).await,
+        Command::Usage {
+            app,
+            from,
+            to,
+            json,
+        } => {
+            let asked = clawdforge::wire::UsageAsked { app, from, to };
+            let days = clawdforge::operator::usage(&config, asked).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&days)?);
+            } else {
+                print!("{}", clawdforge::operator::usage_table(&days.days));
+            }
+            Ok(())
+        }
         Command::Agents(AgentsCommand::Check { json }) => agents_check(&config, json).await,
         Command::Healthcheck { http } => {
             println!("{}", app::healthcheck(&config, http).await?);
@@ -160,7 +318,11 @@ fn init_logging(command: &Command, format: LogFormat) {
     use std::io::IsTerminal;
     // The operator's one-shot commands log only what goes wrong; their answer is on stdout.
     let default_filter = match command {
-        Command::Token(_) | Command::Agents(_) | Command::Healthcheck { .. } => "warn",
+        Command::Token(_)
+        | Command::App(_)
+        | Command::Usage { .. }
+        | Command::Agents(_)
+        | Command::Healthcheck { .. } => "warn",
         _ => "info,async_nats=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -235,6 +397,38 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `clawdforge app set|show|list`.
+async fn app_command(config: &Config, command: AppCommand) -> anyhow::Result<()> {
+    use clawdforge::operator;
+    let (policy, json) = match command {
+        AppCommand::Set {
+            app,
+            policy,
+            clear,
+            json,
+        } => (
+            operator::app_set(config, policy.change(app, &clear)?).await?,
+            json,
+        ),
+        AppCommand::Show { app, json } => (operator::app_show(config, &app).await?, json),
+        AppCommand::List { json } => {
+            let list = operator::app_list(config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", operator::policies_table(&list.apps));
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&policy)?);
+    } else {
+        print!("{}", operator::policy_table(&policy));
+    }
+    Ok(())
+}
+
 /// `clawdforge agents check`: each agent's facts, and a failure when one is not ready.
 async fn agents_check(config: &Config, json: bool) -> anyhow::Result<()> {
     let reports = clawdforge::app::agents_check(config).await?;
@@ -271,15 +465,10 @@ fn yes_no(b: bool) -> &'static str {
 
 /// The tokens as a table with a header and aligned columns.
 fn token_table(tokens: &[clawdforge::wire::TokenInfo]) -> String {
-    let mut rows: Vec<[String; 5]> = vec![[
-        "TOKEN_ID".into(),
-        "APP".into(),
-        "ADMIN".into(),
-        "CREATED_AT".into(),
-        "REVOKED_AT".into(),
-    ]];
+    let header = ["TOKEN_ID", "APP", "ADMIN", "CREATED_AT", "REVOKED_AT"];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     rows.extend(tokens.iter().map(|t| {
-        [
+        vec![
             t.token_id.clone(),
             t.app.clone(),
             yes_no(t.admin).into(),
@@ -287,18 +476,5 @@ fn token_table(tokens: &[clawdforge::wire::TokenInfo]) -> String {
             t.revoked_at.clone().unwrap_or_else(|| "-".into()),
         ]
     }));
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    clawdforge::operator::table(&rows)
 }

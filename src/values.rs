@@ -101,9 +101,15 @@ impl Timestamp {
         Timestamp::at(Utc::now() + chrono::Duration::seconds(secs))
     }
 
-    fn at(t: DateTime<Utc>) -> Timestamp {
+    /// `t`, to the millisecond.
+    pub fn at(t: DateTime<Utc>) -> Timestamp {
         let millis = t.timestamp_millis();
         Timestamp(DateTime::from_timestamp_millis(millis).expect("a millisecond of a time"))
+    }
+
+    /// The time it is.
+    pub fn utc(self) -> DateTime<Utc> {
+        self.0
     }
 }
 

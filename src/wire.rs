@@ -6,6 +6,12 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorKind};
 
+mod apps;
+pub use apps::{
+    AppRef, LimitUsage, Policy, PolicyFields, PolicyList, PolicySet, Source, Usage, UsageAsked,
+    UsageDay, UsageDays,
+};
+
 /// NATS subjects of the contract.
 pub mod subject {
     pub const SESSION_CREATE: &str = "forge.session.create";
@@ -21,6 +27,11 @@ pub mod subject {
     pub const TOKEN_LIST: &str = "forge.admin.token.list";
     pub const TOKEN_REVOKE: &str = "forge.admin.token.revoke";
     pub const HEALTH: &str = "forge.health";
+    pub const APP_SET: &str = "forge.admin.app.set";
+    pub const APP_GET: &str = "forge.admin.app.get";
+    pub const APP_LIST: &str = "forge.admin.app.list";
+    pub const USAGE: &str = "forge.usage";
+    pub const ADMIN_USAGE: &str = "forge.admin.usage";
 }
 
 /// A worker's own subject for `subject` (`forge.session.turn` → `forge.worker.<id>.session.turn`),
@@ -457,6 +468,12 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorKind,
     pub message: String,
+    /// `quota_exceeded`: the policy field whose limit refused the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// `quota_exceeded`, where the limit frees with time: seconds until it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 impl From<&Error> for ErrorBody {
@@ -465,6 +482,8 @@ impl From<&Error> for ErrorBody {
             error: ErrorDetail {
                 code: err.kind,
                 message: err.message.clone(),
+                limit: err.limit.clone(),
+                retry_after_secs: err.retry_after_secs,
             },
         }
     }
@@ -472,7 +491,10 @@ impl From<&Error> for ErrorBody {
 
 impl From<ErrorBody> for Error {
     fn from(body: ErrorBody) -> Self {
-        Error::new(body.error.code, body.error.message)
+        let mut err = Error::new(body.error.code, body.error.message);
+        err.limit = body.error.limit;
+        err.retry_after_secs = body.error.retry_after_secs;
+        err
     }
 }
 

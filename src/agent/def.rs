@@ -274,7 +274,9 @@ impl BackendKind {
 }
 
 /// How an agent's permission requests are answered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PermissionPolicy {
     /// Every request allowed.

@@ -142,6 +142,10 @@ pub struct Config {
     pub agent_credentials_file: Option<PathBuf>,
     /// The largest file an agent process may write (RLIMIT_FSIZE).
     pub agent_max_file_bytes: u64,
+
+    /// The policy of apps that have none of their own, field by field (`[app_defaults]`;
+    /// nothing set: no limit).
+    pub app_defaults: crate::wire::PolicyFields,
 }
 
 /// How log lines are written (to stderr).
@@ -216,6 +220,7 @@ impl Default for Config {
             agent_connect_ports: vec![443],
             agent_credentials_file: None,
             agent_max_file_bytes: 1024 * 1024 * 1024,
+            app_defaults: Default::default(),
         }
     }
 }

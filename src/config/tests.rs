@@ -320,7 +320,7 @@ fn every_field_can_be_set_from_the_environment() {
         .unwrap()
         .keys()
         .map(String::as_str)
-        .filter(|k| *k != "agents")
+        .filter(|k| !["agents", "app_defaults"].contains(k))
         .collect();
     keys.sort();
     let mut listed = env_keys();
@@ -409,7 +409,12 @@ fn explain_shows_each_source_and_masks_secrets() {
         line("nats_url").value,
         "nats://forge:***@a:4222,nats://***@b:4222"
     );
-    assert_eq!(shown.len(), env_keys().len() + 1, "every key, agents too");
+    let tables = ["agents", "app_defaults"];
+    assert_eq!(
+        shown.len(),
+        env_keys().len() + tables.len(),
+        "every key, tables too"
+    );
     assert!(!format!("{shown:?}").contains("hunter2"));
 }
 
@@ -522,9 +527,9 @@ fn shipped_config_file_shows_every_key_with_its_default() {
     let mut uncommented = String::new();
     for line in text.lines() {
         match line.strip_prefix("# ") {
-            Some("[agents]") => {
-                keys.push("agents".into());
-                uncommented.push_str("[agents]");
+            Some(table @ ("[agents]" | "[app_defaults]")) => {
+                keys.push(table.trim_matches(['[', ']']).into());
+                uncommented.push_str(table);
             }
             Some(setting) if is_setting(setting) => {
                 let key = setting.split(" = ").next().unwrap().to_string();

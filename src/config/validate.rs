@@ -51,6 +51,26 @@ impl Config {
         if self.agent_connect_ports.contains(&0) {
             return bad("agent_connect_ports", "a port is 1-65535");
         }
+        self.validate_app_defaults()
+    }
+
+    /// `[app_defaults]`: amounts that are amounts, agents that are configured.
+    fn validate_app_defaults(&self) -> Result<(), ConfigError> {
+        let defaults = &self.app_defaults;
+        defaults
+            .check()
+            .map_err(|why| ConfigError(format!("app_defaults: {why}")))?;
+        let (_, agents) = self.agent_table();
+        if let Some(unknown) = defaults
+            .agents
+            .iter()
+            .flatten()
+            .find(|a| !agents.contains_key(*a))
+        {
+            return Err(ConfigError(format!(
+                "app_defaults.agents: {unknown:?} is not a configured agent"
+            )));
+        }
         Ok(())
     }
 

@@ -30,6 +30,8 @@ pub(super) struct TurnEvents<'a> {
     turn: u64,
     seq: u64,
     said: String,
+    /// The cost the agent reported last (`usage` events carry the turn's total so far).
+    cost_usd: Option<f64>,
     batch: Vec<wire::Event>,
     /// When the oldest event of the batch must be recorded.
     due: Option<Instant>,
@@ -49,6 +51,7 @@ impl<'a> TurnEvents<'a> {
             turn,
             seq: 0,
             said: String::new(),
+            cost_usd: None,
             batch: Vec::new(),
             due: None,
             out,
@@ -57,10 +60,15 @@ impl<'a> TurnEvents<'a> {
 
     /// Numbers and dates an event of the agent, sends it on, and adds it to the batch.
     pub(super) async fn take(&mut self, body: EventBody) {
-        if let EventBody::Message { text } = &body {
-            if self.said.len() + text.len() <= MAX_SAID {
+        match &body {
+            EventBody::Message { text } if self.said.len() + text.len() <= MAX_SAID => {
                 self.said.push_str(text);
             }
+            EventBody::Usage {
+                cost_usd: Some(cost),
+                ..
+            } if cost.is_finite() && *cost >= 0.0 => self.cost_usd = Some(*cost),
+            _ => {}
         }
         self.seq += 1;
         let event = wire::Event {
@@ -109,9 +117,9 @@ impl<'a> TurnEvents<'a> {
         }
     }
 
-    /// The message text the agent said.
-    pub(super) fn said(self) -> String {
-        self.said
+    /// The message text the agent said, and the cost it reported last.
+    pub(super) fn said(self) -> (String, Option<f64>) {
+        (self.said, self.cost_usd)
     }
 }
 

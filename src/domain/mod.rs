@@ -2,6 +2,7 @@
 //! subjects, status codes or JSON framing.
 
 pub mod agents;
+pub mod apps;
 pub mod files;
 pub mod limits;
 pub mod ops;
@@ -79,6 +80,8 @@ pub struct Settings {
     pub max_concurrent_runs: usize,
     pub max_queued_runs: usize,
     pub runs_retention_secs: u64,
+    /// The policy of apps that have none of their own, field by field.
+    pub app_defaults: crate::wire::PolicyFields,
 }
 
 impl Settings {
@@ -115,6 +118,7 @@ impl Settings {
             max_concurrent_runs: config.max_concurrent_runs,
             max_queued_runs: config.max_queued_runs,
             runs_retention_secs: config.runs_retention_secs,
+            app_defaults: config.app_defaults.clone(),
         }
     }
 }
@@ -147,6 +151,8 @@ pub struct Forge {
     /// Starts the configured agents to see whether they work (health's `agents`).
     checker: Checker,
     agent_checks: agents::AgentChecks,
+    /// The apps' limits as last read.
+    policies: apps::PolicyCache,
 }
 
 impl Forge {
@@ -195,6 +201,7 @@ impl Forge {
             probe: Mutex::new(ToolProbe::default()),
             checker,
             agent_checks: Default::default(),
+            policies: Default::default(),
         }))
     }
 

@@ -20,6 +20,11 @@ pub enum Op {
     TokenList,
     TokenRevoke,
     Health,
+    AppSet,
+    AppGet,
+    AppList,
+    Usage,
+    AdminUsage,
 }
 
 /// Whether an operation's reply is a stream of events (contract v2).
@@ -58,6 +63,7 @@ pub enum Access {
 pub enum Method {
     Get,
     Post,
+    Put,
     Delete,
 }
 
@@ -66,6 +72,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Put => "PUT",
             Method::Delete => "DELETE",
         }
     }
@@ -85,7 +92,7 @@ const fn route(method: Method, path: &'static str) -> Route {
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 18] = [
         Op::SessionCreate,
         Op::SessionTurn,
         Op::SessionCancel,
@@ -99,6 +106,11 @@ impl Op {
         Op::TokenList,
         Op::TokenRevoke,
         Op::Health,
+        Op::AppSet,
+        Op::AppGet,
+        Op::AppList,
+        Op::Usage,
+        Op::AdminUsage,
     ];
 
     /// Its NATS subject.
@@ -117,6 +129,11 @@ impl Op {
             Op::TokenList => subject::TOKEN_LIST,
             Op::TokenRevoke => subject::TOKEN_REVOKE,
             Op::Health => subject::HEALTH,
+            Op::AppSet => subject::APP_SET,
+            Op::AppGet => subject::APP_GET,
+            Op::AppList => subject::APP_LIST,
+            Op::Usage => subject::USAGE,
+            Op::AdminUsage => subject::ADMIN_USAGE,
         }
     }
 
@@ -133,7 +150,7 @@ impl Op {
 
     /// Its route on the sidecar.
     pub const fn route(self) -> Route {
-        use Method::{Delete, Get, Post};
+        use Method::{Delete, Get, Post, Put};
         match self {
             Op::SessionCreate => route(Post, "/sessions"),
             Op::SessionTurn => route(Post, "/sessions/{id}/turn"),
@@ -148,6 +165,11 @@ impl Op {
             Op::TokenList => route(Get, "/admin/tokens"),
             Op::TokenRevoke => route(Delete, "/admin/tokens/{id}"),
             Op::Health => route(Get, "/healthz"),
+            Op::AppSet => route(Put, "/admin/apps/{app}"),
+            Op::AppGet => route(Get, "/admin/apps/{app}"),
+            Op::AppList => route(Get, "/admin/apps"),
+            Op::Usage => route(Get, "/usage"),
+            Op::AdminUsage => route(Get, "/admin/usage"),
         }
     }
 
@@ -174,6 +196,7 @@ impl Op {
         match self {
             Op::Health => Access::Public,
             Op::TokenCreate | Op::TokenList | Op::TokenRevoke => Access::Admin,
+            Op::AppSet | Op::AppGet | Op::AppList | Op::AdminUsage => Access::Admin,
             _ => Access::App,
         }
     }

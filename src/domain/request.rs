@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::ops::Op;
+use super::types::AppName;
 use crate::error::Result;
 use crate::values::{SessionId, TokenId};
 use crate::wire;
@@ -24,6 +25,11 @@ pub enum Request {
     TokenList(wire::Empty),
     TokenRevoke(TokenId),
     Health(wire::Empty),
+    AppSet(wire::PolicySet),
+    AppGet(AppName),
+    AppList(wire::Empty),
+    Usage(wire::Empty),
+    AdminUsage(wire::UsageAsked),
 }
 
 /// `forge.session.turn`, its session parsed.
@@ -88,6 +94,11 @@ fn permission_asked(body: &[u8]) -> Result<PermissionAsked> {
     })
 }
 
+fn app_ref(body: &[u8]) -> Result<AppName> {
+    let r: wire::AppRef = wire::decode(body)?;
+    AppName::parse(&r.app)
+}
+
 fn token_ref(body: &[u8]) -> Result<TokenId> {
     let r: wire::TokenRevoke = wire::decode(body)?;
     TokenId::parse(&r.token_id)
@@ -112,6 +123,11 @@ impl Request {
             Op::TokenList => Request::TokenList(decode(body)?),
             Op::TokenRevoke => Request::TokenRevoke(token_ref(body)?),
             Op::Health => Request::Health(decode(body)?),
+            Op::AppSet => Request::AppSet(decode(body)?),
+            Op::AppGet => Request::AppGet(app_ref(body)?),
+            Op::AppList => Request::AppList(decode(body)?),
+            Op::Usage => Request::Usage(decode(body)?),
+            Op::AdminUsage => Request::AdminUsage(decode(body)?),
         })
     }
 
@@ -131,6 +147,11 @@ impl Request {
             Request::TokenList(_) => Op::TokenList,
             Request::TokenRevoke(_) => Op::TokenRevoke,
             Request::Health(_) => Op::Health,
+            Request::AppSet(_) => Op::AppSet,
+            Request::AppGet(_) => Op::AppGet,
+            Request::AppList(_) => Op::AppList,
+            Request::Usage(_) => Op::Usage,
+            Request::AdminUsage(_) => Op::AdminUsage,
         }
     }
 }
@@ -163,6 +184,10 @@ pub enum Reply {
     Tokens(wire::TokenList),
     TokenRevoked(wire::TokenRevoked),
     Health(wire::Health),
+    Policy(wire::Policy),
+    Policies(wire::PolicyList),
+    Usage(wire::Usage),
+    UsageDays(wire::UsageDays),
 }
 
 macro_rules! replies {
@@ -188,6 +213,10 @@ replies!(
     Tokens(wire::TokenList),
     TokenRevoked(wire::TokenRevoked),
     Health(wire::Health),
+    Policy(wire::Policy),
+    Policies(wire::PolicyList),
+    Usage(wire::Usage),
+    UsageDays(wire::UsageDays),
 );
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use super::types::{Model, Prompt, RunId};
 use super::{now, Caller, EventStream, Forge};
 use crate::agent::{ClaudeError, EventSink, RunOutput};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{NewRun, Recorded, RunEnd, RunOutcome, Runs, Stamp};
+use crate::ledger::{NewRun, Recorded, RunBegun, RunEnd, RunOutcome, Runs, Stamp};
+use crate::quota::Limits;
 use crate::values::Timestamp;
 use crate::wire;
 
@@ -46,7 +47,7 @@ impl Forge {
         req: wire::RunRequest,
         events: Option<EventStream>,
     ) -> Result<wire::Run> {
-        let mut plan = self.plan_run(req)?;
+        let mut plan = self.plan_run(req, &caller.limits)?;
         let attachments = std::mem::take(&mut plan.attachments);
         // Waiting for a slot is part of the timeout (see `admit`).
         let received = Instant::now();
@@ -60,9 +61,11 @@ impl Forge {
             model: plan.model.as_str().to_string(),
             prompt: Recorded::of(plan.prompt.as_str(), self.settings.ledger_keep_text),
         };
-        self.ledger
-            .begin_run(run, Stamp::now(&self.settings.worker_id))
-            .await?;
+        let by = Stamp::now(&self.settings.worker_id);
+        let begun = self.ledger.begin_run(run, by, (*caller.limits).clone());
+        if let RunBegun::Refused(refused) = begun.await? {
+            return Err(Error::quota(&refused));
+        }
         let started = Instant::now();
         let left = || plan.budget.saturating_sub(received.elapsed());
         let staged = (&run_id, attachments);
@@ -80,11 +83,11 @@ impl Forge {
     }
 
     /// A run's request, checked against the limits.
-    fn plan_run(&self, req: wire::RunRequest) -> Result<RunPlan> {
+    fn plan_run(&self, req: wire::RunRequest, limits: &Limits) -> Result<RunPlan> {
         Ok(RunPlan {
             prompt: Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?,
             model: Model::parse(req.model.as_deref().unwrap_or(&self.settings.default_model))?,
-            budget: Duration::from_secs(self.timeout_secs(req.timeout_secs)?),
+            budget: Duration::from_secs(self.timeout_within(req.timeout_secs, limits)?),
             attachments: self.attachments(&req.files)?,
         })
     }
@@ -405,6 +408,7 @@ mod tests {
                 worker_id: "w1".into(),
                 at: Timestamp::seconds_from_now(-8000),
             },
+            Default::default(),
         )
         .await
         .unwrap();

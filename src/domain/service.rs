@@ -1,6 +1,6 @@
 //! The one request pipeline: every request of every transport goes through [`Forge::serve`]:
-//! routed (here, or passed on to the worker that serves it) → authenticated → access → policy →
-//! decoded → handled → its outcome recorded, inside one span with its op, app and session.
+//! routed (here, or passed on to the worker that serves it) → authenticated → access → decoded
+//! → policy (the app's limits) → handled → its outcome recorded, inside one span with its op, app and session.
 //! A transport gives the pipeline a [`Body`] (the request as it came, decoded only once the
 //! caller is known) and an [`Outlet`] (the way back).
 
@@ -135,6 +135,10 @@ impl Forge {
         let admitted = async {
             let caller = self.admit_caller(op, token).await?;
             let request = body.decode(op)?;
+            let caller = match caller {
+                Some(caller) => Some(self.police(caller, &request).await?),
+                None => None,
+            };
             Ok::<_, Error>((caller, request))
         };
         let (caller, request) = match admitted.await {
@@ -148,7 +152,7 @@ impl Forge {
         Some(self.handle(caller, request, outlet).await)
     }
 
-    /// Authenticate → access → policy. A public operation has no caller.
+    /// Authenticate → access. A public operation has no caller.
     async fn admit_caller(&self, op: Op, token: Option<&str>) -> Result<Option<Caller>> {
         if op.access() == Access::Public {
             return Ok(None);
@@ -158,13 +162,7 @@ impl Forge {
         if op.access() == Access::Admin && !caller.admin {
             return Err(Error::forbidden("this needs an admin token"));
         }
-        self.policy(op, &caller)?;
         Ok(Some(caller))
-    }
-
-    /// Per-app policy: what `caller` may do with `op`. Every operation passes today.
-    fn policy(&self, _op: Op, _caller: &Caller) -> Result<()> {
-        Ok(())
     }
 
     /// Where the request's outcome goes once it is known.
@@ -264,6 +262,11 @@ impl Forge {
             Request::TokenList(r) => self.list_tokens(c, r).await?.into(),
             Request::TokenRevoke(r) => self.revoke_token(c, r).await?.into(),
             Request::Health(_) => self.health().await.into(),
+            Request::AppSet(r) => self.set_app_policy(r).await?.into(),
+            Request::AppGet(app) => self.get_app_policy(app).await?.into(),
+            Request::AppList(_) => self.list_app_policies().await?.into(),
+            Request::Usage(_) => self.usage(c).await?.into(),
+            Request::AdminUsage(r) => self.admin_usage(r).await?.into(),
             Request::SessionEvents(_) => {
                 return Err(Error::internal("forge.session.events always streams"))
             }

@@ -14,6 +14,7 @@ use crate::ledger::{
     CloseOutcome, CreateOutcome, EventDetail, EventOutcome, SessionEvent, SessionRow, Sessions,
     Stamp,
 };
+use crate::quota::Limits;
 use crate::values::Timestamp;
 use crate::wire;
 
@@ -70,6 +71,15 @@ impl Forge {
             auth: def.and_then(|d| d.auth.clone()),
             state: row.agent_state.clone(),
         }
+    }
+
+    /// What the agent backend needs to reach the session of `row` for a caller under `limits`:
+    /// its permissions no more than the app's policy allows.
+    pub(super) fn agent_session_under(&self, row: &SessionRow, limits: &Limits) -> AgentSession {
+        let mut session = self.agent_session(row);
+        session.permissions =
+            Forge::capped_permissions(limits, session.backend, session.permissions);
+        session
     }
 
     /// Where a new session of `app` works: `<root>/<id>`, or for a native agent process, which
@@ -129,8 +139,8 @@ impl Forge {
         };
         let span = tracing::info_span!("create", session = %row.session_id, app = %row.app);
         async {
-            self.reserve_session(&row).await?;
-            let started = self.start_session(&row, attachments).await;
+            self.reserve_session(&row, &caller.limits).await?;
+            let started = self.start_session(&row, attachments, &caller.limits).await;
             if let Err(err) = self.record_create(&row, started).await {
                 self.undo_create(&row, &err).await;
                 return Err(err);
@@ -143,13 +153,14 @@ impl Forge {
     }
 
     /// The ledger's row of the new session, within the cap of open sessions.
-    async fn reserve_session(&self, row: &SessionRow) -> Result<()> {
+    async fn reserve_session(&self, row: &SessionRow, limits: &Limits) -> Result<()> {
         let created = self
             .ledger
             .create_session(
                 row.clone(),
                 self.settings.worker_id.clone(),
                 self.settings.max_live_sessions,
+                limits.clone(),
             )
             .await?;
         match created {
@@ -157,12 +168,18 @@ impl Forge {
                 "{open} sessions are open; the limit is {}",
                 self.settings.max_live_sessions
             ))),
+            CreateOutcome::Refused(refused) => Err(Error::quota(&refused)),
             CreateOutcome::Created => Ok(()),
         }
     }
 
     /// The session's directory, its files and its agent session.
-    async fn start_session(&self, row: &SessionRow, attachments: Vec<Attachment>) -> Result<()> {
+    async fn start_session(
+        &self,
+        row: &SessionRow,
+        attachments: Vec<Attachment>,
+        limits: &Limits,
+    ) -> Result<()> {
         let cwd = Path::new(&row.cwd);
         tokio::fs::create_dir_all(cwd)
             .await
@@ -170,7 +187,7 @@ impl Forge {
         files::write(cwd, attachments)
             .await
             .map_err(Error::internal)?;
-        let session = self.agent_session(row);
+        let session = self.agent_session_under(row, limits);
         let opened = self.agent.open(&session).await?;
         if let Some(state) = opened.state {
             // A native session lives in this worker's agent process: this worker owns it.

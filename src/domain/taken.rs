@@ -8,7 +8,8 @@ use tokio::sync::OwnedMutexGuard;
 use super::limits::{PendingLock, Waiting};
 use super::Forge;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{EventOutcome, Ledger, Reserved, SessionRow, Stamp, TurnWaits};
+use crate::ledger::{Admission, EventOutcome, Ledger, Reserved, SessionRow, Stamp, TurnWaits};
+use crate::quota::Limits;
 use crate::values::{Timestamp, WaitId};
 use crate::wire::{TurnAccepted, TurnStatus};
 
@@ -88,7 +89,7 @@ impl Forge {
     /// Takes a turn of `row`'s session for its app. Turns of one session taken by this worker
     /// are numbered and queued for the session one at a time, so they run in the order of their
     /// numbers.
-    pub(super) async fn take_turn(&self, row: &SessionRow) -> Result<Taken<'_>> {
+    pub(super) async fn take_turn(&self, row: &SessionRow, limits: &Limits) -> Result<Taken<'_>> {
         let _numbering = self.numbering.lock(&row.session_id.to_string()).await;
         let mut queued = self.session_locks.queue_for(&row.session_id.to_string());
         let lock = match futures::poll!(queued.as_mut()) {
@@ -109,10 +110,15 @@ impl Forge {
                 row.session_id,
                 row.app.clone(),
                 Stamp::now(&self.settings.worker_id),
+                Admission {
+                    limits: limits.clone(),
+                    alive_since: Timestamp::seconds_from_now(-self.dead_after_secs()),
+                },
             )
             .await?;
         let turn = match reserved {
             Reserved::Turn(n) => n,
+            Reserved::Refused(refused) => return Err(Error::quota(&refused)),
             Reserved::NotFound => return Err(Error::not_found("no such session")),
             Reserved::Closed => return Err(Error::conflict("the session is closed")),
         };

@@ -17,11 +17,13 @@ use crate::wire;
 /// The app the bootstrap token acts as.
 pub const BOOTSTRAP_APP: &str = "admin";
 
-/// Who is calling: the app a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who is calling: the app a token belongs to, and the limits its work is admitted under
+/// (its policy over the defaults, read once per request by the pipeline).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
     pub app: AppName,
     pub admin: bool,
+    pub limits: std::sync::Arc<crate::quota::Limits>,
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -47,6 +49,7 @@ impl Forge {
                 return Ok(Caller {
                     app: AppName::stored(BOOTSTRAP_APP.into()),
                     admin: true,
+                    limits: Default::default(),
                 });
             }
         }
@@ -58,6 +61,7 @@ impl Forge {
                     Ok(Caller {
                         app: AppName::stored(row.app),
                         admin: row.admin,
+                        limits: Default::default(),
                     })
                 } else {
                     Err(Error::unauthorized("unknown token"))

@@ -49,6 +49,8 @@ impl From<AgentError> for Error {
 /// A turn this worker took: checked, its session open, its budget counting from `received`.
 struct Accepted {
     row: SessionRow,
+    /// The limits of the caller's app.
+    limits: std::sync::Arc<crate::quota::Limits>,
     prompt: Prompt,
     attachments: Vec<Attachment>,
     received: Instant,
@@ -84,6 +86,8 @@ struct Driven {
     duration_ms: u64,
     /// Ended by the worker's shutdown rather than by the agent or the caller.
     interrupted: bool,
+    /// What the agent reported the turn cost.
+    cost_usd: Option<f64>,
 }
 
 /// Where a live turn's events go as they happen (the transport's stream), numbered and dated.
@@ -109,7 +113,7 @@ impl Forge {
         let span =
             tracing::info_span!("turn", session = %accepted.row.session_id, app = %caller.app);
         async {
-            let mut taken = self.take_turn(&accepted.row).await?;
+            let mut taken = self.take_turn(&accepted.row, &accepted.limits).await?;
             if let Some(numbered) = numbered {
                 let _ = numbered.send(taken.reply(&accepted.row.session_id.to_string()));
             }
@@ -149,7 +153,7 @@ impl Forge {
     async fn accept(&self, caller: &Caller, req: TurnAsked) -> Result<Accepted> {
         let id = req.session_id;
         let prompt = Prompt::parse(req.prompt, self.settings.max_prompt_bytes)?;
-        let timeout = self.timeout_secs(req.timeout_secs)?;
+        let timeout = self.timeout_within(req.timeout_secs, &caller.limits)?;
         let attachments = self.attachments(&req.files)?;
         let row = self.owned_session(caller, &id).await?;
         if !row.open {
@@ -157,6 +161,7 @@ impl Forge {
         }
         Ok(Accepted {
             row,
+            limits: caller.limits.clone(),
             prompt,
             attachments,
             received: Instant::now(),
@@ -322,9 +327,10 @@ impl Forge {
                 }),
                 duration_ms: 0,
                 interrupted: self.stopping.is_cancelled(),
+                cost_usd: None,
             };
         }
-        let session = self.agent_session(&t.row);
+        let session = self.agent_session_under(&t.row, &t.limits);
         let (sink, mut events) = EventSink::channel(EVENT_BUFFER);
         let prompt = agent::Prompt {
             text: &b.text,
@@ -336,9 +342,10 @@ impl Forge {
         };
         let run = self.agent.prompt(&session, prompt);
         let recorded = TurnEvents::new(self, &t.row.session_id.to_string(), b.turn, out);
-        let (result, said) = tokio::join!(run, take_events(recorded, &mut events));
+        let (result, (said, cost_usd)) = tokio::join!(run, take_events(recorded, &mut events));
         let cancelled = cancel.is_cancelled();
         Driven {
+            cost_usd,
             interrupted: cancelled && self.stopping.is_cancelled(),
             result: match result {
                 // Told to stop, the agent failed on the way out: the turn was cancelled all the
@@ -360,7 +367,8 @@ impl Forge {
     #[tracing::instrument(name = "finish", skip_all, fields(turn = b.turn))]
     async fn finish(&self, t: &Accepted, b: &Begun, d: Driven) -> Result<wire::Turn> {
         let result = d.result.map_err(Error::from);
-        let detail = self.turn_detail(b.turn, &result, d.duration_ms, d.interrupted);
+        let mut detail = self.turn_detail(b.turn, &result, d.duration_ms, d.interrupted);
+        detail.cost_usd = d.cost_usd;
         self.ledger
             .finish_turn(t.row.session_id, b.event_id, Timestamp::now(), detail)
             .await?;
@@ -434,7 +442,7 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 async fn take_events(
     mut recorded: TurnEvents<'_>,
     events: &mut mpsc::Receiver<wire::EventBody>,
-) -> String {
+) -> (String, Option<f64>) {
     loop {
         let due = recorded.due();
         tokio::select! {

@@ -268,3 +268,71 @@ pub(super) fn healthz() {}
     responses((status = 200, description = "The OpenAPI document of the sidecar", content_type = "application/json"))
 )]
 pub(super) fn openapi() {}
+
+#[utoipa::path(
+    put,
+    path = "/admin/apps/{app}",
+    tag = "admin",
+    description = "Changes an app's policy (`forge.admin.app.set`); needs an admin token. A field \
+                   left out stays as it is; `null` clears it, so the `[app_defaults]` value applies.",
+    params(("app" = String, Path, description = "The app")),
+    request_body = wire::PolicySet,
+    responses(
+        (status = 200, description = "The app's policy as it now applies", body = wire::Policy),
+        (status = 400, description = "bad_request: an unknown field or agent, a bad amount", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) fn set_app() {}
+
+#[utoipa::path(
+    get,
+    path = "/admin/apps/{app}",
+    tag = "admin",
+    description = "An app's policy, the defaults filled in, with where each field comes from \
+                   (`forge.admin.app.get`); needs an admin token.",
+    params(("app" = String, Path, description = "The app")),
+    responses(
+        (status = 200, description = "The app's policy", body = wire::Policy),
+        (status = 400, description = "bad_request: not an app name", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) fn get_app() {}
+
+#[utoipa::path(
+    get,
+    path = "/admin/apps",
+    tag = "admin",
+    description = "The policy of every app with a token or a policy (`forge.admin.app.list`); \
+                   needs an admin token.",
+    responses((status = 200, description = "The apps' policies", body = wire::PolicyList)),
+    security(("bearer" = []))
+)]
+pub(super) fn list_apps() {}
+
+#[utoipa::path(
+    get,
+    path = "/usage",
+    tag = "usage",
+    description = "What the caller's app uses of each counted limit, beside the limit and its \
+                   window (`forge.usage`).",
+    responses((status = 200, description = "The app's usage", body = wire::Usage)),
+    security(("bearer" = []))
+)]
+pub(super) fn usage() {}
+
+#[utoipa::path(
+    get,
+    path = "/admin/usage",
+    tag = "admin",
+    description = "What one app or every app did per UTC day (`forge.admin.usage`); needs an \
+                   admin token.",
+    params(wire::UsageAsked),
+    responses(
+        (status = 200, description = "A row per app and day", body = wire::UsageDays),
+        (status = 400, description = "bad_request: a bad date or range, or an unknown parameter", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) fn admin_usage() {}

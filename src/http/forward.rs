@@ -10,10 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 
-use super::{error_body, error_response, json_response, Sidecar};
+use super::{error_body, error_response, json_response, retry_after, Sidecar};
 use crate::client::{ClientError, RawReply};
 use crate::domain::Op;
 use crate::error::{Error, ErrorKind};
+use crate::wire;
 
 /// Waits before trying again after "no responders": just after a reconnect the workers'
 /// subscriptions may not be back yet.
@@ -77,10 +78,18 @@ impl Sidecar {
     }
 }
 
-/// A worker's reply as HTTP: its body as it is, with 200 or the status of its error.
+/// A worker's reply as HTTP: its body as it is, with 200 or the status of its error (and the
+/// `Retry-After` of a `quota_exceeded` that says when).
 pub(super) fn reply_response(reply: RawReply) -> Response {
     let (status, body) = reply_parts(reply);
-    json_response(status, body)
+    let retry = if status == StatusCode::TOO_MANY_REQUESTS {
+        serde_json::from_slice::<wire::ErrorBody>(&body)
+            .ok()
+            .and_then(|b| b.error.retry_after_secs)
+    } else {
+        None
+    };
+    retry_after(json_response(status, body), retry)
 }
 
 /// A worker's reply's HTTP status and body: 200 and the body as it is, or the status of its
@@ -155,5 +164,12 @@ mod tests {
             body: Bytes::from_static(b"{}"),
         });
         assert_eq!(r.status(), StatusCode::OK);
+        let quota = br#"{"error":{"code":"quota_exceeded","message":"m","limit":"turns_per_day","retry_after_secs":42}}"#;
+        let r = reply_response(RawReply {
+            status: Some(429),
+            body: Bytes::from_static(quota),
+        });
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "42");
     }
 }

@@ -131,10 +131,21 @@ fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Respo
     (status, [(CONTENT_TYPE, "application/json")], body.into()).into_response()
 }
 
-/// The contract's error reply: the kind's status and `{"error": {"code", "message"}}`.
+/// The contract's error reply: the kind's status and `{"error": {"code", "message"}}`; with
+/// `Retry-After` when it says when to try again.
 pub fn error_response(err: &Error) -> Response {
     let status = StatusCode::from_u16(err.kind.status()).expect("the table holds valid statuses");
-    json_response(status, error_body(err))
+    retry_after(json_response(status, error_body(err)), err.retry_after_secs)
+}
+
+/// `response` with a `Retry-After` of `secs`, if given.
+fn retry_after(mut response: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+    }
+    response
 }
 
 /// `{"error": {"code", "message"}}`.

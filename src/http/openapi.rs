@@ -39,6 +39,11 @@ use crate::wire;
         routes::revoke_token,
         routes::healthz,
         routes::openapi,
+        routes::set_app,
+        routes::get_app,
+        routes::list_apps,
+        routes::usage,
+        routes::admin_usage,
     ),
     components(schemas(
         wire::FileUpload,
@@ -68,6 +73,18 @@ use crate::wire;
         BackendKind,
         wire::ErrorBody,
         wire::ErrorDetail,
+        wire::PolicySet,
+        wire::PolicyFields,
+        wire::Policy,
+        wire::PolicyList,
+        wire::Source,
+        wire::Usage,
+        wire::LimitUsage,
+        wire::UsageDay,
+        wire::UsageDays,
+        crate::quota::Amount,
+        crate::quota::Window,
+        crate::agent::def::PermissionPolicy,
         ErrorKind,
         SidecarHealth,
         RunForm,
@@ -77,7 +94,8 @@ use crate::wire;
     tags(
         (name = "sessions", description = "Sessions driven through acpx"),
         (name = "runs", description = "One-shot runs of claude"),
-        (name = "admin", description = "App tokens; an admin token is needed"),
+        (name = "admin", description = "App tokens, apps' policies and usage; an admin token is needed"),
+        (name = "usage", description = "What the caller's app used of its limits"),
         (name = "health", description = "Health and this document; no token needed"),
     )
 )]
@@ -109,9 +127,14 @@ impl Modify for CommonResponses {
             );
         }
         for item in openapi.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post, &mut item.delete]
-                .into_iter()
-                .flatten()
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
             {
                 let secured = op.security.is_some();
                 let responses = &mut op.responses.responses;
@@ -132,6 +155,11 @@ impl Modify for CommonResponses {
                     add(
                         "413",
                         "payload_too_large: the body, prompt or files are over the limits",
+                    );
+                    add(
+                        "429",
+                        "quota_exceeded: a limit of the app's policy (`limit` names it; \
+                         `retry_after_secs` and `Retry-After` say when it frees, where it does)",
                     );
                     add("500", "internal");
                     add(

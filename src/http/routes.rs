@@ -79,17 +79,29 @@ fn requested_timeout(body: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Timeout>(body).ok()?.timeout_secs
 }
 
-fn session_id_differs() -> Error {
-    Error::bad_request("session_id in the body differs from the session in the path")
+fn differs_from_path(field: &str) -> Error {
+    let what = field.strip_suffix("_id").unwrap_or(field);
+    Error::bad_request(format!(
+        "{field} in the body differs from the {what} in the path"
+    ))
 }
 
-/// Puts the path's session id into a JSON turn body. A body that is not a JSON object goes on
-/// unchanged, for the worker to reject as it would over NATS; one that already names the same
-/// session goes on unchanged too. Otherwise the field is written in ahead of the others, leaving
-/// the rest byte for byte as it came.
+fn session_id_differs() -> Error {
+    differs_from_path("session_id")
+}
+
+/// Puts the path's session id into a JSON turn body (see [`with_path_field`]).
 fn with_session_id(body: Bytes, id: &str) -> Result<Bytes> {
+    with_path_field(body, "session_id", id)
+}
+
+/// Puts `field` = `id`, from the path, into a JSON body. A body that is not a JSON object goes
+/// on unchanged, for the worker to reject as it would over NATS; one that already holds the same
+/// value goes on unchanged too. Otherwise the field is written in ahead of the others, leaving
+/// the rest byte for byte as it came.
+fn with_path_field(body: Bytes, field: &str, id: &str) -> Result<Bytes> {
     let Some(start) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
-        return Ok(to_body(&serde_json::json!({ "session_id": id })));
+        return Ok(to_body(&serde_json::json!({ field: id })));
     };
     if body[start] != b'{' {
         return Ok(body);
@@ -97,14 +109,15 @@ fn with_session_id(body: Bytes, id: &str) -> Result<Bytes> {
     let Ok(object) = serde_json::from_slice::<Map<String, Value>>(&body) else {
         return Ok(body);
     };
-    match object.get("session_id") {
+    match object.get(field) {
         Some(Value::String(given)) if given == id => Ok(body),
-        Some(_) => Err(session_id_differs()),
+        Some(_) => Err(differs_from_path(field)),
         None => {
             let id = serde_json::to_vec(id).expect("a string serializes");
             let mut out = Vec::with_capacity(body.len() + id.len() + 16);
             out.extend_from_slice(&body[..=start]);
-            out.extend_from_slice(b"\"session_id\":");
+            out.extend_from_slice(&serde_json::to_vec(field).expect("a string serializes"));
+            out.push(b':');
             out.extend_from_slice(&id);
             if !object.is_empty() {
                 out.push(b',');
@@ -141,7 +154,7 @@ async fn forward_empty(op: Op, s: Sidecar, headers: HeaderMap) -> Response {
     s.forward(op, &headers, body, control_timeout(op)).await
 }
 
-/// An operation on the session or token of the path, without a body.
+/// An operation on the session, token or app of the path, without a body.
 async fn forward_path(
     op: Op,
     s: Sidecar,
@@ -151,9 +164,35 @@ async fn forward_path(
     let id = path_id(path)?;
     let body = match op {
         Op::TokenRevoke => to_body(&wire::TokenRevoke { token_id: id }),
+        Op::AppGet => to_body(&wire::AppRef { app: id }),
         _ => to_body(&wire::SessionRef { session_id: id }),
     };
     Ok(s.forward(op, &headers, body, control_timeout(op)).await)
+}
+
+/// `PUT /admin/apps/{app}`: the body with the path's app in it.
+async fn set_app(
+    State(s): State<Sidecar>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let app = path_id(path)?;
+    let body = with_path_field(read_body(body, s.max_request_bytes)?, "app", &app)?;
+    Ok(s.forward(Op::AppSet, &headers, body, CONTROL_TIMEOUT).await)
+}
+
+/// `GET /admin/usage?app=&from=&to=`: the query as the body.
+async fn admin_usage(
+    State(s): State<Sidecar>,
+    query: Result<Query<wire::UsageAsked>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let Query(asked) =
+        query.map_err(|r| Error::bad_request(format!("invalid query: {}", r.body_text())))?;
+    let body = to_body(&asked);
+    Ok(s.forward(Op::AdminUsage, &headers, body, CONTROL_TIMEOUT)
+        .await)
 }
 
 /// The handler of `op`'s route. A match on every operation: one without a handler does not
@@ -162,6 +201,7 @@ fn handler(op: Op) -> MethodRouter<Sidecar> {
     let method = match op.route().method {
         ops::Method::Get => MethodFilter::GET,
         ops::Method::Post => MethodFilter::POST,
+        ops::Method::Put => MethodFilter::PUT,
         ops::Method::Delete => MethodFilter::DELETE,
     };
     let body = move |State(s), headers, body| forward_body(op, s, headers, body);
@@ -169,8 +209,12 @@ fn handler(op: Op) -> MethodRouter<Sidecar> {
     let path = move |State(s), path, headers| forward_path(op, s, path, headers);
     match op {
         Op::SessionCreate | Op::TokenCreate => on(method, body),
-        Op::SessionList | Op::TokenList => on(method, empty),
-        Op::SessionGet | Op::SessionClose | Op::SessionCancel | Op::TokenRevoke => on(method, path),
+        Op::SessionList | Op::TokenList | Op::AppList | Op::Usage => on(method, empty),
+        Op::SessionGet | Op::SessionClose | Op::SessionCancel | Op::TokenRevoke | Op::AppGet => {
+            on(method, path)
+        }
+        Op::AppSet => on(method, set_app),
+        Op::AdminUsage => on(method, admin_usage),
         Op::SessionTurn => on(method, turn),
         Op::Run => on(method, run),
         Op::SessionPermission => on(method, answer_permission),
@@ -353,6 +397,7 @@ mod tests {
         for op in Op::ALL {
             let route = op.route();
             let path = route.path.replace("{id}", "x").replace("{request_id}", "y");
+            let path = path.replace("{app}", "notes");
             let status = status(&app, route.method.as_str(), &path).await;
             assert_eq!(status, StatusCode::IM_A_TEAPOT, "{op:?}");
         }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use super::rows::Admission;
 use super::rows::{Lease, Stamp};
 use super::{EventOutcome, LedgerResult};
 use crate::values::{SessionId, Timestamp, WaitId};
@@ -73,24 +74,28 @@ pub trait Ownership {
 }
 
 /// What taking a turn gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Reserved {
     Turn(u64),
     NotFound,
     Closed,
+    /// A limit of its app refused it; nothing was written but the refusal.
+    Refused(crate::quota::Refusal),
 }
 
 /// Turns taken by a worker and numbered, not yet begun; and which worker holds a session's
 /// current turn.
 pub trait TurnWaits {
     /// Records that `by`'s worker has taken a turn of `session_id` (the caller's, `app`)
-    /// that has not begun yet, and gives it the session's next number.
+    /// that has not begun yet, and gives it the session's next number; unless the app's
+    /// turns in flight, turns today or agents' cost this month are at their limits.
     fn reserve_turn(
         &self,
         wait_id: WaitId,
         session_id: SessionId,
         app: String,
         by: Stamp,
+        admission: Admission,
     ) -> impl Future<Output = LedgerResult<Reserved>> + Send;
 
     /// A turn taken and numbered that will not begin: its number is recorded with why.

@@ -6,6 +6,7 @@
 //! [`Ledger`] implements them all on one SQLite file (`sqlite/`, the only module that imports
 //! rusqlite). Another engine is another type implementing the same traits.
 
+mod apps;
 mod coordination;
 mod outcome;
 mod records;
@@ -14,13 +15,14 @@ mod sqlite;
 
 use std::path::PathBuf;
 
+pub use apps::Apps;
 pub use coordination::{Owner, Ownership, Reserved, TurnWaits, Workers};
 pub use outcome::{EventOutcome, RunOutcome, UnknownOutcome};
 pub use records::{Recovery, Runs, Sessions, Tokens, Turns};
 pub use rows::{
-    BeginTurn, CloseOutcome, CreateOutcome, EventDetail, EventRow, Idle, Interrupted, Lease,
-    NewRun, Recorded, RunEnd, RunRow, SessionEvent, SessionRow, Stamp, TokenRow, TurnRow,
-    TurnStart,
+    Admission, BeginTurn, CloseOutcome, CreateOutcome, DayRow, EventDetail, EventRow, Idle,
+    Interrupted, Lease, NewRun, PolicyRow, Recorded, RunBegun, RunEnd, RunRow, SessionEvent,
+    SessionRow, Stamp, TokenRow, TurnRow, TurnStart, Used,
 };
 pub use sqlite::Ledger;
 

@@ -6,9 +6,10 @@ use std::future::Future;
 
 use super::rows::{
     BeginTurn, CloseOutcome, CreateOutcome, EventDetail, EventRow, Idle, Interrupted, NewRun,
-    RunEnd, RunRow, SessionEvent, SessionRow, Stamp, TokenRow, TurnRow, TurnStart,
+    RunBegun, RunEnd, RunRow, SessionEvent, SessionRow, Stamp, TokenRow, TurnRow, TurnStart,
 };
 use super::{EventOutcome, LedgerResult};
+use crate::quota::Limits;
 use crate::values::{RunId, SessionId, Timestamp, TokenId};
 use crate::wire;
 
@@ -37,12 +38,14 @@ pub trait Tokens {
 /// Sessions and their audit trail: created, closed, swept, deleted.
 pub trait Sessions {
     /// Inserts an open session and its `create` event (`running` until
-    /// [`Sessions::finish_create`]), unless `cap` sessions are already open.
+    /// [`Sessions::finish_create`]), unless `cap` sessions are already open or its app's are
+    /// at `limits`.
     fn create_session(
         &self,
         row: SessionRow,
         worker_id: String,
         cap: u64,
+        limits: Limits,
     ) -> impl Future<Output = LedgerResult<CreateOutcome>> + Send;
 
     fn session(
@@ -165,8 +168,14 @@ pub trait Turns {
 
 /// One-shot runs.
 pub trait Runs {
-    /// Records a run as `running`, before its process starts: a crash leaves the row behind.
-    fn begin_run(&self, run: NewRun, by: Stamp) -> impl Future<Output = LedgerResult<()>> + Send;
+    /// Records a run as `running`, before its process starts (a crash leaves the row behind);
+    /// unless its app's runs in flight or runs' cost are at `limits`.
+    fn begin_run(
+        &self,
+        run: NewRun,
+        by: Stamp,
+        limits: Limits,
+    ) -> impl Future<Output = LedgerResult<RunBegun>> + Send;
 
     /// Records how a run ended.
     fn finish_run(

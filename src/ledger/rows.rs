@@ -71,7 +71,7 @@ impl Stamp {
 }
 
 /// What a session event row says, beyond its session, kind and time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EventDetail {
     pub outcome: EventOutcome,
     pub turn: Option<u64>,
@@ -80,6 +80,8 @@ pub struct EventDetail {
     pub prompt: Option<Recorded>,
     pub output: Option<Recorded>,
     pub error: Option<String>,
+    /// A turn's cost as its agent reported it (its last `usage` event's).
+    pub cost_usd: Option<f64>,
 }
 
 impl EventDetail {
@@ -93,6 +95,7 @@ impl EventDetail {
             prompt: None,
             output: None,
             error: None,
+            cost_usd: None,
         }
     }
 }
@@ -126,13 +129,15 @@ impl SessionEvent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {
     Created,
     /// The live-session cap is reached; nothing was written.
     AtCapacity {
         open: u64,
     },
+    /// A limit of its app refused it; nothing was written but the refusal.
+    Refused(crate::quota::Refusal),
 }
 
 /// A turn to begin: whose, by which worker and when, its prompt; workers alive since
@@ -284,4 +289,82 @@ pub struct Lease {
     pub name: String,
     pub holder: String,
     pub expires_at: Timestamp,
+}
+
+/// The limits work of an app is admitted under (counted in the transaction that admits it),
+/// and since when a worker must have been heard from for the turns it holds to count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admission {
+    pub limits: crate::quota::Limits,
+    pub alive_since: Timestamp,
+}
+
+impl Admission {
+    /// No limit.
+    pub fn unlimited() -> Admission {
+        Admission {
+            limits: Default::default(),
+            alive_since: Timestamp::now(),
+        }
+    }
+}
+
+/// How recording a run as begun went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunBegun {
+    Begun,
+    /// A limit of its app refused it; nothing was written but the refusal.
+    Refused(crate::quota::Refusal),
+}
+
+/// An app's own policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRow {
+    pub app: String,
+    pub fields: crate::wire::PolicyFields,
+    pub updated_at: Timestamp,
+}
+
+/// What an app has used of each counted limit at one time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Used {
+    pub open_sessions: u64,
+    pub turns_in_flight: u64,
+    pub runs_in_flight: u64,
+    pub requests_this_minute: u64,
+    pub turns_today: u64,
+    pub runs_usd_today: f64,
+    pub runs_usd_this_month: f64,
+    pub agent_usd_this_month: f64,
+}
+
+impl Used {
+    /// What `limit` counts.
+    pub fn of(&self, limit: crate::quota::Limit) -> crate::quota::Amount {
+        use crate::quota::{Amount, Limit};
+        match limit {
+            Limit::MaxOpenSessions => Amount::Count(self.open_sessions),
+            Limit::MaxConcurrentTurns => Amount::Count(self.turns_in_flight),
+            Limit::MaxConcurrentRuns => Amount::Count(self.runs_in_flight),
+            Limit::RequestsPerMinute => Amount::Count(self.requests_this_minute),
+            Limit::TurnsPerDay => Amount::Count(self.turns_today),
+            Limit::RunsUsdPerDay => Amount::Usd(self.runs_usd_today),
+            Limit::RunsUsdPerMonth => Amount::Usd(self.runs_usd_this_month),
+            Limit::AgentUsdPerMonth => Amount::Usd(self.agent_usd_this_month),
+            _ => Amount::Count(0),
+        }
+    }
+}
+
+/// What one app did on one UTC day.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayRow {
+    pub date: crate::quota::Day,
+    pub app: String,
+    pub sessions_created: u64,
+    pub turns: u64,
+    pub runs: u64,
+    pub runs_usd: f64,
+    pub agent_usd: f64,
+    pub refused: std::collections::BTreeMap<crate::quota::Limit, u64>,
 }

@@ -95,19 +95,19 @@ async fn cap_counts_open_sessions_only() {
     let (_d, l) = ledger();
     let w = "w1".to_string();
     assert_eq!(
-        l.create_session(session("s1", "a"), w.clone(), 2)
+        l.create_session(session("s1", "a"), w.clone(), 2, Default::default())
             .await
             .unwrap(),
         CreateOutcome::Created
     );
     assert_eq!(
-        l.create_session(session("s2", "a"), w.clone(), 2)
+        l.create_session(session("s2", "a"), w.clone(), 2, Default::default())
             .await
             .unwrap(),
         CreateOutcome::Created
     );
     assert_eq!(
-        l.create_session(session("s3", "b"), w.clone(), 2)
+        l.create_session(session("s3", "b"), w.clone(), 2, Default::default())
             .await
             .unwrap(),
         CreateOutcome::AtCapacity { open: 2 }
@@ -125,7 +125,9 @@ async fn cap_counts_open_sessions_only() {
         .unwrap();
     assert_eq!(closed, CloseOutcome::Closed);
     assert_eq!(
-        l.create_session(session("s3", "b"), w, 2).await.unwrap(),
+        l.create_session(session("s3", "b"), w, 2, Default::default())
+            .await
+            .unwrap(),
         CreateOutcome::Created
     );
     assert_eq!(l.open_session_count().await.unwrap(), 2);
@@ -134,7 +136,7 @@ async fn cap_counts_open_sessions_only() {
 #[tokio::test]
 async fn turns_are_numbered_and_recorded() {
     let (_d, l) = ledger();
-    l.create_session(session("s1", "a"), "w".into(), 10)
+    l.create_session(session("s1", "a"), "w".into(), 10, Default::default())
         .await
         .unwrap();
     let first = l
@@ -224,7 +226,7 @@ async fn turns_are_numbered_and_recorded() {
 #[tokio::test]
 async fn closing_twice_and_turning_a_closed_session() {
     let (_d, l) = ledger();
-    l.create_session(session("s1", "a"), "w".into(), 10)
+    l.create_session(session("s1", "a"), "w".into(), 10, Default::default())
         .await
         .unwrap();
     let close = |app: &str| {
@@ -318,9 +320,14 @@ fn two_processes_worth_of_connections_share_one_file() {
         for i in 0..20 {
             let l = if i % 2 == 0 { a.clone() } else { b.clone() };
             tasks.push(tokio::spawn(async move {
-                l.create_session(session(&format!("s{i}"), "a"), "w".into(), 15)
-                    .await
-                    .unwrap()
+                l.create_session(
+                    session(&format!("s{i}"), "a"),
+                    "w".into(),
+                    15,
+                    Default::default(),
+                )
+                .await
+                .unwrap()
             }));
         }
         let mut created = 0;
@@ -357,6 +364,7 @@ async fn a_run_is_recorded_as_running_then_as_it_ended() {
             prompt: Recorded::of("hello", true),
         },
         by("w1", "2026-01-01T00:00:00.000Z"),
+        Default::default(),
     )
     .await
     .unwrap();
@@ -406,6 +414,7 @@ async fn a_failed_run_keeps_its_error_and_stderr_and_hashes_only_when_asked() {
             prompt: Recorded::of("secret prompt", false),
         },
         by("w1", "t0"),
+        Default::default(),
     )
     .await
     .unwrap();
@@ -448,6 +457,7 @@ async fn end_times_of_known_runs() {
                 prompt: Recorded::of("p", true),
             },
             by("w", "t0"),
+            Default::default(),
         )
         .await
         .unwrap();
@@ -467,10 +477,10 @@ async fn end_times_of_known_runs() {
 #[tokio::test]
 async fn a_turn_waits_while_a_live_worker_runs_one_of_its_session() {
     let (_d, l) = ledger();
-    l.create_session(session("s1", "a"), "w1".into(), 10)
+    l.create_session(session("s1", "a"), "w1".into(), 10, Default::default())
         .await
         .unwrap();
-    l.create_session(session("s2", "a"), "w1".into(), 10)
+    l.create_session(session("s2", "a"), "w1".into(), 10, Default::default())
         .await
         .unwrap();
     l.heartbeat("w1".into(), "t5".into()).await.unwrap();
@@ -522,7 +532,7 @@ async fn a_turn_waits_while_a_live_worker_runs_one_of_its_session() {
 #[tokio::test]
 async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_worker() {
     let (_d, l) = ledger();
-    l.create_session(session("s1", "a"), "w1".into(), 10)
+    l.create_session(session("s1", "a"), "w1".into(), 10, Default::default())
         .await
         .unwrap();
     l.finish_create("s1".into(), EventOutcome::Ok, None)
@@ -543,6 +553,7 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
             "s1".into(),
             "a".into(),
             by("w1", "2026-01-01T00:00:06.000Z"),
+            Admission::unlimited(),
         )
         .await
         .unwrap();
@@ -598,7 +609,13 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
     assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 1);
     // A second turn taken, then given up before it began: its number is recorded with why.
     let second = l
-        .reserve_turn("t2".into(), "s1".into(), "a".into(), by("w1", "t"))
+        .reserve_turn(
+            "t2".into(),
+            "s1".into(),
+            "a".into(),
+            by("w1", "t"),
+            Admission::unlimited(),
+        )
         .await
         .unwrap();
     assert_eq!(second, Reserved::Turn(2));
@@ -611,9 +628,15 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
     .await
     .unwrap();
     // A third, left waiting by a worker that stops: recorded interrupted.
-    l.reserve_turn("t3".into(), "s1".into(), "a".into(), by("w1", "t"))
-        .await
-        .unwrap();
+    l.reserve_turn(
+        "t3".into(),
+        "s1".into(),
+        "a".into(),
+        by("w1", "t"),
+        Admission::unlimited(),
+    )
+    .await
+    .unwrap();
     l.interrupt_own(by("w1", "2026-01-01T00:00:08.000Z"), "stop".into())
         .await
         .unwrap();
@@ -636,9 +659,15 @@ async fn a_turn_waiting_to_begin_keeps_its_session_from_the_sweep_and_names_its_
     assert_eq!(l.turn_holder("s1".into(), alive_since).await.unwrap(), None);
     assert_eq!(l.session("s1".into()).await.unwrap().unwrap().turns, 3);
     assert_eq!(
-        l.reserve_turn("t4".into(), "nope".into(), "a".into(), by("w1", "t"))
-            .await
-            .unwrap(),
+        l.reserve_turn(
+            "t4".into(),
+            "nope".into(),
+            "a".into(),
+            by("w1", "t"),
+            Admission::unlimited()
+        )
+        .await
+        .unwrap(),
         Reserved::NotFound
     );
 }
@@ -651,7 +680,7 @@ async fn a_session_changes_owner_only_by_compare_and_set() {
     for w in [&a, &b] {
         l.heartbeat(w.clone(), now.into()).await.unwrap();
     }
-    l.create_session(session("s1", "app"), a.clone(), 10)
+    l.create_session(session("s1", "app"), a.clone(), 10, Default::default())
         .await
         .unwrap();
     l.set_agent_state("s1".into(), "agent-1".into(), Some(a.clone()))
@@ -720,7 +749,9 @@ async fn values_are_stored_as_the_text_they_always_were() {
         session_id: id,
         ..session("s1", "a")
     };
-    l.create_session(row, "w1".into(), 10).await.unwrap();
+    l.create_session(row, "w1".into(), 10, Default::default())
+        .await
+        .unwrap();
     let fail = EventOutcome::Failed(ErrorKind::AgentError);
     l.finish_create(id, fail, Some("no".into())).await.unwrap();
     let run: RunId = "r1".into();
@@ -730,7 +761,7 @@ async fn values_are_stored_as_the_text_they_always_were() {
         model: "m".into(),
         prompt: Recorded::of("p", false),
     };
-    l.begin_run(new, by("w1", "2026-01-01T00:00:00.5Z"))
+    l.begin_run(new, by("w1", "2026-01-01T00:00:00.5Z"), Default::default())
         .await
         .unwrap();
     let raw: (String, String, String, String, String) = l

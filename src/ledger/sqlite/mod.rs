@@ -2,6 +2,7 @@
 //! timeout, and writes that must see a consistent count (the live-session cap, a turn's number)
 //! run in `BEGIN IMMEDIATE` transactions, so that they serialise across processes.
 
+mod apps;
 mod owners;
 mod recovery;
 mod rows;
@@ -9,6 +10,7 @@ mod runs;
 mod sessions;
 mod tokens;
 mod turns;
+mod usage;
 mod values;
 mod waits;
 mod workers;
@@ -31,6 +33,7 @@ fn migrations() -> Migrations<'static> {
         M::up("ALTER TABLE sessions RENAME COLUMN acpx_record_id TO agent_state;"),
         M::up(include_str!("live.sql")),
         M::up(include_str!("owners.sql")),
+        M::up(include_str!("apps.sql")),
     ])
 }
 

@@ -5,13 +5,26 @@ use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension};
 
 use super::rows::{one, RUN_SELECT};
+use super::usage::admit;
 use super::Ledger;
-use crate::ledger::{LedgerResult, NewRun, RunEnd, RunOutcome, RunRow, Runs, Stamp};
+use crate::ledger::{LedgerResult, NewRun, RunBegun, RunEnd, RunOutcome, RunRow, Runs, Stamp};
+use crate::quota::{Limit, Limits};
 use crate::values::{RunId, Timestamp};
 
+/// The limits a run is admitted under.
+const RUN_LIMITS: [Limit; 3] = [
+    Limit::MaxConcurrentRuns,
+    Limit::RunsUsdPerDay,
+    Limit::RunsUsdPerMonth,
+];
+
 impl Runs for Ledger {
-    async fn begin_run(&self, run: NewRun, by: Stamp) -> LedgerResult<()> {
+    async fn begin_run(&self, run: NewRun, by: Stamp, limits: Limits) -> LedgerResult<RunBegun> {
         self.write(move |tx| {
+            let which = (&limits, &RUN_LIMITS[..]);
+            if let Some(refused) = admit(tx, &run.app, which, by.at.utc(), &by.at)? {
+                return Ok(RunBegun::Refused(refused));
+            }
             tx.execute(
                 "INSERT INTO runs (run_id, app, model, outcome, worker_id, created_at, prompt,
                                    prompt_bytes, prompt_sha256)
@@ -28,7 +41,7 @@ impl Runs for Ledger {
                     run.prompt.sha256
                 ],
             )?;
-            Ok(())
+            Ok(RunBegun::Begun)
         })
         .await
     }

@@ -5,12 +5,14 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use super::rows::{
     all, files_json, insert_event, one, session_state, EventOf, EVENT_SELECT, SESSION_SELECT,
 };
+use super::usage::admit;
 use super::waits::has_waiting_turn;
 use super::Ledger;
 use crate::ledger::{
     CloseOutcome, CreateOutcome, EventDetail, EventOutcome, EventRow, Idle, LedgerResult,
     SessionEvent, SessionRow, Sessions, Stamp,
 };
+use crate::quota::{Limit, Limits};
 use crate::values::{SessionId, Timestamp};
 
 /// An open session (`session`, its id) idle since before the parameter `before`, with no turn
@@ -32,6 +34,7 @@ impl Sessions for Ledger {
         row: SessionRow,
         worker_id: String,
         cap: u64,
+        limits: Limits,
     ) -> LedgerResult<CreateOutcome> {
         self.write(move |tx| {
             let open: i64 = tx.query_row(
@@ -41,6 +44,11 @@ impl Sessions for Ledger {
             )?;
             if open as u64 >= cap {
                 return Ok(CreateOutcome::AtCapacity { open: open as u64 });
+            }
+            let which = (&limits, &[Limit::MaxOpenSessions][..]);
+            let at = row.created_at;
+            if let Some(refused) = admit(tx, &row.app, which, at.utc(), &at)? {
+                return Ok(CreateOutcome::Refused(refused));
             }
             tx.execute(
                 "INSERT INTO sessions (session_id, app, agent, agent_command, cwd, status,

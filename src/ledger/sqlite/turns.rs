@@ -68,7 +68,8 @@ impl Turns for Ledger {
             let output = detail.output.as_ref();
             tx.execute(
                 "UPDATE session_events SET outcome = ?2, stop_reason = ?3, duration_ms = ?4,
-                        output = ?5, output_bytes = ?6, output_sha256 = ?7, error = ?8
+                        output = ?5, output_bytes = ?6, output_sha256 = ?7, error = ?8,
+                        cost_usd = ?9
                  WHERE id = ?1",
                 params![
                     event_id,
@@ -79,6 +80,7 @@ impl Turns for Ledger {
                     output.map(|o| o.bytes),
                     output.map(|o| o.sha256.clone()),
                     detail.error,
+                    detail.cost_usd,
                 ],
             )?;
             tx.execute(

@@ -4,10 +4,19 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::rows::session_state;
+use super::usage::admit;
 use super::workers::live_worker;
 use super::Ledger;
-use crate::ledger::{EventOutcome, LedgerResult, Reserved, Stamp, TurnWaits};
+use crate::ledger::{Admission, EventOutcome, LedgerResult, Reserved, Stamp, TurnWaits};
+use crate::quota::Limit;
 use crate::values::{SessionId, Timestamp, WaitId};
+
+/// The limits a turn is admitted under.
+const TURN_LIMITS: [Limit; 3] = [
+    Limit::MaxConcurrentTurns,
+    Limit::TurnsPerDay,
+    Limit::AgentUsdPerMonth,
+];
 
 impl TurnWaits for Ledger {
     async fn reserve_turn(
@@ -16,6 +25,7 @@ impl TurnWaits for Ledger {
         session_id: SessionId,
         app: String,
         by: Stamp,
+        admission: Admission,
     ) -> LedgerResult<Reserved> {
         self.write(move |tx| {
             let turn = match session_state(tx, session_id, &app)? {
@@ -23,6 +33,10 @@ impl TurnWaits for Ledger {
                 Some(s) if !s.open => return Ok(Reserved::Closed),
                 Some(s) => s.turns as i64 + 1,
             };
+            let which = (&admission.limits, &TURN_LIMITS[..]);
+            if let Some(refused) = admit(tx, &app, which, by.at.utc(), &admission.alive_since)? {
+                return Ok(Reserved::Refused(refused));
+            }
             tx.execute(
                 "UPDATE sessions SET turns = ?2 WHERE session_id = ?1",
                 params![session_id, turn],

@@ -60,7 +60,7 @@ async fn sweeping_skips_busy_and_fresh_sessions_and_deletes_keep_the_trail() {
     let (_d, l) = ledger();
     for (id, created) in [("old", "t01"), ("busy", "t01"), ("fresh", "t09")] {
         assert_eq!(
-            l.create_session(session(id, created), "w".into(), 10)
+            l.create_session(session(id, created), "w".into(), 10, Default::default())
                 .await
                 .unwrap(),
             CreateOutcome::Created
@@ -132,10 +132,10 @@ async fn sweeping_skips_busy_and_fresh_sessions_and_deletes_keep_the_trail() {
 #[tokio::test]
 async fn work_of_dead_workers_is_interrupted() {
     let (_d, l) = ledger();
-    l.create_session(session("s1", "t01"), "alive".into(), 10)
+    l.create_session(session("s1", "t01"), "alive".into(), 10, Default::default())
         .await
         .unwrap();
-    l.create_session(session("s2", "t01"), "dead".into(), 10)
+    l.create_session(session("s2", "t01"), "dead".into(), 10, Default::default())
         .await
         .unwrap();
     for s in ["s1", "s2"] {
@@ -166,6 +166,7 @@ async fn work_of_dead_workers_is_interrupted() {
                 prompt: Recorded::of("x", true),
             },
             by(w, "t03"),
+            Default::default(),
         )
         .await
         .unwrap();

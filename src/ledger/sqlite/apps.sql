@@ -1,0 +1,32 @@
+-- v5: apps' policies, and what the limits count that the other tables do not hold.
+CREATE TABLE app_policies (
+    app        TEXT PRIMARY KEY,
+    -- The policy's fields as JSON (PolicyFields): a field left out is not set.
+    policy     TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+-- Requests per app and UTC minute (`2026-01-01T10:05`), counted for apps with a
+-- requests_per_minute limit; minutes before the current one are deleted as it is counted.
+CREATE TABLE app_requests (
+    app      TEXT NOT NULL,
+    minute   TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    PRIMARY KEY (app, minute)
+) WITHOUT ROWID;
+
+-- Requests refused by a limit, per app, UTC day (`2026-01-01`) and limit.
+CREATE TABLE app_refusals (
+    app        TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    limit_name TEXT NOT NULL,
+    refused    INTEGER NOT NULL,
+    PRIMARY KEY (app, day, limit_name)
+) WITHOUT ROWID;
+
+-- A turn's cost as its agent reported it: its last `usage` event's cost_usd.
+ALTER TABLE session_events ADD COLUMN cost_usd REAL;
+-- An app's turns and creates by time (turns today, agents' cost this month, usage by day).
+CREATE INDEX session_events_by_app ON session_events (app, event, at);
+-- An app's running runs.
+CREATE INDEX runs_running ON runs (app) WHERE outcome = 'running';
