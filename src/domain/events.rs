@@ -30,7 +30,7 @@ pub(super) struct TurnEvents<'a> {
     turn: u64,
     seq: u64,
     said: String,
-    /// The cost the agent reported last (`usage` events carry the turn's total so far).
+    /// The cost the agent reported last (ACP's `usage` cost is the session's, so far).
     cost_usd: Option<f64>,
     batch: Vec<wire::Event>,
     /// When the oldest event of the batch must be recorded.

@@ -86,7 +86,7 @@ struct Driven {
     duration_ms: u64,
     /// Ended by the worker's shutdown rather than by the agent or the caller.
     interrupted: bool,
-    /// What the agent reported the turn cost.
+    /// What the agent reported the session had cost by the turn's end.
     cost_usd: Option<f64>,
 }
 
@@ -368,7 +368,7 @@ impl Forge {
     async fn finish(&self, t: &Accepted, b: &Begun, d: Driven) -> Result<wire::Turn> {
         let result = d.result.map_err(Error::from);
         let mut detail = self.turn_detail(b.turn, &result, d.duration_ms, d.interrupted);
-        detail.cost_usd = d.cost_usd;
+        detail.reported_cost_usd = d.cost_usd;
         self.ledger
             .finish_turn(t.row.session_id, b.event_id, Timestamp::now(), detail)
             .await?;

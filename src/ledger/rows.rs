@@ -80,8 +80,9 @@ pub struct EventDetail {
     pub prompt: Option<Recorded>,
     pub output: Option<Recorded>,
     pub error: Option<String>,
-    /// A turn's cost as its agent reported it (its last `usage` event's).
-    pub cost_usd: Option<f64>,
+    /// What a turn's agent reported its session had cost by the turn's end (its last `usage`
+    /// event's `cost_usd`, which ACP makes the session's, cumulative).
+    pub reported_cost_usd: Option<f64>,
 }
 
 impl EventDetail {
@@ -95,7 +96,7 @@ impl EventDetail {
             prompt: None,
             output: None,
             error: None,
-            cost_usd: None,
+            reported_cost_usd: None,
         }
     }
 }

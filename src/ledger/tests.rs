@@ -4,6 +4,7 @@ use super::*;
 use crate::error::ErrorKind;
 use crate::values::{RunId, SessionId, Timestamp, TokenId, WaitId};
 
+mod apps;
 mod lifecycle;
 
 // Names for the ids and times of these tests: each name is one id, and short names ("t05", "")

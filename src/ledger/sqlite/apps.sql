@@ -24,7 +24,11 @@ CREATE TABLE app_refusals (
     PRIMARY KEY (app, day, limit_name)
 ) WITHOUT ROWID;
 
--- A turn's cost as its agent reported it: its last `usage` event's cost_usd.
+-- What a turn's agent reported its session had cost by the turn's end (ACP's usage cost is
+-- the session's, cumulative: its last `usage` event's cost_usd), and the turn's own part of it:
+-- the growth since the session's previous report, or all of it after the count started again
+-- (an agent process that loaded the session anew).
+ALTER TABLE session_events ADD COLUMN reported_cost_usd REAL;
 ALTER TABLE session_events ADD COLUMN cost_usd REAL;
 -- An app's turns and creates by time (turns today, agents' cost this month, usage by day).
 CREATE INDEX session_events_by_app ON session_events (app, event, at);

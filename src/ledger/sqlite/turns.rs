@@ -12,6 +12,33 @@ use crate::ledger::{
 use crate::values::{SessionId, Timestamp, WaitId};
 use crate::wire;
 
+/// A turn's own cost, from what its agent `reported` the session had cost by its end: the
+/// growth since the session's last earlier report, or all of it when the count started again
+/// (a report lower than the one before: an agent process that loaded the session anew).
+fn turn_cost(
+    tx: &Transaction<'_>,
+    session_id: SessionId,
+    event_id: i64,
+    reported: Option<f64>,
+) -> rusqlite::Result<Option<f64>> {
+    let Some(now) = reported else {
+        return Ok(None);
+    };
+    let before: Option<f64> = tx
+        .prepare_cached(
+            "SELECT reported_cost_usd FROM session_events
+             WHERE session_id = ?1 AND event = 'turn' AND id < ?2
+                   AND reported_cost_usd IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![session_id, event_id], |r| r.get(0))
+        .optional()?;
+    Ok(Some(match before {
+        Some(before) if before <= now => now - before,
+        _ => now,
+    }))
+}
+
 /// Events read at most per query.
 const EVENTS_PER_READ: i64 = 512;
 
@@ -69,7 +96,7 @@ impl Turns for Ledger {
             tx.execute(
                 "UPDATE session_events SET outcome = ?2, stop_reason = ?3, duration_ms = ?4,
                         output = ?5, output_bytes = ?6, output_sha256 = ?7, error = ?8,
-                        cost_usd = ?9
+                        reported_cost_usd = ?9, cost_usd = ?10
                  WHERE id = ?1",
                 params![
                     event_id,
@@ -80,7 +107,8 @@ impl Turns for Ledger {
                     output.map(|o| o.bytes),
                     output.map(|o| o.sha256.clone()),
                     detail.error,
-                    detail.cost_usd,
+                    detail.reported_cost_usd,
+                    turn_cost(tx, session_id, event_id, detail.reported_cost_usd)?,
                 ],
             )?;
             tx.execute(
