@@ -14,7 +14,7 @@ use clawdforge::wire::{
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{agent_command, http_client, Forge, HttpProcess, Options, CLUSTERED};
+use crate::harness::{agent_command, http_client, Forge, HttpProcess, Options, Via, CLUSTERED};
 use crate::runs::{claude_env, run, wait_for_running_runs};
 use crate::sessions::{kind, turn};
 
@@ -1131,10 +1131,10 @@ async fn permission_decided(app: &ForgeClient) -> (Vec<PermissionDecision>, Stri
 }
 
 /// An app capped at `deny_all` has its agents' requests rejected, where an uncapped app's
-/// agent (allow_all) has them allowed.
-#[tokio::test]
-async fn max_permissions_caps_what_the_agent_allows() {
-    let forge = Forge::start().await;
+/// agent (allow_all) has them allowed: through acpx, which answers them itself, and through a
+/// native connection, where the worker answers them.
+async fn max_permissions_caps_what_the_agent_allows(via: Via) {
+    let forge = Forge::start_via(via).await;
     set_policy(&forge, "capped", json!({"max_permissions": "deny_all"})).await;
     let (free, capped) = (forge.app("free").await, forge.app("capped").await);
 
@@ -1146,3 +1146,5 @@ async fn max_permissions_caps_what_the_agent_allows() {
     assert_eq!(decisions, [PermissionDecision::Rejected]);
     assert!(output.ends_with("[permission=reject]"), "{output}");
 }
+
+crate::both_backends!(max_permissions_caps_what_the_agent_allows);
