@@ -150,9 +150,13 @@ impl Refused<'_> {
     }
 }
 
-/// The rows of work in the ledger: sessions, session events, runs, turns waiting.
-fn work_rows(forge: &Forge) -> [i64; 4] {
-    ["sessions", "session_events", "runs", "turn_waits"].map(|t| forge.rows_in(t))
+/// The work in the ledger: rows of sessions, session events, runs and turns waiting, and the
+/// turns the sessions have numbered.
+fn work_rows(forge: &Forge) -> [i64; 5] {
+    let [a, b, c, d] =
+        ["sessions", "session_events", "runs", "turn_waits"].map(|t| forge.rows_in(t));
+    let numbered = i64_of(forge, "SELECT COALESCE(SUM(turns), 0) FROM sessions", []);
+    [a, b, c, d, numbered]
 }
 
 /// The refusals app_refusals counts for `app` and `limit` (all days).
@@ -820,6 +824,14 @@ async fn usage_is_what_the_ledger_holds_over_nats_and_http() {
             ("models".to_string(), 1)
         ]
     );
+
+    let every_app = wire::UsageAsked {
+        app: None,
+        ..asked.clone()
+    };
+    let all = forge.admin.admin_usage(&every_app).await.unwrap();
+    let of_metered: Vec<_> = all.days.iter().filter(|d| d.app == "metered").collect();
+    assert_eq!(of_metered, [day], "every app's days hold the app's");
 
     // HTTP: the same answers. /usage counts one request more, and is asked at another moment.
     let got = http(&sidecar, Method::GET, "/usage", Some(&token), None).await;
