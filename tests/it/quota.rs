@@ -322,6 +322,29 @@ async fn each_limit_refuses_with_its_kind_over_nats_and_http_and_writes_nothing(
     let ask = Ask::turn(&id, json!({"prompt": "one more"}));
     g.refuses(("daily", &app), ask, refused).await;
 
+    // Streamed over NATS, the refusal is the stream's end, with its limit and retry.
+    let streamed = app
+        .turn_streaming(&turn(&id, "streamed"), Duration::from_secs(60), |_| {})
+        .await;
+    match streamed {
+        Err(ClientError::Api(e)) => {
+            assert_eq!(e.kind, ErrorKind::QuotaExceeded);
+            assert_eq!(e.limit.as_deref(), Some("turns_per_day"));
+            assert!(e.retry_after_secs.is_some_and(|s| s <= DAY), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Asked for server-sent events, the refusal is the same 429 with its Retry-After.
+    let sse = crate::http::sse_turn(&g.sidecar, app.token().unwrap(), &id)
+        .json(&json!({"prompt": "one more, streamed"}));
+    let response = crate::http::sse_send(sse).await;
+    assert_eq!(response.status().as_u16(), 429);
+    let header = response.headers().get("retry-after").cloned();
+    let body: Value = response.json().await.unwrap();
+    let retry = refused.check(&body, "SSE");
+    let header = header.map(|h| h.to_str().unwrap().parse::<u64>().unwrap());
+    assert_eq!(header, retry, "Retry-After over SSE");
+
     // max_concurrent_runs: a run held by the stand-in refuses the next.
     let app = forge.app("runner").await;
     let release = hold("runner-release");
