@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 
+use super::ops::Access;
 use super::request::Request;
 use super::types::AppName;
 use super::{Caller, Forge};
@@ -154,6 +155,11 @@ impl Forge {
     /// minute, and what the request names (an agent, a model, a timeout) checked against them.
     /// Counted limits of the work itself are the ledger's to check when it admits the work.
     pub(super) async fn police(&self, mut caller: Caller, request: &Request) -> Result<Caller> {
+        // The admin's operations (tokens, policies, usage) are no app's work: no app's limit,
+        // nor [app_defaults], may refuse them, or the means of changing a limit with them.
+        if request.op().access() == Access::Admin {
+            return Ok(caller);
+        }
         let limits = self.limits_of(caller.app.as_str()).await?;
         let app = caller.app.to_string();
         if let Some(per_minute) = limits.requests_per_minute {

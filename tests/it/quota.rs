@@ -929,8 +929,10 @@ async fn usage_is_what_the_ledger_holds_over_nats_and_http() {
 /// `list` holds every app with a token or a policy; a bad change is a bad request.
 #[tokio::test]
 async fn policies_show_their_defaults_and_bad_changes_are_refused() {
-    let defaults =
-        "[app_defaults]\nmax_open_sessions = 8\nturns_per_day = 100\nmax_timeout_secs = 100\n";
+    // requests_per_minute = 2 holds every app to two requests a minute, but not the admin,
+    // which asks many more here.
+    let defaults = "[app_defaults]\nmax_open_sessions = 8\nturns_per_day = 100\n\
+                    max_timeout_secs = 100\nrequests_per_minute = 2\n";
     let forge = Forge::start_with(Options {
         config_toml: Some(format!("{defaults}{}", spare_agent())),
         ..Default::default()
@@ -939,6 +941,7 @@ async fn policies_show_their_defaults_and_bad_changes_are_refused() {
     let fresh = forge.admin.app_policy("fresh").await.unwrap();
     assert_eq!(fresh.fields.max_open_sessions, Some(8));
     assert_eq!(fresh.fields.turns_per_day, Some(100));
+    assert_eq!(fresh.fields.requests_per_minute, Some(2));
     assert_eq!(fresh.fields.runs_usd_per_month, None);
     assert_eq!(fresh.updated_at, None);
     assert_eq!(fresh.sources.len(), clawdforge::quota::Limit::ALL.len());
@@ -981,6 +984,17 @@ async fn policies_show_their_defaults_and_bad_changes_are_refused() {
         }
         other => panic!("{other:?}"),
     }
+    let mut sent = 1;
+    let refused = loop {
+        sent += 1;
+        match tokened.list_sessions().await {
+            Err(ClientError::Api(e)) => break e,
+            Ok(_) if sent < 6 => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(refused.kind, ErrorKind::QuotaExceeded);
+    assert_eq!(refused.limit.as_deref(), Some("requests_per_minute"));
     // Clearing a field brings the default back.
     let cleared = set_policy(&forge, "fresh", json!({"max_open_sessions": null})).await;
     assert_eq!(cleared.fields.max_open_sessions, Some(8));
