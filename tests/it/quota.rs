@@ -925,8 +925,9 @@ async fn usage_is_what_the_ledger_holds_over_nats_and_http() {
     }
 }
 
-/// `forge.admin.app.get` fills in `[app_defaults]` and says where each value comes from;
-/// `list` holds every app with a token or a policy; a bad change is a bad request.
+/// `forge.admin.app.get` fills in `[app_defaults]` and says where each value comes from; the
+/// defaults hold an app with no policy, but not the admin's operations; `list` holds every app
+/// with a token or a policy; a bad change is a bad request.
 #[tokio::test]
 async fn policies_show_their_defaults_and_bad_changes_are_refused() {
     // requests_per_minute = 2 holds every app to two requests a minute, but not the admin,
