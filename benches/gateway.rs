@@ -1,14 +1,14 @@
 //! The gateway's costs, each next to a baseline measured in the same run on the same machine:
 //! control operations against a raw NATS echo responder, a turn against `acpx prompt` run
 //! directly and against a direct ACP client, a confined turn against an unconfined one, HTTP
-//! against NATS, one worker against two, a worker's memory, and the real Claude Code adapter
-//! against the model stand-in (`real.rs`).
+//! against NATS, one worker against two, a worker's memory, an app with a policy against one
+//! without, and the real Claude Code adapter against the model stand-in (`real.rs`).
 //!
 //! Run: `cargo bench --bench gateway`; it runs scripts/setup-tools.sh first, which installs the
 //! tools it needs (nats-server, Node 22, acpx, the real agents) into `.tools/` when they are
 //! missing. Prints a table and writes it to `bench-results/<version>-<time>.md`. `-- --quick`
-//! takes fewer samples; `-- --control-only` measures only the control operations and HTTP against NATS;
-//! `-- --real-only` measures only the real adapter's rows.
+//! takes fewer samples; `-- --control-only` measures only the control operations, the policy
+//! rows and HTTP against NATS; `-- --real-only` measures only the real adapter's rows.
 
 #[allow(dead_code)]
 #[path = "../tests/it/harness.rs"]
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::service::ServiceExt;
 use clawdforge::client::ForgeClient;
-use clawdforge::wire::{CreateSession, TurnRequest};
+use clawdforge::wire::{CreateSession, PolicySet, TurnRequest};
 use futures::StreamExt;
 use harness::{Forge, Options};
 
@@ -524,6 +524,168 @@ async fn control_rows(
     };
     control_row(report, "forge.session.list", &floor, counts, list).await;
     floor
+}
+
+/// A request of the policy rows, boxed: one type for every app's.
+type Op = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// An app of the policy rows: its client and a warm native session of it.
+struct Subject {
+    app: ForgeClient,
+    sid: String,
+}
+
+impl Subject {
+    /// `name`'s token, its policy set to `policy` (when given) and a native session warmed.
+    async fn new(forge: &Forge, name: &str, policy: Option<PolicySet>) -> Subject {
+        if let Some(policy) = policy {
+            let app = name.to_string();
+            forge
+                .admin
+                .set_app_policy(&PolicySet { app, ..policy })
+                .await
+                .unwrap();
+        }
+        let app = forge.app(name).await;
+        let sid = app.create_session(&native()).await.unwrap().session_id;
+        app.turn(&turn(&sid, "warm up")).await.unwrap();
+        Subject { app, sid }
+    }
+
+    /// `forge.session.get` of its session.
+    fn get(&self) -> Op {
+        let (a, id) = (self.app.clone(), self.sid.clone());
+        Arc::new(move || {
+            let (a, id) = (a.clone(), id.clone());
+            Box::pin(async move {
+                a.get_session(&id).await.unwrap();
+            })
+        })
+    }
+
+    /// A short turn: the test agent's default answer (a thought, a tool call, the text).
+    async fn short_turn(&self, i: usize) {
+        let text = format!("short turn {i}");
+        self.app.turn(&turn(&self.sid, &text)).await.unwrap();
+    }
+}
+
+/// Sequential samples of `k` variants taken in turn, `n` of each, in a rotating order (none
+/// always first, or always right after the same other); `op(v, i)` runs variant `v`. The
+/// `i`th sample of each was taken in the same round.
+async fn interleaved<F, Fut>(k: usize, n: usize, mut op: F) -> Vec<Vec<Duration>>
+where
+    F: FnMut(usize, usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for i in 0..n.min(30) {
+        for v in 0..k {
+            op(v, i).await;
+        }
+    }
+    let mut samples = vec![Vec::with_capacity(n); k];
+    for i in 0..n {
+        for j in 0..k {
+            let v = (i + j) % k;
+            let t = Instant::now();
+            op(v, i).await;
+            samples[v].push(t.elapsed());
+        }
+    }
+    samples
+}
+
+/// Throughput with 64 in flight of each of `ops`, in `rounds` rounds of `per_round` requests
+/// each, the order rotating from round to round; each op's median round.
+async fn interleaved_throughput(ops: &[Op], rounds: usize, per_round: usize) -> Vec<f64> {
+    let mut rates = vec![Vec::new(); ops.len()];
+    for r in 0..rounds {
+        for j in 0..ops.len() {
+            let v = (r + j) % ops.len();
+            let op = ops[v].clone();
+            rates[v].push(throughput(per_round, 64, move || op()).await);
+        }
+    }
+    rates
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        })
+        .collect()
+}
+
+/// What the policy step costs, on the same deployment: `forge.session.get` and a short native
+/// turn of an app without a policy, against an app whose policy sets limits these requests do
+/// not reach (checked in the pipeline, the counted ones counted in the ledger's admission) and
+/// against an app with `requests_per_minute` set (one ledger write per request). The three
+/// apps' requests are interleaved.
+async fn policy_rows(forge: &Forge, report: &mut Report, (n, total): (usize, usize), quick: bool) {
+    let health = forge.admin.health().await.unwrap();
+    let limits = PolicySet {
+        agents: Some(Some(health.agents.into_iter().map(|a| a.name).collect())),
+        max_open_sessions: Some(Some(1000)),
+        max_concurrent_turns: Some(Some(100)),
+        turns_per_day: Some(Some(1_000_000)),
+        runs_usd_per_month: Some(Some(1000.0)),
+        ..Default::default()
+    };
+    let per_minute = PolicySet {
+        requests_per_minute: Some(Some(1_000_000_000)),
+        ..Default::default()
+    };
+    let subjects = [
+        Subject::new(forge, "bench-policy-none", None).await,
+        Subject::new(forge, "bench-policy-limits", Some(limits)).await,
+        Subject::new(forge, "bench-policy-rpm", Some(per_minute)).await,
+    ];
+    let gets: Vec<Op> = subjects.iter().map(Subject::get).collect();
+    let get_seq = interleaved(3, n, |v, _| gets[v]()).await;
+    let rounds = if quick { 4 } else { 6 };
+    let get_tput = interleaved_throughput(&gets, rounds, total / 2).await;
+    let turns_n = if quick { 150 } else { 500 };
+    let turns = interleaved(3, turns_n, |v, i| subjects[v].short_turn(i)).await;
+    for s in &subjects {
+        s.app.close_session(&s.sid).await.unwrap();
+    }
+    let rows = [("policy, limits", 1), ("policy, requests_per_minute", 2)];
+    for (with, v) in rows {
+        let (none, some) = (&get_seq[0], &get_seq[v]);
+        let get = policy_latency(report, "forge.session.get", with, none, some);
+        let what = format!("forge.session.get tput (64), {with}");
+        report.row(&what, "no policy", get_tput[0], get_tput[v], "req/s");
+        let turn = policy_latency(report, "short turn (acp)", with, &turns[0], &turns[v]);
+        let verdict = match v {
+            1 if get.0 < 5.0 => "under the goal of 5 % of a control operation's p50",
+            1 => "NOT under the goal of 5 % of a control operation's p50",
+            _ => "one ledger write per request",
+        };
+        report.note(&format!(
+            "{with}: forge.session.get p50 {:+.1} % (median of paired requests {:+.1} %), \
+             {verdict}; short turn p50 {:+.1} % (paired {:+.1} %)",
+            get.0, get.1, turn.0, turn.1
+        ));
+    }
+    report.note(
+        "policy, limits: agents, max_open_sessions, max_concurrent_turns, turns_per_day, \
+         runs_usd_per_month set, none reached; policy, requests_per_minute: only it set",
+    );
+}
+
+/// A p50 row of `what` for an app `with` a policy against one without; returns the
+/// difference in % of the p50 without: of the p50s, and the median of paired samples.
+fn policy_latency(
+    report: &mut Report,
+    what: &str,
+    with: &str,
+    none: &[Duration],
+    some: &[Duration],
+) -> (f64, f64) {
+    let paired = paired_ms(some, none);
+    let (none, some) = (Stats::new(none.to_vec()), Stats::new(some.to_vec()));
+    let (b, v) = (ms(none.p50()), ms(some.p50()));
+    report.row(&format!("{what} p50, {with}"), "no policy p50", b, v, "ms");
+    (100.0 * (v - b) / b, 100.0 * paired / b)
 }
 
 /// Waits for the worker's first check of its agents (it starts each of them, the real adapter
@@ -1157,6 +1319,7 @@ async fn main() {
         let sid = made.unwrap().session_id;
         let counts = if quick { (300, 3000) } else { (2000, 20000) };
         let floor = control_rows(&forge, &app, &sid, &mut report, counts).await;
+        policy_rows(&forge, &mut report, counts, quick).await;
         if flag("--control-only") {
             http_rows(&forge, &mut report, counts).await;
         } else {
