@@ -15,6 +15,19 @@ CREATE TABLE app_requests (
     PRIMARY KEY (app, minute)
 ) WITHOUT ROWID;
 
+-- What each app did per UTC day (`2026-01-01`), kept as work is admitted and ends, so that a
+-- limit is checked without counting the day's or the month's rows: turns taken (counted when a
+-- worker takes one, so those still waiting to begin are in), the agents' reported cost of its
+-- turns (by the day each began), and its runs' cost (by the day each began).
+CREATE TABLE app_days (
+    app       TEXT NOT NULL,
+    day       TEXT NOT NULL,
+    turns     INTEGER NOT NULL DEFAULT 0,
+    agent_usd REAL NOT NULL DEFAULT 0,
+    runs_usd  REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (app, day)
+) WITHOUT ROWID;
+
 -- Requests refused by a limit, per app, UTC day (`2026-01-01`) and limit.
 CREATE TABLE app_refusals (
     app        TEXT NOT NULL,

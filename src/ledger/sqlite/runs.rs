@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension};
 
 use super::rows::{one, RUN_SELECT};
-use super::usage::admit;
+use super::usage::{add_to_day, admit, DayGain};
 use super::Ledger;
 use crate::ledger::{LedgerResult, NewRun, RunBegun, RunEnd, RunOutcome, RunRow, Runs, Stamp};
 use crate::quota::{Limit, Limits};
@@ -53,6 +53,19 @@ impl Runs for Ledger {
         end: RunEnd,
     ) -> LedgerResult<()> {
         self.write(move |tx| {
+            if let Some(usd) = end.cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
+                let of_run = tx
+                    .query_row(
+                        "SELECT app, substr(created_at, 1, 10) FROM runs
+                         WHERE run_id = ?1 AND cost_usd IS NULL",
+                        [run_id],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                    )
+                    .optional()?;
+                if let Some((app, day)) = of_run {
+                    add_to_day(tx, &app, &day, DayGain::RunsUsd(usd))?;
+                }
+            }
             let result = end.result.as_ref();
             tx.execute(
                 "UPDATE runs SET outcome = ?2, finished_at = ?3, result = ?4, result_bytes = ?5,

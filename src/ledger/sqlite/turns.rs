@@ -4,6 +4,7 @@
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use super::rows::{all, insert_event, one, session_state, EventOf, FromRow, TURN_SELECT};
+use super::usage::{add_to_day, day_key, DayGain};
 use super::workers::live_worker;
 use super::Ledger;
 use crate::ledger::{
@@ -53,7 +54,11 @@ impl Turns for Ledger {
                 Some(_) if busy => return Ok(BeginTurn::Busy),
                 Some(s) => s,
             };
-            // A reserved number is counted in `turns` already; an unreserved turn takes the next.
+            // A reserved number is counted in `turns` already (and in its app's day); an
+            // unreserved turn takes the next.
+            if reserved.is_none() {
+                add_to_day(tx, &start.app, &day_key(start.by.at.utc()), DayGain::Turn)?;
+            }
             let turn = reserved.unwrap_or(state.turns + 1);
             tx.execute(
                 "UPDATE sessions SET turns = MAX(turns, ?2), last_turn_at = ?3, pending_files = NULL
@@ -93,6 +98,15 @@ impl Turns for Ledger {
     ) -> LedgerResult<()> {
         self.write(move |tx| {
             let output = detail.output.as_ref();
+            let cost = turn_cost(tx, session_id, event_id, detail.reported_cost_usd)?;
+            if let Some(usd) = cost {
+                let (app, day): (String, String) = tx.query_row(
+                    "SELECT app, substr(at, 1, 10) FROM session_events WHERE id = ?1",
+                    [event_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                add_to_day(tx, &app, &day, DayGain::AgentUsd(usd))?;
+            }
             tx.execute(
                 "UPDATE session_events SET outcome = ?2, stop_reason = ?3, duration_ms = ?4,
                         output = ?5, output_bytes = ?6, output_sha256 = ?7, error = ?8,
@@ -108,7 +122,7 @@ impl Turns for Ledger {
                     output.map(|o| o.sha256.clone()),
                     detail.error,
                     detail.reported_cost_usd,
-                    turn_cost(tx, session_id, event_id, detail.reported_cost_usd)?,
+                    cost,
                 ],
             )?;
             tx.execute(

@@ -80,28 +80,51 @@ pub(super) fn used_of(
         ),
         Limit::TurnsPerDay => count(
             c,
-            &format!(
-                "SELECT (SELECT COUNT(*) FROM session_events
-                          WHERE app = ?1 AND event = 'turn' AND at >= ?3) + {}",
-                waiting_turns()
-            ),
-            params![app, alive_since, start],
+            "SELECT COALESCE(SUM(turns), 0) FROM app_days WHERE app = ?1 AND day >= ?2",
+            [app, &start[..10]],
         ),
         Limit::RunsUsdPerDay | Limit::RunsUsdPerMonth => usd(
             c,
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM runs WHERE app = ?1 AND created_at >= ?2",
-            [app, &start],
+            "SELECT COALESCE(SUM(runs_usd), 0) FROM app_days WHERE app = ?1 AND day >= ?2",
+            [app, &start[..10]],
         ),
         Limit::AgentUsdPerMonth => usd(
             c,
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM session_events
-              WHERE app = ?1 AND event = 'turn' AND at >= ?2",
-            [app, &start],
+            "SELECT COALESCE(SUM(agent_usd), 0) FROM app_days WHERE app = ?1 AND day >= ?2",
+            [app, &start[..10]],
         ),
         Limit::Agents | Limit::Models | Limit::MaxPermissions | Limit::MaxTimeoutSecs => {
             Ok(Amount::Count(0))
         }
     }
+}
+
+/// What an app's day gains: a turn taken, or a cost.
+pub(super) enum DayGain {
+    Turn,
+    AgentUsd(f64),
+    RunsUsd(f64),
+}
+
+/// Adds `gain` to `app`'s figures of `day` (`YYYY-MM-DD`).
+pub(super) fn add_to_day(
+    tx: &Transaction<'_>,
+    app: &str,
+    day: &str,
+    gain: DayGain,
+) -> rusqlite::Result<()> {
+    let (turns, agent_usd, runs_usd) = match gain {
+        DayGain::Turn => (1, 0.0, 0.0),
+        DayGain::AgentUsd(usd) => (0, usd, 0.0),
+        DayGain::RunsUsd(usd) => (0, 0.0, usd),
+    };
+    tx.prepare_cached(
+        "INSERT INTO app_days (app, day, turns, agent_usd, runs_usd) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (app, day) DO UPDATE SET turns = turns + excluded.turns,
+             agent_usd = agent_usd + excluded.agent_usd, runs_usd = runs_usd + excluded.runs_usd",
+    )?
+    .execute(params![app, day, turns, agent_usd, runs_usd])?;
+    Ok(())
 }
 
 /// Records a refusal by `limit` of a request of `app` at `at`.

@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::rows::session_state;
-use super::usage::admit;
+use super::usage::{add_to_day, admit, day_key, DayGain};
 use super::workers::live_worker;
 use super::Ledger;
 use crate::ledger::{Admission, EventOutcome, LedgerResult, Reserved, Stamp, TurnWaits};
@@ -46,6 +46,7 @@ impl TurnWaits for Ledger {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![wait_id, session_id, app, by.worker_id, by.at, turn],
             )?;
+            add_to_day(tx, &app, &day_key(by.at.utc()), DayGain::Turn)?;
             Ok(Reserved::Turn(turn as u64))
         })
         .await
