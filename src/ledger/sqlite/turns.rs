@@ -90,9 +90,10 @@ impl Turns for Ledger {
         event_id: i64,
         at: Timestamp,
         detail: EventDetail,
-    ) -> LedgerResult<()> {
+    ) -> LedgerResult<Option<f64>> {
         self.write(move |tx| {
             let output = detail.output.as_ref();
+            let cost = turn_cost(tx, session_id, event_id, detail.reported_cost_usd)?;
             tx.execute(
                 "UPDATE session_events SET outcome = ?2, stop_reason = ?3, duration_ms = ?4,
                         output = ?5, output_bytes = ?6, output_sha256 = ?7, error = ?8,
@@ -108,14 +109,14 @@ impl Turns for Ledger {
                     output.map(|o| o.sha256.clone()),
                     detail.error,
                     detail.reported_cost_usd,
-                    turn_cost(tx, session_id, event_id, detail.reported_cost_usd)?,
+                    cost,
                 ],
             )?;
             tx.execute(
                 "UPDATE sessions SET last_turn_at = ?2 WHERE session_id = ?1",
                 params![session_id, at],
             )?;
-            Ok(())
+            Ok(cost)
         })
         .await
     }
