@@ -94,13 +94,13 @@ impl Limit {
     const fn counts(self) -> &'static str {
         match self {
             Limit::MaxOpenSessions => "open sessions",
-            Limit::MaxConcurrentTurns => "turns in flight",
-            Limit::MaxConcurrentRuns => "runs in flight",
+            Limit::MaxConcurrentTurns => "turns running or queued",
+            Limit::MaxConcurrentRuns => "runs running",
             Limit::RequestsPerMinute => "requests this minute",
-            Limit::TurnsPerDay => "turns today (UTC)",
-            Limit::RunsUsdPerDay => "USD of runs today (UTC)",
-            Limit::RunsUsdPerMonth => "USD of runs this month (UTC)",
-            Limit::AgentUsdPerMonth => "USD reported by its agents this month (UTC)",
+            Limit::TurnsPerDay => "turns today, UTC",
+            Limit::RunsUsdPerDay => "runs' cost today, UTC",
+            Limit::RunsUsdPerMonth => "runs' cost this month, UTC",
+            Limit::AgentUsdPerMonth => "agents' reported cost this month, UTC",
             _ => "",
         }
     }
@@ -182,10 +182,15 @@ impl Amount {
 }
 
 impl fmt::Display for Amount {
+    /// A count as it is; dollars to a hundredth of a cent, without trailing zeros.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Amount::Count(n) => write!(f, "{n}"),
-            Amount::Usd(usd) => write!(f, "{usd:.2} USD"),
+            Amount::Usd(usd) => {
+                let text = format!("{usd:.4}");
+                let text = text.trim_end_matches('0').trim_end_matches('.');
+                write!(f, "{text} USD")
+            }
         }
     }
 }
@@ -284,7 +289,7 @@ impl Refusal {
         Refusal {
             limit,
             message: format!(
-                "app {app:?} is at its limit {limit} = {value} ({used} {})",
+                "app {app:?} is at its limit {limit} = {value} (used: {used}, {})",
                 limit.counts()
             ),
             retry_after_secs: window.retry_after_secs(at),
@@ -346,6 +351,14 @@ mod tests {
         let refused = limits.first_reached("a", t, &some, used(0, 5.0)).unwrap();
         assert_eq!(refused.limit, Limit::RunsUsdPerMonth);
         assert_eq!(refused.retry_after_secs, Some(15 * 24 * 3600 + 14 * 3600));
+    }
+
+    #[test]
+    fn dollars_show_to_a_hundredth_of_a_cent() {
+        assert_eq!(Amount::Usd(0.0123).to_string(), "0.0123 USD");
+        assert_eq!(Amount::Usd(5.0).to_string(), "5 USD");
+        assert_eq!(Amount::Usd(1.5).to_string(), "1.5 USD");
+        assert_eq!(Amount::Count(3).to_string(), "3");
     }
 
     #[test]

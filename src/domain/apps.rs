@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 
+use super::ops::{Access, Op};
 use super::request::Request;
 use super::types::AppName;
 use super::{Caller, Forge};
@@ -159,10 +160,17 @@ impl Forge {
     /// The policy step of the pipeline: the caller's limits, the requests it may send this
     /// minute, and what the request names (an agent, a model, a timeout) checked against them.
     /// Counted limits of the work itself are the ledger's to check when it admits the work.
+    /// Admin operations are not limited: an operator stays able to change the policy that
+    /// limits its own app. `forge.usage` is not counted against requests per minute, so that
+    /// an app at that limit can still learn when it frees.
     pub(super) async fn police(&self, mut caller: Caller, request: &Request) -> Result<Caller> {
+        let op = request.op();
+        if op.access() == Access::Admin {
+            return Ok(caller);
+        }
         let limits = self.limits_of(caller.app.as_str()).await?;
         let app = caller.app.to_string();
-        if let Some(per_minute) = limits.requests_per_minute {
+        if let Some(per_minute) = limits.requests_per_minute.filter(|_| op != Op::Usage) {
             let counted = self
                 .ledger
                 .count_request(app.clone(), per_minute, Timestamp::now());
@@ -207,7 +215,9 @@ impl Forge {
             err.limit = Some(limit.name().to_string());
             err
         };
-        if let (Some(agent), Some(allowed)) = (agent, &limits.agents) {
+        // An agent that is not configured is the handler's `bad_request`, whatever the policy.
+        let configured = agent.filter(|a| self.settings.agents.contains_key(*a));
+        if let (Some(agent), Some(allowed)) = (configured, &limits.agents) {
             if !allowed.contains(agent) {
                 return Err(refused(Limit::Agents, "agent", agent));
             }

@@ -95,6 +95,9 @@ impl PolicyFields {
                 return Err(format!("{name} must be a number of USD, 0 or more"));
             }
         }
+        if self.max_timeout_secs == Some(0) {
+            return Err("max_timeout_secs must be at least 1".into());
+        }
         for (name, list) in [("agents", &self.agents), ("models", &self.models)] {
             if list.iter().flatten().any(|n| n.trim().is_empty()) {
                 return Err(format!("{name} holds an empty name"));

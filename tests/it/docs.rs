@@ -13,7 +13,7 @@ const CONFIGURATION: &str = include_str!("../../docs/configuration.md");
 const HEADER: &str = "| key | environment | default | meaning |";
 
 /// Keys that only the config file sets (tables): `env_keys` leaves them out.
-const FILE_ONLY_KEYS: &[&str] = &["agents"];
+const FILE_ONLY_KEYS: &[&str] = &["agents", "app_defaults"];
 
 /// What the environment column says of a key that only the config file sets.
 const FILE_ONLY: &str = "(file only)";

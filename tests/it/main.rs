@@ -18,6 +18,7 @@ mod native;
 mod native_faults;
 mod operator;
 mod owners;
+mod quota;
 mod real;
 mod runs;
 mod sessions;
