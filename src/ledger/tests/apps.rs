@@ -208,7 +208,9 @@ async fn runs_are_admitted_within_their_apps_concurrency_and_spend() {
     };
     assert_eq!(spent.limit, Limit::RunsUsdPerDay);
     assert!(
-        spent.message.contains("runs_usd_per_day = 1 USD (used: 1.5 USD"),
+        spent
+            .message
+            .contains("runs_usd_per_day = 1 USD (used: 1.5 USD"),
         "{}",
         spent.message
     );
