@@ -166,12 +166,37 @@ pub fn event(kind: &'static str) {
     counter!(names::EVENTS, "type" => kind).increment(1);
 }
 
+/// ACP's tool kinds and tool call statuses: what an agent says of a tool call is counted under
+/// one of these, anything else as `other`, so that no agent can make a label unbounded.
+const TOOL_KINDS: [&str; 10] = [
+    "read",
+    "edit",
+    "delete",
+    "move",
+    "search",
+    "execute",
+    "think",
+    "fetch",
+    "switch_mode",
+    "other",
+];
+const TOOL_STATUSES: [&str; 4] = ["pending", "in_progress", "completed", "failed"];
+
+/// `value` if it is one of `known`, else `other`.
+fn known_or_other(value: &str, known: &[&'static str]) -> &'static str {
+    known
+        .iter()
+        .find(|k| **k == value)
+        .copied()
+        .unwrap_or("other")
+}
+
 /// A tool call, at its final status.
 pub fn tool_call(agent: &str, kind: &str, status: &str) {
     let labels = [
         ("agent", agent.to_string()),
-        ("kind", kind.to_string()),
-        ("status", status.to_string()),
+        ("kind", known_or_other(kind, &TOOL_KINDS).to_string()),
+        ("status", known_or_other(status, &TOOL_STATUSES).to_string()),
     ];
     counter!(names::TOOL_CALLS, &labels).increment(1);
 }
@@ -218,4 +243,17 @@ pub fn sessions_open(app: &str, agent: &str, n: u64) {
 /// Workers answering the sidecar's ping.
 pub fn workers(n: usize) {
     gauge!(names::WORKERS).set(n as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tool_kinds_and_statuses_are_acps_or_other() {
+        use super::{known_or_other, TOOL_KINDS, TOOL_STATUSES};
+        assert_eq!(known_or_other("read", &TOOL_KINDS), "read");
+        assert_eq!(known_or_other("switch_mode", &TOOL_KINDS), "switch_mode");
+        assert_eq!(known_or_other("call-7f3a9c", &TOOL_KINDS), "other");
+        assert_eq!(known_or_other("completed", &TOOL_STATUSES), "completed");
+        assert_eq!(known_or_other("Done!", &TOOL_STATUSES), "other");
+    }
 }
