@@ -201,9 +201,30 @@ pub fn tool_call(agent: &str, kind: &str, status: &str) {
     counter!(names::TOOL_CALLS, &labels).increment(1);
 }
 
+/// How many models the runs' counter names; runs of any other model are counted as `other`.
+/// The caller names a run's model, so the label is bounded here.
+const MAX_MODELS: usize = 32;
+
+static MODELS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The `model` label of a run of `model`: the model, among the first [`MAX_MODELS`] seen, else
+/// `other`.
+fn model_label(model: &str) -> String {
+    let mut seen = MODELS.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.contains(model) {
+        return model.to_string();
+    }
+    if seen.len() < MAX_MODELS {
+        seen.insert(model.to_string());
+        return model.to_string();
+    }
+    "other".to_string()
+}
+
 /// A run ended, with what it cost.
 pub fn run(app: &str, model: &str, outcome: &'static str, cost_usd: Option<f64>) {
-    counter!(names::RUNS, "model" => model.to_string(), "outcome" => outcome).increment(1);
+    counter!(names::RUNS, "model" => model_label(model), "outcome" => outcome).increment(1);
     if let Some(usd) = cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
         usd::add(names::RUN_COST, vec![("app", app.to_string())], usd);
     }
@@ -255,5 +276,16 @@ mod tests {
         assert_eq!(known_or_other("call-7f3a9c", &TOOL_KINDS), "other");
         assert_eq!(known_or_other("completed", &TOOL_STATUSES), "completed");
         assert_eq!(known_or_other("Done!", &TOOL_STATUSES), "other");
+    }
+
+    #[test]
+    fn runs_name_a_bounded_number_of_models() {
+        let labels: Vec<String> = (0..super::MAX_MODELS + 10)
+            .map(|n| super::model_label(&format!("model-{n}")))
+            .collect();
+        let named = labels.iter().filter(|l| *l != "other").count();
+        assert!(named <= super::MAX_MODELS, "{labels:?}");
+        assert_eq!(labels.last().unwrap(), "other");
+        assert_eq!(super::model_label("model-0"), labels[0]);
     }
 }
