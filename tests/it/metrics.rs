@@ -45,7 +45,7 @@ async fn start(via: Via, extra: &[(&str, &str)]) -> Scraped {
     .await;
     forge.spawn_worker(&[("METRICS_ADDR", "127.0.0.1:0")]);
     forge.wait_for_workers(1).await;
-    let port = metrics_port(&forge).await;
+    let port = metrics_port(&forge, 0).await;
     let sidecar = forge.spawn_http("sidecar", &[]).await;
     Scraped {
         forge,
@@ -54,14 +54,25 @@ async fn start(via: Via, extra: &[(&str, &str)]) -> Scraped {
     }
 }
 
-/// The port of the worker's "metrics ready" line.
-async fn metrics_port(forge: &Forge) -> u16 {
-    forge.wait_for_log(&["metrics ready"]).await;
-    let log = std::fs::read_to_string(&forge.workers[0].log).unwrap();
-    log.lines()
-        .filter(|l| l.contains("metrics ready"))
-        .find_map(addr_port)
-        .unwrap_or_else(|| panic!("no port in the metrics ready line:\n{log}"))
+/// The port of worker `n`'s "metrics ready" line.
+async fn metrics_port(forge: &Forge, n: usize) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&forge.workers[n].log).unwrap_or_default();
+        let ready = log.lines().filter(|l| l.contains("metrics ready"));
+        if let Some(port) = ready.clone().find_map(addr_port) {
+            return port;
+        }
+        assert!(
+            ready.count() == 0,
+            "no port in the metrics ready line:\n{log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "worker {n} serves no metrics:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The Prometheus text at `url`, which must answer 200 in the text format.
@@ -566,4 +577,46 @@ async fn metrics_addr_unset_serves_none_and_a_bad_one_stops_the_worker() {
     assert!(err.contains("metrics_addr"), "{err}");
     assert!(err.contains("nonsense"), "{err}");
     assert!(!err.contains("worker ready"), "{err}");
+}
+
+/// Two workers on one ledger report the same open sessions, whichever created them (so
+/// `max`, not `sum`, aggregates them); each counts only the requests it answered.
+#[tokio::test]
+async fn every_worker_reports_the_ledger_wide_open_sessions() {
+    let mut forge = Forge::start_with(Options {
+        workers: 0,
+        via: Via::Acp,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..2 {
+        forge.spawn_worker(&[("METRICS_ADDR", "127.0.0.1:0")]);
+    }
+    forge.wait_for_workers(2).await;
+    let mut urls = Vec::new();
+    for n in 0..2 {
+        let port = metrics_port(&forge, n).await;
+        urls.push(format!("http://127.0.0.1:{port}/metrics"));
+    }
+    let app = forge.app("shared").await;
+    let mut before = Vec::new();
+    for url in &urls {
+        before.push(Figures::of(url).await);
+    }
+    for _ in 0..6 {
+        session(&app).await;
+    }
+    let open = [("app", "shared"), ("agent", "default")];
+    let created = [("op", "session.create"), ("outcome", "ok")];
+    let mut answered = 0.0;
+    for (url, before) in urls.iter().zip(&before) {
+        let after = Figures::of(url).await;
+        let figure = after.get("clawdforge_sessions_open", &open);
+        assert_eq!(figure, 6.0, "{url}:\n{}", after.text);
+        answered += moved(before, &after, "clawdforge_requests_total", &created);
+    }
+    assert_eq!(
+        answered, 6.0,
+        "the workers together answered the six creates"
+    );
 }
