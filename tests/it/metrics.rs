@@ -172,10 +172,11 @@ async fn read_stream(
     panic!("the stream ended without its reply")
 }
 
+/// Tool calls by (kind, final status).
+type ToolCalls = BTreeMap<(String, String), u64>;
+
 /// Events by type, and tool calls by (kind, final status) as the turn's tally counts them.
-fn counted(
-    events: &[wire::Event],
-) -> (BTreeMap<&'static str, u64>, BTreeMap<(String, String), u64>) {
+fn counted(events: &[wire::Event]) -> (BTreeMap<&'static str, u64>, ToolCalls) {
     let mut by_type = BTreeMap::new();
     let mut calls: BTreeMap<String, (String, String)> = BTreeMap::new();
     for e in events {
