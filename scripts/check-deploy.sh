@@ -99,6 +99,9 @@ mounts = {v["target"]: v["source"] for v in s["worker"]["volumes"]}
 assert mounts["/data"] == "data" and mounts["/tmp"] == "worker-tmp", mounts
 assert set(mounts) == {"/data", "/tmp", "/config/clawdforge.toml"}, mounts
 assert s["worker"]["environment"]["CLAWDFORGE_AGENT_CREDENTIALS_FILE"] == "", s["worker"]["environment"]
+assert s["worker"]["environment"]["METRICS_ADDR"] == "0.0.0.0:9464", s["worker"]["environment"]
+assert s["worker"]["expose"] == ["9464"], s["worker"].get("expose")
+assert "ports" not in s["worker"], s["worker"]["ports"]
 assert {v["target"]: v["source"] for v in s["worker-host"]["volumes"]} == {"/data": "data"}
 assert [p["published"] for p in s["sidecar"]["ports"]] == ["8800"]
 assert [p["published"] for p in s["nats"]["ports"]] == ["4222"]

@@ -5,6 +5,7 @@
 # Installs what it needs first (project-local, into .tools/). Ctrl-C stops everything.
 #
 # Environment: CLAWDFORGE_DATA (default .data), NATS_PORT (default 4222), HTTP_PORT (default 8800),
+# METRICS_PORT (the worker's Prometheus metrics, default 9464; 0 picks a free one),
 # CLAWDFORGE_BIN (a clawdforge binary to run instead of building the release one).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,6 +26,7 @@ scripts/setup-tools.sh
 data=$(mkdir -p "${CLAWDFORGE_DATA:-.data}" && cd "${CLAWDFORGE_DATA:-.data}" && pwd -P)
 port=${NATS_PORT:-4222}
 http_port=${HTTP_PORT:-8800}
+metrics_port=${METRICS_PORT:-9464}
 mkdir -p "$data/home" "$data/nats"
 # clawdforge's log of this start; the one before is kept as clawdforge.log.1.
 log=$data/clawdforge.log
@@ -67,6 +69,8 @@ backend = "acp"
 TOML
 export BIND_HOST=127.0.0.1
 export BIND_PORT="$http_port"
+# The worker's own /metrics (the sidecar serves its own at $http/metrics always).
+export METRICS_ADDR="127.0.0.1:$metrics_port"
 export RUST_LOG="${RUST_LOG:-info,async_nats=warn}"
 
 # The admin token is an admin token of the ledger, minted once and kept (readable by you only).
@@ -149,6 +153,9 @@ if [[ -z "$up" ]]; then
     exit 1
 fi
 http="http://127.0.0.1:$http_port"
+# Where the worker serves its metrics, as it says (the port it picked, for METRICS_PORT=0).
+metrics_addr=$(sed -n 's/.*metrics ready addr=\([^ ]*\).*/\1/p' "$log" | tail -n 1)
+metrics="http://${metrics_addr:-$METRICS_ADDR}/metrics"
 
 # Each configured agent started once as a worker starts it (initialize and session/new, no
 # prompt): what it is, and whether it is ready. A broken agent does not stop the service.
@@ -167,6 +174,7 @@ cat <<MSG
 clawdforge is up.
   NATS:         $NATS_URL
   HTTP:         $http   (loopback only: set ALLOW_CIDRS to open it to your LAN)
+  metrics:      $metrics (the worker's), $http/metrics (the sidecar's)
   admin token:  $admin_token   (also in $data/admin-token)
   ledger:       $DB_PATH
   agents:       default: the demo ACP agent (it answers "echo: <your prompt>"; no credentials)
@@ -191,6 +199,7 @@ Or over HTTP, as the old service's callers do:
   curl -s -H "Authorization: Bearer \$TOKEN" -F prompt='read it #cat' -F file=@README.md $http/sessions/<id>/turn
   curl -s -H "Authorization: Bearer \$TOKEN" -X DELETE $http/sessions/<id>
   curl -s $http/openapi.json
+  curl -s $metrics
 
 Ctrl-C stops clawdforge (within its grace period), then nats-server.
 MSG

@@ -269,6 +269,7 @@ struct RunningWorker {
     background: tokio::task::JoinHandle<()>,
     agent_checks: tokio::task::JoinHandle<()>,
     grace: Duration,
+    metrics: Option<crate::telemetry::MetricsServer>,
 }
 
 /// When a process that starts now stops waiting for NATS.
@@ -306,6 +307,7 @@ async fn start_worker(
     .await
     .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
     let background = spawn_lifecycle(config, forge.clone());
+    let metrics = worker_metrics(config, &forge).await?;
     // Ready means subscribed: once connected, a flush makes sure the server has the
     // subscriptions. Without NATS yet, the worker subscribes when the connection comes.
     if crate::client::wait_connected(&client, time_left(nats_deadline)).await {
@@ -321,7 +323,32 @@ async fn start_worker(
         background,
         agent_checks,
         grace: Duration::from_secs(config.shutdown_grace_secs),
+        metrics,
     })
+}
+
+/// The worker's `/metrics` on `metrics_addr`, when set (then the process records metrics).
+async fn worker_metrics(
+    config: &Config,
+    forge: &Arc<Forge>,
+) -> anyhow::Result<Option<crate::telemetry::MetricsServer>> {
+    let Some(addr) = &config.metrics_addr else {
+        return Ok(None);
+    };
+    let forge = forge.clone();
+    let refresh: crate::telemetry::Refresh = Arc::new(move || {
+        let forge = forge.clone();
+        Box::pin(async move { forge.refresh_gauges().await })
+    });
+    let metrics = crate::telemetry::Metrics::install();
+    let server = crate::telemetry::serve_metrics(addr, metrics, refresh).await;
+    let server = server.map_err(|e| {
+        ConfigError::setting(
+            "metrics_addr",
+            format!("cannot serve metrics on {addr}: {e}"),
+        )
+    })?;
+    Ok(Some(server))
 }
 
 impl RunningWorker {
@@ -335,6 +362,7 @@ impl RunningWorker {
             background,
             agent_checks,
             grace,
+            metrics,
         } = self;
         agent_checks.abort();
         // First the ledger: another worker then takes this one's sessions at their next request.
@@ -363,6 +391,9 @@ impl RunningWorker {
             Err(e) => tracing::error!(error = %e, "recording the shutdown"),
         }
         flush(&client).await;
+        if let Some(metrics) = metrics {
+            metrics.stop().await;
+        }
         tracing::info!("worker stopped");
     }
 }

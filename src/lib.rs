@@ -15,5 +15,6 @@ pub mod nats;
 pub mod operator;
 pub mod quota;
 pub mod secrets;
+pub mod telemetry;
 pub mod values;
 pub mod wire;

@@ -166,6 +166,11 @@ pub trait Backend: Send + Sync {
     async fn close(&self, session: &AgentSession) -> Result<(), AgentError>;
     /// Removes what the backend keeps of a closed session for good.
     async fn forget(&self, session: &AgentSession) -> Result<(), AgentError>;
+    /// The agent processes this backend holds now, by backend name (a backend whose agents
+    /// another program runs, as acpx's queue owners do, holds none).
+    fn agent_processes(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
+    }
     /// The caller's answer to permission request `request_id` of the session's running turn.
     async fn answer(
         &self,

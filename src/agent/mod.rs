@@ -56,6 +56,12 @@ impl Backend for Backends {
         "acpx+acp"
     }
 
+    fn agent_processes(&self) -> Vec<(&'static str, usize)> {
+        let mut all = self.acpx.agent_processes();
+        all.extend(self.acp.agent_processes());
+        all
+    }
+
     /// acpx's version: the one runner health reports.
     async fn version(&self) -> Result<String, AgentError> {
         self.acpx.version().await

@@ -29,6 +29,7 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("BIND_PORT", "bind_port"),
     ("ALLOW_CIDRS", "allow_cidrs"),
     ("LOG_FORMAT", "log_format"),
+    ("METRICS_ADDR", "metrics_addr"),
 ];
 
 /// The keys that can be set from the environment (`agents` is a table: TOML only).
@@ -79,6 +80,7 @@ pub fn env_keys() -> Vec<&'static str> {
         "http_header_timeout_secs",
         "http_idle_timeout_secs",
         "http_max_connections",
+        "metrics_addr",
         "log_format",
         "agent_homes_dir",
         "agent_confinement",

@@ -125,6 +125,9 @@ pub struct Config {
     /// `text` (colours only on a terminal) or `json` (one object per line, span fields
     /// included, for log collectors).
     pub log_format: LogFormat,
+    /// `host:port` where a worker serves its Prometheus metrics at `/metrics`; unset: no
+    /// metrics server (the sidecar serves its own at its `/metrics` always).
+    pub metrics_addr: Option<String>,
 
     /// Root of the apps' agent homes: `<agent_homes_dir>/<app>` is HOME (with
     /// CLAUDE_CONFIG_DIR and TMPDIR inside it) of every agent process of that app.
@@ -207,6 +210,7 @@ impl Default for Config {
             http_idle_timeout_secs: 60,
             http_max_connections: 512,
             log_format: LogFormat::Text,
+            metrics_addr: None,
             agent_homes_dir: "data/homes".into(),
             agent_confinement: ConfinementMode::Auto,
             agent_env: [

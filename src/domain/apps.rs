@@ -52,6 +52,12 @@ impl PolicyCache {
     }
 }
 
+/// The error of work of `app` that a limit refused; counted.
+pub(super) fn refusal(app: &str, refused: &Refusal) -> Error {
+    crate::telemetry::quota_refused(app, refused.limit.name());
+    Error::quota(refused)
+}
+
 /// An app's policy as it applies, for the wire: `row` (its own, if it has one) over `defaults`.
 pub fn policy_reply(app: &str, row: Option<&PolicyRow>, defaults: &PolicyFields) -> wire::Policy {
     let own = row.map(|r| r.fields.clone()).unwrap_or_default();
@@ -169,11 +175,12 @@ impl Forge {
                 .ledger
                 .count_request(app.clone(), per_minute, Timestamp::now());
             if let Some(refused) = counted.await? {
-                return Err(Error::quota(&refused));
+                return Err(refusal(&app, &refused));
             }
         }
         if let Err(err) = self.named_in(&limits, request) {
             if let Some(limit) = err.limit.as_deref().and_then(Limit::from_name) {
+                crate::telemetry::quota_refused(&app, limit.name());
                 self.ledger
                     .record_refusal(app, limit, Timestamp::now())
                     .await?;

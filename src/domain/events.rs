@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::request::FollowAsked;
+use super::tally::TurnTally;
 use super::types::SessionId;
 use super::{now, Caller, EventStream, Forge};
 use crate::error::{Error, ErrorKind, Result};
@@ -36,6 +37,7 @@ pub(super) struct TurnEvents<'a> {
     /// When the oldest event of the batch must be recorded.
     due: Option<Instant>,
     out: Option<EventStream>,
+    tally: TurnTally,
 }
 
 impl<'a> TurnEvents<'a> {
@@ -44,8 +46,10 @@ impl<'a> TurnEvents<'a> {
         session_id: &str,
         turn: u64,
         out: Option<EventStream>,
+        tally: TurnTally,
     ) -> Self {
         TurnEvents {
+            tally,
             forge,
             session_id: session_id.to_string(),
             turn,
@@ -60,6 +64,7 @@ impl<'a> TurnEvents<'a> {
 
     /// Numbers and dates an event of the agent, sends it on, and adds it to the batch.
     pub(super) async fn take(&mut self, body: EventBody) {
+        self.tally.saw(&body);
         match &body {
             EventBody::Message { text } if self.said.len() + text.len() <= MAX_SAID => {
                 self.said.push_str(text);
@@ -117,9 +122,9 @@ impl<'a> TurnEvents<'a> {
         }
     }
 
-    /// The message text the agent said, and the cost it reported last.
-    pub(super) fn said(self) -> (String, Option<f64>) {
-        (self.said, self.cost_usd)
+    /// The message text the agent said, the cost it reported last, and the turn's figures.
+    pub(super) fn said(self) -> (String, Option<f64>, TurnTally) {
+        (self.said, self.cost_usd, self.tally)
     }
 }
 

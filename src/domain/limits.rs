@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 
 pub struct Limiter {
     what: &'static str,
+    total: usize,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
@@ -29,6 +30,7 @@ impl Limiter {
     pub fn new(what: &'static str, slots: usize, max_waiting: usize) -> Limiter {
         Limiter {
             what,
+            total: slots,
             slots: Arc::new(Semaphore::new(slots)),
             waiting: AtomicUsize::new(0),
             max_waiting,
@@ -46,6 +48,12 @@ impl Limiter {
             )));
         }
         Ok(Waiting(&self.waiting))
+    }
+
+    /// The slots taken now, and the places taken in the queue.
+    pub fn load(&self) -> (usize, usize) {
+        let taken = self.total.saturating_sub(self.slots.available_permits());
+        (taken, self.waiting.load(Ordering::SeqCst))
     }
 
     /// Whether a slot is free now.

@@ -11,6 +11,7 @@ pub mod types;
 
 mod cancel;
 mod events;
+mod gauges;
 mod owners;
 mod permissions;
 mod runs;
@@ -18,6 +19,7 @@ mod service;
 mod sessions;
 mod sweeper;
 mod taken;
+mod tally;
 pub mod tokens;
 mod turns;
 
@@ -153,6 +155,8 @@ pub struct Forge {
     agent_checks: agents::AgentChecks,
     /// The apps' limits as last read.
     policies: apps::PolicyCache,
+    /// The open sessions' gauges last reported.
+    reported: gauges::Reported,
 }
 
 impl Forge {
@@ -202,6 +206,7 @@ impl Forge {
             checker,
             agent_checks: Default::default(),
             policies: Default::default(),
+            reported: Default::default(),
         }))
     }
 

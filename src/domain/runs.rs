@@ -64,7 +64,7 @@ impl Forge {
         let by = Stamp::now(&self.settings.worker_id);
         let begun = self.ledger.begin_run(run, by, (*caller.limits).clone());
         if let RunBegun::Refused(refused) = begun.await? {
-            return Err(Error::quota(&refused));
+            return Err(super::apps::refusal(caller.app.as_str(), &refused));
         }
         let started = Instant::now();
         let left = || plan.budget.saturating_sub(received.elapsed());
@@ -74,10 +74,12 @@ impl Forge {
             .await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let (reply, end) = self.settle(&run_id.as_string(), plan.model.as_str(), ran, duration_ms);
-        let outcome = end.outcome;
+        let (outcome, cost) = (end.outcome, end.cost_usd);
         self.ledger
             .finish_run(run_id, Timestamp::now(), end)
             .await?;
+        let model = plan.model.as_str();
+        crate::telemetry::run(caller.app.as_str(), model, outcome.as_str(), cost);
         log_run_end(&run_id, caller, &reply, outcome, duration_ms);
         reply
     }

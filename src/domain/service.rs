@@ -165,13 +165,20 @@ impl Forge {
         Ok(Some(caller))
     }
 
-    /// Where the request's outcome goes once it is known.
+    /// Where the request's outcome goes once it is known: its metrics, and a trace line.
     fn record(&self, op: Op, outcome: Outcome, received: Instant) {
-        let elapsed_ms = received.elapsed().as_secs_f64() * 1000.0;
-        match outcome {
-            Ok(()) => tracing::trace!(op = op.name(), elapsed_ms, "served"),
-            Err(kind) => tracing::trace!(op = op.name(), error = ?kind, elapsed_ms, "refused"),
-        }
+        let elapsed = received.elapsed().as_secs_f64();
+        let label = match outcome {
+            Ok(()) => "ok",
+            Err(kind) => kind.code(),
+        };
+        crate::telemetry::request(op.name(), label, elapsed);
+        tracing::trace!(
+            op = op.name(),
+            outcome = label,
+            elapsed_ms = elapsed * 1000.0,
+            "served"
+        );
     }
 
     /// A turn, close, cancel or permission answer that another worker serves (see

@@ -168,7 +168,7 @@ impl Forge {
                 "{open} sessions are open; the limit is {}",
                 self.settings.max_live_sessions
             ))),
-            CreateOutcome::Refused(refused) => Err(Error::quota(&refused)),
+            CreateOutcome::Refused(refused) => Err(super::apps::refusal(&row.app, &refused)),
             CreateOutcome::Created => Ok(()),
         }
     }

@@ -118,7 +118,7 @@ impl Forge {
             .await?;
         let turn = match reserved {
             Reserved::Turn(n) => n,
-            Reserved::Refused(refused) => return Err(Error::quota(&refused)),
+            Reserved::Refused(refused) => return Err(super::apps::refusal(&row.app, &refused)),
             Reserved::NotFound => return Err(Error::not_found("no such session")),
             Reserved::Closed => return Err(Error::conflict("the session is closed")),
         };

@@ -13,6 +13,7 @@ use super::events::TurnEvents;
 use super::files::{self, Attachment};
 use super::request::TurnAsked;
 use super::taken::{SessionLock, Taken};
+use super::tally::TurnTally;
 use super::types::Prompt;
 use super::{Caller, Forge};
 use crate::agent::{self, AgentError, EventSink, StopReason, TurnEnd};
@@ -88,6 +89,8 @@ struct Driven {
     interrupted: bool,
     /// What the agent reported the session had cost by the turn's end.
     cost_usd: Option<f64>,
+    /// The turn's figures, for the metrics.
+    tally: TurnTally,
 }
 
 /// Where a live turn's events go as they happen (the transport's stream), numbered and dated.
@@ -328,6 +331,7 @@ impl Forge {
                 duration_ms: 0,
                 interrupted: self.stopping.is_cancelled(),
                 cost_usd: None,
+                tally: self.tally_of(&t.row),
             };
         }
         let session = self.agent_session_under(&t.row, &t.limits);
@@ -341,11 +345,15 @@ impl Forge {
             followed: out.is_some(),
         };
         let run = self.agent.prompt(&session, prompt);
-        let recorded = TurnEvents::new(self, &t.row.session_id.to_string(), b.turn, out);
-        let (result, (said, cost_usd)) = tokio::join!(run, take_events(recorded, &mut events));
+        let tally = TurnTally::new(&t.row.agent, session.backend.as_str());
+        let id = t.row.session_id.to_string();
+        let recorded = TurnEvents::new(self, &id, b.turn, out, tally);
+        let (result, (said, cost_usd, tally)) =
+            tokio::join!(run, take_events(recorded, &mut events));
         let cancelled = cancel.is_cancelled();
         Driven {
             cost_usd,
+            tally,
             interrupted: cancelled && self.stopping.is_cancelled(),
             result: match result {
                 // Told to stop, the agent failed on the way out: the turn was cancelled all the
@@ -363,15 +371,26 @@ impl Forge {
         }
     }
 
+    /// A tally for a turn of `row`'s session that never reached its agent.
+    fn tally_of(&self, row: &SessionRow) -> TurnTally {
+        TurnTally::new(&row.agent, self.agent_session(row).backend.as_str())
+    }
+
     /// Records how the turn ended and makes its reply.
     #[tracing::instrument(name = "finish", skip_all, fields(turn = b.turn))]
     async fn finish(&self, t: &Accepted, b: &Begun, d: Driven) -> Result<wire::Turn> {
         let result = d.result.map_err(Error::from);
         let mut detail = self.turn_detail(b.turn, &result, d.duration_ms, d.interrupted);
         detail.reported_cost_usd = d.cost_usd;
-        self.ledger
+        let outcome = turn_outcome(&result, d.interrupted);
+        let cost = self
+            .ledger
             .finish_turn(t.row.session_id, b.event_id, Timestamp::now(), detail)
             .await?;
+        if let Some(usd) = cost {
+            crate::telemetry::agent_cost(&t.row.app, d.tally.agent(), usd);
+        }
+        d.tally.ended(outcome, d.duration_ms as f64 / 1000.0);
         match result {
             Ok(end) => Ok(wire::Turn {
                 session_id: t.row.session_id.to_string(),
@@ -429,6 +448,23 @@ impl Forge {
     }
 }
 
+/// A turn's outcome as the metrics label it: its stop reason (`interrupted` when the worker
+/// stopped it), or its error's kind.
+fn turn_outcome(result: &Result<TurnEnd>, interrupted: bool) -> &'static str {
+    match result {
+        Ok(_) if interrupted => "interrupted",
+        Ok(end) => match end.stop_reason {
+            StopReason::EndTurn => "end_turn",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::MaxTurnRequests => "max_turn_requests",
+            StopReason::Refusal => "refusal",
+            StopReason::Cancelled => "cancelled",
+            StopReason::Other(_) => "other",
+        },
+        Err(err) => err.kind.code(),
+    }
+}
+
 /// Sleeps until `due`; never ends without one.
 async fn sleep_until(due: Option<tokio::time::Instant>) {
     match due {
@@ -442,7 +478,7 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 async fn take_events(
     mut recorded: TurnEvents<'_>,
     events: &mut mpsc::Receiver<wire::EventBody>,
-) -> (String, Option<f64>) {
+) -> (String, Option<f64>, TurnTally) {
     loop {
         let due = recorded.due();
         tokio::select! {

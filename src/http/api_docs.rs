@@ -270,6 +270,16 @@ pub(super) fn healthz() {}
 pub(super) fn openapi() {}
 
 #[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    description = "The sidecar's metrics in the Prometheus text format (clawdforge_workers, its \
+                   requests and the process's own figures; docs/operations.md). No token needed.",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"))
+)]
+pub(super) fn metrics() {}
+
+#[utoipa::path(
     put,
     path = "/admin/apps/{app}",
     tag = "admin",

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -99,4 +100,21 @@ pub async fn healthz(State(s): State<Sidecar>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(reply)).into_response()
+}
+
+/// `GET /metrics`: the sidecar's metrics in the Prometheus text format, with the workers that
+/// answer its ping now.
+pub async fn metrics(State(s): State<Sidecar>) -> Response {
+    let workers = if s.nats_connected() {
+        s.client
+            .ping_workers(PING_WAIT)
+            .await
+            .map(|ids| ids.len())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    crate::telemetry::workers(workers);
+    let text = s.metrics.render();
+    ([(CONTENT_TYPE, crate::telemetry::TEXT_FORMAT)], text).into_response()
 }

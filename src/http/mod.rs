@@ -38,6 +38,8 @@ pub use crate::domain::ops::ROUTES;
 
 /// Where the OpenAPI document of these routes is served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
+/// The sidecar's Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// What the sidecar is configured with, parsed.
 #[derive(Debug, Clone)]
@@ -96,6 +98,7 @@ pub struct Sidecar {
     openapi: Bytes,
     /// How long a streamed reply may stay silent: three heartbeats.
     stall: Duration,
+    metrics: crate::telemetry::Metrics,
 }
 
 impl Sidecar {
@@ -109,6 +112,7 @@ impl Sidecar {
             access: Arc::new(settings.access),
             openapi: openapi::document().into(),
             stall: settings.stream_heartbeat.saturating_mul(3),
+            metrics: crate::telemetry::Metrics::install(),
         }
     }
 }

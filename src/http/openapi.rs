@@ -39,6 +39,7 @@ use crate::wire;
         routes::revoke_token,
         routes::healthz,
         routes::openapi,
+        routes::metrics,
         routes::set_app,
         routes::get_app,
         routes::list_apps,
@@ -199,6 +200,7 @@ mod tests {
             .map(|(method, path, _)| (method.to_string(), path.to_string()))
             .collect();
         routed.insert(("GET".into(), super::super::OPENAPI_PATH.into()));
+        routed.insert(("GET".into(), super::super::METRICS_PATH.into()));
         assert_eq!(described, routed);
     }
 

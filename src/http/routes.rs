@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{body_too_large, health, json_response, multipart, sse, Sidecar, OPENAPI_PATH};
+use super::{
+    body_too_large, health, json_response, multipart, sse, Sidecar, METRICS_PATH, OPENAPI_PATH,
+};
 use crate::client::{CONTROL_TIMEOUT, CREATE_TIMEOUT};
 use crate::domain::ops::{self, Op};
 use crate::error::Error;
@@ -229,7 +231,10 @@ pub(super) fn routes() -> Router<Sidecar> {
     let router = Op::ALL.into_iter().fold(Router::new(), |router, op| {
         router.route(op.route().path, handler(op))
     });
-    router.route(OPENAPI_PATH, get(openapi)).fallback(not_found)
+    router
+        .route(OPENAPI_PATH, get(openapi))
+        .route(METRICS_PATH, get(health::metrics))
+        .fallback(not_found)
 }
 
 pub async fn run(

@@ -22,6 +22,11 @@ pub trait Apps {
     /// Every app's own policy, by app.
     fn policies(&self) -> impl Future<Output = LedgerResult<Vec<PolicyRow>>> + Send;
 
+    /// The open sessions, counted by app and agent.
+    fn open_sessions_by_app(
+        &self,
+    ) -> impl Future<Output = LedgerResult<Vec<(String, String, u64)>>> + Send;
+
     /// Every app with a token or a policy, by name.
     fn app_names(&self) -> impl Future<Output = LedgerResult<Vec<String>>> + Send;
 

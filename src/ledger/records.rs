@@ -128,14 +128,15 @@ pub trait Turns {
     /// Numbers a new turn and records it as running, if the session is open and `app`'s.
     fn begin_turn(&self, start: TurnStart) -> impl Future<Output = LedgerResult<BeginTurn>> + Send;
 
-    /// Records how a turn ended, and moves the session's `last_turn_at` to its end.
+    /// Records how a turn ended, and moves the session's `last_turn_at` to its end. Returns
+    /// the turn's own cost, when its agent reported the session's.
     fn finish_turn(
         &self,
         session_id: SessionId,
         event_id: i64,
         at: Timestamp,
         detail: EventDetail,
-    ) -> impl Future<Output = LedgerResult<()>> + Send;
+    ) -> impl Future<Output = LedgerResult<Option<f64>>> + Send;
 
     /// Records a batch of a turn's events at once.
     fn record_events(

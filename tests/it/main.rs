@@ -14,6 +14,7 @@ mod http;
 mod input;
 mod ledger;
 mod lifecycle;
+mod metrics;
 mod native;
 mod native_faults;
 mod operator;

@@ -39,6 +39,7 @@ impl UpScript {
             .env("CLAWDFORGE_DATA", data.path().join("data"))
             .env("NATS_PORT", nats_port.to_string())
             .env("HTTP_PORT", http_port.to_string())
+            .env("METRICS_PORT", "0")
             .env("RUST_LOG", "info,clawdforge=debug")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&output).unwrap())
@@ -123,6 +124,29 @@ fn port_is_open(port: u16) -> bool {
 async fn ctrl_c_under_up_sh_lets_a_turn_in_flight_answer_its_caller() {
     let mut up = UpScript::start(free_port("127.0.0.1"));
     up.wait_for("clawdforge is up.").await;
+    // It prints where the worker and the sidecar serve their metrics, and both answer.
+    let printed = up.printed();
+    let line = printed
+        .lines()
+        .find(|l| l.trim_start().starts_with("metrics:"));
+    let line = line.unwrap_or_else(|| panic!("no metrics line:\n{printed}"));
+    let urls: Vec<&str> = line
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .collect();
+    assert_eq!(urls.len(), 2, "{line}");
+    assert!(
+        urls[1].ends_with(&format!(":{}/metrics", up.http_port)),
+        "{line}"
+    );
+    for url in urls {
+        let text = crate::harness::http_client().get(url).send().await.unwrap();
+        let text = text.text().await.unwrap();
+        assert!(
+            text.contains("# TYPE clawdforge_requests_total"),
+            "{url}:\n{text}"
+        );
+    }
     let token = std::fs::read_to_string(up.data_dir().join("admin-token")).unwrap();
     let nats = async_nats::connect(format!("nats://127.0.0.1:{}", up.nats_port))
         .await

@@ -79,6 +79,18 @@ impl Acp {
         }
     }
 
+    /// The app agent processes running now (one being started counts).
+    fn running(&self) -> usize {
+        let hosts = self.inner.hosts.lock().expect("hosts lock");
+        hosts
+            .values()
+            .filter(|host| match host.live.try_lock() {
+                Ok(slot) => slot.as_ref().is_some_and(|l| !l.ended.is_cancelled()),
+                Err(_) => true,
+            })
+            .count()
+    }
+
     fn host(&self, s: &AgentSession) -> Arc<Host> {
         let key = HostKey {
             app: s.app.clone(),
@@ -220,6 +232,10 @@ fn app_dir(s: &AgentSession) -> Result<PathBuf, AgentError> {
 
 #[async_trait::async_trait]
 impl Backend for Acp {
+    fn agent_processes(&self) -> Vec<(&'static str, usize)> {
+        vec![("acp", self.running())]
+    }
+
     fn name(&self) -> &'static str {
         "acp"
     }

@@ -65,6 +65,19 @@ impl Apps for Ledger {
         self.read(move |c| Ok(all(c, &sql, [])?)).await
     }
 
+    async fn open_sessions_by_app(&self) -> LedgerResult<Vec<(String, String, u64)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT app, agent, COUNT(*) FROM sessions WHERE status = 'open' GROUP BY 1, 2",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     async fn app_names(&self) -> LedgerResult<Vec<String>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(

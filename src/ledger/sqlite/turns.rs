@@ -95,7 +95,7 @@ impl Turns for Ledger {
         event_id: i64,
         at: Timestamp,
         detail: EventDetail,
-    ) -> LedgerResult<()> {
+    ) -> LedgerResult<Option<f64>> {
         self.write(move |tx| {
             let output = detail.output.as_ref();
             let cost = turn_cost(tx, session_id, event_id, detail.reported_cost_usd)?;
@@ -129,7 +129,7 @@ impl Turns for Ledger {
                 "UPDATE sessions SET last_turn_at = ?2 WHERE session_id = ?1",
                 params![session_id, at],
             )?;
-            Ok(())
+            Ok(cost)
         })
         .await
     }
