@@ -299,9 +299,10 @@ fn config_prints_every_value_with_its_source_and_masks_secrets() {
     );
     assert!(row("admin_bootstrap_token").join(" ").contains("hidden"));
     assert!(!text.contains("very-secret-root") && !text.contains("nats-secret"));
+    // A header, every key the environment sets, and the tables (agents, app_defaults).
     assert_eq!(
         text.lines().count(),
-        1 + clawdforge::config::env_keys().len() + 1
+        1 + clawdforge::config::env_keys().len() + 2
     );
 }
 
