@@ -148,9 +148,15 @@ echo "no findings"
 
 # ---- 3. consistency ---------------------------------------------------------------------------
 log "one acpx version; the build context has what the Dockerfile copies"
-v_setup=$(sed -n 's/^ACPX_VERSION="\(.*\)"$/\1/p' scripts/setup-tools.sh)
 # shellcheck disable=SC2016 # a literal ${ in the pattern
 v_install=$(sed -n 's/^ACPX_VERSION=\${ACPX_VERSION:-\(.*\)}$/\1/p' scripts/install-runtime.sh)
+# setup-tools.sh takes its version from install-runtime.sh (`pinned`), or names its own.
+# shellcheck disable=SC2016 # a literal $( in the pattern
+if grep -q '^ACPX_VERSION="$(pinned ACPX_VERSION)"$' scripts/setup-tools.sh; then
+    v_setup=$v_install
+else
+    v_setup=$(sed -n 's/^ACPX_VERSION="\(.*\)"$/\1/p' scripts/setup-tools.sh)
+fi
 v_docker=$(sed -n 's/^ *ACPX_VERSION=\([0-9.]*\).*$/\1/p' Dockerfile)
 [[ -n "$v_setup" && "$v_setup" == "$v_install" && "$v_install" == "$v_docker" ]] \
     || die "acpx versions differ: setup-tools $v_setup, install-runtime $v_install, Dockerfile $v_docker"
