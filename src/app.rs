@@ -566,7 +566,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-// ---- the operator's commands: tokens on the ledger, and the container health check ----
+// ---- the operators' ledger (tokens, apps, usage: see operator.rs); the container health check
 
 /// Opens the configured ledger for an operator's command (`token`, `app`, `usage`). Minting a
 /// token or setting a policy may create the ledger (a new deployment); the others need one, so
@@ -577,61 +577,6 @@ pub(crate) async fn command_ledger(config: &Config, create: bool) -> anyhow::Res
         return Err(ConfigError::setting("db_path", missing).into());
     }
     open_ledger(config).await
-}
-
-/// A domain error of a token command, as the operator reads it.
-fn token_error(config: &Config, e: crate::error::Error) -> anyhow::Error {
-    match e.kind {
-        crate::error::ErrorKind::Internal => anyhow::anyhow!(
-            "the ledger {} could not be used (see the log above)",
-            config.db_path.display()
-        ),
-        _ => anyhow::anyhow!("{}", e.message),
-    }
-}
-
-/// `clawdforge token create`: mints a token on the ledger directly, as
-/// `forge.admin.token.create` does. The token is in the answer only.
-pub async fn token_create(
-    config: &Config,
-    app: &str,
-    admin: bool,
-) -> anyhow::Result<crate::wire::TokenCreated> {
-    let ledger = command_ledger(config, true).await?;
-    let req = crate::wire::TokenCreate {
-        app: app.to_string(),
-        admin,
-    };
-    crate::domain::tokens::create(&ledger, req)
-        .await
-        .map_err(|e| token_error(config, e))
-}
-
-/// `clawdforge token list`: every token of the ledger, oldest first.
-pub async fn token_list(config: &Config) -> anyhow::Result<crate::wire::TokenList> {
-    let ledger = command_ledger(config, false).await?;
-    crate::domain::tokens::list(&ledger)
-        .await
-        .map_err(|e| token_error(config, e))
-}
-
-/// `clawdforge token revoke`: revokes a token; every worker refuses it from its next request on.
-pub async fn token_revoke(
-    config: &Config,
-    token_id: &str,
-) -> anyhow::Result<crate::wire::TokenRevoked> {
-    let ledger = command_ledger(config, false).await?;
-    let revoked = match crate::values::TokenId::parse(token_id) {
-        Ok(id) => crate::domain::tokens::revoke(&ledger, id).await,
-        Err(e) => Err(e),
-    };
-    revoked.map_err(|e| match e.kind {
-        crate::error::ErrorKind::NotFound => anyhow::anyhow!(
-            "no token with id {token_id} in the ledger {}",
-            config.db_path.display()
-        ),
-        _ => token_error(config, e),
-    })
 }
 
 /// `clawdforge agents check`: starts each configured agent as a worker would (confined as a

@@ -366,7 +366,7 @@ fn print_config(cli: &Cli, env: &[(String, String)]) -> ExitCode {
 async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { app, admin, json } => {
-            let created = clawdforge::app::token_create(config, &app, admin).await?;
+            let created = clawdforge::operator::token_create(config, &app, admin).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
             } else {
@@ -382,7 +382,7 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
             );
         }
         TokenCommand::List { json } => {
-            let list = clawdforge::app::token_list(config).await?;
+            let list = clawdforge::operator::token_list(config).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -390,7 +390,7 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
             }
         }
         TokenCommand::Revoke { token_id } => {
-            let revoked = clawdforge::app::token_revoke(config, &token_id).await?;
+            let revoked = clawdforge::operator::token_revoke(config, &token_id).await?;
             println!("revoked {}", revoked.token_id);
         }
     }

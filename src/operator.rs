@@ -1,6 +1,6 @@
-//! The operator's commands on the ledger directly, without NATS: apps' policies
-//! (`clawdforge app set|show|list`) and usage (`clawdforge usage`), answered as the admin
-//! subjects answer, and the tables they print.
+//! The operator's commands on the ledger directly, without NATS: tokens (`clawdforge token`),
+//! apps' policies (`clawdforge app set|show|list`) and usage (`clawdforge usage`), answered as
+//! the admin subjects answer, and the tables they print.
 
 use crate::app::command_ledger;
 use crate::config::Config;
@@ -19,6 +19,50 @@ fn command_error(config: &Config, e: crate::error::Error) -> anyhow::Error {
         ),
         _ => anyhow::anyhow!("{}", e.message),
     }
+}
+
+/// `clawdforge token create`: mints a token on the ledger directly, as
+/// `forge.admin.token.create` does. The token is in the answer only.
+pub async fn token_create(
+    config: &Config,
+    app: &str,
+    admin: bool,
+) -> anyhow::Result<crate::wire::TokenCreated> {
+    let ledger = command_ledger(config, true).await?;
+    let req = crate::wire::TokenCreate {
+        app: app.to_string(),
+        admin,
+    };
+    crate::domain::tokens::create(&ledger, req)
+        .await
+        .map_err(|e| command_error(config, e))
+}
+
+/// `clawdforge token list`: every token of the ledger, oldest first.
+pub async fn token_list(config: &Config) -> anyhow::Result<crate::wire::TokenList> {
+    let ledger = command_ledger(config, false).await?;
+    crate::domain::tokens::list(&ledger)
+        .await
+        .map_err(|e| command_error(config, e))
+}
+
+/// `clawdforge token revoke`: revokes a token; every worker refuses it from its next request on.
+pub async fn token_revoke(
+    config: &Config,
+    token_id: &str,
+) -> anyhow::Result<crate::wire::TokenRevoked> {
+    let ledger = command_ledger(config, false).await?;
+    let revoked = match crate::values::TokenId::parse(token_id) {
+        Ok(id) => crate::domain::tokens::revoke(&ledger, id).await,
+        Err(e) => Err(e),
+    };
+    revoked.map_err(|e| match e.kind {
+        ErrorKind::NotFound => anyhow::anyhow!(
+            "no token with id {token_id} in the ledger {}",
+            config.db_path.display()
+        ),
+        _ => command_error(config, e),
+    })
 }
 
 /// `clawdforge app set`: as `forge.admin.app.set`.
