@@ -139,8 +139,9 @@ enum AppCommand {
     },
 }
 
-/// The fields of a policy, as `app set` options.
-#[derive(clap::Args)]
+/// The fields of a policy, as `app set` options (serialized, the options given are the
+/// fields of forge.admin.app.set's body).
+#[derive(clap::Args, serde::Serialize)]
 struct PolicyArgs {
     /// The agents its sessions may use, comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -181,44 +182,12 @@ impl PolicyArgs {
     /// The change these options and `clear` make to `app`'s policy, as forge.admin.app.set's
     /// body: built as JSON, so that a field is named once, by the contract.
     fn change(self, app: String, clear: &[String]) -> anyhow::Result<clawdforge::wire::PolicySet> {
-        use serde_json::{json, Map, Value};
-        let mut body = Map::new();
-        body.insert("app".into(), json!(app));
-        let mut set = |field: &str, value: Option<Value>| {
-            if let Some(value) = value {
-                body.insert(field.into(), value);
-            }
+        use serde_json::{json, Value};
+        let Value::Object(mut body) = serde_json::to_value(&self)? else {
+            unreachable!("a struct serializes as an object")
         };
-        set("agents", self.agents.map(|v| json!(v)));
-        set("models", self.models.map(|v| json!(v)));
-        set("max_permissions", self.max_permissions.map(|v| json!(v)));
-        set(
-            "max_open_sessions",
-            self.max_open_sessions.map(|v| json!(v)),
-        );
-        set(
-            "max_concurrent_turns",
-            self.max_concurrent_turns.map(|v| json!(v)),
-        );
-        set(
-            "max_concurrent_runs",
-            self.max_concurrent_runs.map(|v| json!(v)),
-        );
-        set("max_timeout_secs", self.max_timeout_secs.map(|v| json!(v)));
-        set(
-            "requests_per_minute",
-            self.requests_per_minute.map(|v| json!(v)),
-        );
-        set("turns_per_day", self.turns_per_day.map(|v| json!(v)));
-        set("runs_usd_per_day", self.runs_usd_per_day.map(|v| json!(v)));
-        set(
-            "runs_usd_per_month",
-            self.runs_usd_per_month.map(|v| json!(v)),
-        );
-        set(
-            "agent_usd_per_month",
-            self.agent_usd_per_month.map(|v| json!(v)),
-        );
+        body.retain(|_, value| !value.is_null());
+        body.insert("app".into(), json!(app));
         for field in clear {
             if clawdforge::quota::Limit::from_name(field).is_none() {
                 anyhow::bail!("--clear {field}: not a policy field");

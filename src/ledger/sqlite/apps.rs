@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::rows::{all, FromRow};
-use super::usage::{minute_key, record_refusal, used_of};
+use super::usage::{admit, minute_key, record_refusal, used_of};
 use super::Ledger;
 use crate::ledger::{Apps, DayRow, LedgerError, LedgerResult, PolicyRow, Used};
-use crate::quota::{Amount, Day, Limit, Refusal};
+use crate::quota::{Amount, Day, Limit, Limits, Refusal};
 use crate::values::Timestamp;
 use crate::wire::PolicySet;
 
@@ -97,12 +97,13 @@ impl Apps for Ledger {
     ) -> LedgerResult<Option<Refusal>> {
         self.write(move |tx| {
             let (at, minute) = (at.utc(), minute_key(at.utc()));
-            let used = used_of(tx, &app, Limit::RequestsPerMinute, at, &Timestamp::at(at))?;
-            if used.reaches(Amount::Count(limit)) {
-                record_refusal(tx, &app, Limit::RequestsPerMinute, at)?;
-                let value = Amount::Count(limit);
-                let limit = Limit::RequestsPerMinute;
-                return Ok(Some(Refusal::counted(&app, limit, value, used, at)));
+            let limits = Limits {
+                requests_per_minute: Some(limit),
+                ..Limits::default()
+            };
+            let which = (&limits, &[Limit::RequestsPerMinute][..]);
+            if let Some(refused) = admit(tx, &app, which, at, &Timestamp::at(at))? {
+                return Ok(Some(refused));
             }
             tx.prepare_cached(
                 "INSERT INTO app_requests (app, minute, requests) VALUES (?1, ?2, 1)
