@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind};
+use crate::telemetry::trace::TraceContext;
 use crate::wire::{self, subject};
 
 /// Time allowed for requests that run no agent.
@@ -160,6 +161,8 @@ impl ReplyStream {
 pub struct ForgeClient {
     nats: async_nats::Client,
     token: Option<String>,
+    /// The trace the requests belong to, if the caller gave one.
+    trace: Option<TraceContext>,
     /// The timeout a turn or run gets when its request names none (the workers' default).
     pub default_agent_timeout: Duration,
 }
@@ -180,12 +183,48 @@ pub async fn wait_connected(nats: &async_nats::Client, max: Duration) -> bool {
     true
 }
 
+/// What a request carries for its caller besides its body: the `Authorization` header value as
+/// the caller gave it, and the trace it belongs to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub authorization: Option<&'a str>,
+    pub trace: Option<&'a TraceContext>,
+}
+
+impl<'a> Caller<'a> {
+    pub fn new(authorization: Option<&'a str>, trace: Option<&'a TraceContext>) -> Self {
+        Caller {
+            authorization,
+            trace,
+        }
+    }
+
+    fn write(&self, headers: &mut HeaderMap) {
+        if let Some(value) = self.authorization {
+            headers.insert(wire::AUTHORIZATION, value);
+        }
+        if let Some(trace) = self.trace {
+            trace.write_nats(headers);
+        }
+    }
+}
+
 impl ForgeClient {
     pub fn new(nats: async_nats::Client, token: Option<String>) -> ForgeClient {
         ForgeClient {
             nats,
             token,
+            trace: None,
             default_agent_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// The same connection, its requests in the trace of `trace` (a W3C `traceparent`, and
+    /// `tracestate`): the service's spans of each request are its children.
+    pub fn with_trace(&self, trace: TraceContext) -> ForgeClient {
+        ForgeClient {
+            trace: Some(trace),
+            ..self.clone()
         }
     }
 
@@ -225,23 +264,22 @@ impl ForgeClient {
         timeout: Duration,
     ) -> Result<RawReply, ClientError> {
         let authorization = token.map(|t| format!("Bearer {t}"));
-        self.forward(subject, authorization.as_deref(), body, timeout)
-            .await
+        let trace = TraceContext::outgoing(self.trace.as_ref());
+        let caller = Caller::new(authorization.as_deref(), trace.as_ref());
+        self.forward(subject, caller, body, timeout).await
     }
 
-    /// Sends `body` to `subject` with an `Authorization` header value as the caller gave it
-    /// (what the sidecar does), and returns the reply as it came.
+    /// Sends `body` to `subject` with the caller's headers (what the sidecar does), and
+    /// returns the reply as it came.
     pub async fn forward(
         &self,
         subject: &str,
-        authorization: Option<&str>,
+        caller: Caller<'_>,
         body: Bytes,
         timeout: Duration,
     ) -> Result<RawReply, ClientError> {
         let mut headers = HeaderMap::new();
-        if let Some(value) = authorization {
-            headers.insert(wire::AUTHORIZATION, value);
-        }
+        caller.write(&mut headers);
         let request = async_nats::Request::new()
             .headers(headers)
             .payload(body)
@@ -377,16 +415,17 @@ impl ForgeClient {
     ) -> Result<ReplyStream, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
         let authorization = self.token.as_deref().map(|t| format!("Bearer {t}"));
-        self.stream(subject, authorization.as_deref(), body.into(), stall)
-            .await
+        let trace = TraceContext::outgoing(self.trace.as_ref());
+        let caller = Caller::new(authorization.as_deref(), trace.as_ref());
+        self.stream(subject, caller, body.into(), stall).await
     }
 
-    /// Sends a request that asks for a streamed reply, with an `Authorization` header value as
-    /// the caller gave it, and returns the stream.
+    /// Sends a request that asks for a streamed reply, with the caller's headers, and returns
+    /// the stream.
     pub async fn stream(
         &self,
         subject: &str,
-        authorization: Option<&str>,
+        caller: Caller<'_>,
         body: Bytes,
         stall: Duration,
     ) -> Result<ReplyStream, ClientError> {
@@ -399,9 +438,7 @@ impl ForgeClient {
             .map_err(|e| transport(&e))?;
         let mut headers = HeaderMap::new();
         headers.insert(wire::STREAM_HEADER, "1");
-        if let Some(value) = authorization {
-            headers.insert(wire::AUTHORIZATION, value);
-        }
+        caller.write(&mut headers);
         self.nats
             .publish_with_reply_and_headers(subject.to_string(), inbox, headers, body)
             .await

@@ -3,6 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use clawdforge::config::{Config, ConfigError, LogFormat};
+use clawdforge::telemetry::genai;
+use clawdforge::telemetry::trace::{TraceSettings, Tracing};
 
 /// Where every command's help sends the reader for its settings.
 const CONFIG_HELP: &str = "Settings come from the environment and a config file: every key and \
@@ -227,12 +229,22 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_failure(&e),
     };
-    init_logging(&cli.command, config.log_format);
+    let tracing = match init_logging(&cli.command, config.log_format, &env) {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("clawdforge: starting the OTLP trace exporter: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    match runtime.block_on(run(cli.command, config)) {
+    let ran = runtime.block_on(run(cli.command, config));
+    if let Some(tracing) = tracing {
+        tracing.shutdown();
+    }
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigError>() {
             Some(config_error) => config_failure(config_error),
@@ -282,31 +294,60 @@ fn config_failure(e: &ConfigError) -> ExitCode {
     ExitCode::from(ConfigError::EXIT_CODE)
 }
 
-/// Logs go to stderr: coloured only on a terminal, or as JSON lines for log collectors.
-fn init_logging(command: &Command, format: LogFormat) {
+/// Logs go to stderr: coloured only on a terminal, or as JSON lines for log collectors. Spans
+/// also go to an OTLP endpoint when the environment names one (`OTEL_EXPORTER_OTLP_ENDPOINT`):
+/// the pipeline that sends them is returned, to be shut down (and its last spans sent) at exit.
+fn init_logging(
+    command: &Command,
+    format: LogFormat,
+    env: &[(String, String)],
+) -> anyhow::Result<Option<Tracing>> {
     use std::io::IsTerminal;
+    use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
+    use tracing_subscriber::prelude::*;
     // The operator's one-shot commands log only what goes wrong; their answer is on stdout.
-    let default_filter = match command {
+    let (default_filter, service) = match command {
         Command::Token(_)
         | Command::App(_)
         | Command::Usage { .. }
         | Command::Agents(_)
-        | Command::Healthcheck { .. } => "warn",
-        _ => "info,async_nats=warn",
+        | Command::Healthcheck { .. } => ("warn", None),
+        Command::Worker => ("info,async_nats=warn", Some("clawdforge-worker")),
+        Command::Sidecar => ("info,async_nats=warn", Some("clawdforge-sidecar")),
+        _ => ("info,async_nats=warn", Some("clawdforge")),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_filter.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
+        .unwrap_or_else(|_| default_filter.into())
+        .and(filter_fn(|m| m.target() != genai::TARGET));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+    };
+    let settings = TraceSettings::from_env(env);
+    let (tracing, otel) = match service {
+        Some(service) => match Tracing::start(&settings, service)? {
+            Some((tracing, layer)) => (Some(tracing), Some(layer)),
+            None => (None, None),
+        },
+        None => (None, None),
+    };
+    // Only the service's own spans, at info: a library's (the exporter's HTTP client among
+    // them) would trace the sending of traces.
+    let spans = Targets::new().with_target("clawdforge", tracing::Level::INFO);
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel.map(|layer| layer.with_filter(spans)))
+        .init();
+    Ok(tracing)
 }
 
 /// `clawdforge config`: the effective configuration as an aligned table.

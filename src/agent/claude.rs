@@ -88,6 +88,9 @@ pub struct ClaudeResult {
     pub result: Option<String>,
     pub errors: Vec<String>,
     pub cost_usd: Option<f64>,
+    /// The tokens the run's model calls took in and gave out (`usage`), as claude reports them.
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
 }
 
 impl ClaudeResult {
@@ -154,6 +157,8 @@ impl ClaudeResult {
             result: text_field("result")?,
             errors,
             cost_usd: v["total_cost_usd"].as_f64(),
+            input_tokens: v["usage"]["input_tokens"].as_u64(),
+            output_tokens: v["usage"]["output_tokens"].as_u64(),
         })
     }
 

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use tracing::Instrument;
+
 use super::files;
 use super::types::{Model, Prompt, RunId};
 use super::{now, Caller, EventStream, Forge};
@@ -10,6 +12,7 @@ use crate::agent::{ClaudeError, EventSink, RunOutput};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{NewRun, Recorded, RunBegun, RunEnd, RunOutcome, Runs, Stamp};
 use crate::quota::Limits;
+use crate::telemetry::genai::AgentSpan;
 use crate::values::Timestamp;
 use crate::wire;
 
@@ -69,11 +72,18 @@ impl Forge {
         let started = Instant::now();
         let left = || plan.budget.saturating_sub(received.elapsed());
         let staged = (&run_id, attachments);
+        let agent = AgentSpan::run(plan.model.as_str());
+        agent.prompt(plan.prompt.as_str());
         let ran = self
             .stage_and_run(caller, staged, &plan, left, events)
+            .instrument(agent.span().clone())
             .await;
+        if let Ran::Claude(Ok(output)) = &ran {
+            agent.tokens(output.result.input_tokens, output.result.output_tokens);
+        }
         let duration_ms = started.elapsed().as_millis() as u64;
         let (reply, end) = self.settle(&run_id.as_string(), plan.model.as_str(), ran, duration_ms);
+        run_span_ended(agent, &reply, end.cost_usd);
         let (outcome, cost) = (end.outcome, end.cost_usd);
         self.ledger
             .finish_run(run_id, Timestamp::now(), end)
@@ -311,6 +321,16 @@ struct RunPlan {
 }
 
 /// How a run's end is logged: finished, timed out, or failed.
+/// Ends a run's span: its cost, its result (when the operator opted in) or its error's kind.
+fn run_span_ended(agent: AgentSpan, reply: &Result<wire::Run>, cost_usd: Option<f64>) {
+    agent.cost(cost_usd);
+    match reply {
+        Ok(run) if run.ok => agent.ended(Ok("end_turn"), run.result.as_deref()),
+        Ok(_) => agent.ended(Err("error_result"), None),
+        Err(err) => agent.ended(Err(err.kind.code()), None),
+    }
+}
+
 fn log_run_end(
     id: &RunId,
     caller: &Caller,

@@ -17,6 +17,7 @@ use super::owners::{Route, Step};
 use super::request::{Reply, Request, TurnAsked};
 use super::{Caller, Forge};
 use crate::error::{Error, ErrorKind, Result};
+use crate::telemetry::trace::TraceContext;
 use crate::values::SessionId;
 use crate::wire;
 
@@ -67,6 +68,32 @@ pub trait Outlet: Send {
         F: Future<Output = Result<Reply>> + Send;
     /// Whether anything has been sent to the caller yet.
     fn answered(&self) -> bool;
+    /// The W3C trace context the request came with, if any.
+    fn trace(&self) -> Option<TraceContext>;
+}
+
+/// A request's span. Exported, it is named by the request's subject, as the server's span.
+fn request_span(op: Op) -> tracing::Span {
+    use tracing::field::Empty;
+    if crate::telemetry::trace::exporting() {
+        tracing::info_span!(
+            "request",
+            otel.name = op.subject(),
+            otel.kind = "server",
+            op = op.name(),
+            app = Empty,
+            session = Empty,
+        )
+    } else {
+        let subject = op.subject();
+        tracing::info_span!(
+            "request",
+            op = op.name(),
+            subject,
+            app = Empty,
+            session = Empty
+        )
+    }
 }
 
 /// How a request ended: `Ok`, or the kind of its error. A request passed on to another worker
@@ -86,13 +113,8 @@ impl Forge {
         body: impl Body,
         outlet: &mut impl Outlet,
     ) {
-        let span = tracing::info_span!(
-            "request",
-            op = op.name(),
-            subject = op.subject(),
-            app = tracing::field::Empty,
-            session = tracing::field::Empty,
-        );
+        let span = request_span(op);
+        TraceContext::continue_in(outlet.trace().as_ref(), &span);
         let received = Instant::now();
         let steps = AssertUnwindSafe(self.steps(op, token, &body, outlet)).catch_unwind();
         let outcome = match steps.instrument(span.clone()).await {

@@ -345,11 +345,12 @@ impl Forge {
             followed: out.is_some(),
         };
         let run = self.agent.prompt(&session, prompt);
-        let tally = TurnTally::new(&t.row.agent, session.backend.as_str());
+        let tally = TurnTally::invoked(&t.row.agent, session.backend.as_str(), &b.text);
+        let span = tally.span();
         let id = t.row.session_id.to_string();
         let recorded = TurnEvents::new(self, &id, b.turn, out, tally);
-        let (result, (said, cost_usd, tally)) =
-            tokio::join!(run, take_events(recorded, &mut events));
+        let joined = async { tokio::join!(run, take_events(recorded, &mut events)) };
+        let (result, (said, cost_usd, tally)) = joined.instrument(span).await;
         let cancelled = cancel.is_cancelled();
         Driven {
             cost_usd,
@@ -390,7 +391,9 @@ impl Forge {
         if let Some(usd) = cost {
             crate::telemetry::agent_cost(&t.row.app, d.tally.agent(), usd);
         }
-        d.tally.ended(outcome, d.duration_ms as f64 / 1000.0);
+        let output = result.as_ref().map(|end| end.output.as_str()).unwrap_or("");
+        let seconds = d.duration_ms as f64 / 1000.0;
+        d.tally.ended(outcome, result.is_err(), seconds, output);
         match result {
             Ok(end) => Ok(wire::Turn {
                 session_id: t.row.session_id.to_string(),

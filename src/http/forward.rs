@@ -11,10 +11,12 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use super::{error_body, error_response, json_response, retry_after, Sidecar};
-use crate::client::{ClientError, RawReply};
+use crate::client::{Caller, ClientError, RawReply};
 use crate::domain::Op;
 use crate::error::{Error, ErrorKind};
+use crate::telemetry::trace::TraceContext;
 use crate::wire;
+use tracing::Instrument;
 
 /// Waits before trying again after "no responders": just after a reconnect the workers'
 /// subscriptions may not be back yet.
@@ -31,9 +33,22 @@ impl Sidecar {
         self.client.connected()
     }
 
-    /// Sends `body` as a request of `op` with the caller's `Authorization` header, and maps
-    /// the reply.
+    /// Sends `body` as a request of `op` with the caller's `Authorization` header and trace,
+    /// and maps the reply.
     pub(super) async fn forward(
+        &self,
+        op: Op,
+        headers: &HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Response {
+        let span = forward_span(op, headers);
+        self.forward_in(op, headers, body, timeout)
+            .instrument(span)
+            .await
+    }
+
+    async fn forward_in(
         &self,
         op: Op,
         headers: &HeaderMap,
@@ -46,12 +61,11 @@ impl Sidecar {
         if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
             return error_response(&Error::at_capacity(NATS_DOWN));
         }
-        let authorization = authorization(headers);
-        let result = retry_no_responders(|| {
-            self.client
-                .forward(subject, authorization, body.clone(), timeout)
-        })
-        .await;
+        let trace = TraceContext::outgoing(TraceContext::from_http(headers).as_ref());
+        let caller = Caller::new(authorization(headers), trace.as_ref());
+        let result =
+            retry_no_responders(|| self.client.forward(subject, caller, body.clone(), timeout))
+                .await;
         let response = match result {
             Ok(reply) => reply_response(reply),
             Err(err) => error_response(&self.failure(subject, err, timeout)),
@@ -110,6 +124,22 @@ pub(super) fn reply_parts(reply: RawReply) -> (StatusCode, Bytes) {
         .filter(|s| s.is_client_error() || s.is_server_error())
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, reply.body)
+}
+
+/// The span of a request the sidecar forwards: exported, the HTTP server's span, in the trace
+/// of the caller's `traceparent` if it sent one.
+pub(super) fn forward_span(op: Op, headers: &HeaderMap) -> tracing::Span {
+    if !crate::telemetry::trace::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "forward",
+        otel.name = %format!("HTTP {}", op.subject()),
+        otel.kind = "server",
+        op = op.name(),
+    );
+    TraceContext::continue_in(TraceContext::from_http(headers).as_ref(), &span);
+    span
 }
 
 /// The caller's `Authorization` header, passed on as it came.

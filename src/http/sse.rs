@@ -20,13 +20,16 @@ use bytes::Bytes;
 use futures::stream::{self, Stream};
 
 use super::forward::{
-    authorization, reply_parts, reply_response, retry_no_responders, NATS_CONNECT_WAIT, NATS_DOWN,
+    authorization, forward_span, reply_parts, reply_response, retry_no_responders,
+    NATS_CONNECT_WAIT, NATS_DOWN,
 };
 use super::{error_body, error_response, Sidecar};
-use crate::client::{ClientError, Frame, RawReply, ReplyStream};
+use crate::client::{Caller, ClientError, Frame, RawReply, ReplyStream};
 use crate::domain::Op;
 use crate::error::Error;
+use crate::telemetry::trace::TraceContext;
 use crate::wire;
+use tracing::Instrument;
 
 const EVENT_STREAM: &str = "text/event-stream";
 
@@ -69,10 +72,12 @@ impl Sidecar {
         if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
             return error_response(&Error::at_capacity(NATS_DOWN));
         }
-        let response = match self
-            .first_frame(subject, authorization(headers), body)
-            .await
-        {
+        let span = forward_span(op, headers);
+        let trace =
+            span.in_scope(|| TraceContext::outgoing(TraceContext::from_http(headers).as_ref()));
+        let caller = Caller::new(authorization(headers), trace.as_ref());
+        let first = self.first_frame(subject, caller, body).instrument(span);
+        let response = match first.await {
             Err(err) => error_response(&self.stream_failure(subject, err)),
             Ok((Frame::Reply(reply), _)) if reply.status.is_some() => reply_response(reply),
             Ok((first, rest)) => {
@@ -96,13 +101,13 @@ impl Sidecar {
     async fn first_frame(
         &self,
         subject: &str,
-        authorization: Option<&str>,
+        caller: Caller<'_>,
         body: Bytes,
     ) -> Result<(Frame, ReplyStream), ClientError> {
         retry_no_responders(|| async {
             let stream = self
                 .client
-                .stream(subject, authorization, body.clone(), self.stall);
+                .stream(subject, caller, body.clone(), self.stall);
             let mut stream = stream.await?;
             let frame = next_frame(&mut stream).await?;
             Ok((frame, stream))

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::{Body, Handed, Op, Outcome, Outlet, Reply, Request};
 use crate::error::{ErrorKind, Result};
+use crate::telemetry::trace::TraceContext;
 use crate::wire;
 
 /// How long a worker waits for another to acknowledge a request passed on before it takes
@@ -166,6 +167,10 @@ impl Outlet for NatsOutlet {
             .is_some_and(|v| v.as_str().trim() == "1")
     }
 
+    fn trace(&self) -> Option<TraceContext> {
+        TraceContext::from_nats(self.message.headers.as_ref())
+    }
+
     fn pass_on(&mut self, op: Op, worker_id: &str) -> impl Future<Output = Handed> + Send {
         hand_over(&self.way.client, &self.message, &self.reply, op, worker_id)
     }
@@ -226,7 +231,8 @@ fn final_kind(op: Op) -> &'static str {
 }
 
 /// Passes `message` on to `worker_id`'s own subject for `op`, with the caller's headers and
-/// its reply subject in `Forge-Reply-To`, as a request that worker acknowledges at once.
+/// its reply subject in `Forge-Reply-To`, as a request that worker acknowledges at once. Its
+/// `traceparent` names the request's span here, so the trace goes on there.
 async fn hand_over(
     client: &async_nats::Client,
     message: &Message,
@@ -236,6 +242,10 @@ async fn hand_over(
 ) -> Handed {
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(wire::REPLY_TO_HEADER, reply.as_str());
+    let received = TraceContext::from_nats(message.headers.as_ref());
+    if let Some(trace) = TraceContext::outgoing(received.as_ref()) {
+        trace.write_nats(&mut headers);
+    }
     let target = wire::worker_subject(worker_id, op.subject());
     let sent = client.request_with_headers(target, headers, message.payload.clone());
     match tokio::time::timeout(ACK_TIMEOUT, sent).await {

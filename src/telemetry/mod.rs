@@ -6,8 +6,10 @@
 //! recorder is installed: a worker installs one only when `metrics_addr` is set, the sidecar
 //! always. [`Metrics::render`] gives the Prometheus text.
 
+pub mod genai;
 mod process;
 mod serve;
+pub mod trace;
 mod usd;
 
 use std::sync::OnceLock;
@@ -36,6 +38,8 @@ pub mod names {
     pub const AGENT_PROCESSES: &str = "clawdforge_agent_processes";
     pub const QUOTA_REFUSALS: &str = "clawdforge_quota_refusals_total";
     pub const WORKERS: &str = "clawdforge_workers";
+    pub const BUDGET: &str = "clawdforge_budget_usd";
+    pub const BUDGET_USED: &str = "clawdforge_budget_used_usd";
 }
 
 /// Histogram buckets, in seconds: from a control operation's milliseconds to a long turn's
@@ -139,6 +143,14 @@ fn describe() {
         "Requests refused by a limit of the app's policy"
     );
     describe_gauge!(WORKERS, "Workers answering the sidecar's ping");
+    describe_gauge!(
+        BUDGET,
+        "An app's budget in dollars, by app and limit (the budgets that are set)"
+    );
+    describe_gauge!(
+        BUDGET_USED,
+        "What an app spent in its budget's current window, from the ledger, by app and limit"
+    );
 }
 
 /// A request served: its operation, `ok` or its error kind, how long it took.
@@ -259,6 +271,22 @@ pub fn agent_processes(backend: &'static str, n: usize) {
 pub fn sessions_open(app: &str, agent: &str, n: u64) {
     let labels = [("app", app.to_string()), ("agent", agent.to_string())];
     gauge!(names::SESSIONS_OPEN, &labels).set(n as f64);
+}
+
+/// `app`'s budget `limit` (in dollars), and what it spent of it in the current window; a
+/// budget no longer set is removed.
+pub fn budget(app: &str, limit: &'static str, budget_usd: Option<f64>, used_usd: f64) {
+    let labels = [("app", app.to_string()), ("limit", limit.to_string())];
+    match budget_usd {
+        Some(usd) => {
+            gauge!(names::BUDGET, &labels).set(usd);
+            gauge!(names::BUDGET_USED, &labels).set(used_usd);
+        }
+        None => {
+            gauge!(names::BUDGET, &labels).set(f64::NAN);
+            gauge!(names::BUDGET_USED, &labels).set(f64::NAN);
+        }
+    }
 }
 
 /// Workers answering the sidecar's ping.

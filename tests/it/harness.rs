@@ -394,8 +394,15 @@ impl Forge {
     /// through either server reach every worker. A request sent through the far
     /// connection reaches the far worker, one sent through `admin` a worker on the first server.
     pub async fn spawn_far_worker(&mut self) -> async_nats::Client {
+        self.spawn_far_worker_with(&[]).await
+    }
+
+    /// [`Forge::spawn_far_worker`], the far worker with `extra` in its environment.
+    pub async fn spawn_far_worker_with(&mut self, extra: &[(&str, &str)]) -> async_nats::Client {
         let far = Nats::start_routed_to(&self.nats);
-        self.spawn_worker(&[("NATS_URL", &far.url)]);
+        let mut env = vec![("NATS_URL", far.url.as_str())];
+        env.extend_from_slice(extra);
+        self.spawn_worker(&env);
         let client = async_nats::connect(&far.url).await.unwrap();
         let through_far = ForgeClient::new(client.clone(), None);
         let n = self.workers.len();

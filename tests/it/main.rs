@@ -25,4 +25,5 @@ mod runs;
 mod sessions;
 mod streaming;
 mod tokens;
+mod traces;
 mod workers;

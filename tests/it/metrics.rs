@@ -417,7 +417,11 @@ async fn the_figures_move_by_exactly_what_the_requests_did() {
         after.text
     );
 
-    // An agent's cost: a turn in a fresh session that reports 0.25 USD.
+    // An agent's cost: a turn in a fresh session that reports 0.25 USD, against a budget of 5
+    // (the runs' dollars above have no budget: not reported).
+    let budget = json!({"app": "measured", "agent_usd_per_month": 5});
+    let budget = serde_json::from_value(budget).unwrap();
+    forge.admin.set_app_policy(&budget).await.unwrap();
     let paying = session(&app).await;
     let before = Figures::of(&worker).await;
     app.turn(&turn(&paying, "pay #cost=0.25")).await.unwrap();
@@ -429,6 +433,16 @@ async fn the_figures_move_by_exactly_what_the_requests_did() {
         "clawdforge_agent_cost_usd_total",
         &cost,
         0.25,
+    );
+    let month = [("app", "measured"), ("limit", "agent_usd_per_month")];
+    assert_eq!(after.get("clawdforge_budget_usd", &month), 5.0);
+    assert_moved(&before, &after, "clawdforge_budget_used_usd", &month, 0.25);
+    let runs_budget = [("app", "measured"), ("limit", "runs_usd_per_day")];
+    assert!(
+        !after.text.contains("limit=\"runs_usd_per_day\""),
+        "{:?} has no budget: {}",
+        runs_budget,
+        after.text
     );
 
     // Open sessions, as the ledger has them; one closed, one fewer.

@@ -148,7 +148,7 @@ async fn a_refused_streamed_turn_is_its_error_and_the_end() {
     let mut stream = stranger
         .stream(
             wire::subject::SESSION_TURN,
-            Some("Bearer nope"),
+            clawdforge::client::Caller::new(Some("Bearer nope"), None),
             body,
             STALL,
         )

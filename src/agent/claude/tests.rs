@@ -20,6 +20,8 @@ fn a_successful_result() {
             result: Some("4".into()),
             errors: vec![],
             cost_usd: Some(0.0421),
+            input_tokens: Some(3),
+            output_tokens: None,
         }
     );
     assert!(!r.failed());
