@@ -919,6 +919,7 @@ fn native() -> CreateSession {
     CreateSession {
         agent: Some("native".into()),
         files: vec![],
+        name: None,
     }
 }
 

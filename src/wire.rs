@@ -87,6 +87,10 @@ pub struct CreateSession {
     pub agent: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileUpload>,
+    /// A name for the session (v3.3): 1-63 of `a-z`, `0-9`, `_`, `-`, unique among the app's
+    /// open sessions of the agent (`conflict` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -165,6 +169,9 @@ pub struct Session {
     pub turns: u64,
     /// The number of the turn running now, or null.
     pub running_turn: Option<u64>,
+    /// The session's name (v3.3), when it was created with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The reply of a turn asked with `"wait": false`: its number, and whether it waits.

@@ -275,6 +275,7 @@ async fn native_session(app: &ForgeClient) -> (String, Duration) {
         .create_session(&CreateSession {
             agent: Some("claude-native".into()),
             files: vec![],
+            name: None,
         })
         .await
         .unwrap();
@@ -498,6 +499,7 @@ async fn acpx_turn_rows(forge: &harness::Forge, standin: &Standin, report: &mut 
         .create_session(&CreateSession {
             agent: Some("claude".into()),
             files: vec![],
+            name: None,
         })
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use std::path::Path;
 use tracing::Instrument;
 
 use super::files::{self, Attachment};
-use super::types::SessionId;
+use super::types::{SessionId, SessionName};
 use super::{Caller, Forge};
 use crate::agent::AgentSession;
 use crate::config::{AgentCommand, AgentDef, BackendKind, PermissionPolicy};
@@ -33,6 +33,7 @@ fn session_reply(row: SessionRow) -> wire::Session {
         closed_at: row.closed_at.map(|t| t.to_string()),
         turns: row.turns,
         running_turn: row.running_turn,
+        name: row.name,
     }
 }
 
@@ -116,6 +117,7 @@ impl Forge {
         req: wire::CreateSession,
     ) -> Result<wire::Session> {
         let (agent, def) = self.pick_agent(req.agent)?;
+        let name = req.name.as_deref().map(SessionName::parse).transpose()?;
         let attachments = self.attachments(&req.files)?;
         let id = SessionId::new();
         let cwd = self.session_dir(&def, caller.app.as_str(), &id.as_string());
@@ -136,6 +138,7 @@ impl Forge {
             turns: 0,
             agent_state: None,
             running_turn: None,
+            name: name.map(SessionName::into_string),
         };
         let span = tracing::info_span!("create", session = %row.session_id, app = %row.app);
         async {
@@ -169,6 +172,11 @@ impl Forge {
                 self.settings.max_live_sessions
             ))),
             CreateOutcome::Refused(refused) => Err(super::apps::refusal(&row.app, &refused)),
+            CreateOutcome::NameTaken => Err(Error::conflict(format!(
+                "an open session of agent {:?} is named {:?} already",
+                row.agent,
+                row.name.as_deref().unwrap_or_default()
+            ))),
             CreateOutcome::Created => Ok(()),
         }
     }

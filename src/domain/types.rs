@@ -32,6 +32,31 @@ impl Model {
     }
 }
 
+/// The name of a session: 1-63 of `a-z`, `0-9`, `_` and `-` (a token of a NATS subject as
+/// the agent protocol writes them, unescaped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionName(String);
+
+impl SessionName {
+    pub fn parse(s: &str) -> Result<SessionName> {
+        let ok = (1..=63).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+        if ok {
+            Ok(SessionName(s.to_string()))
+        } else {
+            Err(Error::bad_request(format!(
+                "invalid session name {:?}: 1-63 of a-z, 0-9, '_' and '-'",
+                clip(s)
+            )))
+        }
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// The name of an app: 1-64 letters, digits, '-', '_' or '.'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppName(String);

@@ -34,7 +34,7 @@ pub struct TurnForm {
 }
 
 /// Fields left out when empty, as a browser sends an unfilled input.
-const OPTIONAL: [&str; 2] = ["model", "timeout_secs"];
+const OPTIONAL: [&str; 3] = ["model", "name", "timeout_secs"];
 
 /// Whether a Content-Type names a multipart form.
 pub fn is_form(content_type: Option<&str>) -> bool {

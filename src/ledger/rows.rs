@@ -51,6 +51,8 @@ pub struct SessionRow {
     pub agent_state: Option<String>,
     /// The number of the turn running now, if one is (read only; never written from here).
     pub running_turn: Option<u64>,
+    /// Its name, unique among the open sessions of its app and agent, if it was given one.
+    pub name: Option<String>,
 }
 
 /// Who writes, and when.
@@ -139,6 +141,8 @@ pub enum CreateOutcome {
     },
     /// A limit of its app refused it; nothing was written but the refusal.
     Refused(crate::quota::Refusal),
+    /// An open session of the same app and agent has its name; nothing was written.
+    NameTaken,
 }
 
 /// A turn to begin: whose, by which worker and when, its prompt; workers alive since

@@ -88,7 +88,56 @@ fn session(id: &str, app: &str) -> SessionRow {
         pending_files: vec!["/tmp/a.md".into()],
         agent_state: None,
         running_turn: None,
+        name: None,
     }
+}
+
+#[tokio::test]
+async fn a_name_is_unique_among_the_open_sessions_of_an_app_and_agent() {
+    let (_d, l) = ledger();
+    let w = "w1".to_string();
+    let named = |id: &str, app: &str, agent: &str| SessionRow {
+        name: Some("default".into()),
+        agent: agent.into(),
+        ..session(id, app)
+    };
+    let create = |row| l.create_session(row, w.clone(), 100, Default::default());
+    assert_eq!(
+        create(named("s1", "a", "echo")).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        create(named("s2", "a", "echo")).await.unwrap(),
+        CreateOutcome::NameTaken
+    );
+    assert!(l.session("s2".into()).await.unwrap().is_none());
+    assert_eq!(
+        create(named("s3", "a", "other")).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        create(named("s4", "b", "echo")).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        create(session("s5", "a")).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let closed = l.close_session(
+        "s1".into(),
+        "a".into(),
+        SessionEvent::Close,
+        by(w.clone(), "t"),
+        EventDetail::of(EventOutcome::Ok),
+    );
+    closed.await.unwrap();
+    assert_eq!(
+        create(named("s6", "a", "echo")).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let again = l.session("s6".into()).await.unwrap().unwrap();
+    assert_eq!(again.name.as_deref(), Some("default"));
+    assert_eq!(l.session("s5".into()).await.unwrap().unwrap().name, None);
 }
 
 #[tokio::test]

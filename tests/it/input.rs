@@ -143,6 +143,7 @@ async fn bad_file_names_and_oversized_input_are_refused() {
             .create_session(&CreateSession {
                 agent: None,
                 files: vec![file(name, "x")],
+                name: None,
             })
             .await;
         assert_eq!(kind(r), ErrorKind::BadRequest, "{name:?}");

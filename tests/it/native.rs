@@ -205,6 +205,7 @@ async fn permissions_follow_the_agents_policy_and_each_decision_is_an_event(via:
             .create_session(&CreateSession {
                 agent: Some(agent.into()),
                 files: vec![],
+                name: None,
             })
             .await
             .unwrap();

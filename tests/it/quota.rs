@@ -446,6 +446,7 @@ async fn each_limit_refuses_with_its_kind_over_nats_and_http_and_writes_nothing(
     let spare = CreateSession {
         agent: Some("spare".into()),
         files: vec![],
+        name: None,
     };
     assert_eq!(app.create_session(&spare).await.unwrap().agent, "spare");
 

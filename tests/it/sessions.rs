@@ -245,6 +245,7 @@ async fn files_land_in_the_session_directory_and_are_listed_ahead_of_the_prompt(
         .create_session(&CreateSession {
             agent: None,
             files: vec![file("notes.md", "from create")],
+            name: None,
         })
         .await
         .unwrap();
@@ -289,6 +290,7 @@ async fn named_agents_come_from_the_config_only() {
         .create_session(&CreateSession {
             agent: Some("echo".into()),
             files: vec![],
+            name: None,
         })
         .await
         .unwrap();
@@ -301,6 +303,7 @@ async fn named_agents_come_from_the_config_only() {
                 app.create_session(&CreateSession {
                     agent: Some(bad.into()),
                     files: vec![],
+                    name: None,
                 })
                 .await
             ),
@@ -497,4 +500,46 @@ async fn close_during_a_turn_closes_first_cancels_the_turn_and_leaves_no_agent(v
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A session may be named (v3.3): the name comes back in its replies and is unique among the
+/// app's open sessions of its agent — a second open one of that name is `conflict` and writes
+/// nothing; once the first is closed, or for another app, the name is free.
+#[tokio::test]
+async fn a_session_name_is_unique_among_the_open_sessions_of_its_app_and_agent() {
+    let forge = Forge::start_via(Via::Acp).await;
+    let (app, other) = (forge.app("named").await, forge.app("neighbour").await);
+    let named = |name: &str| CreateSession {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let first = app.create_session(&named("default")).await.unwrap();
+    assert_eq!(first.name.as_deref(), Some("default"));
+    let got = app.get_session(&first.session_id).await.unwrap();
+    assert_eq!(got.name.as_deref(), Some("default"));
+    assert_eq!(
+        kind(app.create_session(&named("default")).await),
+        ErrorKind::Conflict
+    );
+    for bad in ["Default", "", "a.b", &"x".repeat(64)] {
+        assert_eq!(
+            kind(app.create_session(&named(bad)).await),
+            ErrorKind::BadRequest
+        );
+    }
+    let listed = app.list_sessions().await.unwrap().sessions;
+    assert_eq!(
+        listed.len(),
+        1,
+        "a refused create writes nothing: {listed:?}"
+    );
+    assert_eq!(listed[0].name.as_deref(), Some("default"));
+    let unnamed = app.create_session(&CreateSession::default()).await.unwrap();
+    assert_eq!(unnamed.name, None);
+    let theirs = other.create_session(&named("default")).await.unwrap();
+    assert_eq!(theirs.name.as_deref(), Some("default"));
+    app.close_session(&first.session_id).await.unwrap();
+    let again = app.create_session(&named("default")).await.unwrap();
+    assert_ne!(again.session_id, first.session_id);
+    assert_eq!(again.name.as_deref(), Some("default"));
 }

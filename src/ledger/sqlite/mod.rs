@@ -34,6 +34,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("live.sql")),
         M::up(include_str!("owners.sql")),
         M::up(include_str!("apps.sql")),
+        M::up(include_str!("names.sql")),
     ])
 }
 

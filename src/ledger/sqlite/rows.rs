@@ -55,7 +55,7 @@ pub(super) const SESSION_SELECT: &str = "SELECT session_id, app, agent, agent_co
         created_at, last_turn_at, closed_at, turns, pending_files, agent_state,
         (SELECT e.turn FROM session_events e
           WHERE e.session_id = sessions.session_id AND e.event = 'turn' AND e.outcome = 'running'
-          ORDER BY e.id DESC LIMIT 1)
+          ORDER BY e.id DESC LIMIT 1), name
         FROM sessions";
 
 impl FromRow for SessionRow {
@@ -74,6 +74,7 @@ impl FromRow for SessionRow {
             pending_files: parse_files(r.get(10)?),
             agent_state: r.get(11)?,
             running_turn: r.get::<_, Option<i64>>(12)?.map(|t| t as u64),
+            name: r.get(13)?,
         })
     }
 }

@@ -28,6 +28,20 @@ fn idle(session: &str, before: &str, alive_since: &str) -> String {
     )
 }
 
+/// Whether an open session of `row`'s app and agent has `row`'s name (the index holds the same
+/// rule; asked first, so that a taken name is an answer, not a failed write).
+fn name_taken(tx: &rusqlite::Transaction<'_>, row: &SessionRow) -> rusqlite::Result<bool> {
+    let Some(name) = &row.name else {
+        return Ok(false);
+    };
+    tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE app = ?1 AND agent = ?2 AND name = ?3
+                                                 AND status = 'open')",
+        params![row.app, row.agent, name],
+        |r| r.get(0),
+    )
+}
+
 impl Sessions for Ledger {
     async fn create_session(
         &self,
@@ -50,10 +64,14 @@ impl Sessions for Ledger {
             if let Some(refused) = admit(tx, &row.app, which, at.utc(), &at)? {
                 return Ok(CreateOutcome::Refused(refused));
             }
+            if name_taken(tx, &row)? {
+                return Ok(CreateOutcome::NameTaken);
+            }
             tx.execute(
                 "INSERT INTO sessions (session_id, app, agent, agent_command, cwd, status,
-                                       created_at, last_turn_at, closed_at, turns, pending_files)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, NULL, NULL, 0, ?7)",
+                                       created_at, last_turn_at, closed_at, turns, pending_files,
+                                       name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, NULL, NULL, 0, ?7, ?8)",
                 params![
                     row.session_id,
                     row.app,
@@ -62,6 +80,7 @@ impl Sessions for Ledger {
                     row.cwd,
                     row.created_at,
                     files_json(&row.pending_files),
+                    row.name,
                 ],
             )?;
             let by = Stamp {

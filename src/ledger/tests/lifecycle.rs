@@ -25,6 +25,7 @@ fn session(id: &str, created_at: &str) -> SessionRow {
         pending_files: vec![],
         agent_state: None,
         running_turn: None,
+        name: None,
     }
 }
 
