@@ -2,13 +2,14 @@
 //! control operations against a raw NATS echo responder, a turn against `acpx prompt` run
 //! directly and against a direct ACP client, a confined turn against an unconfined one, HTTP
 //! against NATS, one worker against two, a worker's memory, an app with a policy against one
-//! without, and the real Claude Code adapter against the model stand-in (`real.rs`).
+//! without, metrics and traces on against off, and the real Claude Code adapter against the
+//! model stand-in (`real.rs`).
 //!
 //! Run: `cargo bench --bench gateway`; it runs scripts/setup-tools.sh first, which installs the
 //! tools it needs (nats-server, Node 22, acpx, the real agents) into `.tools/` when they are
 //! missing. Prints a table and writes it to `bench-results/<version>-<time>.md`. `-- --quick`
 //! takes fewer samples; `-- --control-only` measures only the control operations, the policy
-//! rows and HTTP against NATS; `-- --real-only` measures only the real adapter's rows.
+//! and telemetry rows and HTTP against NATS; `-- --real-only` measures only the real adapter's rows.
 
 #[allow(dead_code)]
 #[path = "../tests/it/harness.rs"]
@@ -672,6 +673,82 @@ async fn policy_rows(forge: &Forge, report: &mut Report, (n, total): (usize, usi
     );
 }
 
+/// What metrics and traces cost: `forge.session.get` and a short native turn on two
+/// deployments started alike, one with a worker's metrics (`METRICS_ADDR`) and traces (over
+/// OTLP/HTTP to a sink in this process, every span sent) on, one with both off; the requests
+/// of the two interleaved.
+async fn telemetry_rows(standin: &real::Standin, report: &mut Report, n: usize, quick: bool) {
+    let sink = otlp_sink().await;
+    let on_env = [
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.as_str()),
+    ];
+    let forges = [
+        start_forge(standin, &[]).await,
+        start_forge(standin, &on_env).await,
+    ];
+    let subjects = [
+        Subject::new(&forges[0], "bench-telemetry", None).await,
+        Subject::new(&forges[1], "bench-telemetry", None).await,
+    ];
+    let gets: Vec<Op> = subjects.iter().map(Subject::get).collect();
+    let get_seq = interleaved(2, n, |v, _| gets[v]()).await;
+    let turns_n = if quick { 150 } else { 500 };
+    let turns = interleaved(2, turns_n, |v, i| subjects[v].short_turn(i)).await;
+    let on = "metrics and traces on";
+    let get = latency_row(report, "forge.session.get p50", on, "off", &get_seq);
+    let turn = latency_row(report, "short turn (acp) p50", on, "off", &turns);
+    let verdict = |d: f64| if d < 3.0 { "under" } else { "NOT under" };
+    report.note(&format!(
+        "{on}: forge.session.get p50 {:+.1} % (paired {:+.1} %), short turn p50 {:+.1} % \
+         (paired {:+.1} %): {} and {} the goal of 3 %",
+        get.0,
+        get.1,
+        turn.0,
+        turn.1,
+        verdict(get.0),
+        verdict(turn.0)
+    ));
+}
+
+/// An OTLP/HTTP endpoint that takes every export and answers it (an empty response).
+async fn otlp_sink() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|_: axum::body::Bytes| async { Vec::<u8>::new() }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    endpoint
+}
+
+/// A p50 row of `what` `with` something against `baseline` (`samples[0]`, then `samples[1]`);
+/// returns the difference in % of the baseline's p50: of the p50s, and the median of paired
+/// samples.
+fn latency_row(
+    report: &mut Report,
+    what: &str,
+    with: &str,
+    baseline: &str,
+    samples: &[Vec<Duration>],
+) -> (f64, f64) {
+    let paired = paired_ms(&samples[1], &samples[0]);
+    let (base, some) = (
+        Stats::new(samples[0].clone()),
+        Stats::new(samples[1].clone()),
+    );
+    let (b, v) = (ms(base.p50()), ms(some.p50()));
+    report.row(
+        &format!("{what}, {with}"),
+        &format!("{baseline} p50"),
+        b,
+        v,
+        "ms",
+    );
+    (100.0 * (v - b) / b, 100.0 * paired / b)
+}
+
 /// A p50 row of `what` for an app `with` a policy against one without; returns the
 /// difference in % of the p50 without: of the p50s, and the median of paired samples.
 fn policy_latency(
@@ -1321,6 +1398,7 @@ async fn main() {
         let counts = if quick { (300, 3000) } else { (2000, 20000) };
         let floor = control_rows(&forge, &app, &sid, &mut report, counts).await;
         policy_rows(&forge, &mut report, counts, quick).await;
+        telemetry_rows(&standin, &mut report, counts.0, quick).await;
         if flag("--control-only") {
             http_rows(&forge, &mut report, counts).await;
         } else {
