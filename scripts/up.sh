@@ -6,6 +6,7 @@
 #
 # Environment: CLAWDFORGE_DATA (default .data), NATS_PORT (default 4222), HTTP_PORT (default 8800),
 # METRICS_PORT (the worker's Prometheus metrics, default 9464; 0 picks a free one),
+# OTEL_EXPORTER_OTLP_ENDPOINT (traces over OTLP/HTTP, e.g. http://127.0.0.1:4318; unset: none),
 # CLAWDFORGE_BIN (a clawdforge binary to run instead of building the release one).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -163,6 +164,12 @@ echo
 echo "up.sh: clawdforge agents check"
 RUST_LOG=warn "$bin" agents check 2>&1 | sed 's/^/  /' || true
 
+if [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
+    traces="to $OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP)"
+else
+    traces="off (set OTEL_EXPORTER_OTLP_ENDPOINT for up.sh, e.g. http://127.0.0.1:4318)"
+fi
+
 if [[ -n "${ANTHROPIC_API_KEY:-}${CLAUDE_CODE_OAUTH_TOKEN:-}" ]]; then
     claude_creds="set"
 else
@@ -175,6 +182,7 @@ clawdforge is up.
   NATS:         $NATS_URL
   HTTP:         $http   (loopback only: set ALLOW_CIDRS to open it to your LAN)
   metrics:      $metrics (the worker's), $http/metrics (the sidecar's)
+  traces:       $traces
   admin token:  $admin_token   (also in $data/admin-token)
   ledger:       $DB_PATH
   agents:       default: the demo ACP agent (it answers "echo: <your prompt>"; no credentials)
