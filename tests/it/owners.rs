@@ -88,9 +88,10 @@ async fn turns_that_reach_another_worker_are_passed_on_to_the_owner_streams_incl
     assert_eq!(workers.len(), 16);
     assert!(workers.iter().all(|w| *w == owner), "{workers:?}");
     assert_eq!(forge.owner(&id), (Some(owner), 1), "it never changed hands");
-    // The turns sent far that reached the other worker were passed on (every turn ran on the
-    // owner, above). Which worker a request reaches is the cluster's choice: it prefers the
-    // subscriber on the publisher's server, most of the time, so most of the eight were.
+    // The turns that reached the other worker were passed on (every turn ran on the owner,
+    // above), each once. Which worker a request reaches is the cluster's choice: it prefers the
+    // subscriber on the publisher's server, most of the time, so most of the eight sent far
+    // were, and now and then one sent near is too.
     let passed_on = |w: &crate::harness::WorkerProcess| {
         let text = std::fs::read_to_string(&w.log).unwrap_or_default();
         let lines = text.lines();
@@ -99,7 +100,7 @@ async fn turns_that_reach_another_worker_are_passed_on_to_the_owner_streams_incl
             .count()
     };
     let passed: usize = forge.workers.iter().map(passed_on).sum();
-    assert!((1..=8).contains(&passed), "{passed} of 8 passed on");
+    assert!((1..=16).contains(&passed), "{passed} of 16 passed on");
 
     // A close goes to the owner too: its agent process lets the session go, and stops with
     // its last one.
