@@ -22,8 +22,11 @@ use crate::telemetry::trace::TraceContext;
 use crate::wire;
 
 /// How long a worker waits for another to acknowledge a request passed on before it takes
-/// the request (and a turn's session) itself.
-const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// the request (and a turn's session) itself. A worker that died has no subscription left:
+/// the server answers "no responders" at once. This is for one still connected that does not
+/// answer, and it must outlast a busy machine's pauses: an owner that acknowledges late has
+/// been passed the turn, and runs it as well.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request's way back shares.
 #[derive(Clone)]

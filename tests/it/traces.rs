@@ -156,6 +156,16 @@ fn stop_workers(forge: &mut Forge) {
     }
 }
 
+/// One line per span: its trace, id, parent, name and worker, for a failure's message.
+fn summary(spans: &[Got]) -> String {
+    let line = |s: &Got| {
+        let (trace, instance) = (&s.trace_id[..8], &s.instance[..8]);
+        let (id, parent, name) = (&s.span_id, &s.parent, &s.name);
+        format!("{trace} {id} <- {parent:16} {name} @{instance}")
+    };
+    spans.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
 fn in_trace<'a>(spans: &'a [Got], trace_id: &str) -> Vec<&'a Got> {
     spans.iter().filter(|s| s.trace_id == trace_id).collect()
 }
@@ -221,7 +231,12 @@ async fn a_turn_passed_on_between_workers_is_one_trace_down_to_its_tool_call() {
         .iter()
         .filter(|(trace_id, parent)| passed_on_trace(&in_trace(&spans, trace_id), parent, &quiet))
         .count();
-    assert!(passed_on >= 1, "no turn was passed on: {spans:#?}");
+    assert!(
+        passed_on >= 1,
+        "no turn was passed on:\n{}\n{}",
+        summary(&spans),
+        forge.logs()
+    );
     through_the_sidecar(&in_trace(&spans, &http_trace), &http_parent);
     content_only_where_asked(&spans, &in_trace(&spans, &captured_trace));
     for id in [&quiet, &capturing] {
