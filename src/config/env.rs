@@ -56,6 +56,8 @@ pub fn env_keys() -> Vec<&'static str> {
         "worker_heartbeat_secs",
         "stream_heartbeat_secs",
         "shutdown_grace_secs",
+        "agent_protocol",
+        "agent_protocol_heartbeat_secs",
         "max_concurrent_turns",
         "max_queued_turns",
         "claude_bin",

@@ -81,6 +81,11 @@ pub struct Config {
     pub stream_heartbeat_secs: u64,
     /// On SIGTERM/SIGINT, how long in-flight turns and runs may take before they are cancelled.
     pub shutdown_grace_secs: u64,
+    /// Whether workers also serve the Synadia Agent Protocol (v0.3): one `agents` micro
+    /// service per app, agent and session (subjects.md, "Agent protocol").
+    pub agent_protocol: bool,
+    /// How often each of those services publishes its heartbeat on `agents.hb.…`.
+    pub agent_protocol_heartbeat_secs: u64,
     /// Turns this worker runs at once; more wait in a queue of `max_queued_turns`.
     pub max_concurrent_turns: usize,
     pub max_queued_turns: usize,
@@ -185,6 +190,8 @@ impl Default for Config {
             worker_heartbeat_secs: 10,
             stream_heartbeat_secs: 10,
             shutdown_grace_secs: 30,
+            agent_protocol: false,
+            agent_protocol_heartbeat_secs: 30,
             max_concurrent_turns: 8,
             max_queued_turns: 64,
             claude_bin: "claude".into(),

@@ -610,3 +610,32 @@ fn sources_name_the_variable_that_won_and_the_file_of_a_bad_key() {
     );
     assert!(err.contains(&file), "{err}");
 }
+
+#[test]
+fn the_agent_protocol_is_off_by_default_and_its_heartbeat_is_a_period() {
+    let config = Config::load_from(None, &[]).unwrap();
+    assert!(!config.agent_protocol);
+    assert_eq!(config.agent_protocol_heartbeat_secs, 30);
+    let on = Config::load_from(
+        None,
+        &env(&[
+            ("CLAWDFORGE_AGENT_PROTOCOL", "true"),
+            ("CLAWDFORGE_AGENT_PROTOCOL_HEARTBEAT_SECS", "5"),
+        ]),
+    )
+    .unwrap();
+    assert!(on.agent_protocol);
+    assert_eq!(on.agent_protocol_heartbeat_secs, 5);
+    for bad in ["0", "999999999999"] {
+        let err = Config::load_from(
+            None,
+            &env(&[("CLAWDFORGE_AGENT_PROTOCOL_HEARTBEAT_SECS", bad)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("CLAWDFORGE_AGENT_PROTOCOL_HEARTBEAT_SECS"),
+            "{err}"
+        );
+    }
+}

@@ -101,6 +101,10 @@ impl Config {
             ("sweep_interval_secs", self.sweep_interval_secs as usize),
             ("worker_heartbeat_secs", self.worker_heartbeat_secs as usize),
             ("stream_heartbeat_secs", self.stream_heartbeat_secs as usize),
+            (
+                "agent_protocol_heartbeat_secs",
+                self.agent_protocol_heartbeat_secs as usize,
+            ),
             ("max_prompt_bytes", self.max_prompt_bytes),
             ("max_concurrent_runs", self.max_concurrent_runs),
             (
@@ -129,6 +133,10 @@ impl Config {
             ("sweep_interval_secs", self.sweep_interval_secs),
             ("worker_heartbeat_secs", self.worker_heartbeat_secs),
             ("stream_heartbeat_secs", self.stream_heartbeat_secs),
+            (
+                "agent_protocol_heartbeat_secs",
+                self.agent_protocol_heartbeat_secs,
+            ),
             ("shutdown_grace_secs", self.shutdown_grace_secs),
             ("runs_retention_secs", self.runs_retention_secs),
             ("max_timeout_secs", self.max_timeout_secs),
