@@ -5,6 +5,7 @@ pub mod agents;
 pub mod apps;
 pub mod files;
 pub mod limits;
+pub mod named;
 pub mod ops;
 pub mod request;
 pub mod types;
@@ -38,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::ledger::{Ledger, Sessions, Tokens};
 use crate::wire;
 
+pub use named::{NamedSession, STANDING};
 pub use ops::Op;
 pub use owners::{Route, Step};
 pub use request::{Reply, Request};

@@ -2,7 +2,8 @@
 //! routed (here, or passed on to the worker that serves it) → authenticated → access → decoded
 //! → policy (the app's limits) → handled → its outcome recorded, inside one span with its op, app and session.
 //! A transport gives the pipeline a [`Body`] (the request as it came, decoded only once the
-//! caller is known) and an [`Outlet`] (the way back).
+//! caller is known) and an [`Outlet`] (the way back). A request that points at its session by
+//! name (the agent protocol's) is routed once the caller is known and the session found.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -12,6 +13,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::named::NamedSession;
 use super::ops::{Access, Op, Served, Streams};
 use super::owners::{Route, Step};
 use super::request::{Reply, Request, TurnAsked};
@@ -34,6 +36,17 @@ pub trait Body: Send {
     fn session_hint(&self) -> Option<SessionId>;
     /// The request, or `bad_request`.
     fn decode(&self, op: Op) -> Result<Request>;
+    /// The session the request points at by its app, agent and name instead of by id (the
+    /// agent protocol's): found once the caller is known, then passed on to its owner like any
+    /// session's request, and decoded with [`Body::decode_in`]. `None` for a body that does not.
+    fn named_session(&self) -> Option<&NamedSession> {
+        None
+    }
+    /// The request of a body that points at a named session, that session being `id`.
+    fn decode_in(&self, op: Op, id: SessionId) -> Result<Request> {
+        let _ = id;
+        self.decode(op)
+    }
 }
 
 /// How passing a request on to another worker went.
@@ -96,6 +109,13 @@ fn request_span(op: Op) -> tracing::Span {
     }
 }
 
+/// A request refused before it was handled: its error is its reply.
+async fn refused(err: Error, outlet: &mut impl Outlet) -> Outcome {
+    let outcome = Err(err.kind);
+    outlet.reply(Err(err)).await;
+    outcome
+}
+
 /// How a request ended: `Ok`, or the kind of its error. A request passed on to another worker
 /// has no outcome here: that worker records it.
 pub type Outcome = std::result::Result<(), ErrorKind>;
@@ -156,20 +176,36 @@ impl Forge {
         }
         let admitted = async {
             let caller = self.admit_caller(op, token).await?;
-            let request = body.decode(op)?;
+            let named = match (body.named_session(), &caller) {
+                (Some(named), Some(caller)) => Some(self.named_session_id(caller, named).await?),
+                _ => None,
+            };
+            Ok::<_, Error>((caller, named))
+        };
+        let (caller, named) = match admitted.await {
+            Ok(admitted) => admitted,
+            Err(err) => return Some(refused(err, outlet).await),
+        };
+        if let Some(id) = named {
+            tracing::Span::current().record("session", tracing::field::display(&id));
+            if op.passed_on() && !outlet.passed_on() && self.pass_on(op, id, outlet).await {
+                return None;
+            }
+        }
+        let decided = async {
+            let request = match named {
+                Some(id) => body.decode_in(op, id)?,
+                None => body.decode(op)?,
+            };
             let caller = match caller {
                 Some(caller) => Some(self.police(caller, &request).await?),
                 None => None,
             };
             Ok::<_, Error>((caller, request))
         };
-        let (caller, request) = match admitted.await {
-            Ok(admitted) => admitted,
-            Err(err) => {
-                let outcome = Err(err.kind);
-                outlet.reply(Err(err)).await;
-                return Some(outcome);
-            }
+        let (caller, request) = match decided.await {
+            Ok(decided) => decided,
+            Err(err) => return Some(refused(err, outlet).await),
         };
         Some(self.handle(caller, request, outlet).await)
     }

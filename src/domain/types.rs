@@ -34,7 +34,7 @@ impl Model {
 
 /// The name of a session: 1-63 of `a-z`, `0-9`, `_` and `-` (a token of a NATS subject as
 /// the agent protocol writes them, unescaped).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionName(String);
 
 impl SessionName {
@@ -55,10 +55,14 @@ impl SessionName {
     pub fn into_string(self) -> String {
         self.0
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The name of an app: 1-64 letters, digits, '-', '_' or '.'.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AppName(String);
 
 impl AppName {
