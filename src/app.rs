@@ -303,6 +303,9 @@ async fn start_worker(
         forge.clone(),
         &crate::domain::Op::ALL,
         heartbeat,
+        config
+            .agent_protocol
+            .then(|| Duration::from_secs(config.agent_protocol_heartbeat_secs)),
     )
     .await
     .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;

@@ -7,9 +7,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::service::Request as ServiceRequest;
-use async_nats::{Message, RequestErrorKind, Subject};
+use async_nats::{Message, Subject};
 use bytes::Bytes;
 
+use super::hand::hand_over;
 use super::reply::{error_reply, fit};
 use super::stream::Streamer;
 use crate::domain::ops::Streams;
@@ -20,13 +21,6 @@ use crate::domain::{Body, Handed, Op, Outcome, Outlet, Reply, Request};
 use crate::error::{ErrorKind, Result};
 use crate::telemetry::trace::TraceContext;
 use crate::wire;
-
-/// How long a worker waits for another to acknowledge a request passed on before it takes
-/// the request (and a turn's session) itself. A worker that died has no subscription left:
-/// the server answers "no responders" at once. This is for one still connected that does not
-/// answer, and it must outlast a busy machine's pauses: an owner that acknowledges late has
-/// been passed the turn, and runs it as well.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request's way back shares.
 #[derive(Clone)]
@@ -47,15 +41,6 @@ impl Body for JsonBody {
     fn decode(&self, op: Op) -> Result<Request> {
         Request::from_json(op, &self.0)
     }
-}
-
-/// The bearer token of a request's `Authorization` header.
-pub(super) fn token(message: &Message) -> Option<String> {
-    let headers = message.headers.as_ref()?;
-    let value = headers
-        .get(wire::AUTHORIZATION)
-        .or_else(|| headers.get("authorization"))?;
-    wire::bearer(Some(value.as_str())).map(str::to_string)
 }
 
 /// Where a request's one reply goes.
@@ -175,7 +160,14 @@ impl Outlet for NatsOutlet {
     }
 
     fn pass_on(&mut self, op: Op, worker_id: &str) -> impl Future<Output = Handed> + Send {
-        hand_over(&self.way.client, &self.message, &self.reply, op, worker_id)
+        let target = wire::worker_subject(worker_id, op.subject());
+        hand_over(
+            &self.way.client,
+            &self.message,
+            &self.reply,
+            target,
+            worker_id,
+        )
     }
 
     fn reply(&mut self, reply: Result<Reply>) -> impl Future<Output = ()> + Send {
@@ -230,42 +222,6 @@ fn final_kind(op: Op) -> &'static str {
         "run"
     } else {
         "turn"
-    }
-}
-
-/// Passes `message` on to `worker_id`'s own subject for `op`, with the caller's headers and
-/// its reply subject in `Forge-Reply-To`, as a request that worker acknowledges at once. Its
-/// `traceparent` names the request's span here, so the trace goes on there.
-async fn hand_over(
-    client: &async_nats::Client,
-    message: &Message,
-    reply: &Subject,
-    op: Op,
-    worker_id: &str,
-) -> Handed {
-    let mut headers = message.headers.clone().unwrap_or_default();
-    headers.insert(wire::REPLY_TO_HEADER, reply.as_str());
-    let received = TraceContext::from_nats(message.headers.as_ref());
-    if let Some(trace) = TraceContext::outgoing(received.as_ref()) {
-        trace.write_nats(&mut headers);
-    }
-    let target = wire::worker_subject(worker_id, op.subject());
-    let sent = client.request_with_headers(target, headers, message.payload.clone());
-    match tokio::time::timeout(ACK_TIMEOUT, sent).await {
-        Ok(Ok(_)) => Handed::Taken,
-        Err(_) => Handed::Gone,
-        Ok(Err(e))
-            if matches!(
-                e.kind(),
-                RequestErrorKind::NoResponders | RequestErrorKind::TimedOut
-            ) =>
-        {
-            Handed::Gone
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, worker = %worker_id, "passing a request on");
-            Handed::Failed
-        }
     }
 }
 

@@ -10,11 +10,13 @@ use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use tokio_util::task::TaskTracker;
 
+pub mod agents;
 mod forge;
+mod hand;
 mod reply;
 mod stream;
 
-use self::forge::{token, JsonBody, NatsOutlet, WayBack};
+use self::forge::{JsonBody, NatsOutlet, WayBack};
 pub use self::reply::error_reply;
 pub use crate::domain::ops::SUBJECTS;
 use crate::domain::{Forge, Op, VERSION};
@@ -27,6 +29,8 @@ pub struct Worker {
     /// The worker's own subjects (requests other workers pass on to it), served until the
     /// worker is done with its turns, after its intake has stopped.
     own: Vec<tokio::task::JoinHandle<()>>,
+    /// The agent protocol's services, when it is on.
+    agents: Option<agents::Agents>,
     pub tracker: TaskTracker,
 }
 
@@ -47,12 +51,14 @@ impl Draining {
 }
 
 /// Registers the service and starts serving `ops` on their subjects, and the operations
-/// other workers pass on on this worker's own subjects.
+/// other workers pass on on this worker's own subjects; with `agent_heartbeat`, the agent
+/// protocol too, its services beating that often.
 pub async fn start(
     client: async_nats::Client,
     forge: Arc<Forge>,
     ops: &[Op],
     stream_heartbeat: Duration,
+    agent_heartbeat: Option<Duration>,
 ) -> std::result::Result<Worker, async_nats::Error> {
     let metadata = HashMap::from([("worker_id".to_string(), forge.worker_id().to_string())]);
     let service = client
@@ -86,6 +92,10 @@ pub async fn start(
         let (forge, tracker, way) = (forge.clone(), tracker.clone(), way.clone());
         own.push(tokio::spawn(own_loop(messages, op, forge, tracker, way)));
     }
+    let agents = match agent_heartbeat {
+        Some(every) => Some(agents::start(client.clone(), forge, tracker.clone(), every).await?),
+        None => None,
+    };
     // Once the server has answered a ping, it has every subscription above: a worker that says
     // it is ready gets requests. Without NATS yet, the subscriptions go out once it connects.
     if client.connection_state() == async_nats::connection::State::Connected {
@@ -95,6 +105,7 @@ pub async fn start(
         service,
         loops,
         own,
+        agents,
         tracker,
     })
 }
@@ -159,10 +170,23 @@ impl Worker {
         for l in self.loops {
             l.abort();
         }
+        let mut own = self.own;
+        if let Some(agents) = self.agents {
+            own.push(agents.stop_intake().await);
+        }
         self.tracker.close();
         Draining {
             tracker: self.tracker,
-            own: self.own,
+            own,
         }
     }
+}
+
+/// The bearer token of a request's `Authorization` header.
+fn token(message: &async_nats::Message) -> Option<String> {
+    let headers = message.headers.as_ref()?;
+    let value = headers
+        .get(wire::AUTHORIZATION)
+        .or_else(|| headers.get("authorization"))?;
+    wire::bearer(Some(value.as_str())).map(str::to_string)
 }

@@ -1,5 +1,6 @@
 //! Integration tests: real nats-server, real worker processes, real acpx, the test ACP agent.
 
+mod agent_protocol;
 mod asks;
 mod auth;
 mod cancel;
