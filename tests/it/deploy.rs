@@ -487,3 +487,50 @@ async fn native_turns_passed_on_between_workers_reach_an_app_in_another_account(
     notes_nats.publish(own.clone(), "{}".into()).await.unwrap();
     violation(&notes_errors, &format!("Publish to {own:?}")).await;
 }
+
+/// The agent protocol's caller (tests/fixtures/agent_protocol.py, the Python SDK) logged in as
+/// app user `notes`, on each shipped config: discovery, status, a heartbeat and two turns.
+#[tokio::test]
+async fn an_agent_protocol_caller_gets_through_both_configs() {
+    for config in ["nats-server.conf", "nats-accounts.conf"] {
+        let mut bus = Bus::start(config);
+        let mut worker_env = bus.env("forge", "NATS_FORGE_PASSWORD");
+        worker_env.push(("CLAWDFORGE_AGENT_PROTOCOL".into(), "true".into()));
+        worker_env.push((
+            "CLAWDFORGE_AGENT_PROTOCOL_HEARTBEAT_SECS".into(),
+            "1".into(),
+        ));
+        bus.spawn(&["worker"], &worker_env);
+        let (sidecar_nats, _) = bus
+            .connect("sidecar", password("NATS_SIDECAR_PASSWORD"))
+            .await
+            .unwrap();
+        wait_for_workers(&bus, &ForgeClient::new(sidecar_nats, None), 1).await;
+        let token = bus.mint("notes");
+        let url = bus.url.replace(
+            "nats://",
+            &format!("nats://notes:{}@", password("NATS_APP_NOTES_PASSWORD")),
+        );
+        let out = tokio::process::Command::new(tool("python"))
+            .arg(repo().join("tests/fixtures/agent_protocol.py"))
+            .args([url.as_str(), "default", "notes", token.as_str(), "converse"])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let context = format!(
+            "config/{config}: {stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            bus.logs()
+        );
+        assert!(out.status.success(), "{context}");
+        let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&context);
+        assert_eq!(seen["found"], 1, "{context}");
+        assert_eq!(seen["status"]["owner"], "notes", "{context}");
+        assert_eq!(seen["heartbeats"][0]["owner"], "notes", "{context}");
+        assert_eq!(
+            seen["turns"][1], "echo: second #history [history=first|second]",
+            "{context}"
+        );
+    }
+}
