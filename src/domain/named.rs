@@ -1,6 +1,7 @@
 //! Sessions reached by their app, agent and name rather than by id (the agent protocol's
 //! `{agent}.{owner}.{session}`): every app with a live token has a standing session named
-//! `default` of each agent, created on its first turn (and again once it was closed).
+//! `default` of each agent, created on its first turn (and again once it was closed); every
+//! other open session goes by its name, or by its id when it has none.
 
 use std::collections::BTreeSet;
 
@@ -39,8 +40,8 @@ impl Forge {
         self.settings.agents.keys().map(String::as_str)
     }
 
-    /// Every named session of `agents` a caller can reach: for each app with a live token,
-    /// the standing session of each agent and each open session that has a name.
+    /// Every session of `agents` a caller can reach by name: for each app with a live token,
+    /// the standing session of each agent and each open session (by its id when unnamed).
     pub async fn named_sessions(&self, agents: &[String]) -> Result<BTreeSet<NamedSession>> {
         let tokens = self.ledger.list_tokens().await?;
         let apps: BTreeSet<String> = tokens
@@ -59,10 +60,8 @@ impl Forge {
                 });
             }
             for row in self.ledger.sessions_of(app.clone()).await? {
-                let Some(name) = row.name.filter(|_| row.open) else {
-                    continue;
-                };
-                if agents.contains(&row.agent) {
+                if row.open && agents.contains(&row.agent) {
+                    let name = row.name.unwrap_or_else(|| row.session_id.to_string());
                     named.insert(NamedSession {
                         app: AppName::stored(app.clone()),
                         agent: row.agent,
@@ -113,9 +112,11 @@ impl Forge {
         Ok(rows
             .into_iter()
             .find(|row| {
-                row.open
-                    && row.agent == named.agent
-                    && row.name.as_deref() == Some(named.name.as_str())
+                let name = match &row.name {
+                    Some(name) => name.clone(),
+                    None => row.session_id.to_string(),
+                };
+                row.open && row.agent == named.agent && name == named.name.as_str()
             })
             .map(|row| row.session_id))
     }

@@ -2,18 +2,26 @@
 //! unchanged) from tests/fixtures/agent_protocol.py: discovery, a two-turn conversation with an
 //! app's standing session, status and heartbeats, and the refusals.
 
-use crate::harness::{env_of, repo, tool, Forge, Options, Via};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clawdforge::wire::CreateSession;
+use serde_json::json;
+
+use crate::harness::{env_of, repo, tool, Forge, Options, Via, CLUSTERED};
 
 /// The default agent (the test ACP agent, natively) as the agent protocol names it.
 const AGENT: &str = "default";
 
+const ON: [(&str, &str); 2] = [
+    ("CLAWDFORGE_AGENT_PROTOCOL", "true"),
+    ("CLAWDFORGE_AGENT_PROTOCOL_HEARTBEAT_SECS", "1"),
+];
+
 async fn start_forge() -> Forge {
     Forge::start_with(Options {
         via: Via::Acp,
-        env: env_of(&[
-            ("CLAWDFORGE_AGENT_PROTOCOL", "true"),
-            ("CLAWDFORGE_AGENT_PROTOCOL_HEARTBEAT_SECS", "1"),
-        ]),
+        env: env_of(&ON),
         ..Default::default()
     })
     .await
@@ -25,9 +33,22 @@ async fn token_of(forge: &Forge, app: &str) -> String {
 
 /// Runs the caller script against `app`'s standing session with `token`; its JSON.
 async fn caller(forge: &Forge, app: &str, token: &str, mode: &str) -> serde_json::Value {
+    caller_at(forge, &forge.nats.url, app, token, &[mode]).await
+}
+
+/// Runs the caller script through the NATS server at `url` with `args` after the app's token
+/// (its mode and the mode's arguments); its JSON.
+async fn caller_at(
+    forge: &Forge,
+    url: &str,
+    app: &str,
+    token: &str,
+    args: &[&str],
+) -> serde_json::Value {
     let out = tokio::process::Command::new(tool("python"))
         .arg(repo().join("tests/fixtures/agent_protocol.py"))
-        .args([forge.nats.url.as_str(), AGENT, app, token, mode])
+        .args([url, AGENT, app, token])
+        .args(args)
         .output()
         .await
         .unwrap();
@@ -175,4 +196,147 @@ async fn the_readme_script_holds_two_turns() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout, "echo: hello\necho: and again\n");
+}
+
+/// Discovers `app`'s sessions (session token → services found) until `until` holds of them.
+async fn sessions_until(
+    forge: &Forge,
+    app: &str,
+    token: &str,
+    until: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = caller_at(forge, &forge.nats.url, app, token, &["sessions"]).await;
+        let sessions: BTreeMap<String, u64> =
+            serde_json::from_value(seen["sessions"].clone()).unwrap();
+        if until(&sessions) {
+            return sessions;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "discovery stayed at {sessions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Turns of the session `id` in the ledger.
+fn turns_of(forge: &Forge, id: &str) -> i64 {
+    let ledger = forge.ledger();
+    ledger
+        .query_row(
+            "SELECT turns FROM sessions WHERE session_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// Sessions made through `forge.session.create` are discovered, a named one by its name and
+/// another by its id, and prompted there; closed through `forge.session.close`, a session
+/// leaves discovery.
+#[tokio::test]
+async fn sessions_opened_and_closed_through_forge_come_and_go_in_discovery() {
+    let forge = start_forge().await;
+    let app = forge.app("notes").await;
+    let token = app.token().unwrap().to_string();
+    let named = CreateSession {
+        name: Some("work".into()),
+        ..Default::default()
+    };
+    let named = app.create_session(&named).await.unwrap().session_id;
+    let unnamed = app.create_session(&CreateSession::default()).await.unwrap();
+    let unnamed = unnamed.session_id;
+    let seen = sessions_until(&forge, "notes", &token, |s| {
+        s.contains_key("work") && s.contains_key(&unnamed)
+    })
+    .await;
+    let expected = BTreeMap::from([
+        ("default".into(), 1),
+        ("work".into(), 1),
+        (unnamed.clone(), 1),
+    ]);
+    assert_eq!(seen, expected);
+
+    let args = ["prompt", &unnamed, "hi"];
+    let prompted = caller_at(&forge, &forge.nats.url, "notes", &token, &args).await;
+    assert_eq!(prompted["turns"], json!(["echo: hi"]));
+    assert_eq!(
+        (turns_of(&forge, &unnamed), turns_of(&forge, &named)),
+        (1, 0)
+    );
+
+    app.close_session(&named).await.unwrap();
+    let seen = sessions_until(&forge, "notes", &token, |s| !s.contains_key("work")).await;
+    let expected = BTreeMap::from([("default".into(), 1), (unnamed, 1)]);
+    assert_eq!(seen, expected);
+}
+
+/// Two workers, each on its own server of a cluster: each registers the app's session, a caller
+/// finds both; prompts through either server are turns of the one session, in the agent process
+/// of the worker that created it: a prompt the other worker got is passed on to it.
+#[tokio::test]
+async fn two_workers_register_each_and_pass_prompts_on_to_the_sessions_owner() {
+    let mut forge = Forge::start_with(Options {
+        via: Via::Acp,
+        nats_config: Some(CLUSTERED.into()),
+        env: env_of(&ON),
+        ..Default::default()
+    })
+    .await;
+    forge.spawn_far_worker().await;
+    let urls = [forge.nats.url.clone(), forge.more_nats[0].url.clone()];
+    let token = token_of(&forge, "pair").await;
+    let both = sessions_until(&forge, "pair", &token, |s| s.get("default") == Some(&2)).await;
+    assert_eq!(both, BTreeMap::from([("default".into(), 2)]));
+
+    let first = ["prompt", "default", "one #history"];
+    let first = caller_at(&forge, &urls[0], "pair", &token, &first).await;
+    assert_eq!(first["turns"], json!(["echo: one #history [history=one]"]));
+    let id: String = forge
+        .ledger()
+        .query_row(
+            "SELECT session_id FROM sessions WHERE app = 'pair'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let (owner, generation) = forge.owner(&id);
+    let owner = forge.worker_index(&owner.expect("an owner"));
+    // Through the other worker's server: it prefers its own subscriber, the other worker.
+    let texts = ["two #history", "three #history", "four #history"];
+    let args = [&["prompt", "default"][..], &texts[..]].concat();
+    let rest = caller_at(&forge, &urls[1 - owner], "pair", &token, &args).await;
+    assert_eq!(
+        rest["turns"],
+        json!([
+            "echo: two #history [history=one|two]",
+            "echo: three #history [history=one|two|three]",
+            "echo: four #history [history=one|two|three|four]"
+        ]),
+        "{rest}"
+    );
+    let (owner_id, now) = forge.owner(&id);
+    assert_eq!(now, generation, "the session never moved");
+    let ran: Vec<String> = forge
+        .turn_events(&id)
+        .into_iter()
+        .map(|e| e.worker_id)
+        .collect();
+    assert_eq!(
+        ran,
+        vec![owner_id.unwrap(); 4],
+        "every turn ran on the owner"
+    );
+    // The cluster only prefers a server's own subscriber: one passed on at least.
+    let passed_on = |w: &crate::harness::WorkerProcess| {
+        let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+        let lines = text.lines();
+        lines
+            .filter(|l| l.contains("passed on") && l.contains(&id))
+            .count()
+    };
+    let passed: usize = forge.workers.iter().map(passed_on).sum();
+    assert!((1..=3).contains(&passed), "{passed} of 3 passed on");
 }
