@@ -12,6 +12,11 @@ fi
 
 scripts/setup-tools.sh
 
+# CI builds a clean clone once: incremental state would be written and never read.
+if [[ "${CI:-}" == true ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
