@@ -9,6 +9,7 @@ mod liveness;
 mod names;
 mod outlet;
 mod prompt;
+mod query;
 mod registry;
 
 use std::sync::Arc;
@@ -118,7 +119,7 @@ async fn own_loop(mut messages: async_nats::Subscriber, shared: Shared) {
     while let Some(message) = messages.next().await {
         let shared = shared.clone();
         shared.tracker.clone().spawn(async move {
-            match passed_on(&shared.client, message).await {
+            match passed_on(&shared.client, shared.forge.clone(), message).await {
                 Some(outlet) => serve(&shared.forge, outlet).await,
                 None => tracing::debug!("a prompt passed on without its session ignored"),
             }
@@ -128,7 +129,11 @@ async fn own_loop(mut messages: async_nats::Subscriber, shared: Shared) {
 
 /// The way back of a prompt another worker passed on: it names its session and carries the
 /// caller's reply subject; it is acknowledged at once, so the other worker knows it is served.
-async fn passed_on(client: &async_nats::Client, message: Message) -> Option<AgentOutlet> {
+async fn passed_on(
+    client: &async_nats::Client,
+    forge: Arc<Forge>,
+    message: Message,
+) -> Option<AgentOutlet> {
     let named = named_in(&message)?;
     let carried = message.headers.as_ref()?.get(wire::REPLY_TO_HEADER)?;
     let reply = Subject::from(carried.as_str());
@@ -138,6 +143,7 @@ async fn passed_on(client: &async_nats::Client, message: Message) -> Option<Agen
     }
     Some(AgentOutlet {
         client: client.clone(),
+        forge,
         message,
         reply,
         named,

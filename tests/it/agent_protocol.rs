@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clawdforge::wire::CreateSession;
 use serde_json::json;
 
-use crate::harness::{env_of, repo, tool, Forge, Options, Via, CLUSTERED};
+use crate::harness::{agent_command, env_of, repo, tool, Forge, Options, Via, CLUSTERED};
 
 /// The default agent (the test ACP agent, natively) as the agent protocol names it.
 const AGENT: &str = "default";
@@ -339,4 +339,51 @@ async fn two_workers_register_each_and_pass_prompts_on_to_the_sessions_owner() {
     };
     let passed: usize = forge.workers.iter().map(passed_on).sum();
     assert!((1..=3).contains(&passed), "{passed} of 3 passed on");
+}
+
+/// With `permissions = "ask"`, a permission request is a query: a reply naming an option (id
+/// or name, any case) answers it, anything else rejects it; the decisions are the caller's,
+/// recorded with the turn as any answer.
+#[tokio::test]
+async fn a_permission_request_is_a_query_the_callers_reply_answers() {
+    let toml = format!(
+        "[agents.default]\ncommand = {:?}\nbackend = \"acp\"\npermissions = \"ask\"\n",
+        agent_command("")
+    );
+    // The agent's table is all the configuration's (Via::Acp would write one too).
+    let forge = Forge::start_with(Options {
+        via: Via::Acpx,
+        config_toml: Some(toml),
+        env: env_of(&ON),
+        ..Default::default()
+    })
+    .await;
+    let token = token_of(&forge, "asker").await;
+    let mut outputs = Vec::new();
+    for answer in ["ALLOW", "not sure"] {
+        let args = ["ask", answer, "#permission=execute"];
+        let seen = caller_at(&forge, &forge.nats.url, "asker", &token, &args).await;
+        assert_eq!(
+            seen["queries"],
+            json!(["Try execute — reply one of: allow (Allow), reject (Reject)"]),
+            "{seen}"
+        );
+        outputs.push(seen["turns"][0].as_str().unwrap().to_string());
+    }
+    assert!(outputs[0].ends_with("[permission=allow]"), "{outputs:?}");
+    assert!(outputs[1].ends_with("[permission=reject]"), "{outputs:?}");
+    let decided: Vec<(String, String)> = forge
+        .ledger()
+        .prepare("SELECT body FROM turn_events WHERE type = 'permission' ORDER BY turn")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|body| {
+            let body: serde_json::Value = serde_json::from_str(&body.unwrap()).unwrap();
+            let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+            (field("decision"), field("by"))
+        })
+        .collect();
+    let by_caller = |d: &str| (d.to_string(), "caller".to_string());
+    assert_eq!(decided, [by_caller("allowed"), by_caller("rejected")]);
 }

@@ -489,17 +489,26 @@ async fn native_turns_passed_on_between_workers_reach_an_app_in_another_account(
 }
 
 /// The agent protocol's caller (tests/fixtures/agent_protocol.py, the Python SDK) logged in as
-/// app user `notes`, on each shipped config: discovery, status, a heartbeat and two turns.
+/// app user `notes`, on each shipped config: discovery, status, a heartbeat, two turns, and a
+/// permission query answered (its reply goes to the worker's `forge.query.…`).
 #[tokio::test]
 async fn an_agent_protocol_caller_gets_through_both_configs() {
     for config in ["nats-server.conf", "nats-accounts.conf"] {
         let mut bus = Bus::start(config);
         let mut worker_env = bus.env("forge", "NATS_FORGE_PASSWORD");
-        worker_env.push(("CLAWDFORGE_AGENT_PROTOCOL".into(), "true".into()));
-        worker_env.push((
-            "CLAWDFORGE_AGENT_PROTOCOL_HEARTBEAT_SECS".into(),
-            "1".into(),
-        ));
+        let asking = bus.dir.path().join("asking.toml");
+        let toml = format!(
+            "[agents.default]\ncommand = {:?}\nbackend = \"acp\"\npermissions = \"ask\"\n",
+            agent_command("")
+        );
+        std::fs::write(&asking, toml).unwrap();
+        for (k, v) in [
+            ("CLAWDFORGE_CONFIG", asking.to_string_lossy().as_ref()),
+            ("CLAWDFORGE_AGENT_PROTOCOL", "true"),
+            ("CLAWDFORGE_AGENT_PROTOCOL_HEARTBEAT_SECS", "1"),
+        ] {
+            worker_env.push((k.into(), v.into()));
+        }
         bus.spawn(&["worker"], &worker_env);
         let (sidecar_nats, _) = bus
             .connect("sidecar", password("NATS_SIDECAR_PASSWORD"))
@@ -511,20 +520,7 @@ async fn an_agent_protocol_caller_gets_through_both_configs() {
             "nats://",
             &format!("nats://notes:{}@", password("NATS_APP_NOTES_PASSWORD")),
         );
-        let out = tokio::process::Command::new(tool("python"))
-            .arg(repo().join("tests/fixtures/agent_protocol.py"))
-            .args([url.as_str(), "default", "notes", token.as_str(), "converse"])
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let context = format!(
-            "config/{config}: {stdout}\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            bus.logs()
-        );
-        assert!(out.status.success(), "{context}");
-        let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&context);
+        let (seen, context) = sdk_caller(&bus, config, &url, &token, &["converse"]).await;
         assert_eq!(seen["found"], 1, "{context}");
         assert_eq!(seen["status"]["owner"], "notes", "{context}");
         assert_eq!(seen["heartbeats"][0]["owner"], "notes", "{context}");
@@ -532,5 +528,41 @@ async fn an_agent_protocol_caller_gets_through_both_configs() {
             seen["turns"][1], "echo: second #history [history=first|second]",
             "{context}"
         );
+        let asked = ["ask", "allow", "#permission=execute"];
+        let (seen, context) = sdk_caller(&bus, config, &url, &token, &asked).await;
+        assert_eq!(
+            seen["queries"].as_array().map(Vec::len),
+            Some(1),
+            "{context}"
+        );
+        let output = seen["turns"][0].as_str().unwrap_or_default();
+        assert!(output.ends_with("[permission=allow]"), "{context}");
     }
+}
+
+/// Runs tests/fixtures/agent_protocol.py through `url` with `token` and `args` (its mode and
+/// the mode's arguments): what it printed, and the context of a failure.
+async fn sdk_caller(
+    bus: &Bus,
+    config: &str,
+    url: &str,
+    token: &str,
+    args: &[&str],
+) -> (serde_json::Value, String) {
+    let out = tokio::process::Command::new(tool("python"))
+        .arg(repo().join("tests/fixtures/agent_protocol.py"))
+        .args([url, "default", "notes", token])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let context = format!(
+        "config/{config}: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bus.logs()
+    );
+    assert!(out.status.success(), "{context}");
+    let seen = serde_json::from_str(stdout.trim()).expect(&context);
+    (seen, context)
 }

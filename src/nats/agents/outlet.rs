@@ -11,7 +11,12 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::domain::{Handed, NamedSession, Op, Outcome, Outlet, Reply};
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::query::{self, Asked};
+use crate::domain::{Forge, Handed, NamedSession, Op, Outcome, Outlet, Reply};
 use crate::error::{Error, ErrorKind, Result};
 use crate::nats::hand::hand_over;
 use crate::telemetry::trace::TraceContext;
@@ -56,14 +61,26 @@ pub fn error_message(err: &Error) -> (HeaderMap, Bytes) {
     (headers, body.to_string().into())
 }
 
-/// One chunk of the stream.
-fn chunk(kind: &str, data: &str) -> Bytes {
-    json!({"type": kind, "data": data}).to_string().into()
+/// One chunk of the stream, `{"type": …, "data": …}` in that order, as the protocol writes it.
+#[derive(serde::Serialize)]
+struct Chunk<'a, T: serde::Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: T,
+}
+
+/// The bytes of a chunk of `kind` carrying `data`.
+pub fn chunk(kind: &str, data: impl serde::Serialize) -> Bytes {
+    let chunk = Chunk { kind, data };
+    serde_json::to_vec(&chunk)
+        .expect("a chunk serializes")
+        .into()
 }
 
 /// The way back of one prompt.
 pub struct AgentOutlet {
     pub client: async_nats::Client,
+    pub forge: Arc<Forge>,
     /// The prompt as it came (its headers and payload go along when it is passed on).
     pub message: Message,
     /// The caller's reply subject.
@@ -119,14 +136,15 @@ impl AgentOutlet {
         let start = tokio::time::Instant::now() + KEEP_ALIVE;
         let mut quiet = tokio::time::interval_at(start, KEEP_ALIVE);
         let (mut open, mut done) = (true, None);
+        // The turn's open questions: dropped (no longer asked) when it ends.
+        let mut asks = JoinSet::new();
         // Every message of the turn goes out before its end.
         loop {
             tokio::select! {
                 biased;
                 event = events.recv(), if open => match event {
                     Some(event) => {
-                        if let wire::EventBody::Message { text } = &event.body {
-                            self.publish(chunk("response", text)).await;
+                        if self.relay_event(event, &mut asks).await {
                             quiet.reset();
                         }
                     }
@@ -140,6 +158,37 @@ impl AgentOutlet {
                     return result;
                 }
             }
+        }
+    }
+}
+
+impl AgentOutlet {
+    /// Sends what the caller is told of `event`: a message's text as a `response`, a
+    /// permission request as a `query` (asked in `asks`). Whether anything was sent.
+    async fn relay_event(&self, event: wire::Event, asks: &mut JoinSet<()>) -> bool {
+        match event.body {
+            wire::EventBody::Message { text } => {
+                self.publish(chunk("response", &text)).await;
+                true
+            }
+            wire::EventBody::PermissionRequest {
+                request_id,
+                title,
+                options,
+                ..
+            } => {
+                let asked = Asked {
+                    session_id: event.session_id.unwrap_or_default(),
+                    request_id,
+                    title,
+                    options,
+                };
+                let token = crate::nats::token(&self.message);
+                let (client, forge) = (self.client.clone(), self.forge.clone());
+                asks.spawn(query::ask(client, forge, token, self.reply.clone(), asked));
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -217,4 +266,21 @@ pub fn named_in(message: &Message) -> Option<NamedSession> {
     };
     // Only what this worker would expose itself.
     super::names::exposable_agent(&named.agent).then_some(named)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_written_as_the_protocol_writes_them() {
+        assert_eq!(
+            &chunk("status", "ack")[..],
+            br#"{"type":"status","data":"ack"}"#
+        );
+        assert_eq!(
+            &chunk("response", "a \"b\"")[..],
+            br#"{"type":"response","data":"a \"b\""}"#
+        );
+    }
 }

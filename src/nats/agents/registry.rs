@@ -170,6 +170,7 @@ async fn take_prompts(
         };
         let outlet = AgentOutlet {
             client: shared.client.clone(),
+            forge: shared.forge.clone(),
             message: request.message.clone(),
             reply,
             named: named.clone(),
