@@ -2,15 +2,19 @@
 //! control operations against a raw NATS echo responder, a turn against `acpx prompt` run
 //! directly and against a direct ACP client, a confined turn against an unconfined one, HTTP
 //! against NATS, one worker against two, a worker's memory, an app with a policy against one
-//! without, metrics and traces on against off, and the real Claude Code adapter against the
-//! model stand-in (`real.rs`).
+//! without, metrics and traces on against off, a turn over the agent protocol against one
+//! through `forge.session.turn` (`agent_protocol.rs`), and the real Claude Code adapter against
+//! the model stand-in (`real.rs`).
 //!
 //! Run: `cargo bench --bench gateway`; it runs scripts/setup-tools.sh first, which installs the
 //! tools it needs (nats-server, Node 22, acpx, the real agents) into `.tools/` when they are
 //! missing. Prints a table and writes it to `bench-results/<version>-<time>.md`. `-- --quick`
-//! takes fewer samples; `-- --control-only` measures only the control operations, the policy
-//! and telemetry rows and HTTP against NATS; `-- --real-only` measures only the real adapter's rows.
+//! takes fewer samples; `-- --control-only` measures only the control operations, the policy,
+//! telemetry and agent protocol rows and HTTP against NATS; `-- --real-only` measures only the
+//! real adapter's rows, `-- --protocol-only` only the agent protocol's.
 
+#[path = "gateway/agent_protocol.rs"]
+mod agent_protocol;
 #[allow(dead_code)]
 #[path = "../tests/it/harness.rs"]
 mod harness;
@@ -1382,7 +1386,9 @@ async fn main() {
     let mut forge = start_forge(&standin, &[]).await;
     let flag = |name: &str| args.iter().any(|a| a == name);
     let open = || start_forge(&standin, &[("CLAWDFORGE_AGENT_CONFINEMENT", "off")]);
-    if flag("--real-only") {
+    if flag("--protocol-only") {
+        agent_protocol::rows(&standin, &mut report, quick).await;
+    } else if flag("--real-only") {
         let open = open().await;
         let forges = real::Forges {
             confined: &forge,
@@ -1399,6 +1405,7 @@ async fn main() {
         let floor = control_rows(&forge, &app, &sid, &mut report, counts).await;
         policy_rows(&forge, &mut report, counts, quick).await;
         telemetry_rows(&standin, &mut report, counts.0, quick).await;
+        agent_protocol::rows(&standin, &mut report, quick).await;
         if flag("--control-only") {
             http_rows(&forge, &mut report, counts).await;
         } else {
