@@ -43,7 +43,7 @@ pub use named::{NamedSession, STANDING};
 pub use ops::Op;
 pub use owners::{Route, Step};
 pub use request::{Reply, Request};
-pub use service::{Body, Handed, Outcome, Outlet};
+pub use service::{outcome_of, Body, Handed, Outcome, Outlet};
 pub use tokens::Caller;
 pub use turns::EventStream;
 

@@ -120,7 +120,8 @@ async fn refused(err: Error, outlet: &mut impl Outlet) -> Outcome {
 /// has no outcome here: that worker records it.
 pub type Outcome = std::result::Result<(), ErrorKind>;
 
-fn outcome_of<T>(result: &Result<T>) -> Outcome {
+/// The outcome of a handler's result.
+pub fn outcome_of<T>(result: &Result<T>) -> Outcome {
     result.as_ref().map(|_| ()).map_err(|e| e.kind)
 }
 

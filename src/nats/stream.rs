@@ -67,7 +67,7 @@ impl Streamer {
         Fut: Future<Output = Result<Reply>>,
     {
         let result = self.relay(work, events).await;
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+        let outcome = crate::domain::outcome_of(&result);
         let encoded = result.map(|r| serde_json::to_vec(&r).expect("reply serializes").into());
         self.finish(final_kind, encoded).await;
         outcome

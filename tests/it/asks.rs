@@ -11,7 +11,7 @@ use clawdforge::wire::{
 };
 use tokio::sync::mpsc;
 
-use crate::harness::{agent_command, Forge, Options, Via, CLUSTERED};
+use crate::harness::{Forge, Options, Via, CLUSTERED};
 use crate::sessions::{kind, turn};
 
 async fn asking(workers: usize, env: &[(&str, &str)]) -> Forge {
@@ -19,10 +19,7 @@ async fn asking(workers: usize, env: &[(&str, &str)]) -> Forge {
 }
 
 fn asking_options(workers: usize, env: &[(&str, &str)]) -> Options {
-    let toml = format!(
-        "[agents.default]\ncommand = {:?}\nbackend = \"acp\"\npermissions = \"ask\"\n",
-        agent_command("")
-    );
+    let toml = crate::harness::asking_agent_toml();
     Options {
         workers,
         via: Via::Acpx,

@@ -497,11 +497,7 @@ async fn an_agent_protocol_caller_gets_through_both_configs() {
         let mut bus = Bus::start(config);
         let mut worker_env = bus.env("forge", "NATS_FORGE_PASSWORD");
         let asking = bus.dir.path().join("asking.toml");
-        let toml = format!(
-            "[agents.default]\ncommand = {:?}\nbackend = \"acp\"\npermissions = \"ask\"\n",
-            agent_command("")
-        );
-        std::fs::write(&asking, toml).unwrap();
+        std::fs::write(&asking, crate::harness::asking_agent_toml()).unwrap();
         for (k, v) in [
             ("CLAWDFORGE_CONFIG", asking.to_string_lossy().as_ref()),
             ("CLAWDFORGE_AGENT_PROTOCOL", "true"),

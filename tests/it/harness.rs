@@ -35,6 +35,15 @@ pub fn agent_command(extra: &str) -> String {
     )
 }
 
+/// A configuration whose `default` agent is the test agent, natively, asking the caller for
+/// every permission (`permissions = "ask"`).
+pub fn asking_agent_toml() -> String {
+    format!(
+        "[agents.default]\ncommand = {:?}\nbackend = \"acp\"\npermissions = \"ask\"\n",
+        agent_command("")
+    )
+}
+
 pub struct Nats {
     child: Child,
     pub url: String,
@@ -377,6 +386,18 @@ impl Forge {
     }
 
     /// Which of the workers has the id `worker_id` (as its "worker ready" line says).
+    /// How many requests about `session_id` the workers' logs say were passed on.
+    pub fn passed_on_count(&self, session_id: &str) -> usize {
+        let passed_on = |w: &WorkerProcess| {
+            let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+            let lines = text.lines();
+            lines
+                .filter(|l| l.contains("passed on") && l.contains(session_id))
+                .count()
+        };
+        self.workers.iter().map(passed_on).sum()
+    }
+
     pub fn worker_index(&self, worker_id: &str) -> usize {
         let needle = format!("worker_id={worker_id} ");
         self.workers

@@ -92,14 +92,7 @@ async fn turns_that_reach_another_worker_are_passed_on_to_the_owner_streams_incl
     // above), each once. Which worker a request reaches is the cluster's choice: it prefers the
     // subscriber on the publisher's server, most of the time, so most of the eight sent far
     // were, and now and then one sent near is too.
-    let passed_on = |w: &crate::harness::WorkerProcess| {
-        let text = std::fs::read_to_string(&w.log).unwrap_or_default();
-        let lines = text.lines();
-        lines
-            .filter(|l| l.contains("passed on") && l.contains(&id))
-            .count()
-    };
-    let passed: usize = forge.workers.iter().map(passed_on).sum();
+    let passed = forge.passed_on_count(&id);
     assert!((1..=16).contains(&passed), "{passed} of 16 passed on");
 
     // A close goes to the owner too: its agent process lets the session go, and stops with

@@ -233,7 +233,7 @@ impl Outlet for AgentOutlet {
         self.answered = true;
         async move {
             let result = self.relay(work, events).await;
-            let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+            let outcome = crate::domain::outcome_of(&result);
             self.finish(result).await;
             outcome
         }

@@ -42,19 +42,7 @@ pub fn read(payload: &[u8]) -> Result<Prompted> {
         .iter()
         .position(|b| !matches!(b, b'\t' | b'\n' | b'\r' | b' '));
     let prompted = if start.is_some_and(|i| payload[i] == b'{') {
-        let envelope: Envelope = serde_json::from_slice(payload)
-            .map_err(|e| Error::bad_request(format!("not a prompt envelope: {e}")))?;
-        Prompted {
-            text: envelope.prompt,
-            files: envelope
-                .attachments
-                .into_iter()
-                .map(|a| wire::FileUpload {
-                    name: a.filename,
-                    content_base64: a.content,
-                })
-                .collect(),
-        }
+        envelope(payload)?
     } else {
         let text = std::str::from_utf8(payload)
             .map_err(|_| Error::bad_request("the prompt is not UTF-8 text"))?;
@@ -67,6 +55,20 @@ pub fn read(payload: &[u8]) -> Result<Prompted> {
         return Err(Error::bad_request("the prompt is empty"));
     }
     Ok(prompted)
+}
+
+/// A JSON envelope: its prompt, its attachments as a turn's files.
+fn envelope(payload: &[u8]) -> Result<Prompted> {
+    let envelope: Envelope = serde_json::from_slice(payload)
+        .map_err(|e| Error::bad_request(format!("not a prompt envelope: {e}")))?;
+    let files = envelope.attachments.into_iter().map(|a| wire::FileUpload {
+        name: a.filename,
+        content_base64: a.content,
+    });
+    Ok(Prompted {
+        text: envelope.prompt,
+        files: files.collect(),
+    })
 }
 
 /// A prompt to the named session of its subject.

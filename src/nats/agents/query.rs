@@ -143,7 +143,7 @@ impl Outlet for Answer {
         F: Future<Output = Result<Reply>> + Send,
     {
         let result = work.await;
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+        let outcome = crate::domain::outcome_of(&result);
         self.result = Some(result);
         outcome
     }
