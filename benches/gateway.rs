@@ -11,7 +11,8 @@
 //! missing. Prints a table and writes it to `bench-results/<version>-<time>.md`. `-- --quick`
 //! takes fewer samples; `-- --control-only` measures only the control operations, the policy,
 //! telemetry and agent protocol rows and HTTP against NATS; `-- --real-only` measures only the
-//! real adapter's rows, `-- --protocol-only` only the agent protocol's.
+//! real adapter's rows, `-- --protocol-only` only the agent protocol's, `-- --telemetry-only`
+//! only what metrics and traces cost.
 
 #[path = "gateway/agent_protocol.rs"]
 mod agent_protocol;
@@ -677,41 +678,52 @@ async fn policy_rows(forge: &Forge, report: &mut Report, (n, total): (usize, usi
     );
 }
 
-/// What metrics and traces cost: `forge.session.get` and a short native turn on two
-/// deployments started alike, one with a worker's metrics (`METRICS_ADDR`) and traces (over
-/// OTLP/HTTP to a sink in this process, every span sent) on, one with both off; the requests
-/// of the two interleaved.
+/// What metrics and traces cost: `forge.session.get` and a short native turn on four
+/// deployments started alike: both off, a worker's metrics (`METRICS_ADDR`) on, traces (over
+/// OTLP/HTTP to a sink in this process, every span sent) on, and both on; the requests of the
+/// four interleaved. Each is a row against the one with both off; the goal is for both on.
 async fn telemetry_rows(standin: &real::Standin, report: &mut Report, n: usize, quick: bool) {
     let sink = otlp_sink().await;
-    let on_env = [
-        ("METRICS_ADDR", "127.0.0.1:0"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.as_str()),
-    ];
+    let metrics = ("METRICS_ADDR", "127.0.0.1:0");
+    let traces = ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.as_str());
     let forges = [
         start_forge(standin, &[]).await,
-        start_forge(standin, &on_env).await,
+        start_forge(standin, &[metrics]).await,
+        start_forge(standin, &[traces]).await,
+        start_forge(standin, &[metrics, traces]).await,
     ];
-    let subjects = [
-        Subject::new(&forges[0], "bench-telemetry", None).await,
-        Subject::new(&forges[1], "bench-telemetry", None).await,
-    ];
+    let mut subjects = Vec::new();
+    for forge in &forges {
+        subjects.push(Subject::new(forge, "bench-telemetry", None).await);
+    }
     let gets: Vec<Op> = subjects.iter().map(Subject::get).collect();
-    let get_seq = interleaved(2, n, |v, _| gets[v]()).await;
+    let get_seq = interleaved(4, n, |v, _| gets[v]()).await;
     let turns_n = if quick { 150 } else { 500 };
-    let turns = interleaved(2, turns_n, |v, i| subjects[v].short_turn(i)).await;
-    let on = "metrics and traces on";
-    let get = latency_row(report, "forge.session.get p50", on, "off", &get_seq);
-    let turn = latency_row(report, "short turn (acp) p50", on, "off", &turns);
+    let turns = interleaved(4, turns_n, |v, i| subjects[v].short_turn(i)).await;
+    let mut both = ((0.0, 0.0), (0.0, 0.0));
+    for (v, with) in [
+        (1, "metrics on"),
+        (2, "traces on"),
+        (3, "metrics and traces on"),
+    ] {
+        let pair = |s: &[Vec<Duration>]| vec![s[0].clone(), s[v].clone()];
+        let get = latency_row(
+            report,
+            "forge.session.get p50",
+            with,
+            "off",
+            &pair(&get_seq),
+        );
+        let turn = latency_row(report, "short turn (acp) p50", with, "off", &pair(&turns));
+        both = (get, turn);
+    }
+    let ((get, get_paired), (turn, turn_paired)) = both;
     let verdict = |d: f64| if d < 3.0 { "under" } else { "NOT under" };
     report.note(&format!(
-        "{on}: forge.session.get p50 {:+.1} % (paired {:+.1} %), short turn p50 {:+.1} % \
-         (paired {:+.1} %): {} and {} the goal of 3 %",
-        get.0,
-        get.1,
-        turn.0,
-        turn.1,
-        verdict(get.0),
-        verdict(turn.0)
+        "metrics and traces on: forge.session.get p50 {get:+.1} % (paired {get_paired:+.1} %), \
+         short turn p50 {turn:+.1} % (paired {turn_paired:+.1} %): {} and {} the goal of 3 %",
+        verdict(get),
+        verdict(turn)
     ));
 }
 
@@ -1388,6 +1400,9 @@ async fn main() {
     let open = || start_forge(&standin, &[("CLAWDFORGE_AGENT_CONFINEMENT", "off")]);
     if flag("--protocol-only") {
         agent_protocol::rows(&standin, &mut report, quick).await;
+    } else if flag("--telemetry-only") {
+        let counts = if quick { 300 } else { 2000 };
+        telemetry_rows(&standin, &mut report, counts, quick).await;
     } else if flag("--real-only") {
         let open = open().await;
         let forges = real::Forges {

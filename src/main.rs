@@ -341,8 +341,13 @@ fn init_logging(
         None => (None, None),
     };
     // Only the service's own spans, at info: a library's (the exporter's HTTP client among
-    // them) would trace the sending of traces.
-    let spans = Targets::new().with_target("clawdforge", tracing::Level::INFO);
+    // them) would trace the sending of traces. Of its log lines, only warnings and errors
+    // become span events: the rest are in the logs, and each would be built again for the span.
+    let spans = Targets::new()
+        .with_target("clawdforge", tracing::Level::INFO)
+        .and(filter_fn(|m| {
+            m.is_span() || *m.level() <= tracing::Level::WARN
+        }));
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel.map(|layer| layer.with_filter(spans)))

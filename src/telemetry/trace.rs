@@ -120,7 +120,8 @@ impl Tracing {
         let layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_threads(false)
-            .with_location(false);
+            .with_location(false)
+            .with_tracked_inactivity(false);
         Ok(Some((Tracing { provider }, layer)))
     }
 
