@@ -368,11 +368,15 @@ impl RunningWorker {
             metrics,
         } = self;
         agent_checks.abort();
+        let deadline = tokio::time::Instant::now() + grace;
         // First the ledger: another worker then takes this one's sessions at their next request.
         forge.drain().await;
         let draining = worker.stop_intake().await;
         let tracker = draining.tracker.clone();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
             let cancelled = forge.interrupt_in_flight();
             tracing::warn!(
                 in_flight = tracker.len(),
@@ -383,6 +387,8 @@ impl RunningWorker {
             // time to stop); give the replies a chance to go out.
             let _ = tokio::time::timeout(CANCELLED_REPLY_WAIT, tracker.wait()).await;
         }
+        // Agents this worker started may serve other workers' turns: they end with it.
+        forge.wait_for_hosted_turns(deadline).await;
         draining.close_own();
         background.abort();
         match forge

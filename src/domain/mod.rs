@@ -159,6 +159,8 @@ pub struct Forge {
     policies: apps::PolicyCache,
     /// The open sessions' gauges last reported.
     reported: gauges::Reported,
+    /// The acpx sessions this worker ran a turn of: their agent may be a process it started.
+    hosted: owners::Hosted,
 }
 
 impl Forge {
@@ -209,6 +211,7 @@ impl Forge {
             agent_checks: Default::default(),
             policies: Default::default(),
             reported: Default::default(),
+            hosted: Default::default(),
         }))
     }
 

@@ -106,4 +106,64 @@ impl Forge {
             tracing::error!(error = %e, "ledger: recording that the worker drains");
         }
     }
+
+    /// Waits, until `deadline` at most, while another worker runs a turn of an acpx session
+    /// whose agent may be one of this worker's processes (see [`Hosted`]); returns how many
+    /// such turns it waited for.
+    pub async fn wait_for_hosted_turns(&self, deadline: tokio::time::Instant) -> usize {
+        let mut waited = 0;
+        loop {
+            let busy = self.hosted_turns_elsewhere().await;
+            waited = waited.max(busy);
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                return waited;
+            }
+            if waited == busy {
+                tracing::info!(
+                    turns = busy,
+                    "waiting for other workers' turns on sessions whose agent this worker started"
+                );
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + HOSTED_POLL)).await;
+        }
+    }
+
+    /// How many of the hosted sessions have a turn held by another live worker.
+    async fn hosted_turns_elsewhere(&self) -> usize {
+        let alive_since = Timestamp::seconds_from_now(-self.dead_after_secs());
+        let me = &self.settings.worker_id;
+        let mut busy = 0;
+        for id in self.hosted.sessions() {
+            match self.ledger.turn_holder(id, alive_since).await {
+                Ok(Some(worker)) if worker != *me => busy += 1,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "ledger: finding a session's turn"),
+            }
+        }
+        busy
+    }
+}
+
+/// How often a stopping worker looks again at the turns it waits for.
+const HOSTED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The acpx sessions this worker ran a turn of. acpx keeps a session's agent in a queue owner
+/// that the first `acpx prompt` starts and leaves behind, and every worker reaches it (through
+/// the apps' homes and /tmp). It lives on when the worker that started it stops, on a host; in
+/// a container it is one of the worker's container's processes, and the container's runtime
+/// ends it when the worker exits (as systemd does with a unit's processes): a turn another
+/// worker runs on it then fails ("Queue owner disconnected"). So a stopping worker waits for
+/// such turns, within its grace period ([`Forge::wait_for_hosted_turns`]).
+#[derive(Default)]
+pub struct Hosted(std::sync::Mutex<std::collections::HashSet<SessionId>>);
+
+impl Hosted {
+    pub fn insert(&self, id: SessionId) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    }
+
+    fn sessions(&self) -> Vec<SessionId> {
+        let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter().copied().collect()
+    }
 }

@@ -17,6 +17,7 @@ use super::tally::TurnTally;
 use super::types::Prompt;
 use super::{Caller, Forge};
 use crate::agent::{self, AgentError, EventSink, StopReason, TurnEnd};
+use crate::config::BackendKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{
     BeginTurn, EventDetail, EventOutcome, Recorded, SessionRow, Stamp, TurnStart, Turns,
@@ -335,6 +336,9 @@ impl Forge {
             };
         }
         let session = self.agent_session_under(&t.row, &t.limits);
+        if session.backend == BackendKind::Acpx {
+            self.hosted.insert(t.row.session_id);
+        }
         let (sink, mut events) = EventSink::channel(EVENT_BUFFER);
         let prompt = agent::Prompt {
             text: &b.text,

@@ -285,6 +285,49 @@ async fn sigint_drains_like_sigterm() {
     a_signal_drains_running_and_queued_work(Signal::SIGINT).await;
 }
 
+/// A stopping worker waits, within its grace period, for another worker's turn of an acpx
+/// session it ran a turn of: the session's agent (acpx's queue owner) may be its process, and
+/// in a container, or a systemd unit, it ends with the worker.
+#[tokio::test]
+async fn a_stopping_worker_waits_for_other_workers_turns_on_agents_it_started() {
+    let mut forge = Forge::start().await;
+    let app = forge.app("handover").await;
+    let s = app.create_session(&CreateSession::default()).await.unwrap();
+    app.turn(&turn(&s.session_id, "first")).await.unwrap();
+    let first = forge.events(&s.session_id).pop().unwrap().worker_id;
+    forge.spawn_worker(&[]);
+    forge.wait_for_workers(2).await;
+    // The queue group hands each turn to either worker: until one runs on the second.
+    let mut held = None;
+    for round in 0..12 {
+        let release = forge.dir.path().join(format!("release-{round}"));
+        let pending = held_turn(&app, &s.session_id, &format!("held{round}"), &release);
+        let running = wait_for_running_turn(&forge.ledger_path(), &s.session_id).await;
+        if running.worker_id != first {
+            held = Some((pending, release));
+            break;
+        }
+        std::fs::write(&release, "").unwrap();
+        pending.await.unwrap().unwrap();
+    }
+    let (pending, release) = held.expect("no turn reached the second worker in 12 rounds");
+
+    kill(
+        Pid::from_raw(forge.workers[0].child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    forge
+        .wait_for_log(&["waiting for other workers' turns", "turns=1"])
+        .await;
+    assert!(forge.workers[0].child.try_wait().unwrap().is_none());
+    std::fs::write(&release, "").unwrap();
+    let answered = pending.await.unwrap().unwrap();
+    assert!(answered.output.contains("held"), "{answered:?}");
+    let status = forge.workers[0].child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
 async fn sigterm_past_the_grace_period_cancels_and_records_interrupted() {
     let mut forge = Forge::start_with(Options {
