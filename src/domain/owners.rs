@@ -114,15 +114,15 @@ impl Forge {
         let mut waited = 0;
         loop {
             let busy = self.hosted_turns_elsewhere().await;
-            waited = waited.max(busy);
             if busy == 0 || tokio::time::Instant::now() >= deadline {
                 return waited;
             }
-            if waited == busy {
+            if busy > waited {
                 tracing::info!(
                     turns = busy,
                     "waiting for other workers' turns on sessions whose agent this worker started"
                 );
+                waited = busy;
             }
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + HOSTED_POLL)).await;
         }
