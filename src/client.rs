@@ -506,6 +506,15 @@ impl ForgeClient {
             .await
     }
 
+    /// `forge.admin.session.list`: every app's sessions that match, a page of them.
+    pub async fn admin_sessions(
+        &self,
+        asked: &wire::SessionsAsked,
+    ) -> Result<wire::SessionPage, ClientError> {
+        self.call(subject::ADMIN_SESSION_LIST, asked, CONTROL_TIMEOUT)
+            .await
+    }
+
     pub async fn run(&self, req: &wire::RunRequest) -> Result<wire::Run, ClientError> {
         let timeout = self.agent_timeout(req.timeout_secs);
         self.call(subject::RUN, req, timeout).await

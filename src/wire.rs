@@ -32,6 +32,7 @@ pub mod subject {
     pub const APP_LIST: &str = "forge.admin.app.list";
     pub const USAGE: &str = "forge.usage";
     pub const ADMIN_USAGE: &str = "forge.admin.usage";
+    pub const ADMIN_SESSION_LIST: &str = "forge.admin.session.list";
 }
 
 /// A worker's own subject for `subject` (`forge.session.turn` → `forge.worker.<id>.session.turn`),
@@ -206,6 +207,38 @@ pub struct EventsRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SessionList {
     pub sessions: Vec<Session>,
+}
+
+/// `forge.admin.session.list` (v3.5): every app's sessions, those matching each filter given,
+/// newest first, a page of them.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SessionsAsked {
+    /// Only this app's sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Only sessions of this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Only open, or only closed, sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SessionStatus>,
+    /// How many matching sessions to skip (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// How many to answer at most (default 50, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+/// A page of [`SessionsAsked`]: the sessions and how many match in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionPage {
+    pub sessions: Vec<Session>,
+    pub total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -62,7 +62,7 @@ impl Forge {
     /// `forge.session.cancel`, decided by this worker's registry: the request reaches the
     /// worker holding the turn (see [`Forge::route`]).
     pub async fn cancel_turn(&self, caller: &Caller, id: SessionId) -> Result<wire::Cancelled> {
-        let row = self.owned_session(caller, &id).await?;
+        let row = self.watched_session(caller, &id).await?;
         let cancelled = self.cancel_running_turn(&row.session_id.to_string(), "cancel");
         Ok(wire::Cancelled {
             session_id: row.session_id.to_string(),

@@ -138,7 +138,7 @@ impl Forge {
         out: EventStream,
     ) -> Result<wire::Turn> {
         let id = req.session_id;
-        let row = self.owned_session(caller, &id).await?;
+        let row = self.watched_session(caller, &id).await?;
         let turn = match req.turn {
             Some(turn) => turn,
             None => self

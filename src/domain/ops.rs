@@ -25,6 +25,7 @@ pub enum Op {
     AppList,
     Usage,
     AdminUsage,
+    AdminSessionList,
 }
 
 /// Whether an operation's reply is a stream of events (contract v2).
@@ -92,7 +93,7 @@ const fn route(method: Method, path: &'static str) -> Route {
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 19] = [
         Op::SessionCreate,
         Op::SessionTurn,
         Op::SessionCancel,
@@ -111,6 +112,7 @@ impl Op {
         Op::AppList,
         Op::Usage,
         Op::AdminUsage,
+        Op::AdminSessionList,
     ];
 
     /// Its NATS subject.
@@ -134,6 +136,7 @@ impl Op {
             Op::AppList => subject::APP_LIST,
             Op::Usage => subject::USAGE,
             Op::AdminUsage => subject::ADMIN_USAGE,
+            Op::AdminSessionList => subject::ADMIN_SESSION_LIST,
         }
     }
 
@@ -170,6 +173,7 @@ impl Op {
             Op::AppList => route(Get, "/admin/apps"),
             Op::Usage => route(Get, "/usage"),
             Op::AdminUsage => route(Get, "/admin/usage"),
+            Op::AdminSessionList => route(Get, "/admin/sessions"),
         }
     }
 
@@ -197,6 +201,7 @@ impl Op {
             Op::Health => Access::Public,
             Op::TokenCreate | Op::TokenList | Op::TokenRevoke => Access::Admin,
             Op::AppSet | Op::AppGet | Op::AppList | Op::AdminUsage => Access::Admin,
+            Op::AdminSessionList => Access::Admin,
             _ => Access::App,
         }
     }

@@ -14,7 +14,7 @@ impl Forge {
         req: PermissionAsked,
     ) -> Result<wire::PermissionAnswered> {
         let id = req.session_id;
-        let row = self.owned_session(caller, &id).await?;
+        let row = self.watched_session(caller, &id).await?;
         let session = self.agent_session(&row);
         let span = tracing::info_span!("permission", session = %row.session_id, app = %caller.app);
         let _entered = span.enter();

@@ -30,6 +30,7 @@ pub enum Request {
     AppList(wire::Empty),
     Usage(wire::Empty),
     AdminUsage(wire::UsageAsked),
+    AdminSessionList(wire::SessionsAsked),
 }
 
 /// `forge.session.turn`, its session parsed.
@@ -128,6 +129,7 @@ impl Request {
             Op::AppList => Request::AppList(decode(body)?),
             Op::Usage => Request::Usage(decode(body)?),
             Op::AdminUsage => Request::AdminUsage(decode(body)?),
+            Op::AdminSessionList => Request::AdminSessionList(decode(body)?),
         })
     }
 
@@ -152,6 +154,7 @@ impl Request {
             Request::AppList(_) => Op::AppList,
             Request::Usage(_) => Op::Usage,
             Request::AdminUsage(_) => Op::AdminUsage,
+            Request::AdminSessionList(_) => Op::AdminSessionList,
         }
     }
 }
@@ -174,6 +177,7 @@ pub fn session_in_json(body: &[u8]) -> Option<SessionId> {
 pub enum Reply {
     Session(wire::Session),
     Sessions(wire::SessionList),
+    SessionPage(wire::SessionPage),
     Turn(wire::Turn),
     Accepted(wire::TurnAccepted),
     Cancelled(wire::Cancelled),
@@ -203,6 +207,7 @@ macro_rules! replies {
 replies!(
     Session(wire::Session),
     Sessions(wire::SessionList),
+    SessionPage(wire::SessionPage),
     Turn(wire::Turn),
     Accepted(wire::TurnAccepted),
     Cancelled(wire::Cancelled),

@@ -333,6 +333,7 @@ impl Forge {
             Request::AppList(_) => self.list_app_policies().await?.into(),
             Request::Usage(_) => self.usage(c).await?.into(),
             Request::AdminUsage(r) => self.admin_usage(r).await?.into(),
+            Request::AdminSessionList(r) => self.admin_sessions(r).await?.into(),
             Request::SessionEvents(_) => {
                 return Err(Error::internal("forge.session.events always streams"))
             }

@@ -5,14 +5,14 @@ use std::path::Path;
 use tracing::Instrument;
 
 use super::files::{self, Attachment};
-use super::types::{SessionId, SessionName};
+use super::types::{AppName, SessionId, SessionName};
 use super::{Caller, Forge};
 use crate::agent::AgentSession;
 use crate::config::{AgentCommand, AgentDef, BackendKind, PermissionPolicy};
 use crate::error::{Error, Result};
 use crate::ledger::{
-    CloseOutcome, CreateOutcome, EventDetail, EventOutcome, SessionEvent, SessionRow, Sessions,
-    Stamp,
+    CloseOutcome, CreateOutcome, EventDetail, EventOutcome, SessionEvent, SessionFilter,
+    SessionRow, Sessions, Stamp,
 };
 use crate::quota::Limits;
 use crate::values::Timestamp;
@@ -37,6 +37,10 @@ fn session_reply(row: SessionRow) -> wire::Session {
     }
 }
 
+/// The sessions `forge.admin.session.list` answers without a `limit`, and at most.
+const DEFAULT_PAGE: u64 = 50;
+const MAX_PAGE: u64 = 500;
+
 /// How long a close waits for the cancelled turn of its session to end before it stops the
 /// agent anyway.
 const CLOSE_WAITS_FOR_TURN: std::time::Duration = std::time::Duration::from_secs(30);
@@ -50,6 +54,20 @@ impl Forge {
     ) -> Result<SessionRow> {
         match self.ledger.session(*id).await? {
             Some(row) if caller.app == row.app => Ok(row),
+            _ => Err(Error::not_found("no such session")),
+        }
+    }
+
+    /// The session `id` if it exists and `caller` may watch it: its own app's, or any app's for
+    /// an admin (get, events, cancel, permission answers: what the console reads and stops);
+    /// `not_found` otherwise.
+    pub(super) async fn watched_session(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+    ) -> Result<SessionRow> {
+        match self.ledger.session(*id).await? {
+            Some(row) if caller.admin || caller.app == row.app => Ok(row),
             _ => Err(Error::not_found("no such session")),
         }
     }
@@ -257,7 +275,7 @@ impl Forge {
     }
 
     pub async fn get_session(&self, caller: &Caller, id: SessionId) -> Result<wire::Session> {
-        Ok(session_reply(self.owned_session(caller, &id).await?))
+        Ok(session_reply(self.watched_session(caller, &id).await?))
     }
 
     pub async fn list_sessions(
@@ -268,6 +286,27 @@ impl Forge {
         let rows = self.ledger.sessions_of(caller.app.to_string()).await?;
         Ok(wire::SessionList {
             sessions: rows.into_iter().map(session_reply).collect(),
+        })
+    }
+
+    /// `forge.admin.session.list`: every app's sessions that match, newest first, a page.
+    pub async fn admin_sessions(&self, asked: wire::SessionsAsked) -> Result<wire::SessionPage> {
+        let app = asked.app.as_deref().map(AppName::parse).transpose()?;
+        let limit = asked.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Error::bad_request(format!("limit must be 1 to {MAX_PAGE}")));
+        }
+        let filter = SessionFilter {
+            app: app.map(|a| a.to_string()),
+            agent: asked.agent,
+            open: asked.status.map(|s| s == wire::SessionStatus::Open),
+            offset: asked.offset.unwrap_or(0),
+            limit,
+        };
+        let (rows, total) = self.ledger.sessions_matching(filter).await?;
+        Ok(wire::SessionPage {
+            sessions: rows.into_iter().map(session_reply).collect(),
+            total,
         })
     }
 

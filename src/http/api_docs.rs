@@ -346,3 +346,18 @@ pub(super) fn usage() {}
     security(("bearer" = []))
 )]
 pub(super) fn admin_usage() {}
+
+#[utoipa::path(
+    get,
+    path = "/admin/sessions",
+    tag = "admin",
+    description = "Every app's sessions matching the filters, newest first, a page of them, and \
+                   how many match (`forge.admin.session.list`); needs an admin token.",
+    params(wire::SessionsAsked),
+    responses(
+        (status = 200, description = "A page of sessions", body = wire::SessionPage),
+        (status = 400, description = "bad_request: a bad app name, status or limit, or an unknown parameter", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) fn admin_sessions() {}

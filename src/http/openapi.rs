@@ -45,6 +45,7 @@ use crate::wire;
         routes::list_apps,
         routes::usage,
         routes::admin_usage,
+        routes::admin_sessions,
     ),
     components(schemas(
         wire::FileUpload,
@@ -55,6 +56,8 @@ use crate::wire;
         wire::Session,
         wire::SessionStatus,
         wire::SessionList,
+        wire::SessionsAsked,
+        wire::SessionPage,
         wire::SessionClosed,
         wire::Cancelled,
         wire::PermissionAnswer,

@@ -197,6 +197,21 @@ async fn admin_usage(
         .await)
 }
 
+/// `GET /admin/sessions?app=&agent=&status=&offset=&limit=`: the query as the body.
+async fn admin_sessions(
+    State(s): State<Sidecar>,
+    query: Result<Query<wire::SessionsAsked>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let Query(asked) =
+        query.map_err(|r| Error::bad_request(format!("invalid query: {}", r.body_text())))?;
+    let body = to_body(&asked);
+    Ok(
+        s.forward(Op::AdminSessionList, &headers, body, CONTROL_TIMEOUT)
+            .await,
+    )
+}
+
 /// The handler of `op`'s route. A match on every operation: one without a handler does not
 /// compile.
 fn handler(op: Op) -> MethodRouter<Sidecar> {
@@ -217,6 +232,7 @@ fn handler(op: Op) -> MethodRouter<Sidecar> {
         }
         Op::AppSet => on(method, set_app),
         Op::AdminUsage => on(method, admin_usage),
+        Op::AdminSessionList => on(method, admin_sessions),
         Op::SessionTurn => on(method, turn),
         Op::Run => on(method, run),
         Op::SessionPermission => on(method, answer_permission),

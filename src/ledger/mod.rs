@@ -22,7 +22,7 @@ pub use records::{Recovery, Runs, Sessions, Tokens, Turns};
 pub use rows::{
     Admission, BeginTurn, CloseOutcome, CreateOutcome, DayRow, EventDetail, EventRow, Idle,
     Interrupted, Lease, NewRun, PolicyRow, Recorded, RunBegun, RunEnd, RunRow, SessionEvent,
-    SessionRow, Stamp, TokenRow, TurnRow, TurnStart, Used,
+    SessionFilter, SessionRow, Stamp, TokenRow, TurnRow, TurnStart, Used,
 };
 pub use sqlite::Ledger;
 

@@ -6,7 +6,8 @@ use std::future::Future;
 
 use super::rows::{
     BeginTurn, CloseOutcome, CreateOutcome, EventDetail, EventRow, Idle, Interrupted, NewRun,
-    RunBegun, RunEnd, RunRow, SessionEvent, SessionRow, Stamp, TokenRow, TurnRow, TurnStart,
+    RunBegun, RunEnd, RunRow, SessionEvent, SessionFilter, SessionRow, Stamp, TokenRow, TurnRow,
+    TurnStart,
 };
 use super::{EventOutcome, LedgerResult};
 use crate::quota::Limits;
@@ -58,6 +59,13 @@ pub trait Sessions {
         &self,
         app: String,
     ) -> impl Future<Output = LedgerResult<Vec<SessionRow>>> + Send;
+
+    /// Every app's sessions that match `filter`, newest first, its page of them, and how many
+    /// match in all.
+    fn sessions_matching(
+        &self,
+        filter: SessionFilter,
+    ) -> impl Future<Output = LedgerResult<(Vec<SessionRow>, u64)>> + Send;
 
     /// Records how a create ended (its event was written as `running`).
     fn finish_create(

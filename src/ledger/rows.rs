@@ -33,6 +33,18 @@ pub struct TokenRow {
     pub revoked_at: Option<Timestamp>,
 }
 
+/// Which sessions [`Sessions::sessions_matching`](super::Sessions::sessions_matching) reads:
+/// those matching each filter given, a page of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    pub app: Option<String>,
+    pub agent: Option<String>,
+    /// `Some(true)`: open ones only; `Some(false)`: closed ones only.
+    pub open: Option<bool>,
+    pub offset: u64,
+    pub limit: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     pub session_id: SessionId,

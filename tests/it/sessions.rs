@@ -4,7 +4,9 @@ use std::time::Duration;
 use base64::Engine;
 use clawdforge::client::{ClientError, ForgeClient};
 use clawdforge::error::ErrorKind;
-use clawdforge::wire::{CreateSession, FileUpload, SessionStatus, Turn, TurnRequest};
+use clawdforge::wire::{
+    CreateSession, FileUpload, SessionPage, SessionStatus, SessionsAsked, Turn, TurnRequest,
+};
 
 use crate::faults::ledger_counts;
 use crate::harness::{Forge, Options, Via};
@@ -155,6 +157,71 @@ async fn sessions_of_other_apps_do_not_exist(via: Via) {
     let got = a.get_session(&s.session_id).await.unwrap();
     assert_eq!(got.status, SessionStatus::Open);
     assert_eq!(got.turns, 0);
+}
+
+/// `forge.admin.session.list`: every app's sessions, filtered and paged; an admin reads another
+/// app's session but does not take turns on it; an app token may not list.
+#[tokio::test]
+async fn an_admin_lists_every_apps_sessions_and_reads_them() {
+    let forge = Forge::start_via(Via::Acp).await;
+    let a = forge.app("app-a").await;
+    let b = forge.app("app-b").await;
+    let a1 = a.create_session(&CreateSession::default()).await.unwrap();
+    let a2 = a.create_session(&CreateSession::default()).await.unwrap();
+    let b1 = b.create_session(&CreateSession::default()).await.unwrap();
+    a.close_session(&a1.session_id).await.unwrap();
+    let ids = |page: &SessionPage| -> Vec<String> {
+        page.sessions.iter().map(|s| s.session_id.clone()).collect()
+    };
+    let all = forge
+        .admin
+        .admin_sessions(&SessionsAsked::default())
+        .await
+        .unwrap();
+    assert_eq!(all.total, 3);
+    let mut every = ids(&all);
+    every.sort();
+    let mut created = vec![
+        a1.session_id.clone(),
+        a2.session_id.clone(),
+        b1.session_id.clone(),
+    ];
+    created.sort();
+    assert_eq!(every, created);
+    let of_a = SessionsAsked {
+        app: Some("app-a".into()),
+        status: Some(SessionStatus::Open),
+        ..Default::default()
+    };
+    let of_a = forge.admin.admin_sessions(&of_a).await.unwrap();
+    assert_eq!((ids(&of_a), of_a.total), (vec![a2.session_id.clone()], 1));
+    let second = SessionsAsked {
+        offset: Some(1),
+        limit: Some(1),
+        ..Default::default()
+    };
+    let second = forge.admin.admin_sessions(&second).await.unwrap();
+    // The second of the same order (newest first; sessions created within one millisecond by id).
+    assert_eq!(
+        (ids(&second), second.total),
+        (vec![ids(&all)[1].clone()], 3)
+    );
+    let too_many = SessionsAsked {
+        limit: Some(501),
+        ..Default::default()
+    };
+    let too_many = forge.admin.admin_sessions(&too_many).await;
+    assert_eq!(kind(too_many), ErrorKind::BadRequest);
+    assert_eq!(
+        kind(a.admin_sessions(&SessionsAsked::default()).await),
+        ErrorKind::Forbidden
+    );
+    // The admin reads app-b's session, and may not take a turn on it.
+    assert_eq!(forge.admin.get_session(&b1.session_id).await.unwrap(), b1);
+    assert_eq!(
+        kind(forge.admin.turn(&turn(&b1.session_id, "hi")).await),
+        ErrorKind::NotFound
+    );
 }
 
 async fn the_live_session_cap_holds(via: Via) {

@@ -10,7 +10,7 @@ use super::waits::has_waiting_turn;
 use super::Ledger;
 use crate::ledger::{
     CloseOutcome, CreateOutcome, EventDetail, EventOutcome, EventRow, Idle, LedgerResult,
-    SessionEvent, SessionRow, Sessions, Stamp,
+    SessionEvent, SessionFilter, SessionRow, Sessions, Stamp,
 };
 use crate::quota::{Limit, Limits};
 use crate::values::{SessionId, Timestamp};
@@ -108,6 +108,28 @@ impl Sessions for Ledger {
     async fn sessions_of(&self, app: String) -> LedgerResult<Vec<SessionRow>> {
         let sql = format!("{SESSION_SELECT} WHERE app = ?1 ORDER BY created_at DESC, session_id");
         self.read(move |c| Ok(all(c, &sql, [&app])?)).await
+    }
+
+    async fn sessions_matching(
+        &self,
+        filter: SessionFilter,
+    ) -> LedgerResult<(Vec<SessionRow>, u64)> {
+        let status = filter.open.map(|open| if open { "open" } else { "closed" });
+        let matching = "WHERE (?1 IS NULL OR app = ?1) AND (?2 IS NULL OR agent = ?2)
+                          AND (?3 IS NULL OR status = ?3)";
+        let page = format!(
+            "{SESSION_SELECT} {matching} ORDER BY created_at DESC, session_id LIMIT ?4 OFFSET ?5"
+        );
+        let count = format!("SELECT COUNT(*) FROM sessions {matching}");
+        self.read(move |c| {
+            let (app, agent) = (filter.app.as_deref(), filter.agent.as_deref());
+            let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+            let offset = i64::try_from(filter.offset).unwrap_or(i64::MAX);
+            let rows = all(c, &page, params![app, agent, status, limit, offset])?;
+            let total: i64 = c.query_row(&count, params![app, agent, status], |r| r.get(0))?;
+            Ok((rows, u64::try_from(total).unwrap_or(0)))
+        })
+        .await
     }
 
     async fn finish_create(

@@ -58,6 +58,19 @@ async fn every_route_over_http_answers_as_nats_does() {
         get(&sidecar, "/sessions", app).await,
         nats(&forge, subject::SESSION_LIST, app, "{}").await
     );
+    let page = get(
+        &sidecar,
+        "/admin/sessions?app=web&status=open&limit=1",
+        root,
+    )
+    .await;
+    assert_eq!(page.0, 200, "{page:?}");
+    assert_eq!(page.1["total"], 2);
+    let asked = r#"{"app":"web","status":"open","limit":1}"#;
+    assert_eq!(
+        page,
+        nats(&forge, subject::ADMIN_SESSION_LIST, root, asked).await
+    );
 
     // Turns: the id from the path, or the same id in the body too.
     let t1 = post(
