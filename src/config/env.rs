@@ -82,6 +82,8 @@ pub fn env_keys() -> Vec<&'static str> {
         "http_header_timeout_secs",
         "http_idle_timeout_secs",
         "http_max_connections",
+        "console_session_secs",
+        "console_secure_cookie",
         "metrics_addr",
         "log_format",
         "agent_homes_dir",

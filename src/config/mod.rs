@@ -126,6 +126,11 @@ pub struct Config {
     pub http_idle_timeout_secs: u64,
     /// HTTP connections open at once; more are closed as they come.
     pub http_max_connections: usize,
+    /// Seconds an operator's console login lasts, from the login.
+    pub console_session_secs: u64,
+    /// Marks the console's cookie `Secure` on every answer (a sidecar reached over HTTPS through
+    /// a proxy that does not send `X-Forwarded-Proto: https`).
+    pub console_secure_cookie: bool,
 
     /// `text` (colours only on a terminal) or `json` (one object per line, span fields
     /// included, for log collectors).
@@ -216,6 +221,8 @@ impl Default for Config {
             http_header_timeout_secs: 10,
             http_idle_timeout_secs: 60,
             http_max_connections: 512,
+            console_session_secs: 8 * 3600,
+            console_secure_cookie: false,
             log_format: LogFormat::Text,
             metrics_addr: None,
             agent_homes_dir: "data/homes".into(),

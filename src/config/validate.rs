@@ -116,6 +116,7 @@ impl Config {
                 self.http_idle_timeout_secs as usize,
             ),
             ("http_max_connections", self.http_max_connections),
+            ("console_session_secs", self.console_session_secs as usize),
             ("agent_max_file_bytes", self.agent_max_file_bytes as usize),
         ]
         .into_iter()
@@ -145,6 +146,7 @@ impl Config {
             ("permission_timeout_secs", self.permission_timeout_secs),
             ("http_header_timeout_secs", self.http_header_timeout_secs),
             ("http_idle_timeout_secs", self.http_idle_timeout_secs),
+            ("console_session_secs", self.console_session_secs),
         ]
         .into_iter()
         .find(|(_, value)| *value > TEN_YEARS)

@@ -56,22 +56,34 @@ impl Sidecar {
         timeout: Duration,
     ) -> Response {
         let subject = op.subject();
-        // A request that arrives a moment after start or during a reconnect waits for NATS
-        // rather than failing at once.
-        if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
-            return error_response(&Error::at_capacity(NATS_DOWN));
-        }
         let trace = TraceContext::outgoing(TraceContext::from_http(headers).as_ref());
         let caller = Caller::new(authorization(headers), trace.as_ref());
-        let result =
-            retry_no_responders(|| self.client.forward(subject, caller, body.clone(), timeout))
-                .await;
-        let response = match result {
+        let response = match self.request(op, caller, body, timeout).await {
             Ok(reply) => reply_response(reply),
-            Err(err) => error_response(&self.failure(subject, err, timeout)),
+            Err(err) => error_response(&err),
         };
         tracing::debug!(subject, status = response.status().as_u16(), "forwarded");
         response
+    }
+
+    /// Sends `body` as a request of `op` for `caller` and returns the worker's reply as it came:
+    /// what every route and the console send through. A request that arrives a moment after
+    /// start or during a reconnect waits for NATS rather than failing at once, and "no
+    /// responders" is tried again (see [`retry_no_responders`]).
+    pub(super) async fn request(
+        &self,
+        op: Op,
+        caller: Caller<'_>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<RawReply, Error> {
+        let subject = op.subject();
+        if !self.client.wait_connected(NATS_CONNECT_WAIT).await {
+            return Err(Error::at_capacity(NATS_DOWN));
+        }
+        retry_no_responders(|| self.client.forward(subject, caller, body.clone(), timeout))
+            .await
+            .map_err(|err| self.failure(subject, err, timeout))
     }
 
     pub(super) fn failure(&self, subject: &str, err: ClientError, timeout: Duration) -> Error {

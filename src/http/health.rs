@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::Sidecar;
+use crate::client::WorkerPing;
 use crate::domain::Op;
 use crate::wire;
 
@@ -78,22 +79,25 @@ impl SidecarHealth {
     }
 }
 
+/// A worker's health and the workers that answer `$SRV.PING` (none when NATS is down).
+pub(super) async fn health_and_workers(s: &Sidecar) -> (Option<wire::Health>, Vec<WorkerPing>) {
+    if !s.nats_connected() {
+        return (None, Vec::new());
+    }
+    let (health, pings) = tokio::join!(
+        s.client
+            .call::<_, wire::Health>(Op::Health.subject(), &wire::Empty {}, HEALTH_TIMEOUT),
+        s.client.ping_workers(PING_WAIT),
+    );
+    if let Err(e) = &health {
+        tracing::debug!(error = %e, "healthz: no health from a worker");
+    }
+    (health.ok(), pings.unwrap_or_default())
+}
+
 pub async fn healthz(State(s): State<Sidecar>) -> Response {
-    let connected = s.nats_connected();
-    let (health, workers) = if connected {
-        let (health, ids) = tokio::join!(
-            s.client
-                .call::<_, wire::Health>(Op::Health.subject(), &wire::Empty {}, HEALTH_TIMEOUT),
-            s.client.ping_workers(PING_WAIT),
-        );
-        if let Err(e) = &health {
-            tracing::debug!(error = %e, "healthz: no health from a worker");
-        }
-        (health.ok(), ids.map(|ids| ids.len() as u64).unwrap_or(0))
-    } else {
-        (None, 0)
-    };
-    let reply = SidecarHealth::new(health, connected, workers);
+    let (health, pings) = health_and_workers(&s).await;
+    let reply = SidecarHealth::new(health, s.nats_connected(), pings.len() as u64);
     let status = if reply.ok {
         StatusCode::OK
     } else {

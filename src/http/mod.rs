@@ -5,6 +5,7 @@
 
 mod allowlist;
 mod api_docs;
+mod console;
 mod forward;
 mod health;
 pub mod multipart;
@@ -24,6 +25,7 @@ use axum::Router;
 use bytes::Bytes;
 
 pub use allowlist::{Access, CidrError, Denied};
+pub use console::{ConsoleSettings, CONSOLE_PATH};
 pub use health::SidecarHealth;
 pub use openapi::ApiDoc;
 pub use server::{serve, ConnLimits};
@@ -52,6 +54,8 @@ pub struct Settings {
     /// How often the workers send a heartbeat on a streamed reply (`stream_heartbeat_secs`): a
     /// stream silent for three of these is given up.
     pub stream_heartbeat: Duration,
+    /// The operator's console: how long a login lasts, whether its cookie is always `Secure`.
+    pub console: ConsoleSettings,
 }
 
 impl Settings {
@@ -85,6 +89,10 @@ impl Settings {
                 max_connections: config.http_max_connections,
             },
             stream_heartbeat: Duration::from_secs(config.stream_heartbeat_secs),
+            console: ConsoleSettings {
+                session: Duration::from_secs(config.console_session_secs),
+                secure_cookie: config.console_secure_cookie,
+            },
         })
     }
 }
@@ -99,6 +107,9 @@ pub struct Sidecar {
     /// How long a streamed reply may stay silent: three heartbeats.
     stall: Duration,
     metrics: crate::telemetry::Metrics,
+    /// The console's logins, and its settings.
+    logins: console::Logins,
+    console: ConsoleSettings,
 }
 
 impl Sidecar {
@@ -113,6 +124,8 @@ impl Sidecar {
             openapi: openapi::document().into(),
             stall: settings.stream_heartbeat.saturating_mul(3),
             metrics: crate::telemetry::Metrics::install(),
+            logins: console::Logins::new(settings.console.session),
+            console: settings.console,
         }
     }
 }

@@ -250,6 +250,7 @@ pub(super) fn routes() -> Router<Sidecar> {
     router
         .route(OPENAPI_PATH, get(openapi))
         .route(METRICS_PATH, get(health::metrics))
+        .merge(super::console::routes())
         .fallback(not_found)
 }
 
@@ -392,6 +393,7 @@ mod tests {
             max_request_bytes: 1024,
             conn: Default::default(),
             stream_heartbeat: Duration::from_secs(15),
+            console: Default::default(),
         };
         let sidecar = Sidecar::new(crate::client::ForgeClient::new(nats, None), settings);
         let teapot = axum::middleware::from_fn(|r: Request, next: axum::middleware::Next| async {

@@ -78,7 +78,7 @@ impl Sidecar {
         let caller = Caller::new(authorization(headers), trace.as_ref());
         let first = self.first_frame(subject, caller, body).instrument(span);
         let response = match first.await {
-            Err(err) => error_response(&self.stream_failure(subject, err)),
+            Err(err) => error_response(&err),
             Ok((Frame::Reply(reply), _)) if reply.status.is_some() => reply_response(reply),
             Ok((first, rest)) => {
                 let relay = Relay {
@@ -98,12 +98,12 @@ impl Sidecar {
 
     /// Opens the stream and reads its first frame, trying again a moment later when no worker
     /// is subscribed (just after a reconnect, as [`Sidecar::forward`] does).
-    async fn first_frame(
+    pub(super) async fn first_frame(
         &self,
-        subject: &str,
+        subject: &'static str,
         caller: Caller<'_>,
         body: Bytes,
-    ) -> Result<(Frame, ReplyStream), ClientError> {
+    ) -> Result<(Frame, ReplyStream), Error> {
         retry_no_responders(|| async {
             let stream = self
                 .client
@@ -113,11 +113,12 @@ impl Sidecar {
             Ok((frame, stream))
         })
         .await
+        .map_err(|err| self.stream_failure(subject, err))
     }
 
     /// The contract error of a stream that failed: as for a single reply, except that a time
     /// out is the stream's silence.
-    fn stream_failure(&self, subject: &str, err: ClientError) -> Error {
+    pub(super) fn stream_failure(&self, subject: &str, err: ClientError) -> Error {
         match err {
             ClientError::TimedOut if self.nats_connected() => Error::timeout(format!(
                 "nothing from a worker for {} s",
@@ -130,7 +131,7 @@ impl Sidecar {
 
 /// The next frame of `stream`; an event that cannot be read is logged and skipped, and the end
 /// without a final message is an error.
-async fn next_frame(stream: &mut ReplyStream) -> Result<Frame, ClientError> {
+pub(super) async fn next_frame(stream: &mut ReplyStream) -> Result<Frame, ClientError> {
     loop {
         match stream.next().await {
             Some(Err(ClientError::Decode(e))) => {

@@ -6,6 +6,7 @@ mod auth;
 mod cancel;
 mod cli;
 mod confinement;
+mod console;
 mod deploy;
 mod diagnosis;
 mod docs;

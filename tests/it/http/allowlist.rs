@@ -25,6 +25,7 @@ fn in_process(forge: &Forge, access: Access, peer: &str) -> axum::Router {
             max_request_bytes: 1 << 20,
             conn: Default::default(),
             stream_heartbeat: Duration::from_secs(10),
+            console: Default::default(),
         },
     );
     let peer: SocketAddr = peer.parse().unwrap();
