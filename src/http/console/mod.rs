@@ -5,13 +5,16 @@
 //! operations table nor in the OpenAPI document. Every asset is served from the binary.
 //!
 //! One module per page group: `auth` (logins, cookie, CSRF), `login` (the forms), `overview`,
-//! `sessions` (the list and one session).
+//! `sessions` (the list and one session), `apps` (policies, usage, the limits' form), `tokens`
+//! (mint, revoke).
 
+mod apps;
 mod auth;
 mod login;
 mod overview;
 mod replay;
 mod sessions;
+mod tokens;
 mod view;
 
 use std::time::{Duration, Instant};
@@ -66,6 +69,10 @@ pub(super) fn routes() -> Router<Sidecar> {
         .route("/console/logout", post(login::logout))
         .route("/console/sessions", get(sessions::list))
         .route("/console/sessions/{id}", get(sessions::one))
+        .route("/console/apps", get(apps::list))
+        .route("/console/apps/{app}", get(apps::one).post(apps::set))
+        .route("/console/tokens", get(tokens::list).post(tokens::mint))
+        .route("/console/tokens/{id}/revoke", post(tokens::revoke))
         .route("/console/assets/console.css", get(stylesheet))
 }
 
@@ -185,6 +192,14 @@ impl Page {
         };
         let html = page.render().unwrap_or_else(|_| message.to_string());
         Page::Html(status, html)
+    }
+
+    /// The same page with `status` (a redirect stays as it is).
+    fn with_status(self, status: StatusCode) -> Page {
+        match self {
+            Page::Html(StatusCode::OK, html) => Page::Html(status, html),
+            other => other,
+        }
     }
 
     fn see_other(to: &str) -> Page {

@@ -11,15 +11,24 @@ use crate::wire::{self, EventBody};
 pub(super) enum Section {
     Overview,
     Sessions,
+    Apps,
+    Tokens,
 }
 
 impl Section {
-    const ALL: [Section; 2] = [Section::Overview, Section::Sessions];
+    const ALL: [Section; 4] = [
+        Section::Overview,
+        Section::Sessions,
+        Section::Apps,
+        Section::Tokens,
+    ];
 
     fn href(self) -> &'static str {
         match self {
             Section::Overview => "/console",
             Section::Sessions => "/console/sessions",
+            Section::Apps => "/console/apps",
+            Section::Tokens => "/console/tokens",
         }
     }
 
@@ -27,6 +36,8 @@ impl Section {
         match self {
             Section::Overview => "Overview",
             Section::Sessions => "Sessions",
+            Section::Apps => "Apps",
+            Section::Tokens => "Tokens",
         }
     }
 }

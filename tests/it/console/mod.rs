@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use clawdforge::error::ErrorKind;
 use clawdforge::wire::CreateSession;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
@@ -218,4 +219,93 @@ async fn only_an_admin_logs_in_and_the_pages_show_what_an_app_did() {
     let after = console.get("/console").await;
     assert_eq!(after.status, StatusCode::SEE_OTHER);
     assert_eq!(after.location.as_deref(), Some("/console/login"));
+}
+
+/// The text of the element whose start tag ends with `marker` (e.g. `id="minted-token">`).
+fn text_after<'p>(page: &'p str, marker: &str) -> &'p str {
+    let at = page
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker} in {page}"));
+    let rest = &page[at + marker.len()..];
+    &rest[..rest.find('<').unwrap()]
+}
+
+#[tokio::test]
+async fn tokens_are_shown_once_and_revoked_and_an_edited_limit_refuses_the_next_request() {
+    let forge = Forge::start_via(Via::Acp).await;
+    let sidecar = forge.spawn_http("sidecar", &[]).await;
+    let mut console = Console::new(&sidecar);
+    assert_eq!(
+        console.login(ROOT_TOKEN).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let csrf = csrf_of(&console.page("/console/tokens").await);
+    let tokens = || async { forge.admin.list_tokens().await.unwrap().tokens.len() };
+    let before = tokens().await;
+
+    // Minting: refused without the form's token; shown once with it.
+    let forged = console.post("/console/tokens", &[("app", "web")]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert_eq!(tokens().await, before);
+    let minted = console
+        .post("/console/tokens", &[("csrf", &csrf), ("app", "web")])
+        .await;
+    assert_eq!(minted.status, StatusCode::OK, "{}", minted.text);
+    assert_valid_html("the minted token's page", &minted.text);
+    let secret = text_after(&minted.text, r#"id="minted-token">"#).to_string();
+    assert!(secret.starts_with("cf_"), "{secret}");
+    let web = forge.admin.with_token(Some(secret.clone()));
+    web.list_sessions().await.unwrap();
+    let listed = console.page("/console/tokens").await;
+    assert!(!listed.contains(&secret), "shown again: {listed}");
+
+    // A limit edited on the app's page refuses the next request over it.
+    console.page("/console/apps").await;
+    let edit = [("csrf", csrf.as_str()), ("max_open_sessions", "1")];
+    let saved = console.post("/console/apps/web", &edit).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.text);
+    let page = console.page("/console/apps/web").await;
+    assert!(
+        page.contains(r#"name="max_open_sessions" value="1""#),
+        "{page}"
+    );
+    web.create_session(&CreateSession::default()).await.unwrap();
+    let refused = web.create_session(&CreateSession::default()).await;
+    assert_eq!(crate::sessions::kind(refused), ErrorKind::QuotaExceeded);
+    let bad = [("csrf", csrf.as_str()), ("max_open_sessions", "two")];
+    let bad = console.post("/console/apps/web", &bad).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad.text.contains("Not changed: max_open_sessions"),
+        "{}",
+        bad.text
+    );
+    let forged = console.post("/console/apps/web", &edit[1..]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    // Revoking it from the list: the token is refused from then on.
+    let token_id = forge
+        .admin
+        .list_tokens()
+        .await
+        .unwrap()
+        .tokens
+        .last()
+        .unwrap()
+        .token_id
+        .clone();
+    let path = format!("/console/tokens/{token_id}/revoke");
+    assert_eq!(console.post(&path, &[]).await.status, StatusCode::FORBIDDEN);
+    web.list_sessions().await.unwrap();
+    let revoked = console.post(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        crate::sessions::kind(web.list_sessions().await),
+        ErrorKind::Unauthorized
+    );
+    let listed = console.page("/console/tokens").await;
+    assert!(
+        !listed.contains(&format!("Revoke token {token_id}")),
+        "{listed}"
+    );
 }
