@@ -10,6 +10,8 @@
 #     .tools/codex, and Gemini CLI (@google/gemini-cli, `gemini --acp`) in .tools/gemini, each
 #     in a prefix of its own (one npm call each), so that acpx never picks them up: the tests
 #     of `auth` start them natively (tests/it/auth.rs), and never call a model
+#   - Chromium and chromedriver from Debian's packages (chromium, chromium-driver), when
+#     missing: apt-get as root, otherwise a failure naming the packages
 # and puts nats-server, node, acpx and python into .tools/bin/, and the real agents' commands,
 # claude-agent-acp, claude, codex-acp and gemini, into .tools/agents/bin/ (not .tools/bin/:
 # tests put .tools/bin on PATH and bring their own stand-in `claude`).
@@ -346,6 +348,27 @@ sdk_claude="$("$node22" --input-type=module -e '
     || die "the Claude Code adapter in .tools/agents is not usable (see above)"
 sdk_claude_v="$("$sdk_claude" --version 2>&1)" || die "$sdk_claude --version failed: $sdk_claude_v"
 
+# Chromium and its WebDriver, from Debian's packages, for the console's browser test
+# (tests/it/console/browser.rs): installed with apt-get only when missing, and only as root;
+# missing and not root, the run fails naming the packages.
+CHROMIUM_PACKAGES="chromium chromium-driver"
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    if [[ "$(id -u)" != 0 ]]; then
+        die "the console's browser test needs /usr/bin/chromium and /usr/bin/chromedriver:" \
+            "install the Debian packages ${CHROMIUM_PACKAGES} (apt-get install ${CHROMIUM_PACKAGES}, as root)"
+    fi
+    need apt-get
+    log "installing ${CHROMIUM_PACKAGES} (Debian packages)"
+    # shellcheck disable=SC2086 # the list of packages, split on purpose
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        $CHROMIUM_PACKAGES >/dev/null 2>&1 \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                --no-install-recommends $CHROMIUM_PACKAGES >/dev/null; } \
+        || die "apt-get could not install ${CHROMIUM_PACKAGES}"
+fi
+chromedriver_v="$(/usr/bin/chromedriver --version 2>&1)" \
+    || die "chromedriver --version failed: $chromedriver_v"
+
 # acpx used to have a prefix of its own.
 if [[ -d "$tools/acpx" ]]; then
     log "removing .tools/acpx (acpx is in .tools/agents now)"
@@ -354,4 +377,5 @@ fi
 
 echo "tools ready in $bin: nats-server ${nats_v##* }, node ${node_v}, acpx ${acpx_v##* }, nats-py ok;" \
     "in $agents_bin: claude-agent-acp ${adapter_v} (runs Claude Code ${sdk_claude_v%% *}), claude ${claude_v%% *}," \
-    "codex-acp ${CODEX_ACP_VERSION} (runs codex ${CODEX_VERSION}), gemini ${GEMINI_CLI_VERSION}"
+    "codex-acp ${CODEX_ACP_VERSION} (runs codex ${CODEX_VERSION}), gemini ${GEMINI_CLI_VERSION};" \
+    "${chromedriver_v%% (*}"

@@ -1,6 +1,8 @@
 //! The operator's console over plain HTTP: login with an admin token only, the cookie, CSRF on
 //! every form, logout; the pages show what a test app did, and every page is valid HTML.
 
+mod browser;
+
 use std::time::Duration;
 
 use clawdforge::error::ErrorKind;
