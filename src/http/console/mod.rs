@@ -6,10 +6,11 @@
 //!
 //! One module per page group: `auth` (logins, cookie, CSRF), `login` (the forms), `overview`,
 //! `sessions` (the list and one session), `apps` (policies, usage, the limits' form), `tokens`
-//! (mint, revoke).
+//! (mint, revoke), `live` (a running turn's events, its cancel and its permission request).
 
 mod apps;
 mod auth;
+mod live;
 mod login;
 mod overview;
 mod replay;
@@ -69,11 +70,18 @@ pub(super) fn routes() -> Router<Sidecar> {
         .route("/console/logout", post(login::logout))
         .route("/console/sessions", get(sessions::list))
         .route("/console/sessions/{id}", get(sessions::one))
+        .route("/console/sessions/{id}/events", get(live::events))
+        .route("/console/sessions/{id}/cancel", post(live::cancel))
+        .route(
+            "/console/sessions/{id}/permissions/{request_id}",
+            post(live::answer),
+        )
         .route("/console/apps", get(apps::list))
         .route("/console/apps/{app}", get(apps::one).post(apps::set))
         .route("/console/tokens", get(tokens::list).post(tokens::mint))
         .route("/console/tokens/{id}/revoke", post(tokens::revoke))
         .route("/console/assets/console.css", get(stylesheet))
+        .route("/console/assets/live.js", get(script))
 }
 
 /// The logged-in admin a page is for: its login (token, CSRF token).
@@ -237,6 +245,17 @@ impl IntoResponse for Page {
             Page::Redirect(redirect) => redirect.into_response(),
         }
     }
+}
+
+async fn script() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (CACHE_CONTROL, "max-age=3600"),
+        ],
+        include_str!("live.js"),
+    )
+        .into_response()
 }
 
 async fn stylesheet() -> Response {

@@ -117,6 +117,8 @@ pub(super) async fn list(
 /// One turn as the session's page shows it.
 struct TurnView {
     number: u64,
+    /// The turn running now: shown live.
+    live: bool,
     /// The turn is running (or waiting behind the running one): its events are not read here.
     running: bool,
     events: Vec<EventView>,
@@ -133,6 +135,7 @@ struct SessionPage {
     turns: Vec<TurnView>,
     /// Older turns not shown.
     older: u64,
+    csrf: String,
 }
 
 /// `GET /console/sessions/{id}`.
@@ -149,6 +152,7 @@ pub(super) async fn one(State(s): State<Sidecar>, admin: Admin, Path(id): Path<S
     Page::render(&SessionPage {
         chrome: Chrome::for_admin(Section::Sessions, admin.csrf()),
         older: first - 1,
+        csrf: admin.csrf().to_string(),
         session,
         turns,
     })
@@ -160,6 +164,7 @@ pub(super) async fn one(State(s): State<Sidecar>, admin: Admin, Path(id): Path<S
 async fn turn_view(s: &Sidecar, admin: &Admin, session: &wire::Session, number: u64) -> TurnView {
     let mut view = TurnView {
         number,
+        live: session.running_turn == Some(number),
         running: session
             .running_turn
             .is_some_and(|running| number >= running),

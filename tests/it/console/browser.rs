@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use clawdforge::client::ForgeClient;
 use clawdforge::error::ErrorKind;
-use clawdforge::wire::CreateSession;
+use clawdforge::wire::{CreateSession, Turn};
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
+use tokio::task::JoinHandle;
 
-use crate::harness::{free_port, http_client, Forge, Via, ROOT_TOKEN};
+use crate::harness::{asking_agent_toml, free_port, http_client, Forge, Options, ROOT_TOKEN};
 use crate::sessions::{kind, turn};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -189,8 +190,13 @@ async fn wait_for_path(browser: &Client, path: &str) {
 }
 
 #[tokio::test]
-async fn in_a_browser_an_admin_logs_in_sees_a_session_mints_and_revokes_and_logs_out() {
-    let forge = Forge::start_via(Via::Acp).await;
+async fn in_a_browser_an_admin_logs_in_watches_answers_and_cancels_turns_and_logs_out() {
+    // The test agent, native, asking the caller for every permission.
+    let forge = Forge::start_with(Options {
+        config_toml: Some(asking_agent_toml()),
+        ..Default::default()
+    })
+    .await;
     let sidecar = forge.spawn_http("sidecar", &[]).await;
     let notes = forge.app("notes").await;
     let session = notes
@@ -203,7 +209,12 @@ async fn in_a_browser_an_admin_logs_in_sees_a_session_mints_and_revokes_and_logs
     let driver = Driver::start(dir.path()).await;
     let browser = driver.browser(dir.path()).await;
     let base = sidecar.base.clone();
-    let steps = steps(&browser, &base, &forge.admin, &session.session_id);
+    let release = dir.path().join("release");
+    let steps = async {
+        steps(&browser, &base, &forge.admin, &session.session_id).await;
+        live_steps(&browser, &base, &notes, &session.session_id, &release).await;
+        log_out(&browser, &base).await;
+    };
     with_screenshot_on_failure(&browser, dir, steps).await;
     browser.close().await.unwrap();
 }
@@ -271,10 +282,112 @@ async fn steps(browser: &Client, base: &str, admin: &ForgeClient, session_id: &s
     assert!(browser.find(Locator::Css(&revoke)).await.is_err());
     assert!(!body_text(browser).await.contains(&secret));
     assert_eq!(kind(web.list_sessions().await), ErrorKind::Unauthorized);
+}
 
-    // Log out: the console is closed to this browser again.
+/// Log out: the console is closed to this browser again.
+async fn log_out(browser: &Client, base: &str) {
+    let url = |path: &str| format!("{base}{path}");
     click(browser, "form.logout button").await;
     wait_for_path(browser, "/console/login").await;
     browser.goto(&url("/console/sessions")).await.unwrap();
     assert_eq!(path_of(browser).await, "/console/login");
+}
+
+/// The session's next turn, taken by the app meanwhile (streamed, so that it may be asked for
+/// permissions).
+fn turn_meanwhile(app: &ForgeClient, session_id: &str, prompt: &str) -> JoinHandle<Turn> {
+    let (app, asked) = (app.clone(), turn(session_id, prompt));
+    tokio::spawn(async move {
+        let turn = app.turn_streaming(&asked, Duration::from_secs(60), |_| {});
+        turn.await.expect("the turn's reply")
+    })
+}
+
+/// The text of the live view's list of events.
+async fn live_text(browser: &Client) -> String {
+    let list = browser.find(Locator::Id("live-events")).await.unwrap();
+    list.text().await.unwrap()
+}
+
+/// A running turn's events appear as they come, tool call included; a permission request is
+/// answered from the page; a running turn is cancelled from the page.
+async fn live_steps(
+    browser: &Client,
+    base: &str,
+    app: &ForgeClient,
+    session_id: &str,
+    release: &Path,
+) {
+    let page = format!("{base}/console/sessions/{session_id}");
+    // A turn held until `release` exists: what it says before is on the page while it runs.
+    let held = format!("hold #wait-file={}", release.display());
+    let held = turn_meanwhile(app, session_id, &held);
+    wait_for_running(app, session_id, 2).await;
+    browser.goto(&page).await.unwrap();
+    wait_until(
+        browser,
+        "/waiting for/.test(document.getElementById('live-events').textContent)",
+    )
+    .await;
+    assert!(!live_text(browser).await.contains("Echo tool"));
+    std::fs::write(release, "go").unwrap();
+    wait_until(
+        browser,
+        "/^Ended: end_turn/.test(document.getElementById('live-state').textContent)",
+    )
+    .await;
+    // Came over the live stream: the page was drawn while the turn ran.
+    let live = live_text(browser).await;
+    assert!(
+        live.contains("Tool call") && live.contains("Echo tool"),
+        "{live}"
+    );
+    assert!(live.contains("echo: hold"), "{live}");
+    assert_eq!(held.await.unwrap().stop_reason, "end_turn");
+
+    // A turn that asks for a permission: the request is answered from the page.
+    let asking = turn_meanwhile(app, session_id, "ask #permission=execute");
+    wait_for_running(app, session_id, 3).await;
+    browser.goto(&page).await.unwrap();
+    wait_until(
+        browser,
+        "document.querySelector('form.answer button[value=allow]') !== null",
+    )
+    .await;
+    let show = "document.getElementById('live').parentElement.scrollIntoView(); return true;";
+    browser.execute(show, vec![]).await.unwrap();
+    screenshot_for_docs(browser, "console-live-turn.png").await;
+    click(browser, "form.answer button[value=allow]").await;
+    let answered = asking.await.unwrap();
+    assert!(
+        answered.output.ends_with("[permission=allow]"),
+        "{}",
+        answered.output
+    );
+
+    // A turn that would never end, cancelled from the page.
+    let hanging = turn_meanwhile(app, session_id, "wait #hang #say=working");
+    wait_for_running(app, session_id, 4).await;
+    browser.goto(&page).await.unwrap();
+    wait_until(
+        browser,
+        "/working/.test(document.getElementById('live-events').textContent)",
+    )
+    .await;
+    click(browser, "#cancel-turn").await;
+    assert_eq!(hanging.await.unwrap().stop_reason, "cancelled");
+    wait_until(
+        browser,
+        "/cancelled/.test(document.querySelector('main').textContent)",
+    )
+    .await;
+}
+
+/// Waits until the session's turn `n` runs.
+async fn wait_for_running(app: &ForgeClient, session_id: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.get_session(session_id).await.unwrap().running_turn != Some(n) {
+        assert!(Instant::now() < deadline, "turn {n} never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -207,6 +207,22 @@ async fn only_an_admin_logs_in_and_the_pages_show_what_an_app_did() {
     );
     assert!(page.contains("Ended: end_turn"), "{page}");
 
+    // The session's ended turn over the live view's events route: replayed, then its end.
+    let events = format!("/console/sessions/{}/events?turn=1", session.session_id);
+    let events = console.get(&events).await;
+    assert_eq!(events.status, StatusCode::OK);
+    assert!(events.text.contains("event: tool_call"), "{}", events.text);
+    assert!(events.text.contains("event: turn"), "{}", events.text);
+    // Acting on a turn needs the page's CSRF token too.
+    let cancel = format!("/console/sessions/{}/cancel", session.session_id);
+    assert_eq!(
+        console.post(&cancel, &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let answer = format!("/console/sessions/{}/permissions/p1", session.session_id);
+    let answer = console.post(&answer, &[("option_id", "allow")]).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+
     // Logging out needs the page's CSRF token.
     let csrf = csrf_of(&overview);
     let forged = console.post("/console/logout", &[]).await;
