@@ -6,14 +6,16 @@
 //!
 //! One module per page group: `auth` (logins, cookie, CSRF), `login` (the forms), `overview`,
 //! `sessions` (the list and one session), `apps` (policies, usage, the limits' form), `tokens`
-//! (mint, revoke), `live` (a running turn's events, its cancel and its permission request).
+//! (mint, revoke), `runs` (spend per app and day, charts drawn as SVG by `chart`), `live` (a running turn's events, its cancel and its permission request).
 
 mod apps;
 mod auth;
+mod chart;
 mod live;
 mod login;
 mod overview;
 mod replay;
+mod runs;
 mod sessions;
 mod tokens;
 mod view;
@@ -76,6 +78,7 @@ pub(super) fn routes() -> Router<Sidecar> {
             "/console/sessions/{id}/permissions/{request_id}",
             post(live::answer),
         )
+        .route("/console/runs", get(runs::page))
         .route("/console/apps", get(apps::list))
         .route("/console/apps/{app}", get(apps::one).post(apps::set))
         .route("/console/tokens", get(tokens::list).post(tokens::mint))

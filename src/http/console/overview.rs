@@ -1,11 +1,12 @@
-//! The overview: NATS, the workers and their health, and each app's open sessions and running
-//! turns.
+//! The overview: NATS, the workers and their health, each app's open sessions and running
+//! turns, and its cost and refusals over the last two UTC days as charts.
 
 use std::collections::BTreeMap;
 
 use askama::Template;
 use axum::extract::State;
 
+use super::chart::BarChart;
 use super::view::{Chrome, Section};
 use super::{Admin, Page, Sidecar};
 use crate::domain::Op;
@@ -27,6 +28,8 @@ struct OverviewPage {
     open_total: u64,
     /// More sessions are open than were counted.
     capped: bool,
+    /// Cost and refusals per app over the last two UTC days.
+    charts: Vec<BarChart>,
 }
 
 /// One app's line: its open sessions and its running turns.
@@ -45,6 +48,10 @@ pub(super) async fn page(State(s): State<Sidecar>, admin: Admin) -> Page {
         Ok(rows) => rows,
         Err(err) => return err.into(),
     };
+    let charts = match super::runs::last_day_charts(&s, &admin).await {
+        Ok(charts) => charts,
+        Err(err) => return err.into(),
+    };
     let workers = pings
         .into_iter()
         .map(|p| p.worker_id.unwrap_or(p.id))
@@ -56,6 +63,7 @@ pub(super) async fn page(State(s): State<Sidecar>, admin: Admin) -> Page {
         health,
         apps,
         capped: open_total > COUNTED,
+        charts,
         open_total,
     })
 }

@@ -11,14 +11,16 @@ use crate::wire::{self, EventBody};
 pub(super) enum Section {
     Overview,
     Sessions,
+    Runs,
     Apps,
     Tokens,
 }
 
 impl Section {
-    const ALL: [Section; 4] = [
+    const ALL: [Section; 5] = [
         Section::Overview,
         Section::Sessions,
+        Section::Runs,
         Section::Apps,
         Section::Tokens,
     ];
@@ -27,6 +29,7 @@ impl Section {
         match self {
             Section::Overview => "/console",
             Section::Sessions => "/console/sessions",
+            Section::Runs => "/console/runs",
             Section::Apps => "/console/apps",
             Section::Tokens => "/console/tokens",
         }
@@ -36,6 +39,7 @@ impl Section {
         match self {
             Section::Overview => "Overview",
             Section::Sessions => "Sessions",
+            Section::Runs => "Runs",
             Section::Apps => "Apps",
             Section::Tokens => "Tokens",
         }

@@ -203,7 +203,10 @@ async fn in_a_browser_an_admin_logs_in_watches_answers_and_cancels_turns_and_log
         .create_session(&CreateSession::default())
         .await
         .unwrap();
-    let asked = turn(&session.session_id, "hello from the browser test");
+    let asked = turn(
+        &session.session_id,
+        "hello from the browser test #cost=0.12",
+    );
     notes.turn(&asked).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let driver = Driver::start(dir.path()).await;

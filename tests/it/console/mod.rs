@@ -145,7 +145,7 @@ async fn only_an_admin_logs_in_and_the_pages_show_what_an_app_did() {
         .create_session(&CreateSession::default())
         .await
         .unwrap();
-    let prompt = "hello <b>console</b> & co";
+    let prompt = "hello <b>console</b> & co #cost=0.25";
     notes
         .turn(&turn(&session.session_id, prompt))
         .await
@@ -298,6 +298,11 @@ async fn tokens_are_shown_once_and_revoked_and_an_edited_limit_refuses_the_next_
         "{}",
         bad.text
     );
+    // The refusal is counted: the overview's chart, the runs page.
+    let overview = console.page("/console").await;
+    assert!(overview.contains("<title>web: 1</title>"), "{overview}");
+    let runs = console.page("/console/runs").await;
+    assert!(runs.contains("max_open_sessions: 1"), "{runs}");
     let forged = console.post("/console/apps/web", &edit[1..]).await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
 
