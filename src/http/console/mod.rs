@@ -271,3 +271,60 @@ async fn stylesheet() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    /// The stylesheet's colour named `--name`, or the literal `#rrggbb`.
+    fn colour(name: &str) -> [f64; 3] {
+        let css = include_str!("console.css");
+        let hex = match name.strip_prefix("--") {
+            Some(_) => {
+                let at = css.find(&format!("{name}: #")).expect("a colour variable");
+                &css[at + name.len() + 3..at + name.len() + 9]
+            }
+            None => &name[1..],
+        };
+        let channel = |i: usize| {
+            let c = f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap()) / 255.0;
+            if c <= 0.04045 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        [channel(0), channel(2), channel(4)]
+    }
+
+    /// WCAG 2's contrast ratio of two colours.
+    fn contrast(a: &str, b: &str) -> f64 {
+        let luminance = |c: [f64; 3]| 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+        let (x, y) = (luminance(colour(a)), luminance(colour(b)));
+        (x.max(y) + 0.05) / (x.min(y) + 0.05)
+    }
+
+    #[test]
+    fn every_text_colour_on_its_background_meets_wcag_aa() {
+        let pairs = [
+            ("--fg", "--bg"),
+            ("--muted", "--bg"),
+            ("--link", "--bg"),
+            ("--ok", "--bg"),
+            ("--bad", "--bg"),
+            ("--accent", "--bg"),
+            ("--fg", "--panel"),
+            ("--muted", "--panel"),
+            ("--link", "--panel"),
+            ("#ffffff", "--accent"),
+            ("#ffffff", "--bad"),
+            ("#6a1b9a", "--bg"),
+            ("--fg", "#fff8e1"),
+            ("--muted", "#fff8e1"),
+        ];
+        for (text, background) in pairs {
+            let ratio = contrast(text, background);
+            assert!(ratio >= 4.5, "{text} on {background}: {ratio:.2}");
+        }
+        // The check can fail.
+        assert!(contrast("#777777", "--bg") < 4.5);
+    }
+}

@@ -116,8 +116,16 @@ async fn the_allowlist_decides_by_peer_and_believes_only_trusted_proxies() {
     )
     .await;
     assert_error(&garbage, 403, "forbidden");
-    // Every route is behind it, /healthz and unknown paths too.
-    for path in ["/healthz", "/openapi.json", "/admin/tokens", "/nowhere"] {
+    // Every route is behind it, /healthz, the console and unknown paths too.
+    let paths = [
+        "/healthz",
+        "/openapi.json",
+        "/admin/tokens",
+        "/console/login",
+        "/console/assets/console.css",
+        "/nowhere",
+    ];
+    for path in paths {
         let answer = call(
             in_process(&forge, access.clone(), "192.0.2.7:5000"),
             path,
