@@ -10,8 +10,9 @@
 #     .tools/codex, and Gemini CLI (@google/gemini-cli, `gemini --acp`) in .tools/gemini, each
 #     in a prefix of its own (one npm call each), so that acpx never picks them up: the tests
 #     of `auth` start them natively (tests/it/auth.rs), and never call a model
-#   - Chromium and chromedriver from Debian's packages (chromium, chromium-driver), when
-#     missing: apt-get as root, otherwise a failure naming the packages
+#   - with --browser (scripts/test.sh): Chromium and chromedriver from Debian's packages
+#     (chromium, chromium-driver), when missing: apt-get as root, otherwise a failure naming
+#     the packages; scripts/up.sh and the benchmark do not need them
 # and puts nats-server, node, acpx and python into .tools/bin/, and the real agents' commands,
 # claude-agent-acp, claude, codex-acp and gemini, into .tools/agents/bin/ (not .tools/bin/:
 # tests put .tools/bin on PATH and bring their own stand-in `claude`).
@@ -29,6 +30,14 @@
 # Needs only python3 (with venv and pip) and npm (with its node) on PATH, and
 # only for the steps that install something.
 set -euo pipefail
+
+browser=false
+for arg in "$@"; do
+    case $arg in
+        --browser) browser=true ;;
+        *) echo "usage: scripts/setup-tools.sh [--browser]" >&2; exit 2 ;;
+    esac
+done
 
 log() { printf 'setup-tools: %s\n' "$*" >&2; }
 die() { printf 'setup-tools: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -349,10 +358,10 @@ sdk_claude="$("$node22" --input-type=module -e '
 sdk_claude_v="$("$sdk_claude" --version 2>&1)" || die "$sdk_claude --version failed: $sdk_claude_v"
 
 # Chromium and its WebDriver, from Debian's packages, for the console's browser test
-# (tests/it/console/browser.rs): installed with apt-get only when missing, and only as root;
-# missing and not root, the run fails naming the packages.
+# (tests/it/console/browser.rs), with --browser: installed with apt-get only when missing, and
+# only as root; missing and not root, the run fails naming the packages.
 CHROMIUM_PACKAGES="chromium chromium-driver"
-if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+if $browser && [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
     if [[ "$(id -u)" != 0 ]]; then
         die "the console's browser test needs /usr/bin/chromium and /usr/bin/chromedriver:" \
             "install the Debian packages ${CHROMIUM_PACKAGES} (apt-get install ${CHROMIUM_PACKAGES}, as root)"
@@ -366,8 +375,10 @@ if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
                 --no-install-recommends $CHROMIUM_PACKAGES >/dev/null; } \
         || die "apt-get could not install ${CHROMIUM_PACKAGES}"
 fi
-chromedriver_v="$(/usr/bin/chromedriver --version 2>&1)" \
-    || die "chromedriver --version failed: $chromedriver_v"
+if $browser; then
+    chromedriver_v="$(/usr/bin/chromedriver --version 2>&1)" \
+        || die "chromedriver --version failed: $chromedriver_v"
+fi
 
 # acpx used to have a prefix of its own.
 if [[ -d "$tools/acpx" ]]; then
@@ -377,5 +388,4 @@ fi
 
 echo "tools ready in $bin: nats-server ${nats_v##* }, node ${node_v}, acpx ${acpx_v##* }, nats-py ok;" \
     "in $agents_bin: claude-agent-acp ${adapter_v} (runs Claude Code ${sdk_claude_v%% *}), claude ${claude_v%% *}," \
-    "codex-acp ${CODEX_ACP_VERSION} (runs codex ${CODEX_VERSION}), gemini ${GEMINI_CLI_VERSION};" \
-    "${chromedriver_v%% (*}"
+    "codex-acp ${CODEX_ACP_VERSION} (runs codex ${CODEX_VERSION}), gemini ${GEMINI_CLI_VERSION}${chromedriver_v:+; ${chromedriver_v%% (*}}"

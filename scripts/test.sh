@@ -10,7 +10,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-scripts/setup-tools.sh
+scripts/setup-tools.sh --browser
 
 # CI builds a clean clone once: incremental state would be written and never read.
 if [[ "${CI:-}" == true ]]; then
