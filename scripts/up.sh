@@ -181,6 +181,7 @@ cat <<MSG
 clawdforge is up.
   NATS:         $NATS_URL
   HTTP:         $http   (loopback only: set ALLOW_CIDRS to open it to your LAN)
+  console:      $http/console   (log in with the admin token below)
   metrics:      $metrics (the worker's), $http/metrics (the sidecar's)
   traces:       $traces
   admin token:  $admin_token   (also in $data/admin-token)

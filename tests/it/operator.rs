@@ -11,6 +11,7 @@ use clawdforge::wire::CreateSession;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use crate::console::Console;
 use crate::harness::{free_port, repo, Forge, Nats, Options, ROOT_TOKEN};
 use crate::sessions::turn;
 
@@ -165,6 +166,7 @@ async fn ctrl_c_under_up_sh_lets_a_turn_in_flight_answer_its_caller() {
     };
     let ledger = up.data_dir().join("clawdforge.db");
     crate::ledger::wait_for_running_turn(&ledger, &session.session_id).await;
+    console_shows_the_running_turn(&printed, token.trim(), &session.session_id).await;
 
     up.ctrl_c();
     // clawdforge has stopped taking requests; only now may the turn end.
@@ -201,6 +203,33 @@ async fn ctrl_c_under_up_sh_lets_a_turn_in_flight_answer_its_caller() {
     let printed = again.printed();
     assert!(printed.contains(token.trim()), "{printed}");
     assert!(!printed.contains("ADMIN_BOOTSTRAP_TOKEN"), "{printed}");
+}
+
+/// The console up.sh prints: its admin token logs in, and the session's page shows its turn
+/// running, for the live view to follow.
+async fn console_shows_the_running_turn(printed: &str, token: &str, session_id: &str) {
+    let line = printed
+        .lines()
+        .find(|l| l.trim_start().starts_with("console:"));
+    let line = line.unwrap_or_else(|| panic!("no console line:\n{printed}"));
+    let url = line.split_whitespace().nth(1).unwrap();
+    let base = url
+        .strip_suffix("/console")
+        .unwrap_or_else(|| panic!("{line}"));
+    let mut console = Console::at(base.to_string());
+    let login = console.login(token).await;
+    assert_eq!(
+        login.location.as_deref(),
+        Some("/console"),
+        "{}",
+        login.text
+    );
+    let page = console
+        .page(&format!("/console/sessions/{session_id}"))
+        .await;
+    assert!(page.contains("<h3 id=\"turn-1\">Turn 1</h3>"), "{page}");
+    assert!(page.contains("id=\"live\" data-events="), "{page}");
+    assert!(page.contains("Running."), "{page}");
 }
 
 /// The data directory of a stopped up.sh, for the next one.

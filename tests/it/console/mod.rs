@@ -16,8 +16,9 @@ use crate::sessions::turn;
 
 /// A browser of the console, without a browser: it keeps the login cookie itself and follows
 /// no redirect, so each answer is seen as it came.
-pub struct Console<'a> {
-    sidecar: &'a HttpProcess,
+pub struct Console {
+    /// The sidecar's address, `http://host:port`.
+    base: String,
     http: reqwest::Client,
     cookie: Option<String>,
 }
@@ -30,8 +31,13 @@ pub struct Answer {
     pub text: String,
 }
 
-impl<'a> Console<'a> {
-    pub fn new(sidecar: &'a HttpProcess) -> Console<'a> {
+impl Console {
+    pub fn new(sidecar: &HttpProcess) -> Console {
+        Console::at(sidecar.url(""))
+    }
+
+    /// The console of the sidecar at `base` (`http://host:port`).
+    pub fn at(base: String) -> Console {
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(Policy::none())
@@ -39,7 +45,7 @@ impl<'a> Console<'a> {
             .build()
             .unwrap();
         Console {
-            sidecar,
+            base,
             http,
             cookie: None,
         }
@@ -67,7 +73,8 @@ impl<'a> Console<'a> {
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        self.answer(self.http.get(self.sidecar.url(path))).await
+        self.answer(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     /// `path` as a valid HTML page with status 200.
@@ -82,7 +89,7 @@ impl<'a> Console<'a> {
         let body = serde_urlencoded::to_string(form).unwrap();
         let request = self
             .http
-            .post(self.sidecar.url(path))
+            .post(format!("{}{path}", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body);
         self.answer(request).await
