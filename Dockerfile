@@ -98,5 +98,10 @@ EXPOSE 8800
 HEALTHCHECK --interval=30s --timeout=15s --start-period=30s --retries=3 \
     CMD ["clawdforge", "healthcheck"]
 # tini -s: also when the worker shares its process namespace with other containers (compose.yml).
-ENTRYPOINT ["tini", "-s", "--", "clawdforge"]
+# There tini is not the namespace's first process, so the kernel does not end clawdforge when
+# tini is killed (docker kill, podman kill): setpriv --pdeathsig KILL does, at once. Otherwise
+# the runtime ends it only after taking the container's network away, its connection to NATS
+# is never closed, and nats-server goes on handing requests to the dead worker's subscription
+# until its pings find it stale, minutes later (scripts/check-image.sh saw it with podman).
+ENTRYPOINT ["tini", "-s", "--", "setpriv", "--pdeathsig", "KILL", "--", "clawdforge"]
 CMD ["worker"]
