@@ -148,10 +148,12 @@ assert set(c["volumes"]) == {"data", "worker-tmp", "nats"}, c["volumes"]
 assert set(c["secrets"]) == {"nats_forge_password", "nats_sidecar_password"}, c["secrets"]
 print("services:", ", ".join(sorted(s)))
 PY
-log "compose.yml as scripts/compose-podman.py would run it with podman (plan)"
-(cd "$deploy" && COMPOSE="$compose" "$repo/scripts/compose-podman.py" plan) >"$work/plan.txt" \
-    || die "scripts/compose-podman.py cannot carry compose.yml over to podman (above)"
-echo "$(grep -c '^podman create' "$work/plan.txt") containers, every key carried over"
+log "compose.yml as scripts/compose-podman.py would run it with podman (plan), also --profile monitoring"
+for profile in "" monitoring; do
+    (cd "$deploy" && COMPOSE="$compose" "$repo/scripts/compose-podman.py" ${profile:+--profile "$profile"} plan) \
+        >"$work/plan.txt" || die "scripts/compose-podman.py cannot carry compose.yml over to podman (above)"
+    echo "${profile:-no profile}: $(grep -c '^podman create' "$work/plan.txt") containers, every key carried over"
+done
 log "compose.yml --profile monitoring (docker-compose config), from config/.env.example"
 (cd "$deploy" && "$compose" --profile monitoring config --format json) >"$work/monitoring.json" \
     || die "compose.yml --profile monitoring with .env.example's defaults"

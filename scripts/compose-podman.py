@@ -10,9 +10,10 @@ settings: it reads compose.yml as Docker Compose itself resolves it (`docker-com
 --format json`, with .env), so every setting comes from the file, and a key of a service that
 it cannot carry over to podman is an error, not dropped.
 
-    scripts/compose-podman.py [-p PROJECT] [-f FILE]... COMMAND [ARG...]
+    scripts/compose-podman.py [-p PROJECT] [-f FILE]... [--profile NAME]... COMMAND [ARG...]
 
-Run it where compose.yml and .env are, as `docker compose`. Commands:
+Run it where compose.yml and .env are, as `docker compose`; the options are Docker Compose's.
+Commands:
 
     up [SERVICE...]         the network, the volumes and the secrets; then each service's
                             containers (deploy.replicas of them: WORKERS), in depends_on order,
@@ -53,7 +54,7 @@ HASH_LABEL = "clawdforge.check.config-hash"
 # The service keys carried over to podman; anything else is refused.
 KNOWN = {
     "build", "command", "depends_on", "deploy", "entrypoint", "environment", "expose",
-    "healthcheck", "image", "init", "network_mode", "networks", "pid", "ports", "restart",
+    "healthcheck", "image", "init", "network_mode", "networks", "pid", "ports", "profiles", "restart",
     "secrets", "stop_grace_period", "user", "volumes",
 }
 
@@ -435,7 +436,7 @@ def compose_command():
 def main():
     argv = sys.argv[1:]
     options = []
-    while argv and argv[0] in ("-p", "-f", "--env-file"):
+    while argv and argv[0] in ("-p", "-f", "--env-file", "--profile"):
         options += argv[:2]
         argv = argv[2:]
     if not argv or argv[0] in ("-h", "--help"):
