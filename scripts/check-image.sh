@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The deployment, built and run for real: the check to run before a release (not part of
-# scripts/test.sh: it builds the image, about ten minutes on two cores, then runs the stack for
-# about five). With podman, no Docker engine needed:
+# scripts/test.sh: it builds the image, about ten minutes on two idle cores, then runs the stack
+# for five to ten, most of it podman making containers). With podman, no Docker engine needed:
 #
 #   1. the files, as scripts/check-deploy.sh --skip-install checks them;
 #   2. the image, built from the Dockerfile as it is (podman build --format docker, so that its
@@ -18,7 +18,8 @@
 #      default agent (Claude Code's ACP adapter through acpx) with two turns and a tool call;
 #      a one-shot run (claude -p); a confinement probe from inside the agent (the ledger, the
 #      workers' NATS password and the workers' environment are not readable); the worker of
-#      the session killed, its next turn answered by the other with the whole conversation;
+#      the session killed: no request right after it is lost, and the session's next turn is
+#      answered by the other worker with the whole conversation;
 #      a turn held in flight while the workers are stopped: answered, the stop within
 #      stop_grace_period, exit code 0; every service removed and started again: the ledger,
 #      the token and the session's conversation are still there;
@@ -68,31 +69,6 @@ py=$repo/.tools/deploy/bin/python
 node=$repo/.tools/bin/node
 compose="$("$py" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')"
 
-# ---- 2. the image ----------------------------------------------------------------------------
-if $build; then
-    step "the image: podman build --format docker -t $image ."
-    started=$SECONDS
-    "${podman[@]}" build --format docker "${build_args[@]}" -t "$image" . \
-        || die "the image does not build"
-    echo "built in $((SECONDS - started)) s"
-else
-    step "the image: $image as it is (--no-build)"
-fi
-"${podman[@]}" image inspect "$image" >"/tmp/check-image-inspect.$$.json" || die "no image $image"
-"$py" - "/tmp/check-image-inspect.$$.json" <<'PY' || die "the image is not what the Dockerfile says"
-import json, sys
-i = json.load(open(sys.argv[1]))[0]
-c = i["Config"]
-assert c["User"] == "10001:10001", c["User"]
-assert c["Entrypoint"] == ["tini", "-s", "--", "setpriv", "--pdeathsig", "KILL", "--", "clawdforge"] and c["Cmd"] == ["worker"], c
-health = i.get("Healthcheck") or {}
-assert health.get("Test") == ["CMD", "clawdforge", "healthcheck"], i.get("HealthCheck")
-print(f"user {c['User']}, entrypoint {' '.join(c['Entrypoint'])}, health check "
-      f"{' '.join(health['Test'][1:])}, {i['Size'] / 1e9:.2f} GB")
-PY
-rm -f "/tmp/check-image-inspect.$$.json"
-
-# ---- 3. the stack ----------------------------------------------------------------------------
 work=$(mktemp -d)
 deploy=$work/deploy
 standin_pid=
@@ -116,6 +92,31 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# ---- 2. the image ----------------------------------------------------------------------------
+if $build; then
+    step "the image: podman build --format docker -t $image ."
+    started=$SECONDS
+    "${podman[@]}" build --format docker "${build_args[@]}" -t "$image" . \
+        || die "the image does not build"
+    echo "built in $((SECONDS - started)) s"
+else
+    step "the image: $image as it is (--no-build)"
+fi
+"${podman[@]}" image inspect "$image" >"$work/image.json" || die "no image $image"
+"$py" - "$work/image.json" <<'PY' || die "the image is not what the Dockerfile says"
+import json, sys
+i = json.load(open(sys.argv[1]))[0]
+c = i["Config"]
+assert c["User"] == "10001:10001", c["User"]
+assert c["Entrypoint"] == ["tini", "-s", "--", "setpriv", "--pdeathsig", "KILL", "--", "clawdforge"], c
+assert c["Cmd"] == ["worker"], c
+health = i.get("Healthcheck") or {}
+assert health.get("Test") == ["CMD", "clawdforge", "healthcheck"], health
+print(f"user {c['User']}, entrypoint {' '.join(c['Entrypoint'])}, health check "
+      f"{' '.join(health['Test'][1:])}, {i['Size'] / 1e9:.2f} GB")
+PY
+
+# ---- 3. the stack ----------------------------------------------------------------------------
 # compose-podman.py in the deployment's directory, on the main project.
 stack() { (cd "$deploy" && "$repo/scripts/compose-podman.py" -p "$project" "$@"); }
 free_port() { "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
