@@ -2,7 +2,8 @@
 #
 # The clawdforge image: one image for every part (`worker`, the default command; `sidecar`;
 # `serve`; `token …` for the operator). compose.yml builds and runs it; see
-# docs/operations.md ("Operations: containers with compose").
+# docs/operations.md ("Operations: containers with compose"). scripts/check-image.sh builds it
+# and runs compose.yml's services on it with podman, for real (before a release).
 #
 # Three stages:
 #   build    the release binary, with the Rust toolchain;
