@@ -24,7 +24,8 @@ Commands:
                             on a timer only under systemd); exits 1 when one fails
     ps                      the project's containers: name, state, health
     stop [SERVICE...]       stops the containers, dependents first, each within its
-                            stop_grace_period (10 s without one)
+                            stop_grace_period (10 s without one), as Docker does: SIGTERM to
+                            the main process only (not `podman stop`: see stop_container)
     down [--volumes]        stops and removes the containers, the network and the secrets (and
                             the volumes)
     network                 makes the project's network; prints its subnet and gateway
@@ -75,6 +76,26 @@ def podman(*args, check=True, capture=True, stdin=None):
     if check and result.returncode != 0:
         die(f"podman {' '.join(args[:2])}…: {(result.stderr or '').strip()}")
     return result
+
+
+def stop_container(container, grace):
+    """Stops a container as Docker does: SIGTERM to its main process, SIGKILL to what is left
+    after `grace` seconds. `podman stop` differs for a container without a process namespace of
+    its own (the workers, with `pid: service:worker-host`): it signals every process of the
+    container's cgroup at once (`kill --all`), so acpx's queue owners would end with the worker
+    and take its turns in flight with them, where Docker lets the worker finish them."""
+    if podman("kill", "--signal", "TERM", container, check=False).returncode == 0:
+        deadline = time.time() + grace
+        while time.time() < deadline:
+            state = podman("container", "inspect", "--format", "{{.State.Running}}", container,
+                           check=False)
+            if state.returncode != 0 or state.stdout.strip() != "true":
+                break
+            time.sleep(0.2)
+    result = podman("stop", "--time", "0", container, check=False)
+    if result.returncode != 0 and "no such container" not in result.stderr.lower():
+        die(f"podman stop {container}: {result.stderr.strip()}")
+    print(f"{container}: stopped", flush=True)
 
 
 def seconds(duration, default):
@@ -302,8 +323,7 @@ class Project:
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         current = self.state(container)
         if current and current["Config"]["Labels"].get(HASH_LABEL) != digest:
-            grace = str(int(seconds(s.get("stop_grace_period"), 10)))
-            podman("stop", "--time", grace, container, check=False)
+            stop_container(container, int(seconds(s.get("stop_grace_period"), 10)))
             podman("rm", "--force", container)
             current = None
         if current is None:
@@ -394,14 +414,8 @@ class Project:
                 continue
             grace = int(seconds(self.services[service].get("stop_grace_period"), 10))
             containers = self.containers(service)
-            procs = [subprocess.Popen([*PODMAN, "stop", "--time", str(grace), c], text=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                     for c in containers]
-            for c, p in zip(containers, procs):
-                _, err = p.communicate()
-                if p.returncode != 0:
-                    die(f"podman stop {c}: {err.strip()}")
-                print(f"{c}: stopped", flush=True)
+            with ThreadPoolExecutor() as pool:
+                list(pool.map(lambda c: stop_container(c, grace), containers))
 
     def down(self, volumes):
         self.stop([])
