@@ -366,7 +366,11 @@ cat "$work/turn5.json"
 grep -q 'model: held' "$work/turn5.json" || die "the turn in flight was not answered"
 for c in "${workers[@]}"; do
     code=$("${podman[@]}" inspect -f '{{.State.ExitCode}}' "$c")
-    [[ $code == 0 ]] || { logs "$c"; die "$c exited with $code (not a graceful stop)"; }
+    [[ $code == 0 ]] || {
+        logs "${workers[@]}"
+        cat "$work/stop.txt"
+        die "$c exited with $code after $took s (not a graceful stop)"
+    }
 done
 ((took < grace)) || die "the workers took $took s to stop, stop_grace_period is $grace s"
 echo "the turn in flight answered; both workers stopped in $took s (stop_grace_period ${grace} s), exit code 0"

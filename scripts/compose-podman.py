@@ -83,19 +83,27 @@ def stop_container(container, grace):
     after `grace` seconds. `podman stop` differs for a container without a process namespace of
     its own (the workers, with `pid: service:worker-host`): it signals every process of the
     container's cgroup at once (`kill --all`), so acpx's queue owners would end with the worker
-    and take its turns in flight with them, where Docker lets the worker finish them."""
+    and take its turns in flight with them, where Docker lets the worker finish them.
+
+    Podman (4.3) restarts a container whose main process ends after `podman kill` as after a
+    crash, by its restart policy, where `docker stop` marks it stopped: so the containers in
+    another's process namespace (the workers) are made without compose.yml's restart policy,
+    and a worker that crashes stays stopped until the next `up`."""
+    started = time.time()
+    how = "stopped"
     if podman("kill", "--signal", "TERM", container, check=False).returncode == 0:
-        deadline = time.time() + grace
-        while time.time() < deadline:
+        how = f"killed: still running after the grace period of {grace} s"
+        while time.time() < started + grace:
             state = podman("container", "inspect", "--format", "{{.State.Running}}", container,
                            check=False)
             if state.returncode != 0 or state.stdout.strip() != "true":
+                how = f"stopped in {time.time() - started:.1f} s"
                 break
             time.sleep(0.2)
     result = podman("stop", "--time", "0", container, check=False)
     if result.returncode != 0 and "no such container" not in result.stderr.lower():
         die(f"podman stop {container}: {result.stderr.strip()}")
-    print(f"{container}: stopped", flush=True)
+    print(f"{container}: {how}", flush=True)
 
 
 def seconds(duration, default):
@@ -225,7 +233,9 @@ class Project:
             args += ["--network", self.network(), "--network-alias", service]
         if s.get("environment"):
             args += ["--env-file", env_path]
-        if "restart" in s:
+        # A container in another's process namespace is made without its restart policy: see
+        # stop_container.
+        if "restart" in s and not str(s.get("pid", "")).startswith("service:"):
             args += ["--restart", s["restart"]]
         if "stop_grace_period" in s:
             args += ["--stop-timeout", str(int(seconds(s["stop_grace_period"], 10)))]
