@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The deployment, built and run for real: the check to run before a release (not part of
 # scripts/test.sh: it builds the image, about ten minutes on two idle cores, then runs the stack
-# for five to ten, most of it podman making containers). With podman, no Docker engine needed:
+# for ten to twenty, most of it podman making containers; one run took 29 minutes in all). With podman, no Docker engine needed:
 #
 #   1. the files, as scripts/check-deploy.sh --skip-install checks them;
 #   2. the image, built from the Dockerfile as it is (podman build --format docker, so that its
