@@ -268,15 +268,7 @@ async fn steps(browser: &Client, base: &str, admin: &ForgeClient, session_id: &s
     let secret = minted.text().await.unwrap();
     let web = admin.with_token(Some(secret.clone()));
     web.list_sessions().await.unwrap();
-    let token_id = admin
-        .list_tokens()
-        .await
-        .unwrap()
-        .tokens
-        .last()
-        .unwrap()
-        .token_id
-        .clone();
+    let token_id = super::newest_token_id(admin).await;
     let revoke = format!("button[aria-label='Revoke token {token_id}']");
     click(browser, &revoke).await;
     // Back on the list, without the secret and without that token's button.

@@ -247,6 +247,12 @@ async fn only_an_admin_logs_in_and_the_pages_show_what_an_app_did() {
 }
 
 /// The text of the element whose start tag ends with `marker` (e.g. `id="minted-token">`).
+/// The id of the token minted last.
+pub async fn newest_token_id(admin: &clawdforge::client::ForgeClient) -> String {
+    let tokens = admin.list_tokens().await.unwrap().tokens;
+    tokens.last().unwrap().token_id.clone()
+}
+
 fn text_after<'p>(page: &'p str, marker: &str) -> &'p str {
     let at = page
         .find(marker)
@@ -314,16 +320,7 @@ async fn tokens_are_shown_once_and_revoked_and_an_edited_limit_refuses_the_next_
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
 
     // Revoking it from the list: the token is refused from then on.
-    let token_id = forge
-        .admin
-        .list_tokens()
-        .await
-        .unwrap()
-        .tokens
-        .last()
-        .unwrap()
-        .token_id
-        .clone();
+    let token_id = newest_token_id(&forge.admin).await;
     let path = format!("/console/tokens/{token_id}/revoke");
     assert_eq!(console.post(&path, &[]).await.status, StatusCode::FORBIDDEN);
     web.list_sessions().await.unwrap();
