@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
 
-use super::{Admin, Page, Sidecar};
+use super::{Admin, CsrfOnly, Page, Sidecar};
 use crate::domain::Op;
 use crate::error::Error;
 use crate::http::sse::last_event_id;
@@ -53,19 +53,13 @@ pub(super) async fn events(
     s.stream(Op::SessionEvents, &forwarded, body.into()).await
 }
 
-#[derive(Deserialize)]
-pub(super) struct CancelForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// `POST /console/sessions/{id}/cancel`: tells the session's running turn to stop.
 #[tracing::instrument(name = "console.cancel", skip_all, fields(session = %id))]
 pub(super) async fn cancel(
     State(s): State<Sidecar>,
     admin: Admin,
     Path(id): Path<String>,
-    Form(form): Form<CancelForm>,
+    Form(form): Form<CsrfOnly>,
 ) -> Page {
     if let Err(page) = admin.check_csrf(&form.csrf) {
         return page;

@@ -12,7 +12,7 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::view::Chrome;
-use super::{auth, Admin, Page, Sidecar};
+use super::{auth, Admin, CsrfOnly, Page, Sidecar};
 use crate::domain::Op;
 use crate::error::ErrorKind;
 use crate::wire;
@@ -81,12 +81,6 @@ pub(super) async fn submit(
     let secure = s.console.secure_cookie || auth::over_https(&headers);
     let cookie = auth::login_cookie(&login.id, s.logins.lifetime(), secure);
     with_cookie(Page::see_other("/console"), &cookie)
-}
-
-#[derive(Deserialize)]
-pub(super) struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// `POST /console/logout`: ends the login here and clears the browser's cookie.

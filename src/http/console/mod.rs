@@ -87,6 +87,13 @@ pub(super) fn routes() -> Router<Sidecar> {
         .route("/console/assets/live.js", get(script))
 }
 
+/// A form that carries nothing but the login's CSRF token (logout, cancel, revoke).
+#[derive(serde::Deserialize)]
+pub(super) struct CsrfOnly {
+    #[serde(default)]
+    pub(super) csrf: String,
+}
+
 /// The logged-in admin a page is for: its login (token, CSRF token).
 pub(super) struct Admin(auth::Login);
 

@@ -7,7 +7,7 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::view::{Chrome, Section};
-use super::{Admin, Page, Sidecar};
+use super::{Admin, CsrfOnly, Page, Sidecar};
 use crate::domain::Op;
 use crate::wire;
 
@@ -74,19 +74,13 @@ pub(super) async fn mint(
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct RevokeForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// `POST /console/tokens/{id}/revoke`.
 #[tracing::instrument(name = "console.revoke", skip_all, fields(token = %id))]
 pub(super) async fn revoke(
     State(s): State<Sidecar>,
     admin: Admin,
     Path(id): Path<String>,
-    Form(form): Form<RevokeForm>,
+    Form(form): Form<CsrfOnly>,
 ) -> Page {
     if let Err(page) = admin.check_csrf(&form.csrf) {
         return page;
